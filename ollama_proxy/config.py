@@ -1,0 +1,205 @@
+"""Configuration: the environment first, then an optional TOML file.
+
+Secrets and endpoints come from the environment (``OPENROUTER_API_KEY``,
+``OPENROUTER_BASE_URL``, ``OLLAMA_HOST``, ``OLLAMA_PROXY_CONFIG``); everything else
+from the file. Every key of the file is checked: an unknown key or a value of the
+wrong type stops start-up with a :class:`ConfigError` that names the key.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+DEFAULT_LISTEN = "tcp:11434:interface=127.0.0.1"
+DEFAULT_OPENROUTER_URL = "https://openrouter.ai/api/v1"
+# VS Code Copilot refuses servers below 0.6.4; Open WebUI and others compare too.
+DEFAULT_OLLAMA_VERSION = "0.12.6"
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message says which key and why."""
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Seconds. ``connect`` bounds reaching the provider, ``response`` waiting for
+    its status line and headers, ``idle`` the silence allowed inside a stream."""
+
+    connect: float = 10.0
+    response: float = 120.0
+    idle: float = 120.0
+
+
+@dataclass(frozen=True)
+class FilterConfig:
+    """Globs matched against upstream model ids."""
+
+    allow: tuple[str, ...] = ()
+    deny: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class OpenRouterConfig:
+    api_key: str | None = None
+    base_url: str = DEFAULT_OPENROUTER_URL
+    http_referer: str | None = None
+    x_title: str | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything the service tree needs, immutable once loaded."""
+
+    listen: tuple[str, ...] = (DEFAULT_LISTEN,)
+    openrouter: OpenRouterConfig = field(default_factory=OpenRouterConfig)
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    filter: FilterConfig = field(default_factory=FilterConfig)
+    ollama_version: str = DEFAULT_OLLAMA_VERSION
+    environment: str = "production"
+    max_body_bytes: int = 32 * 1024 * 1024
+    model_refresh_interval: float = 300.0
+    health_check_interval: float = 60.0
+    max_connections_per_provider: int = 32
+    config_file: str | None = None
+
+    def secrets(self) -> tuple[str, ...]:
+        """Values that must never reach a response or a log line."""
+        return tuple(s for s in (self.openrouter.api_key,) if s)
+
+
+# The file's schema: dotted key -> (accepted types, human name of the type).
+_NUMBER = ((int, float), "a number")
+_STRING = ((str,), "a string")
+_STRINGS = ((list,), "a list of strings")
+_SCHEMA: dict[str, tuple[tuple[type, ...], str]] = {
+    "environment": _STRING,
+    "ollama_version": _STRING,
+    "max_body_bytes": ((int,), "an integer"),
+    "listen": _STRINGS,
+    "timeouts.connect": _NUMBER,
+    "timeouts.response": _NUMBER,
+    "timeouts.idle": _NUMBER,
+    "refresh.models_interval": _NUMBER,
+    "refresh.health_interval": _NUMBER,
+    "filter.allow": _STRINGS,
+    "filter.deny": _STRINGS,
+    "openrouter.api_key": _STRING,
+    "openrouter.base_url": _STRING,
+    "openrouter.http_referer": _STRING,
+    "openrouter.x_title": _STRING,
+    "openrouter.max_connections": ((int,), "an integer"),
+}
+
+
+def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in table.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and any(k.startswith(path + ".") for k in _SCHEMA):
+            flat.update(_flatten(value, path + "."))
+        else:
+            flat[path] = value
+    return flat
+
+
+def _check(flat: Mapping[str, Any], source: str) -> None:
+    for key, value in flat.items():
+        if key not in _SCHEMA:
+            raise ConfigError(f"{source}: unknown key '{key}'")
+        types, name = _SCHEMA[key]
+        if isinstance(value, bool) or not isinstance(value, types):
+            raise ConfigError(f"{source}: '{key}' must be {name}, not {type(value).__name__}")
+        if name == "a list of strings" and not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{source}: '{key}' must be {name}")
+        if name == "a number" and value <= 0:
+            raise ConfigError(f"{source}: '{key}' must be greater than 0")
+    if flat.get("max_body_bytes", 1) <= 0:
+        raise ConfigError(f"{source}: 'max_body_bytes' must be greater than 0")
+
+
+def listen_from_ollama_host(value: str) -> str:
+    """Translate ``OLLAMA_HOST`` (as Ollama reads it) into a Twisted endpoint string."""
+    host = value.strip()
+    for scheme in ("http://", "https://"):
+        if host.startswith(scheme):
+            host = host[len(scheme) :]
+    host = host.rstrip("/")
+    port = "11434"
+    if host.startswith("["):
+        address, _, rest = host[1:].partition("]")
+        if rest.startswith(":") and rest[1:]:
+            port = rest[1:]
+        host = address
+    elif host.count(":") == 1:
+        host, port = host.split(":")
+    if not host:
+        host = "127.0.0.1"
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"OLLAMA_HOST: '{value}' does not name a valid port")
+    return f"tcp:{port}:interface={host.replace(':', chr(92) + ':')}"
+
+
+def load_config(
+    environ: Mapping[str, str] | None = None,
+    config_file: str | None = None,
+    listen: list[str] | tuple[str, ...] | None = None,
+) -> Config:
+    """Build a :class:`Config` from the environment, a TOML file and ``--listen``.
+
+    Precedence: command line, then environment (secrets and endpoints), then the file.
+    """
+    env = os.environ if environ is None else environ
+    path = config_file or env.get("OLLAMA_PROXY_CONFIG") or None
+    flat: dict[str, Any] = {}
+    if path:
+        try:
+            with open(path, "rb") as handle:
+                table = tomllib.load(handle)
+        except OSError as error:
+            raise ConfigError(f"cannot read config file {path}: {error.strerror}") from None
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError(f"{path}: not valid TOML: {error}") from None
+        flat = _flatten(table)
+        _check(flat, path)
+
+    openrouter = OpenRouterConfig(
+        api_key=env.get("OPENROUTER_API_KEY") or flat.get("openrouter.api_key"),
+        base_url=(env.get("OPENROUTER_BASE_URL") or flat.get("openrouter.base_url") or DEFAULT_OPENROUTER_URL).rstrip("/"),
+        http_referer=flat.get("openrouter.http_referer"),
+        x_title=flat.get("openrouter.x_title"),
+    )
+    if listen:
+        endpoints = tuple(listen)
+    elif env.get("OLLAMA_HOST"):
+        endpoints = (listen_from_ollama_host(env["OLLAMA_HOST"]),)
+    elif flat.get("listen"):
+        endpoints = tuple(flat["listen"])
+    else:
+        endpoints = (DEFAULT_LISTEN,)
+
+    defaults = Config()
+    return replace(
+        defaults,
+        listen=endpoints,
+        openrouter=openrouter,
+        timeouts=Timeouts(
+            connect=float(flat.get("timeouts.connect", defaults.timeouts.connect)),
+            response=float(flat.get("timeouts.response", defaults.timeouts.response)),
+            idle=float(flat.get("timeouts.idle", defaults.timeouts.idle)),
+        ),
+        filter=FilterConfig(
+            allow=tuple(flat.get("filter.allow", ())),
+            deny=tuple(flat.get("filter.deny", ())),
+        ),
+        ollama_version=flat.get("ollama_version", defaults.ollama_version),
+        environment=flat.get("environment", env.get("OLLAMA_PROXY_ENVIRONMENT", defaults.environment)),
+        max_body_bytes=flat.get("max_body_bytes", defaults.max_body_bytes),
+        model_refresh_interval=float(flat.get("refresh.models_interval", defaults.model_refresh_interval)),
+        health_check_interval=float(flat.get("refresh.health_interval", defaults.health_check_interval)),
+        max_connections_per_provider=flat.get("openrouter.max_connections", defaults.max_connections_per_provider),
+        config_file=path,
+    )

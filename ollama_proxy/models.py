@@ -1,0 +1,166 @@
+"""Upstream models and how they look as Ollama models (pure functions, no I/O).
+
+An upstream id such as ``google/gemini-pro`` is offered to Ollama clients as
+``google/gemini-pro:latest``; an id that already carries a tag
+(``meta-llama/llama-3-8b:free``) is offered as it is. Requests may name a model
+with or without ``:latest``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+_PARAMETER_SIZE = re.compile(r"(?<![a-z0-9.])(\d+(?:\.\d+)?)([bm])(?![a-z0-9])", re.IGNORECASE)
+_FAMILY_WORD = re.compile(r"[a-z]+", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class UpstreamModel:
+    """A model as a provider describes it."""
+
+    id: str
+    provider: str = "openrouter"
+    created: int = 0
+    context_length: int | None = None
+    input_modalities: tuple[str, ...] = ("text",)
+    supported_parameters: tuple[str, ...] = ()
+    embedding: bool = False
+    name: str = ""
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def ollama_name(self) -> str:
+        return ollama_name(self.id)
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(self.id.encode("utf-8")).hexdigest()
+
+    @property
+    def family(self) -> str:
+        return family_of(self.id)
+
+    def capabilities(self) -> list[str]:
+        if self.embedding:
+            return ["embedding"]
+        capabilities = ["completion"]
+        params = set(self.supported_parameters)
+        if "tools" in params:
+            capabilities.append("tools")
+        if "image" in self.input_modalities:
+            capabilities.append("vision")
+        if params & {"reasoning", "include_reasoning"}:
+            capabilities.append("thinking")
+        return capabilities
+
+
+def ollama_name(model_id: str) -> str:
+    """The name Ollama clients see: the id, tagged ``:latest`` when it has no tag."""
+    return model_id if ":" in model_id.rsplit("/", 1)[-1] else f"{model_id}:latest"
+
+
+def candidate_ids(name: str) -> list[str]:
+    """Upstream ids a requested name may mean, most specific first."""
+    name = name.strip()
+    candidates = [name]
+    if name.endswith(":latest"):
+        candidates.append(name[: -len(":latest")])
+    return candidates
+
+
+def family_of(model_id: str) -> str:
+    """``google/gemini-pro`` -> ``gemini``; ``openai/gpt-4o`` -> ``gpt``."""
+    base = model_id.rsplit("/", 1)[-1].split(":", 1)[0]
+    match = _FAMILY_WORD.search(base)
+    return match.group().lower() if match else "unknown"
+
+
+def parameter_size_of(model_id: str) -> str:
+    """``meta-llama/llama-3.1-8b-instruct`` -> ``8B``; unknown -> ``""``."""
+    base = model_id.rsplit("/", 1)[-1]
+    match = _PARAMETER_SIZE.search(base)
+    if not match:
+        return ""
+    return f"{match.group(1)}{match.group(2).upper()}"
+
+
+def rfc3339(seconds: float) -> str:
+    """UTC timestamp as Ollama writes it, with fractional seconds and a ``Z``."""
+    moment = datetime.fromtimestamp(seconds, tz=timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%f") + "Z"
+
+
+def details(model: UpstreamModel) -> dict[str, Any]:
+    family = model.family
+    return {
+        "parent_model": "",
+        "format": "api",
+        "family": family,
+        "families": [family],
+        "parameter_size": parameter_size_of(model.id),
+        "quantization_level": "",
+    }
+
+
+def tag_entry(model: UpstreamModel) -> dict[str, Any]:
+    """One entry of ``/api/tags``."""
+    name = model.ollama_name
+    return {
+        "name": name,
+        "model": name,
+        "provider": model.provider,
+        "modified_at": rfc3339(model.created),
+        "size": 0,
+        "digest": model.digest,
+        "details": details(model),
+    }
+
+
+def show_response(model: UpstreamModel) -> dict[str, Any]:
+    """The body of ``/api/show``: much is stubbed, as a cloud model has no Modelfile."""
+    architecture = model.family
+    model_info: dict[str, Any] = {
+        "general.architecture": architecture,
+        "general.basename": model.id.rsplit("/", 1)[-1],
+        "general.name": model.name or model.id,
+    }
+    if model.context_length:
+        model_info[f"{architecture}.context_length"] = model.context_length
+    return {
+        "license": "",
+        "modelfile": f"# Served by ollama-proxy from {model.provider}\nFROM {model.id}\n",
+        "parameters": "",
+        "template": "{{ .Prompt }}",
+        "details": details(model),
+        "model_info": model_info,
+        "tensors": [],
+        "capabilities": model.capabilities(),
+        "modified_at": rfc3339(model.created),
+    }
+
+
+def from_openrouter(entry: dict[str, Any], provider: str, embedding: bool = False) -> UpstreamModel | None:
+    """Read one entry of an OpenAI/OpenRouter ``/models`` listing; ``None`` if unusable."""
+    model_id = entry.get("id")
+    if not isinstance(model_id, str) or not model_id:
+        return None
+    architecture = entry.get("architecture") if isinstance(entry.get("architecture"), dict) else {}
+    modalities = architecture.get("input_modalities") or ["text"]
+    output = architecture.get("output_modalities") or []
+    params = entry.get("supported_parameters") or []
+    created = entry.get("created")
+    context = entry.get("context_length")
+    return UpstreamModel(
+        id=model_id,
+        provider=provider,
+        created=int(created) if isinstance(created, (int, float)) else 0,
+        context_length=int(context) if isinstance(context, (int, float)) else None,
+        input_modalities=tuple(str(m) for m in modalities if isinstance(m, str)),
+        supported_parameters=tuple(str(p) for p in params if isinstance(p, str)),
+        embedding=embedding or output == ["embeddings"] or "embedding" in model_id.split("/")[-1],
+        name=str(entry.get("name") or ""),
+    )

@@ -1,0 +1,241 @@
+"""A provider that speaks OpenAI's chat-completions wire format (OpenRouter, OpenAI, ...).
+
+One persistent connection pool per provider, shared by every request. Streams are
+requested with ``unbuffered=True`` and read event by event (:mod:`ollama_proxy.upstream`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import treq
+from treq.client import HTTPClient
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.error import ConnectError, DNSLookupError, TimeoutError as ConnectTimeout
+from twisted.internet.interfaces import IReactorTCP, IReactorTime
+from twisted.logger import Logger
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed, ResponseNeverReceived
+from zope.interface import implementer
+
+from .. import __version__
+from ..config import Timeouts
+from ..errors import UpstreamError
+from ..interfaces import IProvider, IUpstreamStream
+from ..models import UpstreamModel, from_openrouter
+from ..upstream import SSEStream
+
+log = Logger()
+
+_MAX_ERROR_BODY = 64 * 1024
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None  # an HTTP date: rare from APIs; the caller's own backoff applies
+
+
+@implementer(IProvider)
+class OpenAICompatibleProvider:
+    """An upstream reached at ``base_url`` with a bearer key, OpenAI-style."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        type: str,
+        label: str,
+        base_url: str,
+        api_key: str | None,
+        reactor: Any,
+        timeouts: Timeouts,
+        extra_headers: Mapping[str, str] | None = None,
+        max_connections: int = 32,
+        embedding_models_path: str | None = None,
+        requires_key: bool = True,
+    ) -> None:
+        self.name = name
+        self.type = type
+        self.label = label
+        self.base_url = base_url.rstrip("/")
+        self._key = api_key
+        self._reactor = reactor
+        self._clock: IReactorTime = reactor
+        self.timeouts = timeouts
+        self._extra_headers = dict(extra_headers or {})
+        self._embedding_models_path = embedding_models_path
+        self._requires_key = requires_key
+        self._pool = HTTPConnectionPool(reactor, persistent=True)
+        self._pool.maxPersistentPerHost = max_connections
+        self._pool.retryAutomatically = False
+        agent = Agent(reactor, connectTimeout=timeouts.connect, pool=self._pool)
+        self._http = HTTPClient(agent)
+
+    # -- IProvider -----------------------------------------------------------
+    @property
+    def configured(self) -> bool:
+        return bool(self._key) or not self._requires_key
+
+    def redact(self, text: str) -> str:
+        """``text`` with this provider's key blotted out."""
+        return text.replace(self._key, "[REDACTED]") if self._key else text
+
+    async def list_models(self) -> list[UpstreamModel]:
+        listing = await self._get_json("models")
+        models = [m for m in (from_openrouter(e, self.name) for e in _entries(listing)) if m is not None]
+        if self._embedding_models_path:
+            # OpenRouter lists embedding models apart from chat models.
+            try:
+                extra = await self._get_json(self._embedding_models_path)
+            except UpstreamError as error:
+                log.warn("{provider}: embedding model list unavailable: {error}", provider=self.name, error=error.message)
+            else:
+                known = {m.id for m in models}
+                for entry in _entries(extra):
+                    model = from_openrouter(entry, self.name, embedding=True)
+                    if model is not None and model.id not in known:
+                        models.append(model)
+        return models
+
+    async def open_chat(self, body: Mapping[str, Any]) -> IUpstreamStream:
+        self._require_key()
+        response = await self._request("POST", "chat/completions", body)
+        return SSEStream(response, self._clock, self.timeouts.idle, self.label)
+
+    async def embed(self, model: str, inputs: Sequence[str], dimensions: int | None = None) -> tuple[list[list[float]], int]:
+        self._require_key()
+        body: dict[str, Any] = {"model": model, "input": list(inputs)}
+        if dimensions:
+            body["dimensions"] = dimensions
+        response = await self._request("POST", "embeddings", body)
+        answer = await self._json(response)
+        data = answer.get("data") if isinstance(answer, dict) else None
+        if not isinstance(data, list):
+            raise UpstreamError(self.label, self.type, None, "embedding answer without 'data'")
+        ordered = sorted((d for d in data if isinstance(d, dict)), key=lambda d: d.get("index", 0))
+        vectors = [d.get("embedding") for d in ordered]
+        if not all(isinstance(v, list) for v in vectors):
+            raise UpstreamError(self.label, self.type, None, "embedding answer without vectors")
+        usage = answer.get("usage") or {}
+        tokens = usage.get("prompt_tokens") if isinstance(usage, dict) else None
+        return vectors, tokens if isinstance(tokens, int) else 0  # type: ignore[return-value]
+
+    async def check_health(self) -> None:
+        response = await self._request("GET", "models", None)
+        await response.content()
+
+    def close(self) -> "Deferred[None]":
+        return self._pool.closeCachedConnections()
+
+    # -- HTTP ------------------------------------------------------------------
+    def _require_key(self) -> None:
+        if not self.configured:
+            raise UpstreamError(self.label, self.type, None, f"no API key is configured for {self.label}", status=503)
+
+    def _headers(self, has_body: bool) -> dict[str, str]:
+        headers = {"Accept": "application/json, text/event-stream", "User-Agent": f"ollama-proxy/{__version__}"}
+        if has_body:
+            headers["Content-Type"] = "application/json"
+        if self._key:
+            headers["Authorization"] = f"Bearer {self._key}"
+        headers.update(self._extra_headers)
+        return headers
+
+    async def _request(self, method: str, path: str, body: Mapping[str, Any] | None) -> Any:
+        """Send a request; return the response once its headers arrived with a 2xx status."""
+        url = f"{self.base_url}/{path}"
+        data = json.dumps(body).encode("utf-8") if body is not None else None
+        d = self._http.request(method, url, data=data, headers=self._headers(data is not None), unbuffered=True)
+        timed_out: list[bool] = []
+
+        def give_up() -> None:
+            timed_out.append(True)
+            d.cancel()
+
+        timer = self._clock.callLater(self.timeouts.response, give_up)
+        try:
+            response = await d
+        except Exception as error:  # noqa: BLE001 - every way of not reaching it becomes one error
+            if timed_out:
+                raise UpstreamError(self.label, self.type, None, f"no response within {self.timeouts.response:g} seconds", status=504) from None
+            if isinstance(error, CancelledError):
+                raise
+            raise UpstreamError(self.label, self.type, None, f"cannot reach {self.label}: {self._describe(error)}") from None
+        finally:
+            if timer.active():
+                timer.cancel()
+        if 200 <= response.code < 300:
+            return response
+        raise await self._error_from(response)
+
+    async def _error_from(self, response: Any) -> UpstreamError:
+        detail = ""
+        try:
+            raw = await treq.content(response)
+        except Exception:  # noqa: BLE001 - the status alone is still worth reporting
+            raw = b""
+        raw = raw[:_MAX_ERROR_BODY]
+        try:
+            parsed = json.loads(raw)
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, dict) and parsed.get("error") is not None:
+            error = parsed["error"]
+            detail = str(error.get("message") or "") if isinstance(error, dict) else str(error)
+        elif raw:
+            detail = raw.decode("utf-8", errors="replace").strip()[:500]
+        retry_after = _retry_after(response.headers.getRawHeaders(b"retry-after", [b""])[0].decode("latin-1"))
+        return UpstreamError(self.label, self.type, response.code, self.redact(detail), retry_after=retry_after)
+
+    async def _get_json(self, path: str) -> Any:
+        response = await self._request("GET", path, None)
+        return await self._json(response)
+
+    async def _json(self, response: Any) -> Any:
+        raw = await treq.content(response)
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise UpstreamError(self.label, self.type, None, "answered with a body that is not JSON") from None
+
+    def _describe(self, error: BaseException) -> str:
+        if isinstance(error, (ResponseNeverReceived, ResponseFailed)):
+            reasons = [self._describe(r.value) for r in error.reasons]
+            return "; ".join(reasons) or "connection lost"
+        if isinstance(error, ConnectTimeout):
+            return f"connection timed out after {self.timeouts.connect:g} seconds"
+        if isinstance(error, (ConnectError, DNSLookupError)):
+            return self.redact(error.__class__.__name__ + (f": {error.osError}" if getattr(error, "osError", None) else ""))
+        return self.redact(str(error) or error.__class__.__name__)
+
+
+def _entries(listing: Any) -> list[dict[str, Any]]:
+    data = listing.get("data") if isinstance(listing, dict) else listing
+    return [e for e in data if isinstance(e, dict)] if isinstance(data, list) else []
+
+
+def openrouter(config: Any, reactor: IReactorTCP) -> OpenAICompatibleProvider:
+    """OpenRouter, from the ``openrouter`` part of :class:`~ollama_proxy.config.Config`."""
+    router = config.openrouter
+    headers: dict[str, str] = {}
+    if router.http_referer:
+        headers["HTTP-Referer"] = router.http_referer
+    if router.x_title:
+        headers["X-Title"] = router.x_title
+    return OpenAICompatibleProvider(
+        name="openrouter",
+        type="openrouter",
+        label="OpenRouter",
+        base_url=router.base_url,
+        api_key=router.api_key,
+        reactor=reactor,
+        timeouts=config.timeouts,
+        extra_headers=headers,
+        max_connections=config.max_connections_per_provider,
+        embedding_models_path="embeddings/models",
+    )

@@ -1,0 +1,116 @@
+"""The hot path: relay an upstream stream to the client, one NDJSON line per event.
+
+Nothing is buffered: each upstream event is translated and written as soon as it
+is parsed. The client's socket pushes back on the upstream (a registered
+producer), and a client that goes away closes the upstream connection at once.
+Until the first line is written the answer can still carry an error status;
+after that, an error becomes one last ``{"error": ...}`` line.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.internet.defer import CancelledError
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from twisted.web.iweb import IRequest
+from zope.interface import implementer
+
+from .errors import UpstreamError, UpstreamStreamError
+from .interfaces import IProvider, IUpstreamStream
+from .translate import ChatTranslator, ndjson
+
+log = Logger()
+
+NDJSON = b"application/x-ndjson"
+JSON = b"application/json; charset=utf-8"
+
+
+@implementer(IPushProducer)
+class _Backpressure:
+    """Registered on the client's request: a full client socket pauses the upstream."""
+
+    def __init__(self, upstream: IUpstreamStream) -> None:
+        self._upstream = upstream
+
+    def pauseProducing(self) -> None:
+        self._upstream.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._upstream.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self._upstream.stopProducing()
+
+
+class ChatRelay:
+    """One chat or generate request, from opening the upstream to the last line."""
+
+    def __init__(self, request: IRequest, provider: IProvider, translator: ChatTranslator, clock: Any) -> None:
+        self.request = request
+        self.provider = provider
+        self.translator = translator
+        self._clock = clock
+        self.started_output = False
+        self.client_gone = False
+        self.failed = False
+        request.notifyFinish().addErrback(self._client_left)
+        self._upstream: IUpstreamStream | None = None
+
+    def _client_left(self, _: Any) -> None:
+        self.client_gone = True
+        if self._upstream is not None:
+            self._upstream.stopProducing()
+
+    async def _open(self, body: dict[str, Any]) -> IUpstreamStream:
+        upstream = await self.provider.open_chat(body)
+        self.translator.timings.upstream_headers = self._clock.seconds()
+        self._upstream = upstream
+        if self.client_gone:
+            upstream.stopProducing()
+            raise CancelledError()
+        return upstream
+
+    async def answer(self, body: dict[str, Any]) -> bytes:
+        """Non-streamed: gather the stream, answer one JSON object."""
+        upstream = await self._open(body)
+        try:
+            await upstream.deliver(self.translator.feed)
+        except UpstreamStreamError as error:
+            raise UpstreamError(self.provider.label, self.provider.type, None, error.message) from None
+        self.request.setHeader(b"content-type", JSON)
+        return json.dumps(self.translator.final(), ensure_ascii=False).encode("utf-8")
+
+    async def stream(self, body: dict[str, Any]) -> None:
+        """Streamed: one line per upstream event, then the ``done`` line."""
+        upstream = await self._open(body)
+        producer = _Backpressure(upstream)
+        self.request.registerProducer(producer, True)
+        try:
+            await upstream.deliver(self._write_all)
+        except UpstreamStreamError as error:
+            if not self.started_output:
+                # Nothing was sent yet: the client still gets a real status.
+                raise UpstreamError(self.provider.label, self.provider.type, None, error.message) from None
+            self.failed = True
+            log.warn("stream ended early: {error}", error=error.message)
+            self._write(ndjson({"error": error.message}))
+            return
+        finally:
+            if not self.client_gone:
+                self.request.unregisterProducer()
+        self._write(ndjson(self.translator.final()))
+
+    def _write_all(self, chunk: dict[str, Any]) -> None:
+        for obj in self.translator.feed(chunk):
+            self._write(ndjson(obj))
+
+    def _write(self, line: bytes) -> None:
+        if self.client_gone:
+            return
+        if not self.started_output:
+            self.started_output = True
+            self.request.setHeader(b"content-type", NDJSON)
+        self.request.write(line)

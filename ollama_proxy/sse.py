@@ -1,0 +1,98 @@
+"""An incremental parser for Server-Sent Events (the upstream streaming format).
+
+Bytes go in as they arrive from the network, in pieces of any size; complete
+events come out. Lines may end in LF, CRLF or a lone CR, and a CRLF may be split
+across two reads. Comment lines (``: OPENROUTER PROCESSING``) are keep-alives and
+produce no event.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+
+
+class SSEProtocolError(ValueError):
+    """The upstream sent something that is not an SSE stream we can read."""
+
+
+@dataclass(frozen=True)
+class SSEEvent:
+    """One dispatched event: its type (``message`` unless named) and its data."""
+
+    data: str
+    event: str = "message"
+
+
+class SSEParser:
+    """Turn a byte stream into :class:`SSEEvent` objects, one ``feed`` at a time."""
+
+    def __init__(self, max_line_bytes: int = 16 * 1024 * 1024) -> None:
+        self._buffer = b""
+        self._data: list[str] = []
+        self._event = ""
+        self._max_line = max_line_bytes
+        self.comments = 0
+
+    def feed(self, chunk: bytes) -> list[SSEEvent]:
+        """Consume ``chunk`` and return the events it completed, in order."""
+        buffer = self._buffer + chunk if self._buffer else chunk
+        events: list[SSEEvent] = []
+        position = 0
+        while True:
+            match = _LINE_END.search(buffer, position)
+            if match is None:
+                break
+            if match.group() == b"\r" and match.end() == len(buffer):
+                # A CR at the very end may be the first half of a CRLF.
+                break
+            line = buffer[position : match.start()]
+            position = match.end()
+            event = self._line(line)
+            if event is not None:
+                events.append(event)
+        self._buffer = buffer[position:]
+        if len(self._buffer) > self._max_line:
+            raise SSEProtocolError(f"an SSE line exceeded {self._max_line} bytes")
+        return events
+
+    def _line(self, raw: bytes) -> SSEEvent | None:
+        if not raw:
+            return self._dispatch()
+        if raw[:1] == b":":
+            self.comments += 1
+            return None
+        line = raw.decode("utf-8", errors="replace")
+        field, sep, value = line.partition(":")
+        if sep and value.startswith(" "):
+            value = value[1:]
+        if field == "data":
+            self._data.append(value)
+        elif field == "event":
+            self._event = value
+        # ``id`` and ``retry`` are legal but mean nothing to a one-shot stream.
+        return None
+
+    def _dispatch(self) -> SSEEvent | None:
+        if not self._data:
+            self._event = ""
+            return None
+        event = SSEEvent("\n".join(self._data), self._event or "message")
+        self._data = []
+        self._event = ""
+        return event
+
+    def close(self) -> list[SSEEvent]:
+        """The stream ended: dispatch a last event left without its blank line."""
+        events: list[SSEEvent] = []
+        if self._buffer:
+            event = self._line(self._buffer.rstrip(b"\r"))
+            self._buffer = b""
+            if event is not None:
+                events.append(event)
+        event = self._dispatch()
+        if event is not None:
+            events.append(event)
+        return events

@@ -1,0 +1,164 @@
+"""Reading a streamed upstream answer: SSE bytes in, JSON events out, as they arrive.
+
+The body is never buffered: each TCP read is parsed at once and each complete
+event handed on. An idle timer ends a stream that goes silent; cancelling the
+result closes the connection so the provider stops generating.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+from twisted.web.client import PotentialDataLoss, ResponseDone
+from twisted.web.iweb import IResponse
+from zope.interface import implementer
+
+from .errors import UpstreamStreamError
+from .interfaces import IUpstreamStream
+from .sse import SSEParser, SSEProtocolError
+
+EventSink = Callable[[dict[str, Any]], None]
+
+
+class _SSEBodyReader(Protocol):
+    """Receives the response body from Twisted's HTTP client."""
+
+    def __init__(self, stream: "SSEStream") -> None:
+        self._stream = stream
+
+    def dataReceived(self, data: bytes) -> None:
+        self._stream._data(data)
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self._stream._lost(reason)
+
+
+@implementer(IUpstreamStream)
+class SSEStream:
+    """An upstream response whose body is an SSE stream of JSON events."""
+
+    def __init__(self, response: IResponse, clock: IReactorTime, idle_timeout: float, label: str) -> None:
+        self._response = response
+        self._clock = clock
+        self._idle_timeout = idle_timeout
+        self._label = label
+        self._parser = SSEParser()
+        self._sink: EventSink | None = None
+        self._reader: _SSEBodyReader | None = None
+        self._idle: IDelayedCall | None = None
+        self._finished: Deferred[None] | None = None
+        self._saw_done = False
+        self._saw_finish = False
+        self._stopped = False
+        self._pending: list[bytes] = []
+
+    # -- IUpstreamStream ----------------------------------------------------
+    def deliver(self, on_event: EventSink) -> "Deferred[None]":
+        self._sink = on_event
+        self._finished = Deferred(canceller=lambda _: self.stopProducing())
+        self._reader = _SSEBodyReader(self)
+        self._arm()
+        self._response.deliverBody(self._reader)
+        return self._finished
+
+    def pauseProducing(self) -> None:
+        if self._transport is not None and not self._stopped:
+            self._transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        if self._transport is not None and not self._stopped:
+            self._transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        """Close the connection: it will not go back to the pool."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self._disarm()
+        if self._transport is not None:
+            self._transport.stopProducing()
+
+    # -- internals ------------------------------------------------------------
+    @property
+    def _transport(self) -> Any:
+        return getattr(self._reader, "transport", None)
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._idle = self._clock.callLater(self._idle_timeout, self._timed_out)
+
+    def _disarm(self) -> None:
+        if self._idle is not None and self._idle.active():
+            self._idle.cancel()
+        self._idle = None
+
+    def _timed_out(self) -> None:
+        self._idle = None
+        self._fail(UpstreamStreamError(f"{self._label} stream stalled: no data for {self._idle_timeout:g} seconds"))
+
+    def _fail(self, error: Exception) -> None:
+        finished = self._finished
+        self.stopProducing()
+        if finished is not None and not finished.called:
+            finished.errback(Failure(error))
+
+    def _data(self, data: bytes) -> None:
+        if self._stopped:
+            return
+        self._arm()
+        try:
+            events = self._parser.feed(data)
+        except SSEProtocolError as error:
+            self._fail(UpstreamStreamError(f"{self._label} sent an unreadable stream: {error}"))
+            return
+        for event in events:
+            if self._stopped:
+                return
+            self._event(event.data)
+
+    def _event(self, data: str) -> None:
+        if data.strip() == "[DONE]":
+            self._saw_done = True
+            return
+        try:
+            obj = json.loads(data)
+        except ValueError:
+            self._fail(UpstreamStreamError(f"{self._label} sent an event that is not JSON"))
+            return
+        if not isinstance(obj, dict):
+            return
+        for choice in obj.get("choices") or ():
+            if isinstance(choice, dict) and choice.get("finish_reason"):
+                self._saw_finish = True
+        assert self._sink is not None
+        try:
+            self._sink(obj)
+        except UpstreamStreamError as error:
+            self._fail(error)
+        except Exception as error:  # noqa: BLE001 - the sink failed: end the stream, keep the cause
+            self._fail(error)
+
+    def _lost(self, reason: Failure | None) -> None:
+        self._disarm()
+        finished = self._finished
+        if finished is None or finished.called:
+            return
+        for event in self._parser.close():
+            if finished.called:
+                return
+            self._event(event.data)
+        if finished.called:
+            return
+        clean = reason is None or reason.check(ResponseDone, PotentialDataLoss)
+        if self._stopped and not clean:
+            finished.errback(Failure(CancelledError()))
+        elif clean and (self._saw_done or self._saw_finish):
+            finished.callback(None)
+        else:
+            finished.errback(Failure(UpstreamStreamError(f"{self._label} closed the stream before it was complete")))

@@ -1,0 +1,36 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="ollama-proxy",
+    version="0.1.0",
+    description="Ollama's HTTP API answered by cloud models (OpenRouter, OpenAI, ...), on Twisted.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(include=["ollama_proxy", "ollama_proxy.*"]) + ["twisted.plugins"],
+    package_data={"twisted": ["plugins/ollama_proxy_plugin.py"]},
+    install_requires=[
+        "twisted>=23.10",
+        "treq>=23.11",
+        "klein>=23.5",
+        "service-identity>=23.1",
+        "zope.interface>=6.0",
+        "pyOpenSSL",
+        "idna",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "pytest-twisted>=1.14",
+            "pytest-timeout>=2.2",
+            "ollama>=0.4",
+            "openai>=1.40",
+            "hypothesis>=6",
+        ],
+    },
+    entry_points={},
+    classifiers=[
+        "Framework :: Twisted",
+        "Programming Language :: Python :: 3",
+    ],
+)

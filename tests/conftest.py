@@ -1,0 +1,112 @@
+"""Fixtures: a real upstream simulator and a real proxy, both on loopback port 0."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor as global_reactor
+from twisted.internet import threads
+from twisted.internet.defer import Deferred
+
+from ollama_proxy.config import Config, OpenRouterConfig, Timeouts, load_config
+from ollama_proxy.service import ProxyService, makeService
+
+from .simulator import API_KEY, UpstreamSimulator
+
+
+class RunningProxy:
+    """A started proxy: its URL and its service tree."""
+
+    def __init__(self, service: ProxyService) -> None:
+        self.service = service
+        port = service.listening_ports()[0].getHost().port
+        self.url = f"http://127.0.0.1:{port}"
+        self.port = port
+
+    def stop(self) -> Deferred[Any]:
+        return self.service.stopService()
+
+
+def base_config(simulator: UpstreamSimulator, **overrides: Any) -> Config:
+    config = load_config(environ={}, listen=["tcp:0:interface=127.0.0.1"])
+    config = replace(
+        config,
+        openrouter=OpenRouterConfig(api_key=API_KEY, base_url=simulator.base_url),
+        timeouts=Timeouts(connect=5, response=10, idle=10),
+    )
+    return replace(config, **overrides)
+
+
+@pytest.fixture
+def simulator() -> Any:
+    sim = UpstreamSimulator(global_reactor)
+    sim.base_url = sim.start()  # type: ignore[attr-defined]
+    yield sim
+    sim.close_connections()
+    pytest_twisted.blockon(sim.stop())
+
+
+@pytest.fixture
+def make_proxy(simulator: UpstreamSimulator) -> Any:
+    """``make_proxy(**config_overrides)`` starts a proxy; all are stopped after the test."""
+    started: list[RunningProxy] = []
+
+    def make(**overrides: Any) -> RunningProxy:
+        service = makeService(base_config(simulator, **overrides), global_reactor)
+        service.startService()
+        proxy = RunningProxy(service)
+        started.append(proxy)
+        return proxy
+
+    yield make
+    for proxy in started:
+        pytest_twisted.blockon(proxy.stop())
+
+
+@pytest.fixture
+def proxy(make_proxy: Any) -> RunningProxy:
+    return make_proxy()
+
+
+def in_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[Any]:
+    """Run a blocking client (ollama, openai) off the reactor thread."""
+    return threads.deferToThread(fn, *args, **kwargs)
+
+
+class RawResponse:
+    def __init__(self, code: int, headers: Any, body: bytes) -> None:
+        self.code = code
+        self.headers = headers
+        self.body = body
+
+    def header(self, name: str) -> str | None:
+        values = self.headers.getRawHeaders(name)
+        return values[0] if values else None
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    def lines(self) -> list[Any]:
+        assert not [l for l in self.body.split(b"\n")[:-1] if not l.strip()], "blank line in NDJSON"
+        return [json.loads(line) for line in self.body.splitlines()]
+
+
+async def http(method: str, url: str, body: Any = None, *, raw: bytes | None = None, headers: dict[str, str] | None = None) -> RawResponse:
+    """A plain HTTP exchange (treq on a non-persistent pool), for statuses and headers."""
+    import treq
+    from treq.client import HTTPClient
+    from twisted.web.client import Agent, HTTPConnectionPool
+
+    pool = HTTPConnectionPool(global_reactor, persistent=False)
+    client = HTTPClient(Agent(global_reactor, pool=pool))
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    hdrs = {"Content-Type": "application/json"} if data is not None else {}
+    hdrs.update(headers or {})
+    response = await client.request(method, url, data=data, headers=hdrs)
+    content = await treq.content(response)
+    return RawResponse(response.code, response.headers, content)
