@@ -115,9 +115,9 @@ class ProxyService(MultiService):
         self.api = OllamaAPI(config, self.provider, self.catalogue, self.stats, self.health, reactor)
         self.site = make_site(self.api.resource(), config.max_body_bytes, reactor=reactor)
 
-        for description in config.listen:
+        for index, description in enumerate(config.listen):
             listener = ListenerService(description, self.site, reactor)
-            listener.setName(f"listen:{description}")
+            listener.setName(f"listen[{index}]")
             listener.setServiceParent(self)
 
         refresh = TimerService(config.model_refresh_interval, lambda: ensureDeferred(self.catalogue.refresh_quietly()))
@@ -132,6 +132,18 @@ class ProxyService(MultiService):
         health.setServiceParent(self)
 
         ProviderPoolService(self.provider).setServiceParent(self)
+
+    def startService(self) -> None:
+        super().startService()
+        self.reactor.callWhenRunning(self._ready)
+
+    def _ready(self) -> None:
+        # After the reactor runs: listeners are bound and signal handlers installed.
+        addresses = []
+        for port in self.listening_ports():
+            host = port.getHost()
+            addresses.append(f"{getattr(host, 'host', host)}:{getattr(host, 'port', '')}")
+        log.info("ollama-proxy ready, serving on {addresses}", addresses=", ".join(addresses) or "(mounted only)")
 
     def listening_ports(self) -> list[Any]:
         """The bound ports (after start), e.g. to learn a port the system chose."""

@@ -110,3 +110,76 @@ async def http(method: str, url: str, body: Any = None, *, raw: bytes | None = N
     response = await client.request(method, url, data=data, headers=hdrs)
     content = await treq.content(response)
     return RawResponse(response.code, response.headers, content)
+
+
+class LineReader:
+    """A raw HTTP/1.1 client on a TCP connection: send one request, read NDJSON
+    lines as they arrive, hang up whenever the test says so."""
+
+    def __init__(self) -> None:
+        from twisted.internet.protocol import Protocol
+
+        reader = self
+
+        class _Protocol(Protocol):
+            def dataReceived(self, data: bytes) -> None:
+                reader._received(data)
+
+            def connectionLost(self, reason: Any = None) -> None:
+                reader._closed()
+
+        self.protocol = _Protocol()
+        self.buffer = b""
+        self.head: bytes | None = None
+        self.lines: list[bytes] = []
+        self._waiters: list[tuple[int, Deferred[Any]]] = []
+        self.closed: Deferred[None] = Deferred()
+
+    async def connect(self, port: int, path: str, body: Any) -> None:
+        from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+
+        await connectProtocol(TCP4ClientEndpoint(global_reactor, "127.0.0.1", port), self.protocol)
+        payload = json.dumps(body).encode()
+        self.protocol.transport.write(
+            b"POST " + path.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: " + str(len(payload)).encode() + b"\r\n\r\n" + payload
+        )
+
+    def _received(self, data: bytes) -> None:
+        self.buffer += data
+        if self.head is None and b"\r\n\r\n" in self.buffer:
+            self.head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
+        if self.head is None:
+            return
+        # Chunked transfer encoding: take whole chunks, split their payload into lines.
+        while True:
+            size_line, sep, rest = self.buffer.partition(b"\r\n")
+            if not sep:
+                break
+            size = int(size_line.split(b";")[0], 16)
+            if len(rest) < size + 2:
+                break
+            chunk, self.buffer = rest[:size], rest[size + 2 :]
+            self.lines.extend(line for line in chunk.split(b"\n") if line)
+        for count, waiter in list(self._waiters):
+            if len(self.lines) >= count:
+                self._waiters.remove((count, waiter))
+                waiter.callback(self.lines[:count])
+
+    def _closed(self) -> None:
+        for _, waiter in self._waiters:
+            waiter.errback(ConnectionError("closed"))
+        self._waiters = []
+        if not self.closed.called:
+            self.closed.callback(None)
+
+    def wait_for_lines(self, count: int) -> Deferred[list[bytes]]:
+        d: Deferred[list[bytes]] = Deferred()
+        if len(self.lines) >= count:
+            d.callback(self.lines[:count])
+        else:
+            self._waiters.append((count, d))
+        return d
+
+    def hang_up(self) -> None:
+        self.protocol.transport.loseConnection()

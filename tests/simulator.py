@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
@@ -55,6 +55,7 @@ CHAT_MODELS: list[dict[str, Any]] = [
     _model("sim/fail-500"),
     _model("sim/fail-503"),
     _model("sim/no-headers"),
+    _model("sim/leaky-error"),
 ]
 EMBEDDING_MODELS: list[dict[str, Any]] = [
     {**_model("openai/text-embedding-3-small", context=8192), "architecture": {"input_modalities": ["text"], "output_modalities": ["embeddings"]}},
@@ -144,6 +145,7 @@ class UpstreamSimulator(Resource):
         self.streams_aborted = 0
         self.tokens_sent = 0
         self._abort_waiters: list[Deferred[None]] = []
+        self._token_waiters: list[Deferred[None]] = []
         self._injected: list[_Injected] = []
         self.models_status: int | None = None
         self.port: Any = None
@@ -161,12 +163,15 @@ class UpstreamSimulator(Resource):
         return f"http://127.0.0.1:{self.port.getHost().port}/api/v1"
 
     def stop(self) -> Any:
-        return self.port.stopListening() if self.port is not None else None
+        """Stop listening (idempotent); returns a Deferred."""
+        port, self.port = self.port, None
+        return maybeDeferred(port.stopListening) if port is not None else succeed(None)
 
     def close_connections(self) -> None:
         """Drop every open connection (test teardown)."""
         for protocol in list(self.open_protocols):
-            transport = getattr(protocol, "transport", None)
+            channel = getattr(protocol, "_channel", protocol)
+            transport = getattr(channel, "transport", None)
             if transport is not None:
                 transport.abortConnection()
 
@@ -179,6 +184,18 @@ class UpstreamSimulator(Resource):
         d: Deferred[None] = Deferred()
         self._abort_waiters.append(d)
         return d
+
+    def wait_for_token(self) -> "Deferred[None]":
+        """Fires when the simulator sends its next token."""
+        d: Deferred[None] = Deferred()
+        self._token_waiters.append(d)
+        return d
+
+    def _token(self) -> None:
+        self.tokens_sent += 1
+        waiters, self._token_waiters = self._token_waiters, []
+        for d in waiters:
+            d.callback(None)
 
     def chat_requests(self) -> list[RecordedRequest]:
         return [r for r in self.requests if r.path.endswith("/chat/completions")]
@@ -244,6 +261,10 @@ class UpstreamSimulator(Resource):
             if status == 429:
                 request.setHeader(b"retry-after", b"7")
             return self._error(request, status, f"simulated {status} (key {self.api_key[:6]}... rejected)" if status == 401 else f"simulated {status}")
+        if model == "sim/leaky-error":
+            # Some upstreams echo the credentials they rejected: the proxy must not.
+            auth = request.getHeader(b"authorization") or b""
+            return self._error(request, 400, f"bad request with header {auth.decode()}")
         if model not in {m["id"] for m in self.chat_models}:
             return self._error(request, 404, f"{model} is not a valid model ID")
         messages = body.get("messages") or []
@@ -334,14 +355,14 @@ class _Stream:
             return
         model = self.model
         if model == "sim/endless":
-            self.sim.tokens_sent += 1
+            self.sim._token()
             self._event(self._chunk({"role": "assistant", "content": " tick"}))
             self._later(self.sim.slow_interval, self._next)
             return
         if self.position < len(self.words):
             word = self.words[self.position]
             self.position += 1
-            self.sim.tokens_sent += 1
+            self.sim._token()
             delta = {"role": "assistant", "content": word} if self.position == 1 else {"content": word}
             self._event(self._chunk(delta))
             if self.position == 1 and model == "sim/stall":
@@ -352,7 +373,8 @@ class _Stream:
                 return
             if self.position == 2 and model == "sim/disconnect":
                 self.done = True
-                self.request.channel.transport.abortConnection()
+                # A graceful close flushes what was written, then cuts the chunked body short.
+                self.request.channel.transport.loseConnection()
                 return
             if self.position % 3 == 0:
                 self.request.write(b": OPENROUTER PROCESSING\n\n")

@@ -1,0 +1,69 @@
+"""The incremental SSE parser, fed the way TCP delivers bytes."""
+
+from ollama_proxy.sse import SSEEvent, SSEParser
+
+STREAM = (
+    b": OPENROUTER PROCESSING\n\n"
+    b'data: {"a":1}\n\n'
+    b"event: custom\ndata: line one\ndata: line two\n\n"
+    b"data: [DONE]\n\n"
+)
+EXPECTED = [SSEEvent('{"a":1}'), SSEEvent("line one\nline two", "custom"), SSEEvent("[DONE]")]
+
+
+def feed_in_pieces(data: bytes, size: int) -> list[SSEEvent]:
+    parser = SSEParser()
+    events = []
+    for i in range(0, len(data), size):
+        events.extend(parser.feed(data[i : i + size]))
+    return events + parser.close()
+
+
+def test_whole_stream_at_once():
+    assert feed_in_pieces(STREAM, len(STREAM)) == EXPECTED
+
+
+def test_every_split_point_gives_the_same_events():
+    for size in range(1, 12):
+        assert feed_in_pieces(STREAM, size) == EXPECTED, size
+
+
+def test_crlf_and_lone_cr_line_endings_even_when_split():
+    crlf = STREAM.replace(b"\n", b"\r\n")
+    cr = STREAM.replace(b"\n", b"\r")
+    for data in (crlf, cr):
+        for size in (1, 2, 3, 7):
+            assert feed_in_pieces(data, size) == EXPECTED
+
+
+def test_comments_are_counted_not_dispatched():
+    parser = SSEParser()
+    assert parser.feed(b": keep-alive\n\n: again\n\n") == []
+    assert parser.comments == 2
+
+
+def test_event_is_held_until_its_blank_line():
+    parser = SSEParser()
+    assert parser.feed(b"data: x\n") == []
+    assert parser.feed(b"\n") == [SSEEvent("x")]
+
+
+def test_last_event_without_blank_line_is_dispatched_on_close():
+    parser = SSEParser()
+    assert parser.feed(b"data: tail") == []
+    assert parser.close() == [SSEEvent("tail")]
+
+
+def test_field_without_space_and_unknown_fields():
+    parser = SSEParser()
+    assert parser.feed(b"data:nospace\nid: 7\nretry: 10\n\n") == [SSEEvent("nospace")]
+
+
+def test_overlong_line_is_an_error():
+    import pytest
+
+    from ollama_proxy.sse import SSEProtocolError
+
+    parser = SSEParser(max_line_bytes=10)
+    with pytest.raises(SSEProtocolError):
+        parser.feed(b"data: " + b"x" * 20)

@@ -1,0 +1,76 @@
+"""The hot path: events relayed as they arrive, upstream closed when the client leaves."""
+
+import pytest_twisted
+
+from .conftest import LineReader, http
+
+
+def chat(model, content="a b c", stream=True):
+    return {"model": model, "messages": [{"role": "user", "content": content}], "stream": stream}
+
+
+@pytest_twisted.ensureDeferred
+async def test_tokens_reach_the_client_before_the_upstream_finishes(proxy, simulator):
+    # sim/stall sends one token and then never finishes: a proxy that buffered
+    # the stream would never show the client anything.
+    reader = LineReader()
+    await reader.connect(proxy.port, "/api/chat", chat("sim/stall"))
+    [first] = await reader.wait_for_lines(1)
+    assert b'"content":"Echo:"' in first and b'"done":false' in first
+    assert b"HTTP/1.1 200" in reader.head and b"application/x-ndjson" in reader.head.lower()
+    reader.hang_up()
+    await simulator.wait_for_abort()
+
+
+@pytest_twisted.ensureDeferred
+async def test_client_disconnect_closes_the_upstream_stream(proxy, simulator):
+    # sim/endless streams until its connection is closed: only the proxy closing
+    # it ends the simulator's stream (and the provider's billing).
+    aborted = simulator.wait_for_abort()
+    reader = LineReader()
+    await reader.connect(proxy.port, "/api/chat", chat("sim/endless"))
+    await reader.wait_for_lines(3)
+    reader.hang_up()
+    await aborted
+    assert simulator.streams_aborted == 1
+    # The proxy is unharmed and the stream counter went back down.
+    r = await http("POST", proxy.url + "/api/chat", chat("google/gemini-pro", stream=False))
+    assert r.code == 200
+    assert proxy.service.stats.active_streams == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_disconnect_during_a_non_streamed_request_closes_the_upstream(proxy, simulator):
+    aborted = simulator.wait_for_abort()
+    reader = LineReader()
+    await reader.connect(proxy.port, "/api/chat", chat("sim/endless", stream=False))
+    # Wait until the upstream stream is really running, then leave.
+    while simulator.tokens_sent < 3:
+        await simulator.wait_for_token()
+    reader.hang_up()
+    await aborted
+
+
+@pytest_twisted.ensureDeferred
+async def test_events_split_across_reads_with_crlf(proxy):
+    r = await http("POST", proxy.url + "/api/generate", {"model": "sim/crlf-split", "prompt": "x y z"})
+    lines = r.lines()
+    assert "".join(l["response"] for l in lines[:-1]) == "Echo: x y z"
+    assert lines[-1]["done"] is True and lines[-1]["eval_count"] == 4
+
+
+@pytest_twisted.ensureDeferred
+async def test_comment_lines_never_become_output(proxy):
+    r = await http("POST", proxy.url + "/api/chat", chat("google/gemini-pro", content="one two three four five six seven"))
+    assert b"OPENROUTER" not in r.body
+    assert all(line for line in r.body.split(b"\n")[:-1])
+    assert len(r.lines()) == 9
+
+
+@pytest_twisted.ensureDeferred
+async def test_connections_to_the_upstream_are_reused(proxy, simulator):
+    for _ in range(5):
+        r = await http("POST", proxy.url + "/api/chat", chat("google/gemini-pro", stream=False))
+        assert r.code == 200
+    # One catalogue fetch may open its own; five sequential chats share a pooled one.
+    assert simulator.connections_opened <= 2
