@@ -1,0 +1,71 @@
+"""The one error funnel: an unexpected exception is a generic 500, its detail only in the log."""
+
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.defer import succeed
+from twisted.logger import formatEvent, globalLogPublisher
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from ollama_proxy.api import HealthState, OllamaAPI
+from ollama_proxy.catalogue import ModelCatalogue
+from ollama_proxy.config import Config
+from ollama_proxy.interfaces import IProvider
+from ollama_proxy.modelfilter import ModelFilter
+from ollama_proxy.models import UpstreamModel
+from ollama_proxy.providers.openai_compat import OpenAICompatibleProvider, openrouter
+from ollama_proxy.stats import Stats
+from ollama_proxy.web import make_site
+
+from .conftest import http
+
+
+@implementer(IProvider)
+class BrokenProvider:
+    """A provider with a bug: what the funnel must contain."""
+
+    name = type = "broken"
+    label = "Broken"
+    configured = True
+
+    def list_models(self):
+        return succeed([UpstreamModel(id="b/m", provider="broken")])
+
+    async def open_chat(self, body):
+        raise RuntimeError("internal detail 42")
+
+    async def embed(self, model, inputs, dimensions=None):
+        raise KeyError("vectors")
+
+    def check_health(self):
+        return succeed(None)
+
+    def close(self):
+        return succeed(None)
+
+
+def test_providers_provide_the_interface():
+    verifyObject(IProvider, BrokenProvider())
+    verifyObject(IProvider, openrouter(Config(), reactor))
+    assert IProvider.implementedBy(OpenAICompatibleProvider)
+
+
+@pytest_twisted.ensureDeferred
+async def test_unexpected_errors_are_a_generic_500_with_the_detail_logged():
+    provider = BrokenProvider()
+    catalogue = ModelCatalogue(provider.list_models, ModelFilter(), reactor)
+    api = OllamaAPI(Config(), provider, catalogue, Stats(reactor), HealthState(), reactor)
+    port = reactor.listenTCP(0, make_site(api.resource(), 1 << 20), interface="127.0.0.1")
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        url = f"http://127.0.0.1:{port.getHost().port}"
+        for path, body in [("/api/chat", {"model": "b/m", "messages": [{"role": "user", "content": "x"}]}), ("/api/embed", {"model": "b/m", "input": "x"})]:
+            r = await http("POST", url + path, {**body, "stream": False})
+            assert r.code == 500
+            assert r.json() == {"error": "Internal server error", "type": "internal_error"}
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+        await port.stopListening()
+    logged = "\n".join(formatEvent(e) + str(e.get("log_failure", "")) for e in events)
+    assert "internal detail 42" in logged
