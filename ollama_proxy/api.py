@@ -36,6 +36,7 @@ from .errors import (
 from .embeddings import embed
 from .interfaces import IProvider
 from .models import UpstreamModel, show_response, tag_entry
+from .openai_api import OpenAICompatAPI
 from .relay import JSON, ChatRelay
 from .running import RunningModels
 from .stats import Stats
@@ -111,6 +112,7 @@ class OllamaAPI:
         self.health = health
         self.clock = clock
         self.running = RunningModels(clock)
+        self.openai = OpenAICompatAPI(self)
 
     def resource(self) -> IResource:
         """The resource to serve or to mount under a path of another Site."""
@@ -245,6 +247,11 @@ class OllamaAPI:
     @observed("/api/ps")
     def ps(self, request: IRequest) -> bytes:
         return _json(request, {"models": self.running.listing()})
+
+    # -- Ollama's OpenAI-compatible API ---------------------------------------------------
+    @app.route("/v1", branch=True)
+    def openai_compatible(self, request: IRequest) -> IResource:
+        return self.openai.resource()
 
     # -- inference ----------------------------------------------------------------
     async def _model_for(self, name: str, purpose: str) -> UpstreamModel:
