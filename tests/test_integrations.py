@@ -155,6 +155,7 @@ async def test_jetbrains_ai_assistant(proxy):
     probe = await http("HEAD", proxy.url + "/", headers=JETBRAINS)
     assert probe.code == 200 and probe.body == b""
     assert (await http("HEAD", proxy.url + "/api/version", headers=JETBRAINS)).code == 200
+    assert (await http("HEAD", proxy.url + "/api/tags", headers=JETBRAINS)).code == 200
     tags = await http("GET", proxy.url + "/api/tags", headers=JETBRAINS)
     assert tags.code == 200
     name = next(m["name"] for m in tags.json()["models"] if m["name"].startswith("google/gemini-pro"))

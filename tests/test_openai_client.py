@@ -9,6 +9,10 @@ import struct
 import openai
 import pytest
 import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Protocol
 
 from .conftest import http, in_thread
 from .wire import PNG, WEATHER_TOOL, b64, last_chat
@@ -194,3 +198,35 @@ async def test_v1_use_shows_in_ps(proxy):
     await in_thread(client(proxy).chat.completions.create, model="google/gemini-pro", messages=[{"role": "user", "content": "x"}])
     r = await http("GET", proxy.url + "/api/ps")
     assert [m["name"] for m in r.json()["models"]] == ["google/gemini-pro:latest"]
+
+
+class _HangUpAfterFirstEvent(Protocol):
+    """Sends one request, and closes the connection once the first SSE event arrived."""
+
+    def __init__(self, request: bytes, received: Deferred) -> None:
+        self.request = request
+        self.received = received
+        self.data = b""
+
+    def connectionMade(self) -> None:
+        self.transport.write(self.request)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+        if b"data: " in self.data and not self.received.called:
+            self.received.callback(self.data)
+            self.transport.loseConnection()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_that_goes_away_closes_the_upstream_stream(proxy, simulator):
+    aborted = simulator.wait_for_abort()
+    body = json.dumps({"model": "sim/endless", "stream": True, "messages": [{"role": "user", "content": "go"}]}).encode()
+    request = b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    received: Deferred = Deferred()
+    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", proxy.port)
+    await connectProtocol(endpoint, _HangUpAfterFirstEvent(request, received))
+    first = await received
+    assert b"text/event-stream" in first and b'"content":" tick"' in first
+    await aborted  # the proxy closed its upstream connection: the provider stops generating
+    assert simulator.streams_aborted == 1
