@@ -24,6 +24,7 @@ from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
 from werkzeug.exceptions import NotFound as WerkzeugNotFound
 
 from .embeddings import embed
+from .models import UpstreamModel
 from .errors import BadRequest, InternalError, MethodNotAllowed, NotImplementedByProxy, ProxyError, RouteNotFound
 from .openai_translate import (
     OpenAIPlan,
@@ -163,7 +164,7 @@ class OpenAICompatAPI:
             return _json(request, answers[0])
         return await self._complete(request, model, name, "completion", plan, response_id)
 
-    async def _complete(self, request: IRequest, model: Any, name: str, kind: str, plan: OpenAIPlan, response_id: str) -> bytes | None:
+    async def _complete(self, request: IRequest, model: UpstreamModel, name: str, kind: str, plan: OpenAIPlan, response_id: str) -> bytes | None:
         native = self.native
         renderer = OpenAIRenderer(kind=kind, model=name, response_id=response_id, clock=native.clock.seconds, keep_text=not plan.stream, include_usage=plan.include_usage, show_thinking=plan.show_thinking)
         provider = native.provider_for(model)

@@ -100,12 +100,12 @@ def _messages(raw: Any) -> list[dict[str, Any]]:
             raise BadRequest(f"invalid message content type: {type(content).__name__}")
         kept = {k: message[k] for k in _MESSAGE_FIELDS if message.get(k) is not None}
         if message.get("tool_calls"):
-            kept["tool_calls"] = _history_calls(message["tool_calls"], where)
+            kept["tool_calls"] = _history_calls(message["tool_calls"], where, i)
         messages.append(kept)
     return messages
 
 
-def _history_calls(calls: Any, where: str) -> list[dict[str, Any]]:
+def _history_calls(calls: Any, where: str, message_index: int) -> list[dict[str, Any]]:
     if not isinstance(calls, list):
         raise BadRequest(f"{where}.tool_calls must be a list")
     converted = []
@@ -113,7 +113,7 @@ def _history_calls(calls: Any, where: str) -> list[dict[str, Any]]:
         if not isinstance(call, dict) or not isinstance(call.get("function"), dict):
             raise BadRequest(f"{where}.tool_calls[{i}] must be an object with a 'function'")
         function = call["function"]
-        entry = {"id": call.get("id") or f"call_{i}", "type": "function", "function": {"name": function.get("name"), "arguments": arguments_text(function.get("arguments"), f"{where}.tool_calls[{i}]")}}
+        entry = {"id": call.get("id") or f"call_m{message_index}_{i}", "type": "function", "function": {"name": function.get("name"), "arguments": arguments_text(function.get("arguments"), f"{where}.tool_calls[{i}]")}}
         converted.append(entry)
     return converted
 
