@@ -101,6 +101,19 @@ async def test_tools_two_turns_with_several_calls(proxy, simulator):
 
 
 @pytest_twisted.ensureDeferred
+async def test_tools_streamed_through_the_client(proxy):
+    c = client(proxy)
+
+    def stream():
+        return list(c.chat(model="openai/gpt-4o-mini", messages=[{"role": "user", "content": 'call get_weather {"city": "Oslo"}'}], tools=[WEATHER_TOOL], stream=True))
+
+    parts = await in_thread(stream)
+    calls = [call for part in parts for call in (part.message.tool_calls or [])]
+    assert [(t.function.name, t.function.arguments) for t in calls] == [("get_weather", {"city": "Oslo"})]
+    assert parts[-1].done and parts[-1].done_reason == "stop"
+
+
+@pytest_twisted.ensureDeferred
 async def test_tools_streamed_carry_id_and_index(proxy):
     r = await http(
         "POST",
