@@ -33,18 +33,24 @@ from .errors import (
     RequestTooLarge,
     RouteNotFound,
 )
+from .embeddings import embed
 from .interfaces import IProvider
 from .models import UpstreamModel, show_response, tag_entry
+from .openai_api import OpenAICompatAPI
 from .relay import JSON, ChatRelay
+from .running import RunningModels
 from .stats import Stats
 from .translate import (
+    ChatPlan,
     ChatTranslator,
-    chat_request,
     embed_inputs,
     field_of,
-    generate_request,
+    instant_answer,
+    keep_alive_of,
     model_name,
     parse_body,
+    plan_chat,
+    plan_generate,
     wants_stream,
 )
 
@@ -105,10 +111,16 @@ class OllamaAPI:
         self.stats = stats
         self.health = health
         self.clock = clock
+        self.running = RunningModels(clock)
+        self.openai = OpenAICompatAPI(self)
 
     def resource(self) -> IResource:
         """The resource to serve or to mount under a path of another Site."""
         return self.app.resource()
+
+    def provider_for(self, model: UpstreamModel) -> IProvider:
+        """The provider that serves ``model``: the one place routing decides."""
+        return self.provider
 
     # -- bookkeeping ------------------------------------------------------------
     def _observe(self, request: IRequest, endpoint: str) -> None:
@@ -234,13 +246,20 @@ class OllamaAPI:
     @app.route("/api/ps", methods=["GET"])
     @observed("/api/ps")
     def ps(self, request: IRequest) -> bytes:
-        return _json(request, {"models": []})
+        return _json(request, {"models": self.running.listing()})
+
+    # -- Ollama's OpenAI-compatible API ---------------------------------------------------
+    @app.route("/v1", branch=True)
+    def openai_compatible(self, request: IRequest) -> IResource:
+        return self.openai.resource()
 
     # -- inference ----------------------------------------------------------------
     async def _model_for(self, name: str, purpose: str) -> UpstreamModel:
         model = await self.catalogue.resolve(name)
         if model.embedding and purpose != "embed":
             raise BadRequest(f'"{name}" does not support {purpose}')
+        if purpose == "embed" and not model.embedding:
+            raise BadRequest(f'"{name}" does not support embeddings')
         return model
 
     @app.route("/api/chat", methods=["POST"])
@@ -250,8 +269,8 @@ class OllamaAPI:
         name = model_name(body)
         stream = wants_stream(body)
         model = await self._model_for(name, "chat")
-        upstream_body = chat_request(body, model.id)
-        return await self._complete(request, name, "chat", upstream_body, stream)
+        plan = plan_chat(body, model, name)
+        return await self._answer(request, model, name, "chat", plan, stream)
 
     @app.route("/api/generate", methods=["POST"])
     @observed("/api/generate")
@@ -260,12 +279,28 @@ class OllamaAPI:
         name = model_name(body)
         stream = wants_stream(body)
         model = await self._model_for(name, "generate")
-        upstream_body = generate_request(body, model.id)
-        return await self._complete(request, name, "generate", upstream_body, stream)
+        plan = plan_generate(body, model, name)
+        return await self._answer(request, model, name, "generate", plan, stream)
 
-    async def _complete(self, request: IRequest, name: str, kind: str, upstream_body: dict[str, Any], stream: bool) -> bytes | None:
-        translator = ChatTranslator(model=name, kind=kind, clock=self.clock.seconds, keep_text=not stream)
-        relay = ChatRelay(request, self.provider, translator, self.clock)
+    async def _answer(self, request: IRequest, model: UpstreamModel, name: str, kind: str, plan: ChatPlan, stream: bool) -> bytes | None:
+        if plan.upstream is None:
+            # An empty prompt loads the model (or, with keep_alive 0, unloads it): nothing to ask.
+            if plan.done_reason == "unload":
+                self.running.unload(model)
+            else:
+                self.running.use(model, plan.keep_alive)
+            return _json(request, instant_answer(kind, name, plan.done_reason or "load", self.clock.seconds()))
+        self.running.use(model, plan.keep_alive)
+        try:
+            return await self._complete(request, model, name, kind, plan, stream)
+        finally:
+            self.running.use(model, plan.keep_alive)
+
+    async def _complete(self, request: IRequest, model: UpstreamModel, name: str, kind: str, plan: ChatPlan, stream: bool) -> bytes | None:
+        assert plan.upstream is not None
+        upstream_body = plan.upstream
+        translator = ChatTranslator.for_plan(plan, name, kind, self.clock.seconds, keep_text=not stream)
+        relay = ChatRelay(request, self.provider_for(model), translator, self.clock)
         if stream:
             self.stats.active_streams += 1
             try:
@@ -286,9 +321,12 @@ class OllamaAPI:
         name = model_name(body)
         inputs = embed_inputs(body)
         dimensions = field_of(body, "dimensions", int, None)
+        truncate = field_of(body, "truncate", bool, True)
+        keep_alive = keep_alive_of(body)
         model = await self._model_for(name, "embed")
         started = self.clock.seconds()
-        vectors, tokens = await self.provider.embed(model.id, inputs, dimensions) if inputs else ([], 0)
+        self.running.use(model, keep_alive)
+        vectors, tokens = await embed(self.provider_for(model), model, inputs, dimensions, truncate) if inputs else ([], 0)
         elapsed = int((self.clock.seconds() - started) * 1e9)
         self.stats.add_tokens(tokens, 0)
         return _json(
@@ -302,10 +340,12 @@ class OllamaAPI:
         body = self._body(request)
         name = model_name(body)
         prompt = field_of(body, "prompt", str, "")
+        keep_alive = keep_alive_of(body)
         model = await self._model_for(name, "embed")
+        self.running.use(model, keep_alive)
         if not prompt:
             return _json(request, {"embedding": []})
-        vectors, tokens = await self.provider.embed(model.id, [prompt], None)
+        vectors, tokens = await embed(self.provider_for(model), model, [prompt], None)
         self.stats.add_tokens(tokens, 0)
         return _json(request, {"embedding": vectors[0] if vectors else []})
 

@@ -46,7 +46,13 @@ class _Backpressure:
 
 
 class ChatRelay:
-    """One chat or generate request, from opening the upstream to the last line."""
+    """One chat or generate request, from opening the upstream to the last line.
+
+    The framing (NDJSON here) is in :meth:`_encode`, :meth:`_closing` and
+    :meth:`_error_line`, so a subclass can relay the same way in another format.
+    """
+
+    content_type = NDJSON
 
     def __init__(self, request: IRequest, provider: IProvider, translator: ChatTranslator, clock: Any) -> None:
         self.request = request
@@ -78,6 +84,7 @@ class ChatRelay:
         upstream = await self._open(body)
         try:
             await upstream.deliver(self.translator.feed)
+            self.translator.close()
         except UpstreamStreamError as error:
             raise UpstreamError(self.provider.label, self.provider.type, None, error.message) from None
         self.request.setHeader(b"content-type", JSON)
@@ -90,27 +97,39 @@ class ChatRelay:
         self.request.registerProducer(producer, True)
         try:
             await upstream.deliver(self._write_all)
+            for obj in self.translator.close():
+                self._write(self._encode(obj))
         except UpstreamStreamError as error:
             if not self.started_output:
                 # Nothing was sent yet: the client still gets a real status.
                 raise UpstreamError(self.provider.label, self.provider.type, None, error.message) from None
             self.failed = True
             log.warn("stream ended early: {error}", error=error.message)
-            self._write(ndjson({"error": error.message}))
+            self._write(self._error_line(error.message))
             return
         finally:
             if not self.client_gone:
                 self.request.unregisterProducer()
-        self._write(ndjson(self.translator.final()))
+        self._write(self._closing())
+
+    # -- framing ------------------------------------------------------------------
+    def _encode(self, obj: dict[str, Any]) -> bytes:
+        return ndjson(obj)
+
+    def _closing(self) -> bytes:
+        return self._encode(self.translator.final())
+
+    def _error_line(self, message: str) -> bytes:
+        return self._encode({"error": message})
 
     def _write_all(self, chunk: dict[str, Any]) -> None:
         for obj in self.translator.feed(chunk):
-            self._write(ndjson(obj))
+            self._write(self._encode(obj))
 
     def _write(self, line: bytes) -> None:
         if self.client_gone:
             return
         if not self.started_output:
             self.started_output = True
-            self.request.setHeader(b"content-type", NDJSON)
+            self.request.setHeader(b"content-type", self.content_type)
         self.request.write(line)

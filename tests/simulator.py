@@ -9,12 +9,34 @@ that the proxy closed an upstream stream when its client went away.
 
 The behaviour is chosen by the model id (``sim/stall``, ``sim/fail-429`` ...) or
 injected for the next requests with :meth:`UpstreamSimulator.fail_next`.
+
+Like the real providers it is strict about what it is sent: a ``tool`` message
+must answer an earlier assistant tool call by ``tool_call_id``, tool-call
+arguments must be JSON strings, an image must be a data URI whose media type
+matches its bytes, and tools or images sent to a model without that capability
+get OpenRouter's 404. It answers with what the request asks for:
+
+- tool calls when ``tools`` are given and the last user message says
+  ``call NAME {json arguments}`` (once per call): streamed the OpenAI way, the
+  name and id first, then the argument string in fragments across events
+  (``sim/tools-oneshot`` sends each call whole, without id or index, as some
+  providers do); a ``tool`` message last gets ``Tool said: <content>``;
+- reasoning (``delta.reasoning`` plus ``reasoning_details``, as OpenRouter sends
+  both) before the answer, for models that support it, unless the request
+  turns it off; ``sim/reasoning-details`` sends only ``reasoning_details``;
+- logprobs per token when ``logprobs`` is asked for;
+- JSON (``{"echo": ...}``, or an object filling a ``json_schema``'s properties)
+  when a ``response_format`` asks for it;
+- `` [image/png]`` (the media type) appended for each image received.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
+import math
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,6 +65,8 @@ CHAT_MODELS: list[dict[str, Any]] = [
     _model("google/gemini-pro", context=32768),
     _model("meta-llama/llama-3.1-8b-instruct:free", context=131072),
     _model("deepseek/deepseek-r1", context=65536, params=("reasoning", "include_reasoning", "temperature", "max_tokens")),
+    _model("sim/tools-oneshot", params=("tools", "tool_choice", "temperature")),
+    _model("sim/reasoning-details", params=("reasoning", "temperature")),
     _model("sim/slow"),
     _model("sim/stall"),
     _model("sim/endless"),
@@ -79,6 +103,83 @@ def reply_words(messages: list[dict[str, Any]]) -> list[str]:
             last = content or ""
     words = ["Echo:"] + last.split()
     return [words[0]] + [" " + w for w in words[1:]]
+
+
+_CALL = re.compile(r"call\s+([A-Za-z_][\w-]*)\s*(\{.*?\})(?=\s*(?:call\s|$))", re.DOTALL)
+_MAGIC = (
+    (b"\x89PNG\r\n\x1a\n", "image/png"),
+    (b"\xff\xd8\xff", "image/jpeg"),
+    (b"GIF8", "image/gif"),
+)
+
+
+def _text_of(content: Any) -> str:
+    if isinstance(content, list):
+        return " ".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return content or ""
+
+
+def requested_calls(text: str) -> list[tuple[str, str]]:
+    """``call NAME {json}`` instructions in a user message: (name, arguments JSON)."""
+    return [(m.group(1), json.dumps(json.loads(m.group(2)))) for m in _CALL.finditer(text)]
+
+
+def image_media_types(messages: list[dict[str, Any]]) -> list[str]:
+    """The media types of the images in the last user message (checked against their bytes)."""
+    for message in reversed(messages):
+        if message.get("role") != "user":
+            continue
+        content = message.get("content")
+        if not isinstance(content, list):
+            return []
+        types = []
+        for part in content:
+            if not isinstance(part, dict) or part.get("type") != "image_url":
+                continue
+            url = (part.get("image_url") or {}).get("url", "")
+            if url.startswith("http"):
+                types.append("url")
+                continue
+            match = re.match(r"data:([^;,]+);base64,(.*)", url, re.DOTALL)
+            if not match:
+                raise ValueError("image_url must be a data URI or an http(s) URL")
+            data = base64.b64decode(match.group(2), validate=True)
+            actual = next((t for magic, t in _MAGIC if data.startswith(magic)), "unknown")
+            if actual != match.group(1):
+                raise ValueError(f"image declared {match.group(1)} but is {actual}")
+            types.append(actual)
+        return types
+    return []
+
+
+def check_history(messages: list[dict[str, Any]]) -> str | None:
+    """What OpenAI would refuse in the message list, or ``None``."""
+    open_calls: set[str] = set()
+    for i, message in enumerate(messages):
+        role = message.get("role")
+        if role == "assistant" and message.get("tool_calls"):
+            for call in message["tool_calls"]:
+                if not call.get("id"):
+                    return f"messages[{i}].tool_calls[].id is required"
+                arguments = call.get("function", {}).get("arguments")
+                if not isinstance(arguments, str):
+                    return f"messages[{i}].tool_calls[].function.arguments must be a string"
+                json.loads(arguments)
+                open_calls.add(call["id"])
+        elif role == "tool":
+            if message.get("tool_call_id") not in open_calls:
+                return f"Invalid parameter: messages with role 'tool' must be a response to a preceeding message with 'tool_calls' (messages[{i}])."
+    return None
+
+
+def schema_example(schema: Any) -> Any:
+    """A value that satisfies a simple JSON schema (what the simulator answers)."""
+    if not isinstance(schema, dict):
+        return "Echo"
+    kind = schema.get("type")
+    if kind == "object" or "properties" in schema:
+        return {k: schema_example(v) for k, v in (schema.get("properties") or {}).items()}
+    return {"string": "Echo", "integer": 1, "number": 1.5, "boolean": True, "array": [], "null": None}.get(kind, "Echo")
 
 
 def prompt_tokens(messages: list[dict[str, Any]]) -> int:
@@ -249,6 +350,11 @@ class UpstreamSimulator(Resource):
             return self._error(request, 404, f"model {model} is not an embedding model")
         inputs = body.get("input")
         texts = [inputs] if isinstance(inputs, str) else list(inputs or [])
+        context = next(m["context_length"] for m in self.embedding_models if m["id"] == model)
+        for text in texts:
+            # A rough tokenizer for the length limit: three characters a token.
+            if math.ceil(len(text) / 3) > context:
+                return self._error(request, 400, f"This model's maximum context length is {context} tokens, however you requested {math.ceil(len(text) / 3)} tokens")
         size = int(body.get("dimensions") or 8)
         data = [{"object": "embedding", "index": i, "embedding": fake_vector(t, size)} for i, t in enumerate(texts)]
         tokens = sum(len(t.split()) for t in texts)
@@ -265,16 +371,42 @@ class UpstreamSimulator(Resource):
             # Some upstreams echo the credentials they rejected: the proxy must not.
             auth = request.getHeader(b"authorization") or b""
             return self._error(request, 400, f"bad request with header {auth.decode()}")
-        if model not in {m["id"] for m in self.chat_models}:
+        entry = next((m for m in self.chat_models if m["id"] == model), None)
+        if entry is None:
             return self._error(request, 404, f"{model} is not a valid model ID")
         messages = body.get("messages") or []
+        problem = check_history(messages)
+        if problem:
+            return self._error(request, 400, problem)
+        if body.get("tools") and "tools" not in entry["supported_parameters"]:
+            return self._error(request, 404, "No endpoints found that support tool use.")
+        try:
+            images = image_media_types(messages)
+        except ValueError as error:
+            return self._error(request, 400, str(error))
+        if images and "image" not in entry["architecture"]["input_modalities"]:
+            return self._error(request, 404, "No endpoints found that support image input")
         words = reply_words(messages)
-        max_tokens = body.get("max_tokens")
-        finish = "stop"
+        last = messages[-1] if messages else {}
+        calls = requested_calls(_text_of(last.get("content"))) if body.get("tools") and last.get("role") == "user" else []
+        if last.get("role") == "tool":
+            words = ["Tool", " said:"] + [" " + w for w in _text_of(last.get("content")).split()]
+        words += [f" [{t}]" for t in images]
+        fmt = body.get("response_format") or {}
+        if fmt.get("type") in ("json_object", "json_schema"):
+            value = schema_example(fmt.get("json_schema", {}).get("schema")) if fmt.get("type") == "json_schema" else {"echo": "".join(words)}
+            text = json.dumps(value)
+            words = [text[i : i + 7] for i in range(0, len(text), 7)]
+        reasoning = self._reasons(entry, body)
+        thoughts = ["Thinking", " about:"] + [" " + w for w in _text_of(next((m.get("content") for m in reversed(messages) if m.get("role") == "user"), "")).split()] if reasoning else []
+        max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
+        finish = "tool_calls" if calls else "stop"
+        if calls:
+            words = []
         if isinstance(max_tokens, int) and max_tokens < len(words):
             words = words[:max_tokens]
             finish = "length"
-        usage = {"prompt_tokens": prompt_tokens(messages), "completion_tokens": len(words), "total_tokens": prompt_tokens(messages) + len(words), "cost": 0.00001}
+        usage = {"prompt_tokens": prompt_tokens(messages), "completion_tokens": len(words) + len(thoughts), "total_tokens": prompt_tokens(messages) + len(words) + len(thoughts), "cost": 0.00001}
         if not body.get("stream"):
             return self._json(
                 request,
@@ -287,7 +419,15 @@ class UpstreamSimulator(Resource):
                     "usage": usage,
                 },
             )
-        return _Stream(self, request, model, words, finish, usage).start()
+        events = _events(model, words, thoughts, calls, body)
+        return _Stream(self, request, model, words, finish, usage, events=events).start()
+
+    @staticmethod
+    def _reasons(entry: dict[str, Any], body: dict[str, Any]) -> bool:
+        if "reasoning" not in entry["supported_parameters"]:
+            return False
+        setting = body.get("reasoning") or {}
+        return not (setting.get("exclude") or setting.get("enabled") is False or setting.get("effort") == "none")
 
     # -- stream bookkeeping -------------------------------------------------------------
     def _aborted(self) -> None:
@@ -295,6 +435,39 @@ class UpstreamSimulator(Resource):
         waiters, self._abort_waiters = self._abort_waiters, []
         for d in waiters:
             d.callback(None)
+
+
+def _logprob(word: str, rank: int, top: int) -> dict[str, Any]:
+    entry: dict[str, Any] = {"token": word, "logprob": round(-0.25 * (rank % 4), 4), "bytes": list(word.encode("utf-8"))}
+    entry["top_logprobs"] = [{"token": word if i == 0 else f"{word.strip()}~{i}", "logprob": round(-0.25 * (rank % 4) - i, 4), "bytes": None} for i in range(top)]
+    return entry
+
+
+def _events(model: str, words: list[str], thoughts: list[str], calls: list[tuple[str, str]], body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The choice deltas of a stream, in order: reasoning, then text, then tool calls."""
+    events: list[dict[str, Any]] = []
+    for thought in thoughts:
+        detail = {"type": "reasoning.text", "text": thought, "format": "unknown", "index": 0}
+        delta: dict[str, Any] = {"content": "", "reasoning_details": [detail]}
+        if model != "sim/reasoning-details":
+            delta["reasoning"] = thought
+        events.append({"delta": delta})
+    top = int(body.get("top_logprobs") or 0)
+    for rank, word in enumerate(words):
+        event: dict[str, Any] = {"delta": {"content": word}}
+        if body.get("logprobs"):
+            event["logprobs"] = {"content": [_logprob(word, rank, top)], "refusal": None}
+        events.append(event)
+    for index, (name, arguments) in enumerate(calls):
+        if model == "sim/tools-oneshot":
+            events.append({"delta": {"tool_calls": [{"type": "function", "function": {"name": name, "arguments": arguments}}]}})
+            continue
+        call_id = f"call_sim_{index}_{hashlib.sha256(arguments.encode()).hexdigest()[:6]}"
+        events.append({"delta": {"tool_calls": [{"index": index, "id": call_id, "type": "function", "function": {"name": name, "arguments": ""}}]}})
+        third = max(1, len(arguments) // 3)
+        for start in range(0, len(arguments), third):
+            events.append({"delta": {"tool_calls": [{"index": index, "function": {"arguments": arguments[start : start + third]}}]}})
+    return events
 
 
 @dataclass
@@ -308,6 +481,11 @@ class _Stream:
     position: int = 0
     done: bool = False
     calls: list[Any] = field(default_factory=list)
+    events: list[dict[str, Any]] | None = None
+
+    def __post_init__(self) -> None:
+        if self.events is None:
+            self.events = [{"delta": {"content": w}} for w in self.words]
 
     def start(self) -> Any:
         sim = self.sim
@@ -333,8 +511,11 @@ class _Stream:
                     call.cancel()
             self.sim._aborted()
 
-    def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-        return {"id": "gen-sim", "object": "chat.completion.chunk", "created": 1_700_000_000, "model": self.model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+    def _chunk(self, delta: dict[str, Any], finish: str | None = None, logprobs: Any = None) -> dict[str, Any]:
+        choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish}
+        if logprobs is not None:
+            choice["logprobs"] = logprobs
+        return {"id": "gen-sim", "object": "chat.completion.chunk", "created": 1_700_000_000, "model": self.model, "choices": [choice]}
 
     def _event(self, obj: Any) -> None:
         payload = obj if isinstance(obj, str) else json.dumps(obj)
@@ -359,12 +540,13 @@ class _Stream:
             self._event(self._chunk({"role": "assistant", "content": " tick"}))
             self._later(self.sim.slow_interval, self._next)
             return
-        if self.position < len(self.words):
-            word = self.words[self.position]
+        assert self.events is not None
+        if self.position < len(self.events):
+            event = self.events[self.position]
             self.position += 1
             self.sim._token()
-            delta = {"role": "assistant", "content": word} if self.position == 1 else {"content": word}
-            self._event(self._chunk(delta))
+            delta = {"role": "assistant", **event["delta"]} if self.position == 1 else event["delta"]
+            self._event(self._chunk(delta, logprobs=event.get("logprobs")))
             if self.position == 1 and model == "sim/stall":
                 return  # goes silent for good
             if self.position == 2 and model == "sim/midstream-error":

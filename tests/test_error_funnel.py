@@ -29,7 +29,7 @@ class BrokenProvider:
     configured = True
 
     def list_models(self):
-        return succeed([UpstreamModel(id="b/m", provider="broken")])
+        return succeed([UpstreamModel(id="b/m", provider="broken"), UpstreamModel(id="b/e", provider="broken", embedding=True)])
 
     async def open_chat(self, body):
         raise RuntimeError("internal detail 42")
@@ -60,7 +60,7 @@ async def test_unexpected_errors_are_a_generic_500_with_the_detail_logged():
     globalLogPublisher.addObserver(events.append)
     try:
         url = f"http://127.0.0.1:{port.getHost().port}"
-        for path, body in [("/api/chat", {"model": "b/m", "messages": [{"role": "user", "content": "x"}]}), ("/api/embed", {"model": "b/m", "input": "x"})]:
+        for path, body in [("/api/chat", {"model": "b/m", "messages": [{"role": "user", "content": "x"}]}), ("/api/embed", {"model": "b/e", "input": "x"})]:
             r = await http("POST", url + path, {**body, "stream": False})
             assert r.code == 500
             assert r.json() == {"error": "Internal server error", "type": "internal_error"}

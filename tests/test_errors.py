@@ -27,7 +27,7 @@ def chat(model, stream=False, content="hi"):
         (b'{"model": "google/gemini-pro", "stream": "yes"}', "'stream'"),
         (b'{"model": "google/gemini-pro", "messages": "hi"}', "'messages' must be an array"),
         (b'{"model": "google/gemini-pro", "messages": [{"role": "user", "content": 1}]}', "content must be a string"),
-        (b'{"model": "google/gemini-pro", "options": {"temperature": "hot"}}', "option 'temperature'"),
+        (b'{"model": "google/gemini-pro", "messages": [{"role": "user", "content": "x"}], "options": {"temperature": "hot"}}', "option 'temperature'"),
     ],
 )
 @pytest_twisted.ensureDeferred

@@ -5,17 +5,26 @@ import json
 import pytest
 
 from ollama_proxy.errors import BadRequest, UpstreamStreamError
+from ollama_proxy.models import UpstreamModel
 from ollama_proxy.translate import (
     ChatTranslator,
-    chat_request,
     embed_inputs,
-    generate_request,
+    plan_chat,
+    plan_generate,
     model_name,
     ndjson,
     parse_body,
     sampling_options,
     wants_stream,
 )
+
+
+def chat_request(body, model_id):
+    return plan_chat(body, UpstreamModel(id=model_id), model_id).upstream
+
+
+def generate_request(body, model_id):
+    return plan_generate(body, UpstreamModel(id=model_id), model_id).upstream
 
 
 class FakeClock:
@@ -159,7 +168,7 @@ def test_non_stream_generate_keeps_the_text():
     assert translator.feed(chunk("a")) == []
     translator.feed(chunk("b", finish="stop"))
     final = translator.final()
-    assert final["response"] == "ab" and final["context"] == [] and final["done_reason"] == "stop"
+    assert final["response"] == "ab" and final["done_reason"] == "stop"
 
 
 def test_mid_stream_error_chunk_raises():

@@ -1,0 +1,215 @@
+"""Ollama's OpenAI-compatible API under ``/v1``, as its own Klein app.
+
+:class:`~ollama_proxy.api.OllamaAPI` mounts it at ``/v1`` and lends it its
+catalogue, providers, running-model list and statistics, so the same model names,
+filter and routing apply. Errors come out in OpenAI's shape
+(``{"error": {"message", "type", "param", "code"}}``) from one funnel here.
+Streams are relayed event by event as Server-Sent Events ending in
+``data: [DONE]``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from typing import TYPE_CHECKING, Any
+
+from klein import Klein
+from twisted.internet.defer import CancelledError
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource
+from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
+from werkzeug.exceptions import NotFound as WerkzeugNotFound
+
+from .embeddings import embed
+from .models import UpstreamModel
+from .errors import BadRequest, InternalError, MethodNotAllowed, NotImplementedByProxy, ProxyError, RouteNotFound
+from .openai_translate import (
+    OpenAIPlan,
+    OpenAIRenderer,
+    embedding_inputs,
+    embedding_list,
+    encoding_format,
+    error_body,
+    loaded_answer,
+    model_entry,
+    plan_chat_completion,
+    plan_completion,
+)
+from .relay import JSON, ChatRelay
+from .translate import model_name
+
+if TYPE_CHECKING:
+    from .api import OllamaAPI
+
+log = Logger()
+
+EVENT_STREAM = b"text/event-stream"
+
+
+def _json(request: IRequest, obj: Any, status: int = 200) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", JSON)
+    return json.dumps(obj, ensure_ascii=False).encode("utf-8")
+
+
+def _event(obj: Any) -> bytes:
+    return b"data: " + json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8") + b"\n\n"
+
+
+class SSERelay(ChatRelay):
+    """The relay with OpenAI's framing: ``data:`` events, ``[DONE]``, errors as events."""
+
+    content_type = EVENT_STREAM
+
+    def _encode(self, obj: dict[str, Any]) -> bytes:
+        return _event(obj)
+
+    def _closing(self) -> bytes:
+        chunks = self.translator.closing_chunks()  # type: ignore[attr-defined]
+        return b"".join(_event(c) for c in chunks) + b"data: [DONE]\n\n"
+
+    def _error_line(self, message: str) -> bytes:
+        # The openai clients raise APIError on an event that carries "error".
+        return _event({"error": {"message": message, "type": "api_error", "param": None, "code": None}})
+
+
+class OpenAICompatAPI:
+    """The ``/v1`` routes; state lives on the instance and on the native API it serves beside."""
+
+    app = Klein()
+
+    def __init__(self, native: "OllamaAPI", rng: random.Random | None = None) -> None:
+        self.native = native
+        self._rng = rng or random.Random()
+
+    def resource(self) -> IResource:
+        return self.app.resource()
+
+    def _id(self, prefix: str) -> str:
+        return f"{prefix}-{self._rng.randrange(1000)}"
+
+    # -- errors: the one funnel for /v1 ------------------------------------------------
+    @app.handle_errors(ProxyError)
+    def _proxy_error(self, request: IRequest, failure: Failure) -> bytes:
+        error: ProxyError = failure.value
+        if error.status >= 500:
+            log.warn("{method} {path}: {status} {message}", method=request.method.decode(), path=request.path.decode("utf-8", "replace"), status=error.status, message=error.message)
+        retry_after = getattr(error, "retry_after", None)
+        if error.status == 429 and retry_after:
+            request.setHeader(b"retry-after", str(int(retry_after + 0.999)).encode())
+        return _json(request, error_body(error), error.status)
+
+    @app.handle_errors(WerkzeugNotFound)
+    def _no_route(self, request: IRequest, failure: Failure) -> bytes:
+        path = request.path.decode("utf-8", "replace")
+        return _json(request, error_body(RouteNotFound(f"no such endpoint: {path}")), 404)
+
+    @app.handle_errors(WerkzeugMethodNotAllowed)
+    def _wrong_method(self, request: IRequest, failure: Failure) -> bytes:
+        allowed = ", ".join(getattr(failure.value, "valid_methods", None) or [])
+        if allowed:
+            request.setHeader(b"allow", allowed.encode())
+        method = request.method.decode("ascii", "replace")
+        return _json(request, error_body(MethodNotAllowed(f"method {method} not allowed here")), 405)
+
+    @app.handle_errors(Exception)
+    def _unexpected(self, request: IRequest, failure: Failure) -> bytes | None:
+        if failure.check(CancelledError):
+            return None
+        log.failure("unexpected error answering {path}", failure, path=request.path.decode("utf-8", "replace"))
+        return _json(request, error_body(InternalError()), 500)
+
+    # -- models -------------------------------------------------------------------------
+    @app.route("/models", methods=["GET"])
+    async def models(self, request: IRequest) -> bytes:
+        self.native._observe(request, "/v1/models")
+        catalogue = self.native.catalogue
+        if not catalogue.loaded:
+            await catalogue.refresh()
+        return _json(request, {"object": "list", "data": [model_entry(m) for m in catalogue.allowed_models()]})
+
+    @app.route("/models/<path:name>", methods=["GET"])
+    async def model(self, request: IRequest, name: str) -> bytes:
+        self.native._observe(request, "/v1/models/{model}")
+        model = await self.native.catalogue.resolve(name)
+        return _json(request, model_entry(model, name))
+
+    # -- inference ------------------------------------------------------------------------
+    @app.route("/chat/completions", methods=["POST"])
+    async def chat_completions(self, request: IRequest) -> bytes | None:
+        self.native._observe(request, "/v1/chat/completions")
+        body = self.native._body(request)
+        name = model_name(body)
+        model = await self.native._model_for(name, "chat")
+        plan = plan_chat_completion(body, model, name)
+        return await self._complete(request, model, name, "chat", plan, self._id("chatcmpl"))
+
+    @app.route("/completions", methods=["POST"])
+    async def completions(self, request: IRequest) -> bytes | None:
+        self.native._observe(request, "/v1/completions")
+        body = self.native._body(request)
+        name = model_name(body)
+        model = await self.native._model_for(name, "generate")
+        plan = plan_completion(body, model, name)
+        response_id = self._id("cmpl")
+        if plan.upstream is None:
+            self.native.running.use(model)
+            answers = loaded_answer("completion", name, response_id, int(self.native.clock.seconds()), plan.stream)
+            if plan.stream:
+                request.setHeader(b"content-type", EVENT_STREAM)
+                return b"".join(_event(a) for a in answers) + b"data: [DONE]\n\n"
+            return _json(request, answers[0])
+        return await self._complete(request, model, name, "completion", plan, response_id)
+
+    async def _complete(self, request: IRequest, model: UpstreamModel, name: str, kind: str, plan: OpenAIPlan, response_id: str) -> bytes | None:
+        native = self.native
+        renderer = OpenAIRenderer(kind=kind, model=name, response_id=response_id, clock=native.clock.seconds, keep_text=not plan.stream, include_usage=plan.include_usage, show_thinking=plan.show_thinking)
+        provider = native.provider_for(model)
+        assert plan.upstream is not None
+        native.running.use(model)
+        try:
+            if plan.stream:
+                relay = SSERelay(request, provider, renderer, native.clock)  # type: ignore[arg-type]
+                request.setHeader(b"cache-control", b"no-cache")
+                native.stats.active_streams += 1
+                try:
+                    await relay.stream(plan.upstream)
+                finally:
+                    native.stats.active_streams -= 1
+                    request.proxy_stream_failed = relay.failed  # type: ignore[attr-defined]
+                result = None
+            else:
+                result = await ChatRelay(request, provider, renderer, native.clock).answer(plan.upstream)  # type: ignore[arg-type]
+        finally:
+            native.running.use(model)
+        native.stats.add_tokens(renderer.prompt_tokens, renderer.completion_tokens)
+        return result
+
+    @app.route("/embeddings", methods=["POST"])
+    async def embeddings(self, request: IRequest) -> bytes:
+        self.native._observe(request, "/v1/embeddings")
+        body = self.native._body(request)
+        name = model_name(body)
+        fmt = encoding_format(body)
+        inputs = embedding_inputs(body)
+        dimensions = body.get("dimensions")
+        if dimensions is not None and (isinstance(dimensions, bool) or not isinstance(dimensions, int)):
+            raise BadRequest("'dimensions' must be an integer")
+        model = await self.native._model_for(name, "embed")
+        self.native.running.use(model)
+        vectors, tokens = await embed(self.native.provider_for(model), model, inputs, dimensions)
+        self.native.stats.add_tokens(tokens, 0)
+        return _json(request, embedding_list(name, vectors, tokens, fmt))
+
+    # -- what Ollama's /v1 has and this proxy does not ------------------------------------
+    @app.route("/responses", methods=["POST"])
+    @app.route("/messages", methods=["POST"])
+    @app.route("/audio/transcriptions", methods=["POST"])
+    def unsupported(self, request: IRequest) -> bytes:
+        self.native._observe(request, "unsupported")
+        path = request.path.decode("utf-8", "replace")
+        raise NotImplementedByProxy(f"{path} is not supported by ollama-proxy; use /v1/chat/completions")
+
