@@ -1,0 +1,185 @@
+"""The benchmark's child processes: the upstream simulator and the proxy under twistd.
+
+Each runs in a process of its own, so the load client, the proxy and the upstream do
+not share one event loop. Every child is stopped by :meth:`Children.stop_all`
+(SIGTERM, then SIGKILL), which the benchmark calls in a ``finally``; on Linux a child
+also gets SIGTERM when the benchmark itself dies (``PR_SET_PDEATHSIG``), so not even
+``kill -9`` of the benchmark leaves a proxy behind.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import resource
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import Any
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_PR_SET_PDEATHSIG = 1
+
+
+def _child_setup() -> None:
+    """Runs in the child between fork and exec."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # not Linux: stop_all() still covers every ordinary exit
+    # Hundreds of held streams need two sockets each in the proxy.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 8192 if hard == resource.RLIM_INFINITY else min(hard, 8192)
+    if soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
+def free_port() -> int:
+    """A loopback port that was free a moment ago (twistd needs a number up front)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def rss_kib(pid: int) -> int:
+    """The process's resident set size (``VmRSS``), in KiB."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time the process has used so far."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    # After the ")" closing the command name, utime and stime are the 12th and 13th fields.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Child:
+    """One started process and the file its output goes to."""
+
+    def __init__(self, name: str, process: subprocess.Popen[bytes], log_path: str) -> None:
+        self.name = name
+        self.process = process
+        self.log_path = log_path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def check_alive(self) -> None:
+        code = self.process.poll()
+        if code is not None:
+            raise RuntimeError(f"{self.name} exited with status {code} (see its log)")
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            with open(self.log_path, encoding="utf-8", errors="replace") as log:
+                return "".join(log.readlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
+class Children:
+    """Starts the children and, whatever happens, stops them again."""
+
+    def __init__(self, workdir: str) -> None:
+        self.workdir = workdir
+        self.children: list[Child] = []
+
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str], *, pipe_stdout: bool = False) -> Child:
+        """Start ``argv``; stderr (and stdout unless piped) go to ``WORKDIR/NAME.log``."""
+        log_path = os.path.join(self.workdir, f"{name}.log")
+        log = open(log_path, "wb")  # noqa: SIM115 - the child owns it from here
+        try:
+            process = subprocess.Popen(
+                argv,
+                cwd=REPO,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE if pipe_stdout else log,
+                stderr=log,
+                preexec_fn=_child_setup,
+            )
+        finally:
+            log.close()
+        child = Child(name, process, log_path)
+        self.children.append(child)
+        return child
+
+    def start_simulator(self, slow_interval: float, timeout: float = 20.0) -> tuple[Child, str]:
+        """Start ``bench/run_simulator.py``; returns it and its base URL."""
+        argv = [sys.executable, os.path.join(REPO, "bench", "run_simulator.py"), "--slow-interval", str(slow_interval)]
+        child = self._spawn("simulator", argv, dict(os.environ), pipe_stdout=True)
+        assert child.process.stdout is not None
+        url = _read_line(child.process.stdout, timeout)
+        if not url.startswith("http://127.0.0.1:"):
+            child.check_alive()
+            raise RuntimeError(f"simulator did not announce its URL within {timeout:g}s (got {url!r})")
+        return child, url
+
+    def start_proxy(self, upstream_url: str, api_key: str, port: int, config_file: str | None = None) -> Child:
+        """Start the proxy the way it is deployed: ``twistd -n ollama-proxy``
+        (with ``--config config_file`` when given; defaults otherwise)."""
+        env = {k: v for k, v in os.environ.items() if k not in ("OLLAMA_HOST", "OLLAMA_PROXY_CONFIG", "OLLAMA_PROXY_LISTEN")}
+        env.update(
+            OPENROUTER_BASE_URL=upstream_url,
+            OPENROUTER_API_KEY=api_key,
+            PYTHONPATH=REPO + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else ""),
+        )
+        argv = [
+            sys.executable,
+            "-c",
+            "from twisted.scripts.twistd import run; run()",
+            "-n",
+            "--pidfile=",
+            "ollama-proxy",
+            "--listen",
+            f"tcp:{port}:interface=127.0.0.1",
+        ]
+        if config_file:
+            argv += ["--config", os.path.abspath(config_file)]
+        return self._spawn("proxy", argv, env)
+
+    def stop_all(self, grace: float = 5.0) -> None:
+        """SIGTERM every child still running, then SIGKILL what is left after ``grace``."""
+        for child in self.children:
+            if child.process.poll() is None:
+                child.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for child in self.children:
+            remaining = max(0.0, deadline - time.monotonic())
+            try:
+                child.process.wait(remaining)
+            except subprocess.TimeoutExpired:
+                child.process.kill()
+                child.process.wait()
+            if child.process.stdout is not None:
+                child.process.stdout.close()
+
+
+def _read_line(stream: Any, timeout: float) -> str:
+    """The first line of a child's stdout, waiting at most ``timeout`` seconds."""
+    selector = selectors.DefaultSelector()
+    selector.register(stream, selectors.EVENT_READ)
+    data = b""
+    deadline = time.monotonic() + timeout
+    try:
+        while b"\n" not in data:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not selector.select(remaining):
+                break
+            chunk = os.read(stream.fileno(), 4096)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        selector.close()
+    return data.decode("utf-8", "replace").strip()
