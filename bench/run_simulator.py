@@ -24,12 +24,6 @@ from twisted.web.resource import Resource  # noqa: E402
 
 from tests.simulator import UpstreamSimulator  # noqa: E402
 
-# The simulator writes a fast (not ``sim/slow``) answer by recursing once per word,
-# so an answer of more than ~950 words dies of RecursionError at the default limit.
-# Python 3.11 keeps Python-to-Python calls off the C stack, so a high limit is safe
-# and lets the benchmark ask for answers of tens of thousands of tokens.
-sys.setrecursionlimit(1_000_000)
-
 
 class StatsResource(Resource):
     """``GET /_bench/stats``: the simulator's counters."""

@@ -63,7 +63,7 @@ class Config:
     max_body_bytes: int = 32 * 1024 * 1024
     model_refresh_interval: float = 300.0
     health_check_interval: float = 60.0
-    max_connections_per_provider: int = 32
+    max_connections_per_provider: int = 128
     config_file: str | None = None
 
     def secrets(self) -> tuple[str, ...]:

@@ -532,14 +532,20 @@ class _Stream:
         self.calls.append(self.sim.reactor.callLater(delay, fn))
 
     def _next(self) -> None:
+        # A loop, not recursion: answers may be many thousands of tokens long.
+        while self._step():
+            pass
+
+    def _step(self) -> bool:
+        """Send the next event; True when the one after it is due at once."""
         if self.done:
-            return
+            return False
         model = self.model
         if model == "sim/endless":
             self.sim._token()
             self._event(self._chunk({"role": "assistant", "content": " tick"}))
             self._later(self.sim.slow_interval, self._next)
-            return
+            return False
         assert self.events is not None
         if self.position < len(self.events):
             event = self.events[self.position]
@@ -548,27 +554,27 @@ class _Stream:
             delta = {"role": "assistant", **event["delta"]} if self.position == 1 else event["delta"]
             self._event(self._chunk(delta, logprobs=event.get("logprobs")))
             if self.position == 1 and model == "sim/stall":
-                return  # goes silent for good
+                return False  # goes silent for good
             if self.position == 2 and model == "sim/midstream-error":
                 self._event({**self._chunk({"content": ""}, "error"), "error": {"code": 502, "message": "Upstream provider crashed mid-stream"}})
                 self._end()
-                return
+                return False
             if self.position == 2 and model == "sim/disconnect":
                 self.done = True
                 # A graceful close flushes what was written, then cuts the chunked body short.
                 self.request.channel.transport.loseConnection()
-                return
+                return False
             if self.position % 3 == 0:
                 self.request.write(b": OPENROUTER PROCESSING\n\n")
             if model == "sim/slow":
                 self._later(self.sim.slow_interval, self._next)
-            else:
-                self._next()
-            return
+                return False
+            return True
         self._event(self._chunk({"content": ""}, self.finish))
         self._event({**self._chunk({}), "choices": [], "usage": self.usage})
         self._event("[DONE]")
         self._end()
+        return False
 
     def _end(self) -> None:
         self.done = True

@@ -16,7 +16,7 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectError, DNSLookupError, TimeoutError as ConnectTimeout
 from twisted.internet.interfaces import IReactorTCP, IReactorTime
 from twisted.logger import Logger
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed, ResponseNeverReceived
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed, ResponseNeverReceived, _HTTP11ClientFactory
 from zope.interface import implementer
 
 from .. import __version__
@@ -29,6 +29,20 @@ from ..upstream import SSEStream
 log = Logger()
 
 _MAX_ERROR_BODY = 64 * 1024
+
+
+class _QuietClientFactory(_HTTP11ClientFactory):
+    # Each new upstream connection would log "Starting/Stopping factory" twice.
+    noisy = False
+
+
+def connection_pool(reactor: Any, max_idle: int) -> HTTPConnectionPool:
+    """The persistent pool one provider shares across all its requests."""
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool.maxPersistentPerHost = max_idle  # idle connections kept, not a concurrency cap
+    pool.retryAutomatically = False  # POSTs are not idempotent: retries are the router's call
+    pool._factory = _QuietClientFactory
+    return pool
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -55,7 +69,7 @@ class OpenAICompatibleProvider:
         reactor: Any,
         timeouts: Timeouts,
         extra_headers: Mapping[str, str] | None = None,
-        max_connections: int = 32,
+        max_connections: int = 128,
         embedding_models_path: str | None = None,
         requires_key: bool = True,
     ) -> None:
@@ -70,9 +84,7 @@ class OpenAICompatibleProvider:
         self._extra_headers = dict(extra_headers or {})
         self._embedding_models_path = embedding_models_path
         self._requires_key = requires_key
-        self._pool = HTTPConnectionPool(reactor, persistent=True)
-        self._pool.maxPersistentPerHost = max_connections
-        self._pool.retryAutomatically = False
+        self._pool = connection_pool(reactor, max_connections)
         agent = Agent(reactor, connectTimeout=timeouts.connect, pool=self._pool)
         self._http = HTTPClient(agent)
 
