@@ -24,6 +24,7 @@ from werkzeug.exceptions import NotFound as WerkzeugNotFound
 
 from .catalogue import ModelCatalogue
 from .config import Config
+from .context import record_of
 from .errors import (
     BadRequest,
     InternalError,
@@ -33,7 +34,9 @@ from .errors import (
     RequestTooLarge,
     RouteNotFound,
 )
+from .frontdoor import Gate, visible_to
 from .interfaces import IProvider
+from .metrics import Metrics, wants_prometheus
 from .models import UpstreamModel, show_response, tag_entry
 from .relay import JSON, ChatRelay
 from .stats import Stats
@@ -60,9 +63,12 @@ def observed(endpoint: str) -> Callable[[Handler], Handler]:
         @functools.wraps(handler)
         def wrapper(self: "OllamaAPI", request: IRequest, *args: Any, **kwargs: Any) -> Any:
             self._observe(request, endpoint)
+            record_of(request).endpoint = endpoint
             result = handler(self, request, *args, **kwargs)
             if hasattr(result, "__await__"):
-                return ensureDeferred(result)
+                d = ensureDeferred(result)
+                # A draining server can cut it: a stream ends with an error line, anything else gets 503.
+                return self.gate.lifecycle.track_handler(request, d) if self.gate is not None else d
             return result
 
         return wrapper
@@ -98,6 +104,8 @@ class OllamaAPI:
         stats: Stats,
         health: HealthState,
         clock: Any,
+        gate: Gate | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.config = config
         self.provider = provider
@@ -105,10 +113,18 @@ class OllamaAPI:
         self.stats = stats
         self.health = health
         self.clock = clock
+        self.gate = gate
+        self.metrics = metrics
 
     def resource(self) -> IResource:
-        """The resource to serve or to mount under a path of another Site."""
-        return self.app.resource()
+        """The resource to serve or to mount under a path of another Site.
+
+        With a :class:`~ollama_proxy.frontdoor.Gate` (as the service tree builds it)
+        every request passes the front door first: request id, CORS, drain, auth,
+        limits, access log and metrics.
+        """
+        resource = self.app.resource()
+        return self.gate.wrap(resource) if self.gate is not None else resource
 
     # -- bookkeeping ------------------------------------------------------------
     def _observe(self, request: IRequest, endpoint: str) -> None:
@@ -211,6 +227,11 @@ class OllamaAPI:
     @app.route("/metrics", methods=["GET"])
     @observed("/metrics")
     def metrics(self, request: IRequest) -> bytes:
+        if self.metrics is not None and wants_prometheus(request):
+            accept = request.getHeader(b"accept")
+            body, content_type = self.metrics.exposition(accept.decode("latin-1") if accept else None)
+            request.setHeader(b"content-type", content_type.encode("ascii"))
+            return body
         return _json(
             request,
             {"metrics": self.stats.metrics(), "statistics": self.stats.statistics(), "timestamp": self.clock.seconds()},
@@ -222,13 +243,16 @@ class OllamaAPI:
     async def tags(self, request: IRequest) -> bytes:
         if not self.catalogue.loaded:
             await self.catalogue.refresh()
-        return _json(request, {"models": [tag_entry(m) for m in self.catalogue.allowed_models()]})
+        models = [m for m in self.catalogue.allowed_models() if visible_to(request, m.ollama_name)]
+        return _json(request, {"models": [tag_entry(m) for m in models]})
 
     @app.route("/api/show", methods=["POST"])
     @observed("/api/show")
     async def show(self, request: IRequest) -> bytes:
         body = self._body(request)
-        model = await self.catalogue.resolve(model_name(body))
+        name = model_name(body)
+        record_of(request).model = name
+        model = await self.catalogue.resolve(name)
         return _json(request, show_response(model))
 
     @app.route("/api/ps", methods=["GET"])
@@ -237,8 +261,12 @@ class OllamaAPI:
         return _json(request, {"models": []})
 
     # -- inference ----------------------------------------------------------------
-    async def _model_for(self, name: str, purpose: str) -> UpstreamModel:
+    async def _model_for(self, name: str, purpose: str, request: IRequest | None = None) -> UpstreamModel:
+        if request is not None:
+            record_of(request).model = name
         model = await self.catalogue.resolve(name)
+        if request is not None:
+            record_of(request).provider = model.provider
         if model.embedding and purpose != "embed":
             raise BadRequest(f'"{name}" does not support {purpose}')
         return model
@@ -249,7 +277,7 @@ class OllamaAPI:
         body = self._body(request)
         name = model_name(body)
         stream = wants_stream(body)
-        model = await self._model_for(name, "chat")
+        model = await self._model_for(name, "chat", request)
         upstream_body = chat_request(body, model.id)
         return await self._complete(request, name, "chat", upstream_body, stream)
 
@@ -259,23 +287,30 @@ class OllamaAPI:
         body = self._body(request)
         name = model_name(body)
         stream = wants_stream(body)
-        model = await self._model_for(name, "generate")
+        model = await self._model_for(name, "generate", request)
         upstream_body = generate_request(body, model.id)
         return await self._complete(request, name, "generate", upstream_body, stream)
 
     async def _complete(self, request: IRequest, name: str, kind: str, upstream_body: dict[str, Any], stream: bool) -> bytes | None:
         translator = ChatTranslator(model=name, kind=kind, clock=self.clock.seconds, keep_text=not stream)
         relay = ChatRelay(request, self.provider, translator, self.clock)
-        if stream:
-            self.stats.active_streams += 1
-            try:
-                await relay.stream(upstream_body)
-            finally:
-                self.stats.active_streams -= 1
-                request.proxy_stream_failed = relay.failed  # type: ignore[attr-defined]
-            result = None
-        else:
-            result = await relay.answer(upstream_body)
+        record = record_of(request)
+        record.stream = stream
+        try:
+            if stream:
+                self.stats.active_streams += 1
+                try:
+                    await relay.stream(upstream_body)
+                finally:
+                    self.stats.active_streams -= 1
+                    request.proxy_stream_failed = relay.failed  # type: ignore[attr-defined]
+                result = None
+            else:
+                result = await relay.answer(upstream_body)
+        finally:
+            record.upstream_seconds += self.clock.seconds() - translator.timings.started
+            record.first_token = translator.timings.first_token
+            record.add_tokens(translator.prompt_tokens, translator.completion_tokens)
         self.stats.add_tokens(translator.prompt_tokens, translator.completion_tokens)
         return result
 
@@ -286,10 +321,12 @@ class OllamaAPI:
         name = model_name(body)
         inputs = embed_inputs(body)
         dimensions = field_of(body, "dimensions", int, None)
-        model = await self._model_for(name, "embed")
+        model = await self._model_for(name, "embed", request)
         started = self.clock.seconds()
         vectors, tokens = await self.provider.embed(model.id, inputs, dimensions) if inputs else ([], 0)
         elapsed = int((self.clock.seconds() - started) * 1e9)
+        record_of(request).upstream_seconds += elapsed / 1e9
+        record_of(request).add_tokens(tokens, None)
         self.stats.add_tokens(tokens, 0)
         return _json(
             request,
@@ -302,10 +339,13 @@ class OllamaAPI:
         body = self._body(request)
         name = model_name(body)
         prompt = field_of(body, "prompt", str, "")
-        model = await self._model_for(name, "embed")
+        model = await self._model_for(name, "embed", request)
         if not prompt:
             return _json(request, {"embedding": []})
+        started = self.clock.seconds()
         vectors, tokens = await self.provider.embed(model.id, [prompt], None)
+        record_of(request).upstream_seconds += self.clock.seconds() - started
+        record_of(request).add_tokens(tokens, None)
         self.stats.add_tokens(tokens, 0)
         return _json(request, {"embedding": vectors[0] if vectors else []})
 
