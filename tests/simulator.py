@@ -58,6 +58,7 @@ CHAT_MODELS: list[dict[str, Any]] = [
     _model("sim/hold"),
     _model("sim/flood"),
     _model("sim/raw"),
+    _model("sim/fail-leak"),
 ]
 EMBEDDING_MODELS: list[dict[str, Any]] = [
     {**_model("openai/text-embedding-3-small", context=8192), "architecture": {"input_modalities": ["text"], "output_modalities": ["embeddings"]}},
@@ -301,6 +302,9 @@ class UpstreamSimulator(Resource):
 
     def _chat(self, request: Request, body: dict[str, Any]) -> Any:
         model = str(body.get("model"))
+        if model == "sim/fail-leak":
+            # A careless upstream that echoes the caller's credentials in its error.
+            return self._error(request, 500, f"upstream exploded handling {request.getHeader(b'authorization').decode()}")
         if model.startswith("sim/fail-"):
             status = int(model.rsplit("-", 1)[1])
             if status == 429:
