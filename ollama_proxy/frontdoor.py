@@ -23,12 +23,13 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import IResource, Resource
+from twisted.web.server import NOT_DONE_YET
 
 from .auth import PUBLIC_PATHS, Authenticator, ModelNotAllowed
 from .config import Config
-from .context import RequestRecord, attach
+from .context import RequestRecord, attach, record_of
 from .cors import OriginPolicy
-from .errors import InternalError, ProxyError, ServiceUnavailable
+from .errors import BadRequest, InternalError, ProxyError, ServiceUnavailable
 from .lifecycle import SHUTTING_DOWN, Lifecycle
 from .limits import STREAMING_ENDPOINTS, StreamLimiter, wants_stream
 from .logs import log_access
@@ -61,6 +62,16 @@ def relative_path(request: Any) -> str:
     """The request's path below the mount point of the resource serving it."""
     segments = [s.decode("utf-8", "replace") for s in request.postpath]
     return "/" + "/".join(segments)
+
+
+def _check_url(request: Any) -> None:
+    """Klein would answer a URL that is not UTF-8 with a plain-text 400; say it in JSON."""
+    try:
+        request.path.decode("utf-8")
+        for segment in request.postpath:
+            segment.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest("the URL is not valid UTF-8") from None
 
 
 def _peek_body(request: Any) -> dict[str, Any] | None:
@@ -145,6 +156,7 @@ class Gate:
     def render(self, request: Any, inner: IResource) -> Any:
         record = self._open(request)
         try:
+            _check_url(request)
             if self.origins.apply(request):
                 request.setResponseCode(204)
                 return b""
@@ -160,7 +172,14 @@ class Gate:
             log.failure("front door failed for {path}", path=record.path)
             return write_error(request, InternalError())
         self.lifecycle.admit(request, record)
-        return inner.render(request)
+        try:
+            return inner.render(request)
+        except Exception:  # noqa: BLE001 - Twisted would answer an HTML error page
+            log.failure("rendering {path} failed", path=record.path)
+            if getattr(request, "startedWriting", False):
+                request.finish()
+                return NOT_DONE_YET
+            return write_error(request, InternalError())
 
     def _check_body(self, request: Any, record: RequestRecord) -> None:
         """The token's model list and the stream limits, which both need the body."""
@@ -198,7 +217,5 @@ class FrontDoor(Resource):
 
 def visible_to(request: Any, name: str) -> bool:
     """Whether the client's token may see model ``name`` (True without auth)."""
-    from .context import record_of
-
     principal = record_of(request).principal
     return principal is None or principal.may_use(name)

@@ -229,6 +229,8 @@ class ProxyService(MultiService):
         self.provider = self.api.provider = self.checker.provider = self.pools.provider = provider
         retired.close()
         log.info("provider settings reloaded")
+        # The model list may differ at the new address; fetch it now rather than at the next tick.
+        ensureDeferred(self.catalogue.refresh_quietly())
 
     def providers(self) -> list[IProvider]:
         """The providers in use (the metrics and the reload read them through here)."""

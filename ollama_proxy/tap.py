@@ -7,6 +7,7 @@ SIGHUP reload, graceful SIGTERM, sd_notify and the log observer twistd uses
 
 from __future__ import annotations
 
+import encodings.idna  # noqa: F401 - imported lazily by str.encode("idna"): too late after --uid or --chroot
 import functools
 import signal
 import sys

@@ -32,7 +32,7 @@ def twistd_command() -> list[str]:
     return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 
 
-def _timed(d: Deferred[Any], what: str, timeout: float = WAIT) -> Deferred[Any]:
+def within(d: Deferred[Any], what: str, timeout: float = WAIT) -> Deferred[Any]:
     def expire() -> None:
         if not d.called:
             d.errback(AssertionError(f"timed out after {timeout:g} s waiting for {what}"))
@@ -74,7 +74,7 @@ class NotifySocket(DatagramProtocol):
                 return d
         d = Deferred()
         self._waiters.append((match, d))
-        return _timed(d, f"{key}={value or '*'} on the notify socket")
+        return within(d, f"{key}={value or '*'} on the notify socket")
 
     def count(self, key: str) -> int:
         return sum(1 for m in self.messages if key in m)
@@ -123,7 +123,7 @@ class Daemon(ProcessProtocol):
             d.callback(None)
             return d
         self._line_waiters.append((needle.encode(), d))
-        return _timed(d, f"{needle!r} in the daemon's output")
+        return within(d, f"{needle!r} in the daemon's output")
 
     def processEnded(self, reason: Any) -> None:
         if reason.check(ProcessDone):
@@ -146,7 +146,7 @@ class Daemon(ProcessProtocol):
         return d
 
     def wait_ended(self) -> Deferred[int]:
-        return _timed(self.when_ended(), "the daemon to exit")
+        return within(self.when_ended(), "the daemon to exit")
 
     @property
     def running(self) -> bool:
@@ -234,12 +234,12 @@ class StreamClient:
             d.callback(None)
             return d
         self._waiters.append((count, d))
-        return _timed(d, f"{count} lines of the stream")
+        return within(d, f"{count} lines of the stream")
 
     def wait_done(self) -> Deferred[None]:
         d: Deferred[None] = Deferred()
         self.done.addBoth(lambda r: d.callback(None) if not d.called else None)
-        return _timed(d, "the end of the stream")
+        return within(d, "the end of the stream")
 
     def objects(self) -> list[Any]:
         import json

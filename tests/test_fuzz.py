@@ -23,7 +23,7 @@ from twisted.internet.threads import blockingCallFromThread
 from ollama_proxy.sse import SSEParser, SSEProtocolError
 
 from .conftest import http
-from .daemonproc import _timed
+from .daemonproc import within
 
 FUZZ = settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
@@ -82,7 +82,7 @@ ENDPOINTS = [
 
 def exchange(method: str, url: str, raw: bytes, headers: dict[str, str] | None = None) -> Any:
     """One real HTTP exchange made on the reactor, from hypothesis's thread; a hang fails it."""
-    return blockingCallFromThread(reactor, lambda: _timed(ensureDeferred(http(method, url, raw=raw, headers=headers)), f"{method} {url}", 30))
+    return blockingCallFromThread(reactor, lambda: within(ensureDeferred(http(method, url, raw=raw, headers=headers)), f"{method} {url}", 30))
 
 
 def assert_well_formed(response: Any) -> None:

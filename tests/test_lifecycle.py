@@ -6,12 +6,13 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import Clock
 
 from ollama_proxy.opsconfig import OpsConfig, ShutdownConfig
 
 from .conftest import http
-from .daemonproc import StreamClient, _timed
+from .daemonproc import StreamClient, within
 
 
 def drain(seconds: float) -> OpsConfig:
@@ -31,7 +32,7 @@ def on_clock(proxy: Any) -> Clock:
 @pytest_twisted.ensureDeferred
 async def test_stopping_with_nothing_in_flight_is_immediate(make_proxy):
     proxy = make_proxy()
-    await _timed(proxy.service.stopService(), "the stop")
+    await within(proxy.service.stopService(), "the stop")
     assert not proxy.service.refresh_timer.running and not proxy.service.health_timer.running
     with pytest.raises(Exception):
         await http("GET", proxy.url + "/api/version")
@@ -50,7 +51,7 @@ async def test_a_stream_in_flight_finishes_before_the_stop_completes(make_proxy,
     clock.advance(29)
     simulator.release_holds()
     await stream.wait_done()
-    await _timed(stopped, "the stop")
+    await within(stopped, "the stop")
     objects = stream.objects()
     assert objects[-1]["done"] is True and "".join(o["message"]["content"] for o in objects) == "Echo: wait for it"
 
@@ -64,7 +65,7 @@ async def test_the_deadline_cuts_streams_with_an_error_line_and_others_with_503(
     # An answer still waiting for the provider's headers: nothing sent yet.
     upstream_has_it = simulator.wait_for_requests(len(simulator.requests) + 1)
     waiting = http_later(proxy)
-    await _timed(upstream_has_it, "the second request upstream")
+    await within(upstream_has_it, "the second request upstream")
     assert proxy.service.lifecycle.in_flight == 2
     aborted = simulator.wait_for_abort()
     stopped = proxy.service.stopService()
@@ -77,11 +78,10 @@ async def test_the_deadline_cuts_streams_with_an_error_line_and_others_with_503(
     assert answer.code == 503
     assert answer.json() == {"error": "the server is shutting down: drain deadline of 5 s passed", "type": "service_unavailable"}
     await aborted
-    await _timed(stopped, "the stop")
+    await within(stopped, "the stop")
     assert proxy.service.lifecycle.in_flight == 0
 
 
 def http_later(proxy: Any) -> Any:
-    from twisted.internet.defer import ensureDeferred
-
+    """The request, started now and awaited later."""
     return ensureDeferred(http("POST", proxy.url + "/api/chat", chat("sim/no-headers", stream=False)))
