@@ -24,7 +24,7 @@ from werkzeug.exceptions import NotFound as WerkzeugNotFound
 
 from .catalogue import ModelCatalogue
 from .config import Config
-from .context import record_of
+from .context import record_of, record_translation
 from .errors import (
     BadRequest,
     InternalError,
@@ -114,7 +114,7 @@ class OllamaAPI:
         self.health = health
         self.clock = clock
         self.gate = gate
-        self.metrics = metrics
+        self.prometheus = metrics  # not "metrics": that name is the /metrics route
 
     def resource(self) -> IResource:
         """The resource to serve or to mount under a path of another Site.
@@ -227,9 +227,9 @@ class OllamaAPI:
     @app.route("/metrics", methods=["GET"])
     @observed("/metrics")
     def metrics(self, request: IRequest) -> bytes:
-        if self.metrics is not None and wants_prometheus(request):
+        if self.prometheus is not None and wants_prometheus(request):
             accept = request.getHeader(b"accept")
-            body, content_type = self.metrics.exposition(accept.decode("latin-1") if accept else None)
+            body, content_type = self.prometheus.exposition(accept.decode("latin-1") if accept else None)
             request.setHeader(b"content-type", content_type.encode("ascii"))
             return body
         return _json(
@@ -293,24 +293,18 @@ class OllamaAPI:
 
     async def _complete(self, request: IRequest, name: str, kind: str, upstream_body: dict[str, Any], stream: bool) -> bytes | None:
         translator = ChatTranslator(model=name, kind=kind, clock=self.clock.seconds, keep_text=not stream)
+        record_translation(request, translator, self.clock, stream)
         relay = ChatRelay(request, self.provider, translator, self.clock)
-        record = record_of(request)
-        record.stream = stream
-        try:
-            if stream:
-                self.stats.active_streams += 1
-                try:
-                    await relay.stream(upstream_body)
-                finally:
-                    self.stats.active_streams -= 1
-                    request.proxy_stream_failed = relay.failed  # type: ignore[attr-defined]
-                result = None
-            else:
-                result = await relay.answer(upstream_body)
-        finally:
-            record.upstream_seconds += self.clock.seconds() - translator.timings.started
-            record.first_token = translator.timings.first_token
-            record.add_tokens(translator.prompt_tokens, translator.completion_tokens)
+        if stream:
+            self.stats.active_streams += 1
+            try:
+                await relay.stream(upstream_body)
+            finally:
+                self.stats.active_streams -= 1
+                request.proxy_stream_failed = relay.failed  # type: ignore[attr-defined]
+            result = None
+        else:
+            result = await relay.answer(upstream_body)
         self.stats.add_tokens(translator.prompt_tokens, translator.completion_tokens)
         return result
 

@@ -95,6 +95,22 @@ def record_of(request: Any) -> RequestRecord:
     return record
 
 
+def record_translation(request: Any, translator: Any, clock: Any, stream: bool) -> None:
+    """Have the request's record take tokens and timings from ``translator`` when the
+    request ends (the access line and the metrics are written then)."""
+    record = record_of(request)
+    record.stream = stream
+
+    def note() -> None:
+        timings = translator.timings
+        end = timings.finished if timings.finished is not None else clock.seconds()
+        record.upstream_seconds += max(0.0, end - timings.started)
+        record.first_token = timings.first_token
+        record.add_tokens(translator.prompt_tokens, translator.completion_tokens)
+
+    record.when_finished(note)
+
+
 def attach(request: Any, record: RequestRecord) -> RequestRecord:
     setattr(request, _ATTRIBUTE, record)
     return record

@@ -12,6 +12,7 @@ from twisted.logger import FilteringLogObserver, LegacyLogObserverWrapper, Logge
 from twisted.python.logfile import LogFile
 
 from ollama_proxy.logs import REDACTED, RedactingObserver, Redactor, daemon_observer, jsonLinesObserver, redacting
+from ollama_proxy.opsconfig import LogConfig, OpsConfig
 
 from .conftest import http
 from .simulator import API_KEY
@@ -122,3 +123,10 @@ async def test_access_line_for_a_stream_carries_model_provider_ttft_and_tokens(p
     textFileLogObserver(text)(line)
     assert "POST /api/chat 200" in text.getvalue() and "id=rid-1 model=google/gemini-pro:latest provider=openrouter" in text.getvalue()
     assert "tokens_in=4 tokens_out=5 client=127.0.0.1" in text.getvalue()
+
+
+@pytest_twisted.ensureDeferred
+async def test_access_lines_can_be_turned_off(make_proxy, events):
+    proxy = make_proxy(ops=OpsConfig(log=LogConfig(access=False)))
+    assert (await http("GET", proxy.url + "/api/version", headers={"X-Request-Id": "quiet-1"})).code == 200
+    assert not [e for e in events if e.get("log_namespace") == "ollama_proxy.access"]
