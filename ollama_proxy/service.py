@@ -167,6 +167,9 @@ class ProxyService(MultiService):
 
         self.pools = ProviderPoolService(self.provider)
         self.pools.setServiceParent(self)
+        # Providers replaced by a reload: their busy connections return to their
+        # pools after the streams end, so the pools are closed again at the stop.
+        self._retired: list[IProvider] = []
 
     def listening_ports(self) -> list[Any]:
         """The bound ports (after start), e.g. to learn a port the system chose."""
@@ -190,6 +193,8 @@ class ProxyService(MultiService):
         await gatherResults([maybeDeferred(listener.stopService) for listener in self.listeners()], consumeErrors=True)
         await drained
         await MultiService.stopService(self)
+        retired, self._retired = self._retired, []
+        await gatherResults([maybeDeferred(provider.close) for provider in retired], consumeErrors=True)
 
     # -- reloading ------------------------------------------------------------------
     def reconfigure(self, config: Config) -> None:
@@ -210,6 +215,7 @@ class ProxyService(MultiService):
         self.lifecycle.drain_timeout = config.ops.shutdown.drain_timeout
         for timer, step in ((self.refresh_timer, config.model_refresh_interval), (self.health_timer, config.health_check_interval)):
             timer.step = step
+            # TimerService copies its step into its LoopingCall when started; the next tick follows the new one.
             loop = getattr(timer, "_loop", None)
             if loop is not None:
                 loop.interval = step
@@ -227,6 +233,7 @@ class ProxyService(MultiService):
         retired = self.provider
         provider = openrouter(new, self.reactor)
         self.provider = self.api.provider = self.checker.provider = self.pools.provider = provider
+        self._retired.append(retired)
         retired.close()
         log.info("provider settings reloaded")
         # The model list may differ at the new address; fetch it now rather than at the next tick.

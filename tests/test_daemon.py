@@ -221,6 +221,19 @@ async def test_drain_deadline_ends_a_stream_with_an_error_line(simulator, notify
     assert await daemon.wait_ended() == 0
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_second_sigterm_cuts_the_drain_short(simulator, notify, workdir, daemons):
+    daemon, port, _ = await start(daemons, simulator, notify, workdir)  # the default 30 s deadline
+    stream = await StreamClient.open(f"http://127.0.0.1:{port}/api/chat", chat_body("sim/hold"))
+    await stream.wait_lines(1)
+    daemon.signal(signal.SIGTERM)
+    await notify.wait_for("STOPPING", "1")
+    daemon.signal(signal.SIGTERM)
+    await stream.wait_done()
+    assert stream.objects()[-1] == {"error": "the server is shutting down now"}
+    assert await daemon.wait_ended() == 0
+
+
 # -- twistd's own options -------------------------------------------------------------------------
 def _wait_for_exit(pid: int, timeout: float) -> bool:
     """Block (in a thread) until ``pid`` exits: a pidfd becomes readable then."""
