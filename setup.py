@@ -17,6 +17,8 @@ setup(
         "zope.interface>=6.0",
         "pyOpenSSL",
         "idna",
+        # /metrics in the Prometheus text formats, each proxy with its own registry.
+        "prometheus_client>=0.17",
     ],
     extras_require={
         "test": [

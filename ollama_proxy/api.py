@@ -24,6 +24,7 @@ from werkzeug.exceptions import NotFound as WerkzeugNotFound
 
 from .catalogue import ModelCatalogue
 from .config import Config
+from .context import record_of, record_translation
 from .errors import (
     BadRequest,
     InternalError,
@@ -34,7 +35,9 @@ from .errors import (
     RouteNotFound,
 )
 from .embeddings import embed
+from .frontdoor import Gate, visible_to
 from .interfaces import IProvider
+from .metrics import Metrics, wants_prometheus
 from .models import UpstreamModel, show_response, tag_entry
 from .openai_api import OpenAICompatAPI
 from .relay import JSON, ChatRelay
@@ -66,9 +69,12 @@ def observed(endpoint: str) -> Callable[[Handler], Handler]:
         @functools.wraps(handler)
         def wrapper(self: "OllamaAPI", request: IRequest, *args: Any, **kwargs: Any) -> Any:
             self._observe(request, endpoint)
+            record_of(request).endpoint = endpoint
             result = handler(self, request, *args, **kwargs)
             if hasattr(result, "__await__"):
-                return ensureDeferred(result)
+                d = ensureDeferred(result)
+                # A draining server can cut it: a stream ends with an error line, anything else gets 503.
+                return self.gate.lifecycle.track_handler(request, d) if self.gate is not None else d
             return result
 
         return wrapper
@@ -104,6 +110,8 @@ class OllamaAPI:
         stats: Stats,
         health: HealthState,
         clock: Any,
+        gate: Gate | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.config = config
         self.provider = provider
@@ -113,10 +121,18 @@ class OllamaAPI:
         self.clock = clock
         self.running = RunningModels(clock)
         self.openai = OpenAICompatAPI(self)
+        self.gate = gate
+        self.prometheus = metrics  # not "metrics": that name is the /metrics route
 
     def resource(self) -> IResource:
-        """The resource to serve or to mount under a path of another Site."""
-        return self.app.resource()
+        """The resource to serve or to mount under a path of another Site.
+
+        With a :class:`~ollama_proxy.frontdoor.Gate` (as the service tree builds it)
+        every request passes the front door first: request id, CORS, drain, auth,
+        limits, access log and metrics.
+        """
+        resource = self.app.resource()
+        return self.gate.wrap(resource) if self.gate is not None else resource
 
     def provider_for(self, model: UpstreamModel) -> IProvider:
         """The provider that serves ``model``: the one place routing decides."""
@@ -223,6 +239,11 @@ class OllamaAPI:
     @app.route("/metrics", methods=["GET"])
     @observed("/metrics")
     def metrics(self, request: IRequest) -> bytes:
+        if self.prometheus is not None and wants_prometheus(request):
+            accept = request.getHeader(b"accept")
+            body, content_type = self.prometheus.exposition(accept.decode("latin-1") if accept else None)
+            request.setHeader(b"content-type", content_type.encode("ascii"))
+            return body
         return _json(
             request,
             {"metrics": self.stats.metrics(), "statistics": self.stats.statistics(), "timestamp": self.clock.seconds()},
@@ -234,13 +255,16 @@ class OllamaAPI:
     async def tags(self, request: IRequest) -> bytes:
         if not self.catalogue.loaded:
             await self.catalogue.refresh()
-        return _json(request, {"models": [tag_entry(m) for m in self.catalogue.allowed_models()]})
+        models = [m for m in self.catalogue.allowed_models() if visible_to(request, m.ollama_name)]
+        return _json(request, {"models": [tag_entry(m) for m in models]})
 
     @app.route("/api/show", methods=["POST"])
     @observed("/api/show")
     async def show(self, request: IRequest) -> bytes:
         body = self._body(request)
-        model = await self.catalogue.resolve(model_name(body))
+        name = model_name(body)
+        record_of(request).model = name
+        model = await self.catalogue.resolve(name)
         return _json(request, show_response(model))
 
     @app.route("/api/ps", methods=["GET"])
@@ -254,8 +278,12 @@ class OllamaAPI:
         return self.openai.resource()
 
     # -- inference ----------------------------------------------------------------
-    async def _model_for(self, name: str, purpose: str) -> UpstreamModel:
+    async def _model_for(self, name: str, purpose: str, request: IRequest | None = None) -> UpstreamModel:
+        if request is not None:
+            record_of(request).model = name
         model = await self.catalogue.resolve(name)
+        if request is not None:
+            record_of(request).provider = model.provider
         if model.embedding and purpose != "embed":
             raise BadRequest(f'"{name}" does not support {purpose}')
         if purpose == "embed" and not model.embedding:
@@ -268,7 +296,7 @@ class OllamaAPI:
         body = self._body(request)
         name = model_name(body)
         stream = wants_stream(body)
-        model = await self._model_for(name, "chat")
+        model = await self._model_for(name, "chat", request)
         plan = plan_chat(body, model, name)
         return await self._answer(request, model, name, "chat", plan, stream)
 
@@ -278,7 +306,7 @@ class OllamaAPI:
         body = self._body(request)
         name = model_name(body)
         stream = wants_stream(body)
-        model = await self._model_for(name, "generate")
+        model = await self._model_for(name, "generate", request)
         plan = plan_generate(body, model, name)
         return await self._answer(request, model, name, "generate", plan, stream)
 
@@ -300,6 +328,7 @@ class OllamaAPI:
         assert plan.upstream is not None
         upstream_body = plan.upstream
         translator = ChatTranslator.for_plan(plan, name, kind, self.clock.seconds, keep_text=not stream)
+        record_translation(request, translator, self.clock, stream)
         relay = ChatRelay(request, self.provider_for(model), translator, self.clock)
         if stream:
             self.stats.active_streams += 1
@@ -323,11 +352,13 @@ class OllamaAPI:
         dimensions = field_of(body, "dimensions", int, None)
         truncate = field_of(body, "truncate", bool, True)
         keep_alive = keep_alive_of(body)
-        model = await self._model_for(name, "embed")
+        model = await self._model_for(name, "embed", request)
         started = self.clock.seconds()
         self.running.use(model, keep_alive)
         vectors, tokens = await embed(self.provider_for(model), model, inputs, dimensions, truncate) if inputs else ([], 0)
         elapsed = int((self.clock.seconds() - started) * 1e9)
+        record_of(request).upstream_seconds += elapsed / 1e9
+        record_of(request).add_tokens(tokens, None)
         self.stats.add_tokens(tokens, 0)
         return _json(
             request,
@@ -341,11 +372,14 @@ class OllamaAPI:
         name = model_name(body)
         prompt = field_of(body, "prompt", str, "")
         keep_alive = keep_alive_of(body)
-        model = await self._model_for(name, "embed")
+        model = await self._model_for(name, "embed", request)
         self.running.use(model, keep_alive)
         if not prompt:
             return _json(request, {"embedding": []})
+        started = self.clock.seconds()
         vectors, tokens = await embed(self.provider_for(model), model, [prompt], None)
+        record_of(request).upstream_seconds += self.clock.seconds() - started
+        record_of(request).add_tokens(tokens, None)
         self.stats.add_tokens(tokens, 0)
         return _json(request, {"embedding": vectors[0] if vectors else []})
 

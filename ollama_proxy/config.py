@@ -2,8 +2,12 @@
 
 Secrets and endpoints come from the environment (``OPENROUTER_API_KEY``,
 ``OPENROUTER_BASE_URL``, ``OLLAMA_HOST``, ``OLLAMA_PROXY_CONFIG``); everything else
-from the file. Every key of the file is checked: an unknown key or a value of the
-wrong type stops start-up with a :class:`ConfigError` that names the key.
+from the file. API keys may also come from systemd credentials
+(``$CREDENTIALS_DIRECTORY/openrouter_api_key``, see :mod:`ollama_proxy.credentials`),
+and the operator's sections (``[auth]``, ``[cors]``, ``[limits]``, ``[log]``,
+``[shutdown]``) are parsed by :mod:`ollama_proxy.opsconfig`. Every key of the file
+is checked: an unknown key or a value of the wrong type stops start-up with a
+:class:`ConfigError` that names the key.
 """
 
 from __future__ import annotations
@@ -13,6 +17,10 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
+
+from .credentials import with_credentials
+from .opsconfig import SECTIONS as OPS_SECTIONS
+from .opsconfig import OpsConfig, OpsConfigError, parse_ops
 
 DEFAULT_LISTEN = "tcp:11434:interface=127.0.0.1"
 DEFAULT_OPENROUTER_URL = "https://openrouter.ai/api/v1"
@@ -65,6 +73,8 @@ class Config:
     health_check_interval: float = 60.0
     max_connections_per_provider: int = 128
     config_file: str | None = None
+    # [auth], [cors], [limits], [log], [shutdown]: see ollama_proxy.opsconfig.
+    ops: OpsConfig = field(default_factory=OpsConfig)
 
     def secrets(self) -> tuple[str, ...]:
         """Values that must never reach a response or a log line."""
@@ -152,9 +162,10 @@ def load_config(
 
     Precedence: command line, then environment (secrets and endpoints), then the file.
     """
-    env = os.environ if environ is None else environ
+    env = with_credentials(os.environ if environ is None else environ)
     path = config_file or env.get("OLLAMA_PROXY_CONFIG") or None
     flat: dict[str, Any] = {}
+    table: dict[str, Any] = {}
     if path:
         try:
             with open(path, "rb") as handle:
@@ -163,8 +174,12 @@ def load_config(
             raise ConfigError(f"cannot read config file {path}: {error.strerror}") from None
         except tomllib.TOMLDecodeError as error:
             raise ConfigError(f"{path}: not valid TOML: {error}") from None
-        flat = _flatten(table)
+        flat = _flatten({k: v for k, v in table.items() if k not in OPS_SECTIONS})
         _check(flat, path)
+    try:
+        ops = parse_ops(table, env)
+    except OpsConfigError as error:
+        raise ConfigError(f"{path or 'environment'}: {error}") from None
 
     openrouter = OpenRouterConfig(
         api_key=env.get("OPENROUTER_API_KEY") or flat.get("openrouter.api_key"),
@@ -202,4 +217,5 @@ def load_config(
         health_check_interval=float(flat.get("refresh.health_interval", defaults.health_check_interval)),
         max_connections_per_provider=flat.get("openrouter.max_connections", defaults.max_connections_per_provider),
         config_file=path,
+        ops=ops,
     )

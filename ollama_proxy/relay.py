@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from zope.interface import implementer
 
+from .context import record_of
 from .errors import UpstreamError, UpstreamStreamError
 from .interfaces import IProvider, IUpstreamStream
 from .translate import ChatTranslator, ndjson
@@ -106,6 +107,15 @@ class ChatRelay:
             self.failed = True
             log.warn("stream ended early: {error}", error=error.message)
             self._write(self._error_line(error.message))
+            return
+        except CancelledError:
+            # Cut by a draining server: a stream that began ends with an error line.
+            reason = record_of(self.request).cut_reason
+            if reason is None or self.client_gone or not self.started_output:
+                raise
+            self.failed = True
+            log.warn("stream cut: {reason}", reason=reason)
+            self._write(ndjson({"error": reason}))
             return
         finally:
             if not self.client_gone:

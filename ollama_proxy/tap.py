@@ -1,22 +1,33 @@
-"""``twistd ollama-proxy``: command-line options and the service maker."""
+"""``twistd ollama-proxy``: command-line options and the service maker.
+
+The service is a :class:`~ollama_proxy.daemon.DaemonService`: the proxy plus
+SIGHUP reload, graceful SIGTERM, sd_notify and the log observer twistd uses
+(which honours twistd's ``--logfile``, ``--syslog`` and ``--prefix``).
+"""
 
 from __future__ import annotations
 
+import encodings.idna  # noqa: F401 - imported lazily by str.encode("idna"): too late after --uid or --chroot
+import functools
+import signal
 import sys
 from typing import Any
 
 from twisted.python import usage
 
 from .config import ConfigError, load_config
-from .service import ProxyService, makeService as build
+from .daemon import DaemonService
+from .logs import daemon_observer
+from .service import makeService as build
 
 
 class Options(usage.Options):
     """Options of ``twistd ollama-proxy``."""
 
-    synopsis = "[--listen ENDPOINT]... [--config FILE]"
+    synopsis = "[--listen ENDPOINT]... [--config FILE] [--log-format text|json]"
     optParameters = [
         ["config", "c", None, "TOML configuration file (default: $OLLAMA_PROXY_CONFIG)."],
+        ["log-format", None, None, "Log lines as 'text' or 'json' (default: [log] format in the config, else text)."],
     ]
 
     def __init__(self) -> None:
@@ -30,12 +41,42 @@ class Options(usage.Options):
 
     opt_l = opt_listen
 
+    def postOptions(self) -> None:
+        if self["log-format"] not in (None, "text", "json"):
+            raise usage.UsageError("--log-format must be 'text' or 'json'")
 
-def makeService(options: Any) -> ProxyService:
+
+def _rotate_on_usr1(reactor: Any) -> Any:
+    """Rotate the log file on SIGUSR1, as twistd does for its own log file."""
+
+    def install(logfile: Any) -> None:
+        if not signal.getsignal(signal.SIGUSR1):
+            signal.signal(signal.SIGUSR1, lambda *_: reactor.callFromThread(logfile.rotate))
+
+    return install
+
+
+def makeService(options: Any) -> DaemonService:
+    load = functools.partial(load_config, config_file=options["config"], listen=options["listen"])
     try:
-        config = load_config(config_file=options["config"], listen=options["listen"])
+        config = load()
     except ConfigError as error:
         # twistd shows a traceback for exceptions; an operator wants one clear line.
         sys.stderr.write(f"ollama-proxy: configuration error: {error}\n")
         raise SystemExit(1) from None
-    return build(config)
+    from twisted.internet import reactor  # the entry point: the one place that picks the reactor
+
+    proxy = build(config, reactor)
+    observer = None
+    twistd = getattr(options, "parent", None)
+    if twistd is not None:
+        observer = daemon_observer(
+            log_format=options["log-format"] or config.ops.log.format,
+            redactor=proxy.redactor,
+            logfile=twistd.get("logfile"),
+            syslog=bool(twistd.get("syslog")),
+            prefix=twistd.get("prefix") or "ollama-proxy",
+            nodaemon=bool(twistd.get("nodaemon")),
+            install_rotation=_rotate_on_usr1(reactor),
+        )
+    return DaemonService(proxy, reactor, load, log_observer=observer)

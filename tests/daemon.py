@@ -43,7 +43,9 @@ class Daemon(ProcessProtocol):
         self._patterns = []
         self.exited.callback(code)
 
-    def wait_for(self, pattern: bytes) -> Deferred[re.Match[bytes]]:
+    def wait_for(self, pattern: bytes, deadline: float = 30.0) -> Deferred[re.Match[bytes]]:
+        """Fires when ``pattern`` appears in the output; fails after ``deadline`` seconds
+        (a guard that fails the test cleanly, well before pytest-timeout)."""
         d: Deferred[re.Match[bytes]] = Deferred()
         compiled = re.compile(pattern)
         match = compiled.search(self.output)
@@ -53,10 +55,17 @@ class Daemon(ProcessProtocol):
             d.errback(AssertionError(self.output.decode(errors="replace")))
         else:
             self._patterns.append((compiled, d))
+            guard = reactor.callLater(deadline, self._give_up, compiled, d)
+            d.addBoth(lambda result: (guard.cancel() if guard.active() else None, result)[1])
         return d
 
+    def _give_up(self, pattern: re.Pattern[bytes], waiter: Deferred[Any]) -> None:
+        if (pattern, waiter) in self._patterns:
+            self._patterns.remove((pattern, waiter))
+            waiter.errback(AssertionError(f"{pattern.pattern!r} did not appear:\n{self.output.decode(errors='replace')}"))
+
     async def port(self) -> int:
-        match = await self.wait_for(rb"ollama-proxy ready, serving on [\d.]+:(\d+)")
+        match = await self.wait_for(rb"ready: listening on [\d.]+:(\d+)")
         return int(match.group(1))
 
     def signal(self, name: str) -> None:

@@ -80,6 +80,10 @@ CHAT_MODELS: list[dict[str, Any]] = [
     _model("sim/fail-503"),
     _model("sim/no-headers"),
     _model("sim/leaky-error"),
+    _model("sim/hold"),
+    _model("sim/flood"),
+    _model("sim/raw"),
+    _model("sim/fail-leak"),
 ]
 EMBEDDING_MODELS: list[dict[str, Any]] = [
     {**_model("openai/text-embedding-3-small", context=8192), "architecture": {"input_modalities": ["text"], "output_modalities": ["embeddings"]}},
@@ -251,6 +255,18 @@ class UpstreamSimulator(Resource):
         self.models_status: int | None = None
         self.port: Any = None
         self.open_protocols: set[Any] = set()
+        # sim/hold: streams that sent their first token and wait for release_holds().
+        self.held: list[_Stream] = []
+        self._hold_waiters: list[Deferred[None]] = []
+        # sim/flood: how often its socket pushed back, how much it sent, whether it finished.
+        self.flood_pauses = 0
+        self.flood_bytes = 0
+        self.flood_done = False
+        self.flood_connections: list[Any] = []
+        self._pause_waiters: list[Deferred[None]] = []
+        # sim/raw: the exact bytes of the next SSE body.
+        self.raw_stream = b""
+        self._request_waiters: list[tuple[int, Deferred[None]]] = []
 
     # -- control ------------------------------------------------------------------
     def start(self) -> str:
@@ -298,6 +314,50 @@ class UpstreamSimulator(Resource):
         for d in waiters:
             d.callback(None)
 
+    def wait_for_requests(self, count: int) -> "Deferred[None]":
+        """Fires once ``count`` requests have arrived in all."""
+        d: Deferred[None] = Deferred()
+        if len(self.requests) >= count:
+            d.callback(None)
+        else:
+            self._request_waiters.append((count, d))
+        return d
+
+    def wait_for_hold(self) -> "Deferred[None]":
+        """Fires when a ``sim/hold`` stream has sent its first token and waits."""
+        d: Deferred[None] = Deferred()
+        if self.held:
+            d.callback(None)
+        else:
+            self._hold_waiters.append(d)
+        return d
+
+    def release_holds(self) -> None:
+        """Let every held ``sim/hold`` stream go on to its end."""
+        held, self.held = self.held, []
+        for stream in held:
+            stream._next()
+
+    def wait_for_flood_pause(self) -> "Deferred[None]":
+        """Fires at the next push-back on a ``sim/flood`` stream (its socket buffer is
+        full), or when the flood has sent everything (``flood_done``)."""
+        d: Deferred[None] = Deferred()
+        self._pause_waiters.append(d)
+        return d
+
+    def _held(self, stream: "_Stream") -> None:
+        self.held.append(stream)
+        waiters, self._hold_waiters = self._hold_waiters, []
+        for d in waiters:
+            d.callback(None)
+
+    def _flood_paused(self, done: bool = False) -> None:
+        self.flood_pauses += 0 if done else 1
+        self.flood_done = self.flood_done or done
+        waiters, self._pause_waiters = self._pause_waiters, []
+        for d in waiters:
+            d.callback(None)
+
     def chat_requests(self) -> list[RecordedRequest]:
         return [r for r in self.requests if r.path.endswith("/chat/completions")]
 
@@ -311,6 +371,9 @@ class UpstreamSimulator(Resource):
             body = None
         headers = {k.decode().lower(): v[0].decode() for k, v in request.requestHeaders.getAllRawHeaders()}
         self.requests.append(RecordedRequest(request.method.decode(), path, headers, body))
+        for entry in [w for w in self._request_waiters if len(self.requests) >= w[0]]:
+            self._request_waiters.remove(entry)
+            entry[1].callback(None)
         route = path[len("/api/v1") :]
         if request.method == b"GET" and route == "/models":
             if self.models_status:
@@ -362,6 +425,9 @@ class UpstreamSimulator(Resource):
 
     def _chat(self, request: Request, body: dict[str, Any]) -> Any:
         model = str(body.get("model"))
+        if model == "sim/fail-leak":
+            # A careless upstream that echoes the caller's credentials in its error.
+            return self._error(request, 500, f"upstream exploded handling {request.getHeader(b'authorization').decode()}")
         if model.startswith("sim/fail-"):
             status = int(model.rsplit("-", 1)[1])
             if status == 429:
@@ -495,6 +561,17 @@ class _Stream:
         self.request.notifyFinish().addErrback(self._lost)
         if self.model == "sim/no-headers":
             return NOT_DONE_YET  # never answers: for the response timeout
+        if self.model == "sim/flood":
+            _Flood(self).start()
+            return NOT_DONE_YET
+        if self.model == "sim/raw":
+            raw = self.sim.raw_stream
+            # In uneven pieces, as TCP may deliver them.
+            for start, end in ((0, 1), (1, 7), (7, 64), (64, len(raw))):
+                if start < len(raw):
+                    self.request.write(raw[start:end])
+            self._end()
+            return NOT_DONE_YET
         self.request.write(b": OPENROUTER PROCESSING\n\n")
         if self.model == "sim/error-first":
             self._event({"id": "gen-sim", "object": "chat.completion.chunk", "model": self.model, "error": {"code": 502, "message": "Provider returned error"}, "choices": [{"index": 0, "delta": {"content": ""}, "finish_reason": "error"}]})
@@ -555,6 +632,9 @@ class _Stream:
             self._event(self._chunk(delta, logprobs=event.get("logprobs")))
             if self.position == 1 and model == "sim/stall":
                 return False  # goes silent for good
+            if self.position == 1 and model == "sim/hold":
+                self.sim._held(self)
+                return False  # goes on when the test calls release_holds()
             if self.position == 2 and model == "sim/midstream-error":
                 self._event({**self._chunk({"content": ""}, "error"), "error": {"code": 502, "message": "Upstream provider crashed mid-stream"}})
                 self._end()
@@ -579,3 +659,68 @@ class _Stream:
     def _end(self) -> None:
         self.done = True
         self.request.finish()
+
+
+class _Flood:
+    """``sim/flood``: big chunks as fast as the proxy reads them, and never faster.
+
+    Registered as a streaming producer on the response, so it pauses whenever its
+    socket pushes back; each pause is reported to the simulator. It ends after
+    ``TOTAL_CHUNKS`` (64 MiB), far more than the socket buffers between it and a
+    client that does not read can hold.
+    """
+
+    CHUNK_TEXT = "x" * 16384
+    TOTAL_CHUNKS = 4096
+
+    def __init__(self, stream: _Stream) -> None:
+        self.stream = stream
+        self.paused = False
+        self.stopped = False
+        self.scheduled: Any = None
+
+    def start(self) -> None:
+        self.sent = 0
+        self.stream.sim.flood_connections.append(self.stream.request.transport)
+        self.stream.request.registerProducer(self, True)
+        self._pump()
+
+    def _pump(self) -> None:
+        self.scheduled = None
+        stream = self.stream
+        # A burst, then back to the reactor, so the socket can push back.
+        for _ in range(8):
+            if self.paused or self.stopped or stream.done:
+                return
+            if self.sent >= self.TOTAL_CHUNKS:
+                stream.request.unregisterProducer()
+                stream._event(stream._chunk({"content": ""}, "stop"))
+                stream._event("[DONE]")
+                stream._end()
+                stream.sim._flood_paused(done=True)
+                return
+            self.sent += 1
+            stream.sim._token()
+            payload = json.dumps(stream._chunk({"content": self.CHUNK_TEXT}))
+            data = f"data: {payload}\n\n".encode()
+            stream.sim.flood_bytes += len(data)
+            stream.request.write(data)
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if self.scheduled is None and not self.paused and not self.stopped:
+            self.scheduled = self.stream.sim.reactor.callLater(0, self._pump)
+
+    def pauseProducing(self) -> None:
+        if not self.paused:
+            self.paused = True
+            self.stream.sim._flood_paused()
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self._schedule()
+
+    def stopProducing(self) -> None:
+        self.stopped = True
+        if self.scheduled is not None and self.scheduled.active():
+            self.scheduled.cancel()

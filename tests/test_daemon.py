@@ -55,7 +55,7 @@ async def test_twistd_plugin_serves_the_api_and_stops_on_sigterm(simulator, runn
 async def test_several_listen_options(simulator, running):
     proc = daemon.start(["ollama-proxy", "--listen", LOOPBACK, "--listen", LOOPBACK], env=upstream_env(simulator))
     running.append(proc)
-    await proc.wait_for(rb"ready, serving on [\d.]+:\d+, [\d.]+:\d+")
+    await proc.wait_for(rb"ready: listening on [\d.]+:\d+, [\d.]+:\d+")
     proc.signal("TERM")
     assert await proc.exited in (0, -15)
 

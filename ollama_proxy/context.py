@@ -1,0 +1,116 @@
+"""What the proxy learns about one request while answering it.
+
+The front door opens a :class:`RequestRecord` for every request; the routes fill
+in the model, the provider, tokens and timings as they learn them; when the
+request finishes, the record becomes the access-log line and the Prometheus
+samples. It also carries the hook that lets a draining server cut the request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+_ATTRIBUTE = "_ollama_proxy_record"
+
+
+@dataclass
+class RequestRecord:
+    """One request, from arrival to its last byte. Times are reactor seconds."""
+
+    request_id: str = ""
+    method: str = ""
+    path: str = ""
+    client: str = ""
+    started: float = 0.0
+    endpoint: str = "other"
+    model: str | None = None
+    provider: str | None = None
+    principal: Any = None
+    stream: bool = False
+    status: int | None = None
+    failed: bool = False
+    tokens_in: int | None = None
+    tokens_out: int | None = None
+    first_token: float | None = None
+    upstream_seconds: float = 0.0
+    finished: float | None = None
+    cut_reason: str | None = None
+    _cancel: Callable[[], None] | None = field(default=None, repr=False)
+    _on_finish: list[Callable[[], None]] = field(default_factory=list, repr=False)
+
+    @property
+    def duration(self) -> float | None:
+        return None if self.finished is None else max(0.0, self.finished - self.started)
+
+    @property
+    def ttft(self) -> float | None:
+        """Seconds from arrival to the first token the upstream produced."""
+        return None if self.first_token is None else max(0.0, self.first_token - self.started)
+
+    @property
+    def overhead(self) -> float | None:
+        """Seconds the proxy itself spent: the whole answer less the upstream's part."""
+        duration = self.duration
+        return None if duration is None else max(0.0, duration - self.upstream_seconds)
+
+    def add_tokens(self, prompt: int | None, completion: int | None) -> None:
+        if prompt is not None:
+            self.tokens_in = (self.tokens_in or 0) + prompt
+        if completion is not None:
+            self.tokens_out = (self.tokens_out or 0) + completion
+
+    def on_cut(self, cancel: Callable[[], None]) -> None:
+        """How to end this request early (the handler's Deferred's ``cancel``)."""
+        self._cancel = cancel
+
+    def cut(self, reason: str) -> bool:
+        """End the request early because the server stops; False if it has no handler to cut."""
+        if self.cut_reason is None:
+            self.cut_reason = reason
+        if self._cancel is None:
+            return False
+        cancel, self._cancel = self._cancel, None
+        cancel()
+        return True
+
+    def when_finished(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` once the request is finished (slots, counters)."""
+        self._on_finish.append(callback)
+
+    def run_finish_callbacks(self) -> None:
+        callbacks, self._on_finish = self._on_finish, []
+        for callback in callbacks:
+            callback()
+
+
+def record_of(request: Any) -> RequestRecord:
+    """The request's record; a blank one is attached if the front door did not open one
+    (the Klein app served without it), so routes never need to check."""
+    record = getattr(request, _ATTRIBUTE, None)
+    if record is None:
+        record = RequestRecord()
+        setattr(request, _ATTRIBUTE, record)
+    return record
+
+
+def record_translation(request: Any, translator: Any, clock: Any, stream: bool) -> None:
+    """Have the request's record take tokens and timings from ``translator`` when the
+    request ends (the access line and the metrics are written then)."""
+    record = record_of(request)
+    record.stream = stream
+
+    def note() -> None:
+        timings = translator.timings
+        end = timings.finished if timings.finished is not None else clock.seconds()
+        record.upstream_seconds += max(0.0, end - timings.started)
+        record.first_token = timings.first_token
+        record.add_tokens(translator.prompt_tokens, translator.completion_tokens)
+
+    record.when_finished(note)
+
+
+def attach(request: Any, record: RequestRecord) -> RequestRecord:
+    setattr(request, _ATTRIBUTE, record)
+    return record

@@ -1,0 +1,151 @@
+"""Secrets from outside the configuration file: systemd credentials and client tokens.
+
+systemd hands a service its secrets as files in ``$CREDENTIALS_DIRECTORY``
+(``LoadCredential=``), so a key never appears in the unit, the environment of
+other processes or the config file. Client tokens are kept only as SHA-256
+digests: a token read in plain text (from a credential or a tokens file) is
+hashed at once and the text dropped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class ClientToken:
+    """A client's bearer token, known only by its SHA-256 digest.
+
+    ``models`` are globs the token may use (empty: every model); ``name`` is
+    what access logs and per-client limits call its holder.
+    """
+
+    sha256: str
+    name: str
+    models: tuple[str, ...] = ()
+
+
+def token_digest(token: str) -> str:
+    """The hex SHA-256 digest under which a token is stored."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def read_credential(environ: Mapping[str, str], name: str) -> str | None:
+    """The credential ``name`` from ``$CREDENTIALS_DIRECTORY``, or None.
+
+    Trailing newlines are dropped: files written with ``echo`` end in one.
+    """
+    directory = environ.get("CREDENTIALS_DIRECTORY")
+    if not directory or "/" in name:
+        return None
+    path = os.path.join(directory, name)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            value = handle.read().rstrip("\r\n")
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        raise ValueError(f"cannot read credential {name}: {error.strerror}") from None
+    return value or None
+
+
+def digest_of(value: str, where: str) -> str:
+    """``sha256:HEX`` (or a bare 64-hex digest) -> HEX; anything else is a plain token, hashed."""
+    if value.startswith("sha256:"):
+        digest = value[len("sha256:") :].lower()
+        if not _HEX64.match(digest):
+            raise ValueError(f"{where}: 'sha256:' must be followed by 64 hex digits")
+        return digest
+    return token_digest(value)
+
+
+def parse_token_lines(text: str, source: str) -> list[ClientToken]:
+    """Tokens from a tokens file or credential, one per line.
+
+    A line is ``TOKEN`` or ``sha256:HEX``, optionally followed by
+    ``name=NAME`` and ``models=GLOB,GLOB``; ``#`` starts a comment.
+    """
+    tokens: list[ClientToken] = []
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.split("#", 1)[0].strip() if not raw.lstrip().startswith("#") else ""
+        if not line:
+            continue
+        where = f"{source} line {number}"
+        secret, *options = line.split()
+        name = None
+        models: tuple[str, ...] = ()
+        for option in options:
+            key, sep, value = option.partition("=")
+            if not sep or not value:
+                raise ValueError(f"{where}: expected name=NAME or models=GLOB,..., not '{option}'")
+            if key == "name":
+                name = value
+            elif key == "models":
+                models = tuple(g for g in value.split(",") if g)
+            else:
+                raise ValueError(f"{where}: unknown option '{key}'")
+        digest = digest_of(secret, where)
+        tokens.append(ClientToken(digest, name or f"token-{digest[:8]}", models))
+    return tokens
+
+
+def token_from_table(table: object, where: str, environ: Mapping[str, str]) -> ClientToken:
+    """One ``[[auth.tokens]]`` table: ``sha256`` or ``credential``, ``name``, ``models``.
+
+    A plain-text token is refused here: the config file is not a secret store.
+    """
+    if not isinstance(table, dict):
+        raise ValueError(f"{where} must be a table")
+    unknown = set(table) - {"sha256", "credential", "name", "models"}
+    if unknown:
+        raise ValueError(f"{where}: unknown key '{sorted(unknown)[0]}'")
+    for key in ("sha256", "credential", "name"):
+        if key in table and not isinstance(table[key], str):
+            raise ValueError(f"{where}.{key} must be a string")
+    models = table.get("models", [])
+    if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
+        raise ValueError(f"{where}.models must be a list of strings")
+    if ("sha256" in table) == ("credential" in table):
+        raise ValueError(f"{where} needs exactly one of 'sha256' or 'credential'")
+    if "sha256" in table:
+        digest = table["sha256"].lower().removeprefix("sha256:")
+        if not _HEX64.match(digest):
+            raise ValueError(f"{where}.sha256 must be 64 hex digits (the SHA-256 of the token)")
+    else:
+        secret = read_credential(environ, table["credential"])
+        if secret is None:
+            raise ValueError(f"{where}: credential '{table['credential']}' not found in $CREDENTIALS_DIRECTORY")
+        digest = token_digest(secret)
+    return ClientToken(digest, table.get("name") or f"token-{digest[:8]}", tuple(models))
+
+
+def with_credentials(environ: Mapping[str, str]) -> Mapping[str, str]:
+    """``environ`` plus API keys from systemd credentials, the environment winning.
+
+    A credential named like an API-key variable in lower case
+    (``openrouter_api_key`` -> ``OPENROUTER_API_KEY``) stands in for that
+    variable, so every provider's key can come from ``LoadCredential=``.
+    """
+    directory = environ.get("CREDENTIALS_DIRECTORY")
+    if not directory:
+        return environ
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError:
+        return environ
+    merged = dict(environ)
+    for name in names:
+        if not re.fullmatch(r"[a-z0-9_]+_api_key", name):
+            continue
+        variable = name.upper()
+        if not merged.get(variable):
+            value = read_credential(environ, name)
+            if value:
+                merged[variable] = value
+    return merged

@@ -1,0 +1,87 @@
+"""Graceful stop in-process: the drain deadline runs on a task.Clock."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet.defer import ensureDeferred
+from twisted.internet.task import Clock
+
+from ollama_proxy.opsconfig import OpsConfig, ShutdownConfig
+
+from .conftest import http
+from .daemonproc import StreamClient, within
+
+
+def drain(seconds: float) -> OpsConfig:
+    return OpsConfig(shutdown=ShutdownConfig(drain_timeout=seconds))
+
+
+def chat(model: str, stream: bool = True) -> dict[str, Any]:
+    return {"model": model, "messages": [{"role": "user", "content": "wait for it"}], "stream": stream}
+
+
+def on_clock(proxy: Any) -> Clock:
+    clock = Clock()
+    proxy.service.lifecycle.clock = clock
+    return clock
+
+
+@pytest_twisted.ensureDeferred
+async def test_stopping_with_nothing_in_flight_is_immediate(make_proxy):
+    proxy = make_proxy()
+    await within(proxy.service.stopService(), "the stop")
+    assert not proxy.service.refresh_timer.running and not proxy.service.health_timer.running
+    with pytest.raises(Exception):
+        await http("GET", proxy.url + "/api/version")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stream_in_flight_finishes_before_the_stop_completes(make_proxy, simulator):
+    proxy = make_proxy(ops=drain(30))
+    clock = on_clock(proxy)
+    stream = await StreamClient.open(proxy.url + "/api/chat", chat("sim/hold"))
+    await stream.wait_lines(1)
+    stopped = proxy.service.stopService()
+    assert not stopped.called and proxy.service.lifecycle.draining
+    with pytest.raises(Exception):  # the listener is closed at once
+        await http("GET", proxy.url + "/api/version")
+    clock.advance(29)
+    simulator.release_holds()
+    await stream.wait_done()
+    await within(stopped, "the stop")
+    objects = stream.objects()
+    assert objects[-1]["done"] is True and "".join(o["message"]["content"] for o in objects) == "Echo: wait for it"
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_deadline_cuts_streams_with_an_error_line_and_others_with_503(make_proxy, simulator):
+    proxy = make_proxy(ops=drain(5))
+    clock = on_clock(proxy)
+    stream = await StreamClient.open(proxy.url + "/api/chat", chat("sim/hold"))
+    await stream.wait_lines(1)
+    # An answer still waiting for the provider's headers: nothing sent yet.
+    upstream_has_it = simulator.wait_for_requests(len(simulator.requests) + 1)
+    waiting = http_later(proxy)
+    await within(upstream_has_it, "the second request upstream")
+    assert proxy.service.lifecycle.in_flight == 2
+    aborted = simulator.wait_for_abort()
+    stopped = proxy.service.stopService()
+    clock.advance(4.9)
+    assert not stopped.called and len(stream.lines) == 1
+    clock.advance(0.1)
+    await stream.wait_done()
+    assert stream.objects()[-1] == {"error": "the server is shutting down: drain deadline of 5 s passed"}
+    answer = await waiting
+    assert answer.code == 503
+    assert answer.json() == {"error": "the server is shutting down: drain deadline of 5 s passed", "type": "service_unavailable"}
+    await aborted
+    await within(stopped, "the stop")
+    assert proxy.service.lifecycle.in_flight == 0
+
+
+def http_later(proxy: Any) -> Any:
+    """The request, started now and awaited later."""
+    return ensureDeferred(http("POST", proxy.url + "/api/chat", chat("sim/no-headers", stream=False)))

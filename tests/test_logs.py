@@ -1,0 +1,132 @@
+"""Logs: redaction everywhere, JSON lines, the daemon's observer choices, access lines."""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.logger import FilteringLogObserver, LegacyLogObserverWrapper, Logger, LogLevel, globalLogPublisher, textFileLogObserver
+from twisted.python.logfile import LogFile
+
+from ollama_proxy.logs import REDACTED, RedactingObserver, Redactor, daemon_observer, jsonLinesObserver, redacting
+from ollama_proxy.opsconfig import LogConfig, OpsConfig
+
+from .conftest import http
+from .simulator import API_KEY
+
+SECRET = "sk-or-v1-topsecret-0123456789"
+
+
+def emit_failure(log: Logger, secret: str) -> None:
+    try:
+        raise ValueError(f"upstream said: bad key {secret}")
+    except ValueError:
+        log.failure("request {what} failed", what=f"with {secret}")
+
+
+def test_redactor_hides_configured_and_secret_looking_values():
+    redactor = Redactor([SECRET, "short"])
+    assert redactor.redact(f"key={SECRET}!") == f"key={REDACTED}!"
+    assert redactor.redact("short stays: too short to be a key") == "short stays: too short to be a key"
+    assert redactor.redact("Authorization: Bearer abcdefgh12345678") == f"Authorization: Bearer {REDACTED}"
+    assert redactor.redact("oops sk-proj-ABCDEFGHIJKLMNOPQRSTUV") == f"oops sk-{REDACTED}"
+    redactor.update(["another-secret-value"])
+    assert redactor.redact("another-secret-value") == REDACTED
+
+
+def test_text_observer_never_sees_the_secret_even_in_a_traceback():
+    out = io.StringIO()
+    log = Logger(observer=redacting(textFileLogObserver(out), [SECRET]), namespace="test")
+    emit_failure(log, SECRET)
+    log.info("plain {value}", value=SECRET)
+    log.info(f"inline {SECRET}")
+    text = out.getvalue()
+    assert SECRET not in text
+    assert "Traceback" in text and "ValueError" in text and f"bad key {REDACTED}" in text
+    assert f"request with {REDACTED} failed" in text and f"plain {REDACTED}" in text and f"inline {REDACTED}" in text
+
+
+def test_json_lines_are_one_object_per_line_with_fields_and_a_redacted_traceback():
+    out = io.StringIO()
+    log = Logger(observer=RedactingObserver(jsonLinesObserver(out), Redactor([SECRET])), namespace="ollama_proxy.test")
+    log.info("hello {name}", name="world", count=3)
+    log.warn("key is {key}", key=SECRET)
+    emit_failure(log, SECRET)
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert len(lines) == 3
+    assert lines[0]["message"] == "hello world" and lines[0]["name"] == "world" and lines[0]["count"] == 3
+    assert lines[0]["level"] == "info" and lines[0]["namespace"] == "ollama_proxy.test" and lines[0]["time"].endswith("Z")
+    assert lines[1]["level"] == "warn" and lines[1]["key"] == REDACTED
+    assert lines[2]["level"] == "critical" and "ValueError" in lines[2]["traceback"]
+    assert SECRET not in out.getvalue()
+
+
+def _unwrap(observer: Any) -> Any:
+    assert isinstance(observer, RedactingObserver)
+    assert isinstance(observer.observer, FilteringLogObserver)
+    return observer.observer._observer
+
+
+def test_daemon_observer_follows_twistd_options(tmp_path):
+    redactor = Redactor([SECRET])
+    syslog = _unwrap(daemon_observer(log_format="json", redactor=redactor, syslog=True, prefix="proxy"))
+    assert isinstance(syslog, LegacyLogObserverWrapper)
+    logfile = tmp_path / "proxy.log"
+    rotations: list[Any] = []
+    observer = daemon_observer(log_format="json", redactor=redactor, logfile=str(logfile), nodaemon=False, install_rotation=rotations.append)
+    assert isinstance(rotations[0], LogFile)
+    Logger(observer=observer, namespace="t").info("to the file {secret}", secret=SECRET)
+    rotations[0].flush()
+    [line] = [json.loads(l) for l in logfile.read_text().splitlines()]
+    assert line["message"] == f"to the file {REDACTED}"
+    # Twisted's two lines per upstream connection are left out.
+    Logger(observer=observer, namespace="twisted.web.client._HTTP11ClientFactory").info("Starting factory {factory!r}", factory="f")
+    rotations[0].flush()
+    assert len(logfile.read_text().splitlines()) == 1
+    rotations[0].close()
+
+
+@pytest.fixture
+def events() -> Any:
+    seen: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(seen.append)
+    yield seen
+    globalLogPublisher.removeObserver(seen.append)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_upstream_error_echoing_the_key_reaches_neither_client_nor_log(proxy, events):
+    r = await http("POST", proxy.url + "/api/chat", {"model": "sim/fail-leak", "messages": [{"role": "user", "content": "x"}], "stream": False})
+    assert r.code == 502 and API_KEY not in r.body.decode() and "[REDACTED]" in r.json()["error"]
+    observer_out = io.StringIO()
+    observer = RedactingObserver(textFileLogObserver(observer_out), proxy.service.redactor)
+    for event in events:
+        observer(event)
+    assert "upstream exploded" in observer_out.getvalue()
+    assert API_KEY not in observer_out.getvalue()
+
+
+@pytest_twisted.ensureDeferred
+async def test_access_line_for_a_stream_carries_model_provider_ttft_and_tokens(proxy, events):
+    r = await http("POST", proxy.url + "/api/chat", {"model": "google/gemini-pro:latest", "messages": [{"role": "user", "content": "a b c d"}]}, headers={"X-Request-Id": "rid-1"})
+    assert r.code == 200
+    [line] = [e for e in events if e.get("log_namespace") == "ollama_proxy.access" and e["request_id"] == "rid-1"]
+    assert line["log_level"] == LogLevel.info
+    assert (line["method"], line["path"], line["status"]) == ("POST", "/api/chat", 200)
+    assert line["model"] == "google/gemini-pro:latest" and line["provider"] == "openrouter"
+    assert line["tokens_in"] == 4 and line["tokens_out"] == 5
+    assert line["ttft_ms"] is not None and 0 <= line["ttft_ms"] <= line["duration_ms"]
+    text = io.StringIO()
+    textFileLogObserver(text)(line)
+    assert "POST /api/chat 200" in text.getvalue() and "id=rid-1 model=google/gemini-pro:latest provider=openrouter" in text.getvalue()
+    assert "tokens_in=4 tokens_out=5 client=127.0.0.1" in text.getvalue()
+
+
+@pytest_twisted.ensureDeferred
+async def test_access_lines_can_be_turned_off(make_proxy, events):
+    proxy = make_proxy(ops=OpsConfig(log=LogConfig(access=False)))
+    assert (await http("GET", proxy.url + "/api/version", headers={"X-Request-Id": "quiet-1"})).code == 200
+    assert not [e for e in events if e.get("log_namespace") == "ollama_proxy.access"]

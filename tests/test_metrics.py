@@ -1,0 +1,92 @@
+"""/metrics: the JSON statistics stay; Prometheus text when the scraper asks for it."""
+
+from __future__ import annotations
+
+import re
+
+import pytest_twisted
+
+from .conftest import http
+
+
+def sample(text: str, name: str, **labels: str) -> float | None:
+    """The value of one sample in the text format, or None."""
+    for line in text.splitlines():
+        if line.startswith("#") or not line.startswith(name):
+            continue
+        match = re.match(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})? (\S+)", line)
+        if not match or match.group(1) != name:
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', match.group(3) or ""))
+        if all(found.get(k) == v for k, v in labels.items()):
+            return float(match.group(4))
+    return None
+
+
+def chat(model: str, stream: bool = True, text: str = "one two three") -> dict:
+    return {"model": model, "messages": [{"role": "user", "content": text}], "stream": stream}
+
+
+@pytest_twisted.ensureDeferred
+async def test_json_stays_the_default(proxy):
+    for headers in ({}, {"Accept": "application/json"}, {"Accept": "*/*"}, {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}):
+        r = await http("GET", proxy.url + "/metrics", headers=headers)
+        assert r.code == 200 and r.header("content-type") == "application/json; charset=utf-8"
+        assert set(r.json()) == {"metrics", "statistics", "timestamp"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_prometheus_text_counts_requests_latency_ttft_tokens_and_overhead(proxy):
+    assert (await http("POST", proxy.url + "/api/chat", chat("google/gemini-pro"))).code == 200
+    assert (await http("POST", proxy.url + "/api/chat", chat("openai/gpt-4o-mini", stream=False))).code == 200
+    assert (await http("POST", proxy.url + "/api/embed", {"model": "openai/text-embedding-3-small", "input": ["a b", "c"]})).code == 200
+    assert (await http("POST", proxy.url + "/api/chat", chat("nobody/nothing"))).code == 404
+    r = await http("GET", proxy.url + "/metrics", headers={"Accept": "text/plain;version=0.0.4"})
+    assert r.code == 200 and r.header("content-type").startswith("text/plain; version=0.0.4")
+    text = r.body.decode()
+    assert sample(text, "ollama_proxy_requests_total", endpoint="/api/chat", method="POST", status="200") == 2
+    assert sample(text, "ollama_proxy_requests_total", endpoint="/api/chat", method="POST", status="404") == 1
+    assert sample(text, "ollama_proxy_requests_total", endpoint="/api/embed", method="POST", status="200") == 1
+    assert sample(text, "ollama_proxy_request_duration_seconds_count", endpoint="/api/chat") == 3
+    assert sample(text, "ollama_proxy_time_to_first_token_seconds_count", endpoint="/api/chat", provider="openrouter") == 2
+    assert sample(text, "ollama_proxy_upstream_duration_seconds_count", provider="openrouter", endpoint="/api/chat") == 2
+    assert sample(text, "ollama_proxy_upstream_duration_seconds_count", provider="openrouter", endpoint="/api/embed") == 1
+    assert sample(text, "ollama_proxy_overhead_seconds_count", endpoint="/api/chat") == 3
+    # The simulator counts words: 3 prompt tokens and 4 answer tokens per chat, 3 for the embeddings.
+    assert sample(text, "ollama_proxy_tokens_total", provider="openrouter", kind="prompt") == 3 + 3 + 3
+    assert sample(text, "ollama_proxy_tokens_total", provider="openrouter", kind="completion") == 4 + 4
+    assert sample(text, "ollama_proxy_streams_in_flight") == 0
+    assert sample(text, "ollama_proxy_in_flight_requests") == 1  # this scrape
+    assert sample(text, "ollama_proxy_draining") == 0
+    assert sample(text, "ollama_proxy_models", state="offered") > 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_openmetrics_and_the_format_parameter(proxy):
+    r = await http("GET", proxy.url + "/metrics", headers={"Accept": "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"})
+    assert r.header("content-type").startswith("application/openmetrics-text") and r.body.endswith(b"# EOF\n")
+    r = await http("GET", proxy.url + "/metrics?format=prometheus")
+    assert r.header("content-type").startswith("text/plain") and b"ollama_proxy_requests_total" in r.body
+
+
+@pytest_twisted.ensureDeferred
+async def test_stream_errors_and_breaker_states(proxy):
+    r = await http("POST", proxy.url + "/api/chat", chat("sim/midstream-error"))
+    assert r.code == 200 and "error" in r.lines()[-1]
+    # A provider with a circuit breaker exposes its state; the metrics show one-hot states.
+    proxy.service.provider.breaker_state = "open"
+    text = (await http("GET", proxy.url + "/metrics?format=prometheus")).body.decode()
+    assert sample(text, "ollama_proxy_stream_errors_total", endpoint="/api/chat") == 1
+    assert sample(text, "ollama_proxy_breaker_state", provider="openrouter", state="open") == 1
+    assert sample(text, "ollama_proxy_breaker_state", provider="openrouter", state="closed") == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_each_proxy_has_its_own_registry(make_proxy):
+    first, second = make_proxy(), make_proxy()
+    assert (await http("GET", first.url + "/api/tags")).code == 200
+    one = (await http("GET", first.url + "/metrics?format=prometheus")).body.decode()
+    two = (await http("GET", second.url + "/metrics?format=prometheus")).body.decode()
+    assert sample(one, "ollama_proxy_requests_total", endpoint="/api/tags", method="GET", status="200") == 1
+    assert sample(two, "ollama_proxy_requests_total", endpoint="/api/tags", method="GET", status="200") is None
+    assert first.service.metrics.registry is not second.service.metrics.registry
