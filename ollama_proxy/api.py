@@ -8,13 +8,11 @@ JSON error body.
 
 from __future__ import annotations
 
-import functools
 import json
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from klein import Klein
-from twisted.internet.defer import CancelledError, ensureDeferred
+from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
@@ -39,6 +37,7 @@ from .frontdoor import Gate, visible_to
 from .interfaces import IProvider
 from .metrics import Metrics, wants_prometheus
 from .models import UpstreamModel, show_response, tag_entry
+from .observing import observed
 from .openai_api import OpenAICompatAPI
 from .relay import JSON, ChatRelay
 from .running import RunningModels
@@ -59,27 +58,6 @@ from .translate import (
 
 log = Logger()
 
-Handler = Callable[..., Any]
-
-
-def observed(endpoint: str) -> Callable[[Handler], Handler]:
-    """Count the request under ``endpoint`` and time it until its last byte."""
-
-    def decorate(handler: Handler) -> Handler:
-        @functools.wraps(handler)
-        def wrapper(self: "OllamaAPI", request: IRequest, *args: Any, **kwargs: Any) -> Any:
-            self._observe(request, endpoint)
-            record_of(request).endpoint = endpoint
-            result = handler(self, request, *args, **kwargs)
-            if hasattr(result, "__await__"):
-                d = ensureDeferred(result)
-                # A draining server can cut it: a stream ends with an error line, anything else gets 503.
-                return self.gate.lifecycle.track_handler(request, d) if self.gate is not None else d
-            return result
-
-        return wrapper
-
-    return decorate
 
 
 def _json(request: IRequest, obj: Any, status: int = 200) -> bytes:

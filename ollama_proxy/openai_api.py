@@ -23,6 +23,7 @@ from twisted.web.resource import IResource
 from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
 from werkzeug.exceptions import NotFound as WerkzeugNotFound
 
+from .context import record_of, record_translation
 from .embeddings import embed
 from .models import UpstreamModel
 from .errors import BadRequest, InternalError, MethodNotAllowed, NotImplementedByProxy, ProxyError, RouteNotFound
@@ -38,6 +39,7 @@ from .openai_translate import (
     plan_chat_completion,
     plan_completion,
 )
+from .observing import observed
 from .relay import JSON, ChatRelay
 from .translate import model_name
 
@@ -88,6 +90,14 @@ class OpenAICompatAPI:
     def resource(self) -> IResource:
         return self.app.resource()
 
+    # What @observed needs: the native API's bookkeeping and front door.
+    @property
+    def gate(self) -> Any:
+        return self.native.gate
+
+    def _observe(self, request: IRequest, endpoint: str) -> None:
+        self.native._observe(request, endpoint)
+
     def _id(self, prefix: str) -> str:
         return f"{prefix}-{self._rng.randrange(1000)}"
 
@@ -124,35 +134,35 @@ class OpenAICompatAPI:
 
     # -- models -------------------------------------------------------------------------
     @app.route("/models", methods=["GET"])
+    @observed("/v1/models")
     async def models(self, request: IRequest) -> bytes:
-        self.native._observe(request, "/v1/models")
         catalogue = self.native.catalogue
         if not catalogue.loaded:
             await catalogue.refresh()
         return _json(request, {"object": "list", "data": [model_entry(m) for m in catalogue.allowed_models()]})
 
     @app.route("/models/<path:name>", methods=["GET"])
+    @observed("/v1/models/{model}")
     async def model(self, request: IRequest, name: str) -> bytes:
-        self.native._observe(request, "/v1/models/{model}")
         model = await self.native.catalogue.resolve(name)
         return _json(request, model_entry(model, name))
 
     # -- inference ------------------------------------------------------------------------
     @app.route("/chat/completions", methods=["POST"])
+    @observed("/v1/chat/completions")
     async def chat_completions(self, request: IRequest) -> bytes | None:
-        self.native._observe(request, "/v1/chat/completions")
         body = self.native._body(request)
         name = model_name(body)
-        model = await self.native._model_for(name, "chat")
+        model = await self.native._model_for(name, "chat", request)
         plan = plan_chat_completion(body, model, name)
         return await self._complete(request, model, name, "chat", plan, self._id("chatcmpl"))
 
     @app.route("/completions", methods=["POST"])
+    @observed("/v1/completions")
     async def completions(self, request: IRequest) -> bytes | None:
-        self.native._observe(request, "/v1/completions")
         body = self.native._body(request)
         name = model_name(body)
-        model = await self.native._model_for(name, "generate")
+        model = await self.native._model_for(name, "generate", request)
         plan = plan_completion(body, model, name)
         response_id = self._id("cmpl")
         if plan.upstream is None:
@@ -168,6 +178,7 @@ class OpenAICompatAPI:
         native = self.native
         renderer = OpenAIRenderer(kind=kind, model=name, response_id=response_id, clock=native.clock.seconds, keep_text=not plan.stream, include_usage=plan.include_usage, show_thinking=plan.show_thinking)
         provider = native.provider_for(model)
+        record_translation(request, renderer, native.clock, plan.stream)
         assert plan.upstream is not None
         native.running.use(model)
         try:
@@ -189,8 +200,8 @@ class OpenAICompatAPI:
         return result
 
     @app.route("/embeddings", methods=["POST"])
+    @observed("/v1/embeddings")
     async def embeddings(self, request: IRequest) -> bytes:
-        self.native._observe(request, "/v1/embeddings")
         body = self.native._body(request)
         name = model_name(body)
         fmt = encoding_format(body)
@@ -198,9 +209,12 @@ class OpenAICompatAPI:
         dimensions = body.get("dimensions")
         if dimensions is not None and (isinstance(dimensions, bool) or not isinstance(dimensions, int)):
             raise BadRequest("'dimensions' must be an integer")
-        model = await self.native._model_for(name, "embed")
+        model = await self.native._model_for(name, "embed", request)
         self.native.running.use(model)
+        started = self.native.clock.seconds()
         vectors, tokens = await embed(self.native.provider_for(model), model, inputs, dimensions)
+        record_of(request).upstream_seconds += self.native.clock.seconds() - started
+        record_of(request).add_tokens(tokens, None)
         self.native.stats.add_tokens(tokens, 0)
         return _json(request, embedding_list(name, vectors, tokens, fmt))
 
@@ -208,8 +222,8 @@ class OpenAICompatAPI:
     @app.route("/responses", methods=["POST"])
     @app.route("/messages", methods=["POST"])
     @app.route("/audio/transcriptions", methods=["POST"])
+    @observed("unsupported")
     def unsupported(self, request: IRequest) -> bytes:
-        self.native._observe(request, "unsupported")
         path = request.path.decode("utf-8", "replace")
         raise NotImplementedByProxy(f"{path} is not supported by ollama-proxy; use /v1/chat/completions")
 
