@@ -72,7 +72,7 @@ class RetryConfig:
     base_delay: float = 0.5  # first backoff; doubles each retry, with jitter
     max_delay: float = 8.0
     max_retry_after: float = 30.0  # a Retry-After longer than this skips to the next provider
-    deadline: float = 60.0  # no new attempt starts later than this after the request arrived
+    deadline: float = 60.0  # no retry on the same provider starts later than this after the request arrived
 
 
 @dataclass(frozen=True)
