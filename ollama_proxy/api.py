@@ -22,10 +22,11 @@ from twisted.web.resource import IResource
 from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
 from werkzeug.exceptions import NotFound as WerkzeugNotFound
 
+from .breaker import CircuitBreaker
 from .catalogue import ModelCatalogue
 from .config import Config
+from .dispatch import AnsweredWithError, Dispatcher
 from .errors import (
-    BadRequest,
     InternalError,
     MethodNotAllowed,
     NotImplementedByProxy,
@@ -34,8 +35,11 @@ from .errors import (
     RouteNotFound,
 )
 from .interfaces import IProvider
-from .models import UpstreamModel, show_response, tag_entry
+from .limiter import ConcurrencyLimiter
+from .models import show_response
 from .relay import JSON, ChatRelay
+from .retry import RetryPolicy
+from .routing import Route, Router, Target
 from .stats import Stats
 from .translate import (
     ChatTranslator,
@@ -98,13 +102,32 @@ class OllamaAPI:
         stats: Stats,
         health: HealthState,
         clock: Any,
+        *,
+        router: Router | None = None,
+        dispatcher: Dispatcher | None = None,
     ) -> None:
         self.config = config
         self.provider = provider
-        self.catalogue = catalogue
         self.stats = stats
         self.health = health
         self.clock = clock
+        if router is None:
+            # One provider and its catalogue, as an embedding program may pass them.
+            from .upstreams import ProviderSlot
+
+            slot = ProviderSlot(
+                provider=provider,
+                priority=1,
+                enabled=True,
+                order=0,
+                catalogue=catalogue,
+                breaker=CircuitBreaker(config.breaker, clock, name=str(provider.name)),
+                limiter=ConcurrencyLimiter(config.openrouter.max_in_flight, config.openrouter.max_queue, config.openrouter.queue_timeout, clock),
+            )
+            router = Router([slot], catalogue.filter, config.routing, clock)
+        self.router = router
+        self.catalogue = router
+        self.dispatcher = dispatcher or Dispatcher(RetryPolicy(config.retry), clock)
 
     def resource(self) -> IResource:
         """The resource to serve or to mount under a path of another Site."""
@@ -180,15 +203,7 @@ class OllamaAPI:
     @app.route("/health", methods=["GET"])
     @observed("/health")
     def health_report(self, request: IRequest) -> bytes:
-        reasons = []
-        if not self.provider.configured:
-            reasons.append(f"no API key configured for {self.provider.label} (set OPENROUTER_API_KEY)")
-        if not self.catalogue.loaded:
-            reasons.append("the model list has not been fetched yet" + (f": {self.catalogue.last_error}" if self.catalogue.last_error else ""))
-        elif self.catalogue.last_error:
-            reasons.append(f"the last model refresh failed: {self.catalogue.last_error}")
-        if self.health.healthy is False:
-            reasons.append(f"the last health check of {self.provider.label} failed: {self.health.last_error}")
+        reasons = self.router.problems()
         stats = self.stats
         return _json(
             request,
@@ -205,6 +220,7 @@ class OllamaAPI:
                 "last_health_check": self.health.last_check,
                 "environment": self.config.environment,
                 "version": self.config.ollama_version,
+                "providers": {s.name: ("healthy" if s.healthy else "unhealthy" if s.enabled else "disabled") for s in self.router.slots},
             },
         )
 
@@ -220,9 +236,34 @@ class OllamaAPI:
     @app.route("/api/tags", methods=["GET"])
     @observed("/api/tags")
     async def tags(self, request: IRequest) -> bytes:
-        if not self.catalogue.loaded:
-            await self.catalogue.refresh()
-        return _json(request, {"models": [tag_entry(m) for m in self.catalogue.allowed_models()]})
+        await self.router.ensure_loaded()
+        return _json(request, {"models": self.router.tag_entries()})
+
+    @app.route("/api/tags/<provider>", methods=["GET"])
+    @observed("/api/tags/{provider}")
+    async def provider_tags(self, request: IRequest, provider: str) -> bytes:
+        self.router.slot(provider)
+        await self.router.ensure_loaded()
+        return _json(request, {"models": self.router.tag_entries(provider)})
+
+    # -- providers ----------------------------------------------------------------
+    @app.route("/api/providers", methods=["GET"])
+    @observed("/api/providers")
+    def providers(self, request: IRequest) -> bytes:
+        router = self.router
+        return _json(request, {"providers": [s.summary(router.models_available(s)) for s in router.slots]})
+
+    @app.route("/api/providers/<provider>", methods=["GET"])
+    @observed("/api/providers/{provider}")
+    def provider_summary(self, request: IRequest, provider: str) -> bytes:
+        slot = self.router.slot(provider)
+        return _json(request, slot.summary(self.router.models_available(slot)))
+
+    @app.route("/api/providers/<provider>/stats", methods=["GET"])
+    @observed("/api/providers/{provider}/stats")
+    def provider_stats(self, request: IRequest, provider: str) -> bytes:
+        slot = self.router.slot(provider)
+        return _json(request, slot.report(self.router.models_available(slot)))
 
     @app.route("/api/show", methods=["POST"])
     @observed("/api/show")
@@ -237,21 +278,15 @@ class OllamaAPI:
         return _json(request, {"models": []})
 
     # -- inference ----------------------------------------------------------------
-    async def _model_for(self, name: str, purpose: str) -> UpstreamModel:
-        model = await self.catalogue.resolve(name)
-        if model.embedding and purpose != "embed":
-            raise BadRequest(f'"{name}" does not support {purpose}')
-        return model
-
     @app.route("/api/chat", methods=["POST"])
     @observed("/api/chat")
     async def chat(self, request: IRequest) -> bytes | None:
         body = self._body(request)
         name = model_name(body)
         stream = wants_stream(body)
-        model = await self._model_for(name, "chat")
-        upstream_body = chat_request(body, model.id)
-        return await self._complete(request, name, "chat", upstream_body, stream)
+        route = await self.router.route(name, "chat")
+        upstream_body = chat_request(body, route.model.id)
+        return await self._complete(request, name, "chat", upstream_body, stream, route)
 
     @app.route("/api/generate", methods=["POST"])
     @observed("/api/generate")
@@ -259,24 +294,42 @@ class OllamaAPI:
         body = self._body(request)
         name = model_name(body)
         stream = wants_stream(body)
-        model = await self._model_for(name, "generate")
-        upstream_body = generate_request(body, model.id)
-        return await self._complete(request, name, "generate", upstream_body, stream)
+        route = await self.router.route(name, "generate")
+        upstream_body = generate_request(body, route.model.id)
+        return await self._complete(request, name, "generate", upstream_body, stream, route)
 
-    async def _complete(self, request: IRequest, name: str, kind: str, upstream_body: dict[str, Any], stream: bool) -> bytes | None:
-        translator = ChatTranslator(model=name, kind=kind, clock=self.clock.seconds, keep_text=not stream)
-        relay = ChatRelay(request, self.provider, translator, self.clock)
+    async def _complete(self, request: IRequest, name: str, kind: str, upstream_body: dict[str, Any], stream: bool, route: Route) -> bytes | None:
+        """Answer along ``route``: each attempt gets a fresh translator and relay, so
+        one that fails before any output leaves no trace in the next one's answer."""
+        started = self.clock.seconds()
+        translators: list[ChatTranslator] = []
+
+        async def attempt(target: Target) -> bytes | None:
+            translator = ChatTranslator(model=name, kind=kind, clock=self.clock.seconds, keep_text=not stream)
+            translator.timings.started = started
+            translators.append(translator)
+            relay = ChatRelay(request, target.provider, translator, self.clock)
+            _mark(request, target)
+            body = {**upstream_body, "model": target.model.id}
+            if not stream:
+                return await relay.answer(body)
+            try:
+                await relay.stream(body)
+            finally:
+                request.proxy_stream_failed = relay.failed  # type: ignore[attr-defined]
+            if relay.failed:
+                raise AnsweredWithError("the stream broke after output began")
+            return None
+
         if stream:
             self.stats.active_streams += 1
-            try:
-                await relay.stream(upstream_body)
-            finally:
+        try:
+            result = await self.dispatcher.run(route, attempt)
+        finally:
+            if stream:
                 self.stats.active_streams -= 1
-                request.proxy_stream_failed = relay.failed  # type: ignore[attr-defined]
-            result = None
-        else:
-            result = await relay.answer(upstream_body)
-        self.stats.add_tokens(translator.prompt_tokens, translator.completion_tokens)
+        if translators:
+            self.stats.add_tokens(translators[-1].prompt_tokens, translators[-1].completion_tokens)
         return result
 
     @app.route("/api/embed", methods=["POST"])
@@ -286,9 +339,9 @@ class OllamaAPI:
         name = model_name(body)
         inputs = embed_inputs(body)
         dimensions = field_of(body, "dimensions", int, None)
-        model = await self._model_for(name, "embed")
+        route = await self.router.route(name, "embed")
         started = self.clock.seconds()
-        vectors, tokens = await self.provider.embed(model.id, inputs, dimensions) if inputs else ([], 0)
+        vectors, tokens = await self._embed(request, route, inputs, dimensions) if inputs else ([], 0)
         elapsed = int((self.clock.seconds() - started) * 1e9)
         self.stats.add_tokens(tokens, 0)
         return _json(
@@ -302,12 +355,19 @@ class OllamaAPI:
         body = self._body(request)
         name = model_name(body)
         prompt = field_of(body, "prompt", str, "")
-        model = await self._model_for(name, "embed")
+        route = await self.router.route(name, "embed")
         if not prompt:
             return _json(request, {"embedding": []})
-        vectors, tokens = await self.provider.embed(model.id, [prompt], None)
+        vectors, tokens = await self._embed(request, route, [prompt], None)
         self.stats.add_tokens(tokens, 0)
         return _json(request, {"embedding": vectors[0] if vectors else []})
+
+    async def _embed(self, request: IRequest, route: Route, inputs: list[str], dimensions: int | None) -> tuple[list[list[float]], int]:
+        async def attempt(target: Target) -> tuple[list[list[float]], int]:
+            _mark(request, target)
+            return await target.provider.embed(target.model.id, inputs, dimensions)  # type: ignore[no-any-return]
+
+        return await self.dispatcher.run(route, attempt)
 
     # -- local model management: not for a cloud proxy --------------------------------
     def _unsupported(self, request: IRequest) -> bytes:
@@ -328,3 +388,8 @@ class OllamaAPI:
     def blobs(self, request: IRequest, digest: str) -> bytes:
         return self._unsupported(request)
 
+
+def _mark(request: IRequest, target: Target) -> None:
+    """Say which provider and upstream model answer (set before the first byte)."""
+    request.setHeader(b"x-ollama-proxy-provider", target.slot.name.encode("utf-8"))
+    request.setHeader(b"x-ollama-proxy-model", target.model.id.encode("utf-8"))

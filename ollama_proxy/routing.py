@@ -158,7 +158,7 @@ class Router:
 
     def tag_entries(self, provider: str | None = None) -> list[dict[str, Any]]:
         """``/api/tags`` (merged, aliases included) or ``/api/tags/{provider}``."""
-        entries = [tag_entry(m) for m in self.allowed_models(provider)]
+        entries = [_tag(m) for m in self.allowed_models(provider)]
         if provider is not None:
             return entries
         listed = {e["name"] for e in entries}
@@ -170,7 +170,7 @@ class Router:
                 route = self.route_now(alias)
             except ProxyError:
                 continue  # an alias to a model no provider has (yet), or a forbidden one
-            entry = tag_entry(route.model)
+            entry = _tag(route.model)
             entry.update(name=name, model=name, digest=hashlib.sha256(alias.encode("utf-8")).hexdigest())
             entry["details"] = {**entry["details"], "parent_model": route.model.ollama_name}
             entries.append(entry)
@@ -323,3 +323,12 @@ class Router:
             if slot.breaker.state == "open":
                 reasons.append(f"the circuit breaker of {slot.name} is open: {slot.breaker.last_trip_reason}")
         return reasons
+
+
+def _tag(model: UpstreamModel) -> dict[str, Any]:
+    """A tags entry; a model from an Ollama upstream keeps its real size, digest and details."""
+    entry = tag_entry(model)
+    real = model.extra.get("ollama_tag")
+    if isinstance(real, dict):
+        entry.update({k: v for k, v in real.items() if k in ("size", "digest", "details")})
+    return entry

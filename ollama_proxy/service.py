@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 from twisted.internet import endpoints
@@ -16,12 +17,19 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from .api import HealthState, OllamaAPI
+from .breaker import CircuitBreaker
 from .catalogue import ModelCatalogue
 from .config import Config
+from .dispatch import Dispatcher
+from .healthcheck import HealthChecker
 from .interfaces import IProvider
+from .limiter import ConcurrencyLimiter
 from .modelfilter import ModelFilter
-from .providers.openai_compat import openrouter
+from .providers.registry import build_provider, provider_configs
+from .retry import RetryPolicy
+from .routing import Router
 from .stats import Stats
+from .upstreams import ProviderSlot
 from .web import make_site
 
 log = Logger()
@@ -75,44 +83,40 @@ class ProviderPoolService(Service):
         return self.provider.close()
 
 
-class HealthChecker:
-    """The health-check job: probe the provider, remember what it said. Never raises."""
-
-    def __init__(self, provider: IProvider, state: HealthState, clock: Any) -> None:
-        self.provider = provider
-        self.state = state
-        self.clock = clock
-
-    async def check(self) -> None:
-        try:
-            await self.provider.check_health()
-        except Exception as error:  # noqa: BLE001 - a TimerService call that raises stops for good
-            self.state.healthy = False
-            self.state.last_error = getattr(error, "message", None) or str(error)
-            log.warn("health check of {provider} failed: {error}", provider=self.provider.name, error=self.state.last_error)
-        else:
-            self.state.healthy = True
-            self.state.last_error = None
-        finally:
-            self.state.last_check = self.clock.seconds()
-
-
 class ProxyService(MultiService):
     """The whole daemon. ``api`` is the Klein app, to serve or to mount elsewhere."""
 
-    def __init__(self, config: Config, reactor: Any) -> None:
+    def __init__(self, config: Config, reactor: Any, clock: Any = None, rng: random.Random | None = None) -> None:
         super().__init__()
         self.config = config
         self.reactor = reactor
-        self.provider: IProvider = openrouter(config, reactor)
-        self.catalogue = ModelCatalogue(
-            self.provider.list_models,
-            ModelFilter(config.filter.allow, config.filter.deny),
-            reactor,
-        )
-        self.stats = Stats(reactor)
+        # Timers (timeouts, retries, breakers, refresh) run on ``clock``, sockets on
+        # ``reactor``: tests drive time with a task.Clock over real connections.
+        clock = reactor if clock is None else clock
+        self.clock = clock
+        rng = rng if rng is not None else random.Random()
+        slots = []
+        for order, settings in enumerate(provider_configs(config)):
+            provider = build_provider(settings, config, reactor, clock)
+            slots.append(
+                ProviderSlot(
+                    provider=provider,
+                    priority=settings.priority,
+                    enabled=settings.enabled,
+                    order=order,
+                    catalogue=ModelCatalogue(provider.list_models, ModelFilter(), clock),
+                    breaker=CircuitBreaker(config.breaker, clock, rng, name=settings.name),
+                    limiter=ConcurrencyLimiter(settings.max_in_flight, settings.max_queue, settings.queue_timeout, clock, name=settings.name),
+                )
+            )
+        self.router = Router(slots, ModelFilter(config.filter.allow, config.filter.deny), config.routing, clock)
+        self.dispatcher = Dispatcher(RetryPolicy(config.retry, rng), clock)
+        self.providers: list[IProvider] = [slot.provider for slot in slots]
+        self.provider: IProvider = self.providers[0]
+        self.catalogue = self.router  # the merged catalogue of every provider
+        self.stats = Stats(clock)
         self.health = HealthState()
-        self.api = OllamaAPI(config, self.provider, self.catalogue, self.stats, self.health, reactor)
+        self.api = OllamaAPI(config, self.provider, self.catalogue, self.stats, self.health, clock, router=self.router, dispatcher=self.dispatcher)
         self.site = make_site(self.api.resource(), config.max_body_bytes, reactor=reactor)
 
         for description in config.listen:
@@ -120,28 +124,30 @@ class ProxyService(MultiService):
             listener.setName(f"listen:{description}")
             listener.setServiceParent(self)
 
-        refresh = TimerService(config.model_refresh_interval, lambda: ensureDeferred(self.catalogue.refresh_quietly()))
-        refresh.clock = reactor
+        refresh = TimerService(config.model_refresh_interval, lambda: ensureDeferred(self.router.refresh_quietly()))
+        refresh.clock = clock
         refresh.setName("model-refresh")
         refresh.setServiceParent(self)
 
-        checker = HealthChecker(self.provider, self.health, reactor)
-        health = TimerService(config.health_check_interval, lambda: ensureDeferred(checker.check()))
-        health.clock = reactor
+        self.health_checker = HealthChecker(self.router, self.health, clock)
+        health = TimerService(config.health_check_interval, lambda: ensureDeferred(self.health_checker.check()))
+        health.clock = clock
         health.setName("health-check")
         health.setServiceParent(self)
 
-        ProviderPoolService(self.provider).setServiceParent(self)
+        for provider in self.providers:
+            ProviderPoolService(provider).setServiceParent(self)
 
     def listening_ports(self) -> list[Any]:
         """The bound ports (after start), e.g. to learn a port the system chose."""
         return [s.port for s in self if isinstance(s, ListenerService) and s.port is not None]
 
 
-def makeService(config: Config, reactor: Any = None) -> ProxyService:
-    """Build the daemon's service tree for ``config`` on ``reactor``."""
+def makeService(config: Config, reactor: Any = None, clock: Any = None, rng: random.Random | None = None) -> ProxyService:
+    """Build the daemon's service tree for ``config`` on ``reactor`` (timers on
+    ``clock``, by default the reactor; jitter from ``rng``)."""
     if reactor is None:
         from twisted.internet import reactor as global_reactor
 
         reactor = global_reactor
-    return ProxyService(config, reactor)
+    return ProxyService(config, reactor, clock, rng)

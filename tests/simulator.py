@@ -7,8 +7,10 @@ bodies, slow, stalled and endless streams, abrupt disconnects, events split acro
 TCP writes. It records every request and counts connections, so a test can prove
 that the proxy closed an upstream stream when its client went away.
 
-The behaviour is chosen by the model id (``sim/stall``, ``sim/fail-429`` ...) or
-injected for the next requests with :meth:`UpstreamSimulator.fail_next`.
+The behaviour is chosen by the model id (``sim/stall``, ``sim/fail-429`` ...),
+forced for every chat stream with ``behaviour = "stall"`` (any model), or
+injected for the next requests with :meth:`UpstreamSimulator.fail_next`. Several
+simulators can run at once (one per provider) with their own model lists.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ CHAT_MODELS: list[dict[str, Any]] = [
     _model("deepseek/deepseek-r1", context=65536, params=("reasoning", "include_reasoning", "temperature", "max_tokens")),
     _model("sim/slow"),
     _model("sim/stall"),
+    _model("sim/silent"),
     _model("sim/endless"),
     _model("sim/midstream-error"),
     _model("sim/error-first"),
@@ -148,17 +151,33 @@ class UpstreamSimulator(Resource):
         self.models_status: int | None = None
         self.port: Any = None
         self.open_protocols: set[Any] = set()
+        # Every chat stream behaves like the model ``sim/<behaviour>`` (stall, silent, ...).
+        self.behaviour: str | None = None
+        self.prefix = "/api/v1"
+        self._request_waiters: list[Deferred[RecordedRequest]] = []
 
     # -- control ------------------------------------------------------------------
-    def start(self) -> str:
-        """Listen on a free loopback port; returns the base URL (``.../api/v1``)."""
+    def start(self, prefix: str = "/api/v1") -> str:
+        """Listen on a free loopback port; returns the base URL (``...<prefix>``):
+        ``/api/v1`` as OpenRouter, ``/v1`` as OpenAI and most compatible servers."""
+        self.prefix = prefix
         root = Resource()
-        api = Resource()
-        root.putChild(b"api", api)
-        api.putChild(b"v1", self)
+        parent = root
+        parts = [p.encode() for p in prefix.strip("/").split("/")]
+        for part in parts[:-1]:
+            child = Resource()
+            parent.putChild(part, child)
+            parent = child
+        parent.putChild(parts[-1], self)
         self.site = _CountingSite(root, self)
         self.port = self.reactor.listenTCP(0, self.site, interface="127.0.0.1")
-        return f"http://127.0.0.1:{self.port.getHost().port}/api/v1"
+        return f"http://127.0.0.1:{self.port.getHost().port}{prefix}"
+
+    def wait_for_request(self) -> "Deferred[RecordedRequest]":
+        """Fires with the next chat or embedding request this simulator receives."""
+        d: Deferred[RecordedRequest] = Deferred()
+        self._request_waiters.append(d)
+        return d
 
     def stop(self) -> Any:
         return self.port.stopListening() if self.port is not None else None
@@ -192,8 +211,13 @@ class UpstreamSimulator(Resource):
         except ValueError:
             body = None
         headers = {k.decode().lower(): v[0].decode() for k, v in request.requestHeaders.getAllRawHeaders()}
-        self.requests.append(RecordedRequest(request.method.decode(), path, headers, body))
-        route = path[len("/api/v1") :]
+        recorded = RecordedRequest(request.method.decode(), path, headers, body)
+        self.requests.append(recorded)
+        route = path[len(self.prefix) :]
+        if request.method == b"POST":
+            waiters, self._request_waiters = self._request_waiters, []
+            for waiter in waiters:
+                waiter.callback(recorded)
         if request.method == b"GET" and route == "/models":
             if self.models_status:
                 return self._error(request, self.models_status, "models unavailable")
@@ -266,7 +290,7 @@ class UpstreamSimulator(Resource):
                     "usage": usage,
                 },
             )
-        return _Stream(self, request, model, words, finish, usage).start()
+        return _Stream(self, request, f"sim/{self.behaviour}" if self.behaviour else model, words, finish, usage).start()
 
     # -- stream bookkeeping -------------------------------------------------------------
     def _aborted(self) -> None:
@@ -297,6 +321,8 @@ class _Stream:
         if self.model == "sim/no-headers":
             return NOT_DONE_YET  # never answers: for the response timeout
         self.request.write(b": OPENROUTER PROCESSING\n\n")
+        if self.model == "sim/silent":
+            return NOT_DONE_YET  # headers, a keep-alive, then nothing: stalls before any token
         if self.model == "sim/error-first":
             self._event({"id": "gen-sim", "object": "chat.completion.chunk", "model": self.model, "error": {"code": 502, "message": "Provider returned error"}, "choices": [{"index": 0, "delta": {"content": ""}, "finish_reason": "error"}]})
             self._end()
