@@ -55,7 +55,8 @@ class SimulatorBase(Resource):
 
     def close_connections(self) -> None:
         for protocol in list(self.open_protocols):
-            transport = getattr(protocol, "transport", None)
+            # Site hands out a wrapper around the HTTPChannel: the transport is the channel's.
+            transport = getattr(protocol, "transport", None) or getattr(getattr(protocol, "_channel", None), "transport", None)
             if transport is not None:
                 transport.abortConnection()
 

@@ -52,6 +52,7 @@ CHAT_MODELS: list[dict[str, Any]] = [
     _model("sim/midstream-error"),
     _model("sim/error-first"),
     _model("sim/disconnect"),
+    _model("sim/cut"),
     _model("sim/crlf-split"),
     _model("sim/fail-401"),
     _model("sim/fail-429"),
@@ -185,7 +186,8 @@ class UpstreamSimulator(Resource):
     def close_connections(self) -> None:
         """Drop every open connection (test teardown)."""
         for protocol in list(self.open_protocols):
-            transport = getattr(protocol, "transport", None)
+            # Site hands out a wrapper around the HTTPChannel: the transport is the channel's.
+            transport = getattr(protocol, "transport", None) or getattr(getattr(protocol, "_channel", None), "transport", None)
             if transport is not None:
                 transport.abortConnection()
 
@@ -379,6 +381,12 @@ class _Stream:
             if self.position == 2 and model == "sim/disconnect":
                 self.done = True
                 self.request.channel.transport.abortConnection()
+                return
+            if self.position == 2 and model == "sim/cut":
+                # Like sim/disconnect, once the words already written have left.
+                self.done = True
+                transport = self.request.channel.transport
+                self._later(self.sim.slow_interval, transport.abortConnection)
                 return
             if self.position % 3 == 0:
                 self.request.write(b": OPENROUTER PROCESSING\n\n")
