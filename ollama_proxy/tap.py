@@ -14,9 +14,12 @@ from .service import ProxyService, makeService as build
 class Options(usage.Options):
     """Options of ``twistd ollama-proxy``."""
 
-    synopsis = "[--listen ENDPOINT]... [--config FILE]"
+    synopsis = "[--listen ENDPOINT]... [--config FILE] [--demo]"
     optParameters = [
         ["config", "c", None, "TOML configuration file (default: $OLLAMA_PROXY_CONFIG)."],
+    ]
+    optFlags = [
+        ["demo", None, "Add the built-in 'echo' provider: demo models that answer offline, deterministically."],
     ]
 
     def __init__(self) -> None:
@@ -33,7 +36,7 @@ class Options(usage.Options):
 
 def makeService(options: Any) -> ProxyService:
     try:
-        config = load_config(config_file=options["config"], listen=options["listen"])
+        config = load_config(config_file=options["config"], listen=options["listen"], demo=bool(options["demo"]))
     except ConfigError as error:
         # twistd shows a traceback for exceptions; an operator wants one clear line.
         sys.stderr.write(f"ollama-proxy: configuration error: {error}\n")
