@@ -27,6 +27,7 @@ from .limiter import ConcurrencyLimiter
 from .modelfilter import ModelFilter
 from .providers.registry import build_provider, provider_configs
 from .retry import RetryPolicy
+from .routed import RoutedProvider
 from .routing import Router
 from .stats import Stats
 from .upstreams import ProviderSlot
@@ -112,7 +113,8 @@ class ProxyService(MultiService):
         self.router = Router(slots, ModelFilter(config.filter.allow, config.filter.deny), config.routing, clock)
         self.dispatcher = Dispatcher(RetryPolicy(config.retry, rng), clock)
         self.providers: list[IProvider] = [slot.provider for slot in slots]
-        self.provider: IProvider = self.providers[0]
+        # Code that wants "the provider" gets all of them, routed (see routed.py).
+        self.provider: IProvider = RoutedProvider(self.router, self.dispatcher)
         self.catalogue = self.router  # the merged catalogue of every provider
         self.stats = Stats(clock)
         self.health = HealthState()

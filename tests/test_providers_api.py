@@ -139,3 +139,41 @@ async def test_health_check_probes_every_provider(make_multi, openai_sim, anthro
     body = r.json()
     assert body["status"] == "degraded" and body["providers"]["local"] == "unhealthy" and body["providers"]["claude"] == "healthy"
     assert any("health check of Ollama (local)" in reason for reason in body["reasons"])
+
+
+@pytest_twisted.ensureDeferred
+async def test_filters_aliases_and_explicit_names_through_the_proxy(make_multi, openai_sim, ollama_sim, tmp_path):
+    from ollama_proxy.config import FilterConfig
+    from ollama_proxy.modelfilter import parse_filter_file
+    from ollama_proxy.providerconfig import RoutingConfig
+
+    listing = tmp_path / "models.txt"
+    listing.write_text("# what we offer\ngoogle/*\nllama3.2*\nopenai/gpt-4o-mini\n!local/qwen*\n")
+    allow, deny = parse_filter_file(str(listing))
+    routing = RoutingConfig(aliases=(("gemini", "google/gemini-pro"), ("llama-cloud", "meta-llama/llama-3.1-8b-instruct:free")))
+    proxy = make_multi(
+        [provider("openai", "openai", openai_sim.base_url, "sk-openai-simulator-key", priority=2), provider("local", "ollama", ollama_sim.base_url, priority=3)],
+        filter=FilterConfig(allow=allow, deny=deny, file=str(listing)),
+        routing=routing,
+    )
+    client = ollama.Client(host=proxy.url)
+    names = sorted(m.model for m in (await in_thread(client.list)).models)
+    assert names == ["gemini:latest", "google/gemini-pro:latest", "llama3.2:latest", "openai/gpt-4o-mini:latest"]
+    # filtered models answer 403 model_forbidden; the client sees the status
+    r = await http("POST", proxy.url + "/api/chat", {"model": "qwen3:8b", "messages": [{"role": "user", "content": "x"}]})
+    assert r.code == 403 and r.json() == {"error": "model 'qwen3:8b' is not allowed by the filter", "type": "model_forbidden"}
+    with pytest.raises(ollama.ResponseError) as caught:
+        await in_thread(client.chat, model="llama-cloud", messages=[{"role": "user", "content": "x"}])
+    assert caught.value.status_code == 403
+    health = (await http("GET", proxy.url + "/health")).json()
+    assert health["filtered_model_count"] == health["model_count"] - 5  # gemini and gpt-4o-mini twice (two providers), llama3.2
+    # an alias reaches its cloud model; the client's name comes back
+    answer = await in_thread(client.chat, model="gemini", messages=[{"role": "user", "content": "hello"}])
+    assert answer.message.content == "Echo: hello" and answer.model == "gemini"
+    # provider/model picks one provider among several offering the model
+    r = await http("POST", proxy.url + "/api/chat", {"model": "openai/google/gemini-pro", "messages": [{"role": "user", "content": "x"}], "stream": False})
+    assert r.code == 200 and r.header("x-ollama-proxy-provider") == "openai"
+    r = await http("POST", proxy.url + "/api/chat", {"model": "google/gemini-pro", "messages": [{"role": "user", "content": "x"}], "stream": False})
+    assert r.header("x-ollama-proxy-provider") == "openrouter"
+    shown = await in_thread(client.show, "gemini")
+    assert shown.modelinfo["general.name"] == "Gemini Pro"
