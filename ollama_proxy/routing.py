@@ -315,11 +315,11 @@ class Router:
                 reasons.append(f"no API key configured for {label}" + (f" (set {hint})" if hint else f" ({slot.name})"))
             catalogue = slot.catalogue
             if not catalogue.loaded:
-                reasons.append(f"the model list of {slot.name} has not been fetched yet" + (f": {catalogue.last_error}" if catalogue.last_error else ""))
+                reasons.append(f"the model list has not been fetched yet from {label}" + (f": {catalogue.last_error}" if catalogue.last_error else ""))
             elif catalogue.last_error:
-                reasons.append(f"the last model refresh of {slot.name} failed: {catalogue.last_error}")
+                reasons.append(f"the last model refresh failed for {label}: {catalogue.last_error}")
             if slot.health.healthy is False:
-                reasons.append(f"the last health check of {label} ({slot.name}) failed: {slot.health.last_error}")
+                reasons.append(f"the last health check of {label} failed: {slot.health.last_error}")
             if slot.breaker.state == "open":
                 reasons.append(f"the circuit breaker of {slot.name} is open: {slot.breaker.last_trip_reason}")
         return reasons

@@ -177,3 +177,50 @@ async def test_filters_aliases_and_explicit_names_through_the_proxy(make_multi, 
     assert r.header("x-ollama-proxy-provider") == "openrouter"
     shown = await in_thread(client.show, "gemini")
     assert shown.modelinfo["general.name"] == "Gemini Pro"
+
+
+@pytest_twisted.ensureDeferred
+async def test_openai_from_the_environment_and_named_providers_from_the_file(openai_sim, ollama_sim, tmp_path):
+    from twisted.internet import reactor
+
+    from ollama_proxy.config import load_config
+    from ollama_proxy.service import makeService
+
+    path = tmp_path / "proxy.toml"
+    path.write_text(
+        f"""
+[[providers]]
+name = "local"
+type = "ollama"
+base_url = "{ollama_sim.base_url}"
+headers = {{ "X-Team" = "blue" }}
+
+[[providers]]
+name = "off"
+type = "openai"
+base_url = "{openai_sim.base_url}"
+key = "sk-unused"
+enabled = false
+"""
+    )
+    env = {"OPENAI_API_KEY": "sk-openai-simulator-key", "OPENAI_BASE_URL": openai_sim.base_url}
+    service = makeService(load_config(environ=env, config_file=str(path), listen=["tcp:0:interface=127.0.0.1"]), reactor)
+    service.startService()
+    try:
+        url = f"http://127.0.0.1:{service.listening_ports()[0].getHost().port}"
+        listed = (await http("GET", url + "/api/providers")).json()["providers"]
+        assert [(p["name"], p["priority"], p["enabled"]) for p in listed] == [("openai", 2, True), ("local", 10, True), ("off", 11, False)]
+        assert listed[2]["healthy"] is False and listed[2]["models_available"] == 0
+        r = await http("POST", url + "/api/chat", {"model": "google/gemini-pro", "messages": [{"role": "user", "content": "x"}], "stream": False})
+        assert r.code == 200 and r.header("x-ollama-proxy-provider") == "openai"
+        assert openai_sim.chat_requests()[-1].headers["authorization"] == "Bearer sk-openai-simulator-key"
+        r = await http("POST", url + "/api/chat", {"model": "llama3.2", "messages": [{"role": "user", "content": "x"}], "stream": False})
+        assert r.code == 200 and ollama_sim.posts("/api/chat")[-1].headers["x-team"] == "blue"
+        assert "authorization" not in ollama_sim.posts("/api/chat")[-1].headers
+        r = await http("POST", url + "/api/chat", {"model": "off/google/gemini-pro", "messages": [{"role": "user", "content": "x"}]})
+        assert r.code == 404  # a disabled provider offers nothing
+        assert (await http("GET", url + "/api/tags/off")).json() == {"models": []}
+        health = (await http("GET", url + "/health")).json()
+        assert health["providers"]["off"] == "disabled"
+    finally:
+        await service.stopService()
