@@ -318,7 +318,7 @@ class OllamaAPI:
             finally:
                 request.proxy_stream_failed = relay.failed  # type: ignore[attr-defined]
             if relay.failed:
-                raise AnsweredWithError("the stream broke after output began")
+                raise AnsweredWithError(relay.error or "the stream broke after output began")
             return None
 
         if stream:

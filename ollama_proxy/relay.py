@@ -56,6 +56,7 @@ class ChatRelay:
         self.started_output = False
         self.client_gone = False
         self.failed = False
+        self.error: str | None = None  # why the stream ended early, once ``failed``
         request.notifyFinish().addErrback(self._client_left)
         self._upstream: IUpstreamStream | None = None
 
@@ -95,6 +96,7 @@ class ChatRelay:
                 # Nothing was sent yet: the client still gets a real status.
                 raise UpstreamError(self.provider.label, self.provider.type, None, error.message) from None
             self.failed = True
+            self.error = error.message
             log.warn("stream ended early: {error}", error=error.message)
             self._write(ndjson({"error": error.message}))
             return

@@ -29,16 +29,12 @@ EventSink = Callable[[dict[str, Any]], None]
 Decoder = Callable[[dict[str, Any]], Sequence[dict[str, Any]]]
 
 
-class _Record(TypingProtocol):
-    data: str
-
-
 class BodyParser(TypingProtocol):
     """Bytes in, records with a ``data`` string out (SSE events, NDJSON lines)."""
 
-    def feed(self, chunk: bytes) -> Sequence[_Record]: ...
+    def feed(self, chunk: bytes) -> Sequence[SSEEvent]: ...
 
-    def close(self) -> Sequence[_Record]: ...
+    def close(self) -> Sequence[SSEEvent]: ...
 
 
 class _SSEBodyReader(Protocol):

@@ -234,6 +234,7 @@ async def test_midstream_error_after_output_is_not_retried(make_multi, primary_s
     assert "crashed mid-stream" in caught.value.error
     stats = (await http("GET", proxy.url + "/api/providers/primary/stats")).json()
     assert stats["failed_requests"] == 2 and stats["circuit_breaker"]["window_failures"] == 2
+    assert stats["last_error"] == "Upstream provider crashed mid-stream (code 502)"
 
 
 @pytest_twisted.ensureDeferred
