@@ -22,7 +22,6 @@ from twisted.web.resource import IResource
 from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
 from werkzeug.exceptions import NotFound as WerkzeugNotFound
 
-from .breaker import CircuitBreaker
 from .catalogue import ModelCatalogue
 from .config import Config
 from .dispatch import AnsweredWithError, Dispatcher
@@ -35,7 +34,6 @@ from .errors import (
     RouteNotFound,
 )
 from .interfaces import IProvider
-from .limiter import ConcurrencyLimiter
 from .models import show_response
 from .relay import JSON, ChatRelay
 from .retry import RetryPolicy
@@ -111,22 +109,10 @@ class OllamaAPI:
         self.stats = stats
         self.health = health
         self.clock = clock
-        if router is None:
-            # One provider and its catalogue, as an embedding program may pass them.
-            from .upstreams import ProviderSlot
-
-            slot = ProviderSlot(
-                provider=provider,
-                priority=1,
-                enabled=True,
-                order=0,
-                catalogue=catalogue,
-                breaker=CircuitBreaker(config.breaker, clock, name=str(provider.name)),
-                limiter=ConcurrencyLimiter(config.openrouter.max_in_flight, config.openrouter.max_queue, config.openrouter.queue_timeout, clock),
-            )
-            router = Router([slot], catalogue.filter, config.routing, clock)
-        self.router = router
-        self.catalogue = router
+        # Without a router (one provider and its catalogue, as an embedding program
+        # may pass them), route over that one provider.
+        self.router = router if router is not None else Router.single(provider, catalogue, config, clock)
+        self.catalogue = self.router
         self.dispatcher = dispatcher or Dispatcher(RetryPolicy(config.retry), clock)
 
     def resource(self) -> IResource:

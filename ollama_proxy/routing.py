@@ -99,6 +99,24 @@ class Router:
         self._by_name = {slot.name: slot for slot in self.slots}
         self._load_tried: dict[str, float] = {}
 
+    @classmethod
+    def single(cls, provider: Any, catalogue: Any, config: Any, clock: IReactorTime) -> "Router":
+        """A router over one provider and its catalogue (whose filter it takes over)."""
+        from .breaker import CircuitBreaker
+        from .limiter import ConcurrencyLimiter
+
+        router = config.openrouter
+        slot = ProviderSlot(
+            provider=provider,
+            priority=1,
+            enabled=True,
+            order=0,
+            catalogue=catalogue,
+            breaker=CircuitBreaker(config.breaker, clock, name=str(provider.name)),
+            limiter=ConcurrencyLimiter(router.max_in_flight, router.max_queue, router.queue_timeout, clock),
+        )
+        return cls([slot], catalogue.filter, config.routing, clock)
+
     # -- providers ------------------------------------------------------------------
     def slot(self, name: str) -> ProviderSlot:
         """The provider called ``name``; 404 ``provider_not_found`` when there is none."""

@@ -17,20 +17,16 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from .api import HealthState, OllamaAPI
-from .breaker import CircuitBreaker
-from .catalogue import ModelCatalogue
 from .config import Config
 from .dispatch import Dispatcher
 from .healthcheck import HealthChecker
 from .interfaces import IProvider
-from .limiter import ConcurrencyLimiter
 from .modelfilter import ModelFilter
-from .providers.registry import build_provider, provider_configs
 from .retry import RetryPolicy
 from .routed import RoutedProvider
 from .routing import Router
 from .stats import Stats
-from .upstreams import ProviderSlot
+from .upstreams import build_slots
 from .web import make_site
 
 log = Logger()
@@ -96,20 +92,7 @@ class ProxyService(MultiService):
         clock = reactor if clock is None else clock
         self.clock = clock
         rng = rng if rng is not None else random.Random()
-        slots = []
-        for order, settings in enumerate(provider_configs(config)):
-            provider = build_provider(settings, config, reactor, clock)
-            slots.append(
-                ProviderSlot(
-                    provider=provider,
-                    priority=settings.priority,
-                    enabled=settings.enabled,
-                    order=order,
-                    catalogue=ModelCatalogue(provider.list_models, ModelFilter(), clock),
-                    breaker=CircuitBreaker(config.breaker, clock, rng, name=settings.name),
-                    limiter=ConcurrencyLimiter(settings.max_in_flight, settings.max_queue, settings.queue_timeout, clock, name=settings.name),
-                )
-            )
+        slots = build_slots(config, reactor, clock, rng)
         self.router = Router(slots, ModelFilter(config.filter.allow, config.filter.deny), config.routing, clock)
         self.dispatcher = Dispatcher(RetryPolicy(config.retry, rng), clock)
         self.providers: list[IProvider] = [slot.provider for slot in slots]

@@ -8,13 +8,17 @@ measured statistics and what the health check last learned; the
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 from typing import Any
+
+from twisted.internet.interfaces import IReactorTime
 
 from .breaker import OPEN, CircuitBreaker
 from .catalogue import ModelCatalogue
 from .interfaces import IProvider
 from .limiter import ConcurrencyLimiter
+from .modelfilter import ModelFilter
 from .models import rfc3339
 
 
@@ -168,3 +172,25 @@ class ProviderSlot:
             "models_available": models_available,
             "last_model_refresh": rfc3339(self.catalogue.last_refresh) if self.catalogue.last_refresh is not None else None,
         }
+
+
+def build_slots(config: Any, reactor: Any, clock: IReactorTime, rng: random.Random) -> list[ProviderSlot]:
+    """One slot per configured provider (see :func:`~ollama_proxy.providers.registry.provider_configs`)."""
+    from .providers.registry import build_provider, provider_configs
+
+    slots = []
+    for order, settings in enumerate(provider_configs(config)):
+        provider = build_provider(settings, config, reactor, clock)
+        slots.append(
+            ProviderSlot(
+                provider=provider,
+                priority=settings.priority,
+                enabled=settings.enabled,
+                order=order,
+                # Each provider keeps its own list; the router filters the merged view.
+                catalogue=ModelCatalogue(provider.list_models, ModelFilter(), clock),
+                breaker=CircuitBreaker(config.breaker, clock, rng, name=settings.name),
+                limiter=ConcurrencyLimiter(settings.max_in_flight, settings.max_queue, settings.queue_timeout, clock, name=settings.name),
+            )
+        )
+    return slots

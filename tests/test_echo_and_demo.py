@@ -118,3 +118,30 @@ async def test_echo_beside_other_providers_via_config(make_multi):
     assert sorted(e["name"] for e in r.json()["models"]) == ["echo-embed:latest", "echo:latest"]
     r = await http("POST", proxy.url + "/api/generate", {"model": "canned/echo", "prompt": "by name", "stream": False})
     assert r.code == 200 and r.json()["response"] == "by name"
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_api_mounted_alone_over_one_provider():
+    """An embedding program may hand OllamaAPI one provider and its catalogue."""
+    from twisted.web.server import Site
+
+    from ollama_proxy.api import HealthState, OllamaAPI
+    from ollama_proxy.catalogue import ModelCatalogue
+    from ollama_proxy.modelfilter import ModelFilter
+    from ollama_proxy.stats import Stats
+
+    config = load_config(environ={})
+    echo = EchoProvider(global_reactor)
+    catalogue = ModelCatalogue(echo.list_models, ModelFilter(deny=["echo-embed"]), global_reactor)
+    api = OllamaAPI(config, echo, catalogue, Stats(global_reactor), HealthState(), global_reactor)
+    port = global_reactor.listenTCP(0, Site(api.resource()), interface="127.0.0.1")
+    try:
+        url = f"http://127.0.0.1:{port.getHost().port}"
+        r = await http("POST", url + "/api/chat", {"model": "echo", "messages": [{"role": "user", "content": "just one"}], "stream": False})
+        assert r.code == 200 and r.json()["message"]["content"] == "just one"
+        assert [e["name"] for e in (await http("GET", url + "/api/tags")).json()["models"]] == ["echo:latest"]
+        r = await http("POST", url + "/api/embed", {"model": "echo-embed", "input": "x"})
+        assert r.code == 403
+        assert [p["name"] for p in (await http("GET", url + "/api/providers")).json()["providers"]] == ["echo"]
+    finally:
+        await port.stopListening()
