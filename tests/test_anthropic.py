@@ -323,3 +323,25 @@ async def test_anthropic_length_limit_maps_to_done_reason_length(make_multi, ant
     answer = await in_thread(client.chat, model="claude-sonnet-4-5", messages=[{"role": "user", "content": "a b c d e"}], options={"num_predict": 3})
     assert answer.message.content == "Echo: a b" and answer.done_reason == "length"
     assert anthropic_sim.posts("/v1/messages")[-1].body["max_tokens"] == 3
+
+
+@pytest_twisted.ensureDeferred
+async def test_anthropic_silent_before_any_token_falls_back(make_multi, anthropic_sim):
+    from twisted.internet.defer import ensureDeferred
+    from twisted.internet.task import Clock
+
+    from ollama_proxy.providerconfig import ProviderTimeouts, RetryConfig
+
+    from .multi import pump
+
+    clock = Clock()
+    routing = RoutingConfig(fallbacks=(("claude-opus-4-1", ("google/gemini-pro",)),))
+    claude = provider("claude", "anthropic", anthropic_sim.base_url, ANTHROPIC_KEY, timeouts=ProviderTimeouts(idle=4))
+    proxy = make_multi([claude], routing=routing, clock=clock, retry=RetryConfig(max_retries=0))
+    assert (await http("GET", proxy.url + "/api/tags")).code == 200
+    anthropic_sim.behaviour = "silent"  # message_start, then nothing
+    answer = ensureDeferred(http("POST", proxy.url + "/api/chat", {"model": "claude-opus-4-1", "messages": [{"role": "user", "content": "still there"}]}))
+    r = await pump(clock, answer)
+    lines = r.lines()
+    assert r.code == 200 and "".join(l["message"]["content"] for l in lines) == "Echo: still there"
+    assert r.header("x-ollama-proxy-provider") == "openrouter"
