@@ -17,7 +17,7 @@ from twisted.logger import Logger
 from .breaker import Outcome
 from .retry import classify
 from .routing import Router
-from .upstreams import ProviderSlot
+from .slots import ProviderSlot
 
 log = Logger()
 

@@ -38,7 +38,7 @@ from .errors import BadRequest, ModelForbidden, ModelNotFound, ProxyError
 from .modelfilter import ModelFilter
 from .models import UpstreamModel, candidate_ids, ollama_name, tag_entry
 from .providerconfig import RoutingConfig
-from .upstreams import ProviderSlot
+from .slots import ProviderSlot
 
 log = Logger()
 

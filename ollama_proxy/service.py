@@ -26,7 +26,7 @@ from .retry import RetryPolicy
 from .routed import RoutedProvider
 from .routing import Router
 from .stats import Stats
-from .upstreams import build_slots
+from .slots import build_slots
 from .web import make_site
 
 log = Logger()

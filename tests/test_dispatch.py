@@ -20,7 +20,7 @@ from ollama_proxy.providerconfig import BreakerConfig, RetryConfig
 from ollama_proxy.providers.echo import EchoProvider
 from ollama_proxy.retry import RetryPolicy
 from ollama_proxy.routing import Route, Target
-from ollama_proxy.upstreams import ProviderSlot
+from ollama_proxy.slots import ProviderSlot
 
 
 def slot(name: str, clock: Clock, *, breaker: BreakerConfig | None = None, in_flight: int = 8, queue: int = 8, queue_timeout: float = 30) -> ProviderSlot:

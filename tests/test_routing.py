@@ -19,7 +19,7 @@ from ollama_proxy.models import UpstreamModel
 from ollama_proxy.providerconfig import BreakerConfig, RoutingConfig
 from ollama_proxy.providers.echo import EchoProvider
 from ollama_proxy.routing import ProviderNotFound, Router
-from ollama_proxy.upstreams import ProviderSlot
+from ollama_proxy.slots import ProviderSlot
 
 LISTS = {
     "openrouter": ["openai/gpt-4o-mini", "google/gemini-pro", "meta-llama/llama-3.2-3b-instruct", "shared-model", "openai/text-embedding-3-small"],
