@@ -9,6 +9,7 @@ JSON error body.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from klein import Klein
@@ -23,6 +24,7 @@ from werkzeug.exceptions import NotFound as WerkzeugNotFound
 from .catalogue import ModelCatalogue
 from .config import Config
 from .context import record_of, record_translation
+from .dispatch import AnsweredWithError, Dispatcher
 from .errors import (
     BadRequest,
     InternalError,
@@ -36,10 +38,12 @@ from .embeddings import embed
 from .frontdoor import Gate, visible_to
 from .interfaces import IProvider
 from .metrics import Metrics, wants_prometheus
-from .models import UpstreamModel, show_response, tag_entry
+from .models import show_response
 from .observing import observed
 from .openai_api import OpenAICompatAPI
 from .relay import JSON, ChatRelay
+from .retry import RetryPolicy
+from .routing import Route, Router, Target
 from .running import RunningModels
 from .stats import Stats
 from .translate import (
@@ -90,13 +94,20 @@ class OllamaAPI:
         clock: Any,
         gate: Gate | None = None,
         metrics: Metrics | None = None,
+        *,
+        router: Router | None = None,
+        dispatcher: Dispatcher | None = None,
     ) -> None:
         self.config = config
         self.provider = provider
-        self.catalogue = catalogue
         self.stats = stats
         self.health = health
         self.clock = clock
+        # Without a router (one provider and its catalogue, as an embedding program
+        # may pass them), route over that one provider.
+        self.router = router if router is not None else Router.single(provider, catalogue, config, clock)
+        self.catalogue = self.router
+        self.dispatcher = dispatcher or Dispatcher(RetryPolicy(config.retry), clock)
         self.running = RunningModels(clock)
         self.openai = OpenAICompatAPI(self)
         self.gate = gate
@@ -111,10 +122,6 @@ class OllamaAPI:
         """
         resource = self.app.resource()
         return self.gate.wrap(resource) if self.gate is not None else resource
-
-    def provider_for(self, model: UpstreamModel) -> IProvider:
-        """The provider that serves ``model``: the one place routing decides."""
-        return self.provider
 
     # -- bookkeeping ------------------------------------------------------------
     def _observe(self, request: IRequest, endpoint: str) -> None:
@@ -186,15 +193,7 @@ class OllamaAPI:
     @app.route("/health", methods=["GET"])
     @observed("/health")
     def health_report(self, request: IRequest) -> bytes:
-        reasons = []
-        if not self.provider.configured:
-            reasons.append(f"no API key configured for {self.provider.label} (set OPENROUTER_API_KEY)")
-        if not self.catalogue.loaded:
-            reasons.append("the model list has not been fetched yet" + (f": {self.catalogue.last_error}" if self.catalogue.last_error else ""))
-        elif self.catalogue.last_error:
-            reasons.append(f"the last model refresh failed: {self.catalogue.last_error}")
-        if self.health.healthy is False:
-            reasons.append(f"the last health check of {self.provider.label} failed: {self.health.last_error}")
+        reasons = self.router.problems()
         stats = self.stats
         return _json(
             request,
@@ -211,6 +210,7 @@ class OllamaAPI:
                 "last_health_check": self.health.last_check,
                 "environment": self.config.environment,
                 "version": self.config.ollama_version,
+                "providers": {s.name: ("healthy" if s.healthy else "unhealthy" if s.enabled else "disabled") for s in self.router.slots},
             },
         )
 
@@ -231,10 +231,34 @@ class OllamaAPI:
     @app.route("/api/tags", methods=["GET"])
     @observed("/api/tags")
     async def tags(self, request: IRequest) -> bytes:
-        if not self.catalogue.loaded:
-            await self.catalogue.refresh()
-        models = [m for m in self.catalogue.allowed_models() if visible_to(request, m.ollama_name)]
-        return _json(request, {"models": [tag_entry(m) for m in models]})
+        await self.router.ensure_loaded()
+        return _json(request, {"models": [e for e in self.router.tag_entries() if visible_to(request, e["name"])]})
+
+    @app.route("/api/tags/<provider>", methods=["GET"])
+    @observed("/api/tags/{provider}")
+    async def provider_tags(self, request: IRequest, provider: str) -> bytes:
+        self.router.slot(provider)
+        await self.router.ensure_loaded()
+        return _json(request, {"models": [e for e in self.router.tag_entries(provider) if visible_to(request, e["name"])]})
+
+    # -- providers ----------------------------------------------------------------
+    @app.route("/api/providers", methods=["GET"])
+    @observed("/api/providers")
+    def providers(self, request: IRequest) -> bytes:
+        router = self.router
+        return _json(request, {"providers": [s.summary(router.models_available(s)) for s in router.slots]})
+
+    @app.route("/api/providers/<provider>", methods=["GET"])
+    @observed("/api/providers/{provider}")
+    def provider_summary(self, request: IRequest, provider: str) -> bytes:
+        slot = self.router.slot(provider)
+        return _json(request, slot.summary(self.router.models_available(slot)))
+
+    @app.route("/api/providers/<provider>/stats", methods=["GET"])
+    @observed("/api/providers/{provider}/stats")
+    def provider_stats(self, request: IRequest, provider: str) -> bytes:
+        slot = self.router.slot(provider)
+        return _json(request, slot.report(self.router.models_available(slot)))
 
     @app.route("/api/show", methods=["POST"])
     @observed("/api/show")
@@ -256,17 +280,14 @@ class OllamaAPI:
         return self.openai.resource()
 
     # -- inference ----------------------------------------------------------------
-    async def _model_for(self, name: str, purpose: str, request: IRequest | None = None) -> UpstreamModel:
-        if request is not None:
-            record_of(request).model = name
-        model = await self.catalogue.resolve(name)
-        if request is not None:
-            record_of(request).provider = model.provider
-        if model.embedding and purpose != "embed":
-            raise BadRequest(f'"{name}" does not support {purpose}')
-        if purpose == "embed" and not model.embedding:
+    async def route(self, name: str, purpose: str, request: IRequest) -> Route:
+        """Where a request for ``name`` goes; the request's record learns the model."""
+        record_of(request).model = name
+        route = await self.router.route(name, purpose)
+        record_of(request).provider = route.targets[0].slot.name if route.targets else None
+        if purpose == "embed" and not route.model.embedding:
             raise BadRequest(f'"{name}" does not support embeddings')
-        return model
+        return route
 
     @app.route("/api/chat", methods=["POST"])
     @observed("/api/chat")
@@ -274,9 +295,9 @@ class OllamaAPI:
         body = self._body(request)
         name = model_name(body)
         stream = wants_stream(body)
-        model = await self._model_for(name, "chat", request)
-        plan = plan_chat(body, model, name)
-        return await self._answer(request, model, name, "chat", plan, stream)
+        route = await self.route(name, "chat", request)
+        plan = plan_chat(body, route.model, name)
+        return await self._answer(request, route, name, "chat", plan, stream)
 
     @app.route("/api/generate", methods=["POST"])
     @observed("/api/generate")
@@ -284,11 +305,12 @@ class OllamaAPI:
         body = self._body(request)
         name = model_name(body)
         stream = wants_stream(body)
-        model = await self._model_for(name, "generate", request)
-        plan = plan_generate(body, model, name)
-        return await self._answer(request, model, name, "generate", plan, stream)
+        route = await self.route(name, "generate", request)
+        plan = plan_generate(body, route.model, name)
+        return await self._answer(request, route, name, "generate", plan, stream)
 
-    async def _answer(self, request: IRequest, model: UpstreamModel, name: str, kind: str, plan: ChatPlan, stream: bool) -> bytes | None:
+    async def _answer(self, request: IRequest, route: Route, name: str, kind: str, plan: ChatPlan, stream: bool) -> bytes | None:
+        model = route.model
         if plan.upstream is None:
             # An empty prompt loads the model (or, with keep_alive 0, unloads it): nothing to ask.
             if plan.done_reason == "unload":
@@ -298,27 +320,63 @@ class OllamaAPI:
             return _json(request, instant_answer(kind, name, plan.done_reason or "load", self.clock.seconds()))
         self.running.use(model, plan.keep_alive)
         try:
-            return await self._complete(request, model, name, kind, plan, stream)
+            return await self.dispatch_chat(
+                request,
+                route,
+                plan.upstream,
+                stream,
+                lambda: ChatTranslator.for_plan(plan, name, kind, self.clock.seconds, keep_text=not stream),
+            )
         finally:
             self.running.use(model, plan.keep_alive)
 
-    async def _complete(self, request: IRequest, model: UpstreamModel, name: str, kind: str, plan: ChatPlan, stream: bool) -> bytes | None:
-        assert plan.upstream is not None
-        upstream_body = plan.upstream
-        translator = ChatTranslator.for_plan(plan, name, kind, self.clock.seconds, keep_text=not stream)
-        record_translation(request, translator, self.clock, stream)
-        relay = ChatRelay(request, self.provider_for(model), translator, self.clock)
+    async def dispatch_chat(
+        self,
+        request: IRequest,
+        route: Route,
+        upstream_body: dict[str, Any],
+        stream: bool,
+        new_translator: Callable[[], Any],
+        relay_class: type[ChatRelay] = ChatRelay,
+    ) -> bytes | None:
+        """Answer along ``route`` (retries, fallback, breakers: the dispatcher's job).
+
+        Each attempt gets a fresh translator and relay, so one that fails before any
+        output leaves no trace in the next one's answer. Shared by the native and
+        the ``/v1`` APIs; ``new_translator`` and ``relay_class`` make the difference.
+        """
+        started = self.clock.seconds()
+        translators: list[Any] = []
+
+        async def attempt(target: Target) -> bytes | None:
+            translator = new_translator()
+            translator.timings.started = started
+            if not translators:
+                # The access line and metrics take tokens and timings from the last attempt.
+                record_translation(request, _LastAttempt(translators), self.clock, stream)
+            translators.append(translator)
+            relay = relay_class(request, target.provider, translator, self.clock)
+            _mark(request, target)
+            body = {**upstream_body, "model": target.model.id}
+            if not stream:
+                return await relay.answer(body)
+            try:
+                await relay.stream(body)
+            finally:
+                request.proxy_stream_failed = relay.failed  # type: ignore[attr-defined]
+            if relay.failed:
+                raise AnsweredWithError(relay.error or "the stream broke after output began")
+            return None
+
         if stream:
             self.stats.active_streams += 1
-            try:
-                await relay.stream(upstream_body)
-            finally:
+        try:
+            result = await self.dispatcher.run(route, attempt)
+        finally:
+            if stream:
                 self.stats.active_streams -= 1
-                request.proxy_stream_failed = relay.failed  # type: ignore[attr-defined]
-            result = None
-        else:
-            result = await relay.answer(upstream_body)
-        self.stats.add_tokens(translator.prompt_tokens, translator.completion_tokens)
+        if translators:
+            self.stats.add_tokens(translators[-1].prompt_tokens, translators[-1].completion_tokens)
         return result
 
     @app.route("/api/embed", methods=["POST"])
@@ -330,10 +388,10 @@ class OllamaAPI:
         dimensions = field_of(body, "dimensions", int, None)
         truncate = field_of(body, "truncate", bool, True)
         keep_alive = keep_alive_of(body)
-        model = await self._model_for(name, "embed", request)
+        route = await self.route(name, "embed", request)
         started = self.clock.seconds()
-        self.running.use(model, keep_alive)
-        vectors, tokens = await embed(self.provider_for(model), model, inputs, dimensions, truncate) if inputs else ([], 0)
+        self.running.use(route.model, keep_alive)
+        vectors, tokens = await self.dispatch_embed(request, route, inputs, dimensions, truncate) if inputs else ([], 0)
         elapsed = int((self.clock.seconds() - started) * 1e9)
         record_of(request).upstream_seconds += elapsed / 1e9
         record_of(request).add_tokens(tokens, None)
@@ -350,16 +408,27 @@ class OllamaAPI:
         name = model_name(body)
         prompt = field_of(body, "prompt", str, "")
         keep_alive = keep_alive_of(body)
-        model = await self._model_for(name, "embed", request)
-        self.running.use(model, keep_alive)
+        route = await self.route(name, "embed", request)
+        self.running.use(route.model, keep_alive)
         if not prompt:
             return _json(request, {"embedding": []})
         started = self.clock.seconds()
-        vectors, tokens = await embed(self.provider_for(model), model, [prompt], None)
+        vectors, tokens = await self.dispatch_embed(request, route, [prompt], None)
         record_of(request).upstream_seconds += self.clock.seconds() - started
         record_of(request).add_tokens(tokens, None)
         self.stats.add_tokens(tokens, 0)
         return _json(request, {"embedding": vectors[0] if vectors else []})
+
+    async def dispatch_embed(
+        self, request: IRequest, route: Route, inputs: list[str], dimensions: int | None, truncate: bool = True
+    ) -> tuple[list[list[float]], int]:
+        """Embeddings along ``route``, with the same retries and fallback as chat."""
+
+        async def attempt(target: Target) -> tuple[list[list[float]], int]:
+            _mark(request, target)
+            return await embed(target.provider, target.model, inputs, dimensions, truncate)
+
+        return await self.dispatcher.run(route, attempt)
 
     # -- local model management: not for a cloud proxy --------------------------------
     def _unsupported(self, request: IRequest) -> bytes:
@@ -380,3 +449,19 @@ class OllamaAPI:
     def blobs(self, request: IRequest, digest: str) -> bytes:
         return self._unsupported(request)
 
+
+class _LastAttempt:
+    """Reads as the translator of the latest attempt (retries make several)."""
+
+    def __init__(self, translators: list[Any]) -> None:
+        self._translators = translators
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._translators[-1], name)
+
+
+def _mark(request: IRequest, target: Target) -> None:
+    """Say which provider and upstream model answer (set before the first byte)."""
+    record_of(request).provider = target.slot.name
+    request.setHeader(b"x-ollama-proxy-provider", target.slot.name.encode("utf-8"))
+    request.setHeader(b"x-ollama-proxy-model", target.model.id.encode("utf-8"))

@@ -19,8 +19,18 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .credentials import with_credentials
+from .modelfilter import parse_filter_file
 from .opsconfig import SECTIONS as OPS_SECTIONS
 from .opsconfig import OpsConfig, OpsConfigError, parse_ops
+from .providerconfig import (
+    SECTIONS,
+    BreakerConfig,
+    ProviderConfig,
+    ProviderConfigError,
+    RetryConfig,
+    RoutingConfig,
+    parse_sections,
+)
 
 DEFAULT_LISTEN = "tcp:11434:interface=127.0.0.1"
 DEFAULT_OPENROUTER_URL = "https://openrouter.ai/api/v1"
@@ -44,10 +54,11 @@ class Timeouts:
 
 @dataclass(frozen=True)
 class FilterConfig:
-    """Globs matched against upstream model ids."""
+    """Globs matched against upstream model ids (``file`` lines already merged in)."""
 
     allow: tuple[str, ...] = ()
     deny: tuple[str, ...] = ()
+    file: str | None = None
 
 
 @dataclass(frozen=True)
@@ -56,6 +67,11 @@ class OpenRouterConfig:
     base_url: str = DEFAULT_OPENROUTER_URL
     http_referer: str | None = None
     x_title: str | None = None
+    priority: int = 1
+    enabled: bool = True
+    max_in_flight: int = 64
+    max_queue: int = 64
+    queue_timeout: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -75,10 +91,17 @@ class Config:
     config_file: str | None = None
     # [auth], [cors], [limits], [log], [shutdown]: see ollama_proxy.opsconfig.
     ops: OpsConfig = field(default_factory=OpsConfig)
+    # Providers besides OpenRouter ([openai], [anthropic], [[providers]]), routing and resilience.
+    providers: tuple[ProviderConfig, ...] = ()
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
+    retry: RetryConfig = field(default_factory=RetryConfig)
+    breaker: BreakerConfig = field(default_factory=BreakerConfig)
+    demo: bool = False  # --demo: add the built-in echo provider
 
     def secrets(self) -> tuple[str, ...]:
         """Values that must never reach a response or a log line."""
-        return tuple(s for s in (self.openrouter.api_key,) if s)
+        keys = (self.openrouter.api_key,) + tuple(p.api_key for p in self.providers)
+        return tuple(s for s in keys if s)
 
 
 # The file's schema: dotted key -> (accepted types, human name of the type).
@@ -97,11 +120,17 @@ _SCHEMA: dict[str, tuple[tuple[type, ...], str]] = {
     "refresh.health_interval": _NUMBER,
     "filter.allow": _STRINGS,
     "filter.deny": _STRINGS,
+    "filter.file": _STRING,
     "openrouter.api_key": _STRING,
     "openrouter.base_url": _STRING,
     "openrouter.http_referer": _STRING,
     "openrouter.x_title": _STRING,
     "openrouter.max_connections": ((int,), "an integer"),
+    "openrouter.priority": ((int,), "an integer"),
+    "openrouter.enabled": ((bool,), "true or false"),
+    "openrouter.max_in_flight": ((int,), "an integer"),
+    "openrouter.max_queue": ((int,), "an integer"),
+    "openrouter.queue_timeout": _NUMBER,
 }
 
 
@@ -121,7 +150,7 @@ def _check(flat: Mapping[str, Any], source: str) -> None:
         if key not in _SCHEMA:
             raise ConfigError(f"{source}: unknown key '{key}'")
         types, name = _SCHEMA[key]
-        if isinstance(value, bool) or not isinstance(value, types):
+        if isinstance(value, bool) != (bool in types) or not isinstance(value, types):
             raise ConfigError(f"{source}: '{key}' must be {name}, not {type(value).__name__}")
         if name == "a list of strings" and not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{source}: '{key}' must be {name}")
@@ -157,6 +186,7 @@ def load_config(
     environ: Mapping[str, str] | None = None,
     config_file: str | None = None,
     listen: list[str] | tuple[str, ...] | None = None,
+    demo: bool = False,
 ) -> Config:
     """Build a :class:`Config` from the environment, a TOML file and ``--listen``.
 
@@ -174,18 +204,34 @@ def load_config(
             raise ConfigError(f"cannot read config file {path}: {error.strerror}") from None
         except tomllib.TOMLDecodeError as error:
             raise ConfigError(f"{path}: not valid TOML: {error}") from None
-        flat = _flatten({k: v for k, v in table.items() if k not in OPS_SECTIONS})
+        flat = _flatten({k: v for k, v in table.items() if k not in OPS_SECTIONS and k not in SECTIONS})
         _check(flat, path)
     try:
         ops = parse_ops(table, env)
     except OpsConfigError as error:
         raise ConfigError(f"{path or 'environment'}: {error}") from None
+    try:
+        sections = parse_sections(table, env)
+    except ProviderConfigError as error:
+        raise ConfigError(f"{path or 'environment'}: {error}") from None
+    allow, deny = tuple(flat.get("filter.allow", ())), tuple(flat.get("filter.deny", ()))
+    if flat.get("filter.file"):
+        try:
+            file_allow, file_deny = parse_filter_file(flat["filter.file"])
+        except OSError as error:
+            raise ConfigError(f"{path}: 'filter.file': cannot read {flat['filter.file']}: {error.strerror}") from None
+        allow, deny = allow + file_allow, deny + file_deny
 
     openrouter = OpenRouterConfig(
         api_key=env.get("OPENROUTER_API_KEY") or flat.get("openrouter.api_key"),
         base_url=(env.get("OPENROUTER_BASE_URL") or flat.get("openrouter.base_url") or DEFAULT_OPENROUTER_URL).rstrip("/"),
         http_referer=flat.get("openrouter.http_referer"),
         x_title=flat.get("openrouter.x_title"),
+        priority=flat.get("openrouter.priority", 1),
+        enabled=flat.get("openrouter.enabled", True),
+        max_in_flight=max(1, flat.get("openrouter.max_in_flight", 64)),
+        max_queue=max(0, flat.get("openrouter.max_queue", 64)),
+        queue_timeout=float(flat.get("openrouter.queue_timeout", 30.0)),
     )
     if listen:
         endpoints = tuple(listen)
@@ -206,10 +252,7 @@ def load_config(
             response=float(flat.get("timeouts.response", defaults.timeouts.response)),
             idle=float(flat.get("timeouts.idle", defaults.timeouts.idle)),
         ),
-        filter=FilterConfig(
-            allow=tuple(flat.get("filter.allow", ())),
-            deny=tuple(flat.get("filter.deny", ())),
-        ),
+        filter=FilterConfig(allow=allow, deny=deny, file=flat.get("filter.file")),
         ollama_version=flat.get("ollama_version", defaults.ollama_version),
         environment=flat.get("environment", env.get("OLLAMA_PROXY_ENVIRONMENT", defaults.environment)),
         max_body_bytes=flat.get("max_body_bytes", defaults.max_body_bytes),
@@ -218,4 +261,9 @@ def load_config(
         max_connections_per_provider=flat.get("openrouter.max_connections", defaults.max_connections_per_provider),
         config_file=path,
         ops=ops,
+        providers=sections.providers,
+        routing=sections.routing,
+        retry=sections.retry,
+        breaker=sections.breaker,
+        demo=demo,
     )

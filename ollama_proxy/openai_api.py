@@ -23,9 +23,7 @@ from twisted.web.resource import IResource
 from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
 from werkzeug.exceptions import NotFound as WerkzeugNotFound
 
-from .context import record_of, record_translation
-from .embeddings import embed
-from .models import UpstreamModel
+from .context import record_of
 from .errors import BadRequest, InternalError, MethodNotAllowed, NotImplementedByProxy, ProxyError, RouteNotFound
 from .openai_translate import (
     OpenAIPlan,
@@ -41,6 +39,7 @@ from .openai_translate import (
 )
 from .observing import observed
 from .relay import JSON, ChatRelay
+from .routing import Route
 from .translate import model_name
 
 if TYPE_CHECKING:
@@ -153,51 +152,41 @@ class OpenAICompatAPI:
     async def chat_completions(self, request: IRequest) -> bytes | None:
         body = self.native._body(request)
         name = model_name(body)
-        model = await self.native._model_for(name, "chat", request)
-        plan = plan_chat_completion(body, model, name)
-        return await self._complete(request, model, name, "chat", plan, self._id("chatcmpl"))
+        route = await self.native.route(name, "chat", request)
+        plan = plan_chat_completion(body, route.model, name)
+        return await self._complete(request, route, name, "chat", plan, self._id("chatcmpl"))
 
     @app.route("/completions", methods=["POST"])
     @observed("/v1/completions")
     async def completions(self, request: IRequest) -> bytes | None:
         body = self.native._body(request)
         name = model_name(body)
-        model = await self.native._model_for(name, "generate", request)
-        plan = plan_completion(body, model, name)
+        route = await self.native.route(name, "generate", request)
+        plan = plan_completion(body, route.model, name)
         response_id = self._id("cmpl")
         if plan.upstream is None:
-            self.native.running.use(model)
+            self.native.running.use(route.model)
             answers = loaded_answer("completion", name, response_id, int(self.native.clock.seconds()), plan.stream)
             if plan.stream:
                 request.setHeader(b"content-type", EVENT_STREAM)
                 return b"".join(_event(a) for a in answers) + b"data: [DONE]\n\n"
             return _json(request, answers[0])
-        return await self._complete(request, model, name, "completion", plan, response_id)
+        return await self._complete(request, route, name, "completion", plan, response_id)
 
-    async def _complete(self, request: IRequest, model: UpstreamModel, name: str, kind: str, plan: OpenAIPlan, response_id: str) -> bytes | None:
+    async def _complete(self, request: IRequest, route: Route, name: str, kind: str, plan: OpenAIPlan, response_id: str) -> bytes | None:
         native = self.native
-        renderer = OpenAIRenderer(kind=kind, model=name, response_id=response_id, clock=native.clock.seconds, keep_text=not plan.stream, include_usage=plan.include_usage, show_thinking=plan.show_thinking)
-        provider = native.provider_for(model)
-        record_translation(request, renderer, native.clock, plan.stream)
         assert plan.upstream is not None
-        native.running.use(model)
+
+        def renderer() -> OpenAIRenderer:
+            return OpenAIRenderer(kind=kind, model=name, response_id=response_id, clock=native.clock.seconds, keep_text=not plan.stream, include_usage=plan.include_usage, show_thinking=plan.show_thinking)
+
+        if plan.stream:
+            request.setHeader(b"cache-control", b"no-cache")
+        native.running.use(route.model)
         try:
-            if plan.stream:
-                relay = SSERelay(request, provider, renderer, native.clock)  # type: ignore[arg-type]
-                request.setHeader(b"cache-control", b"no-cache")
-                native.stats.active_streams += 1
-                try:
-                    await relay.stream(plan.upstream)
-                finally:
-                    native.stats.active_streams -= 1
-                    request.proxy_stream_failed = relay.failed  # type: ignore[attr-defined]
-                result = None
-            else:
-                result = await ChatRelay(request, provider, renderer, native.clock).answer(plan.upstream)  # type: ignore[arg-type]
+            return await native.dispatch_chat(request, route, plan.upstream, plan.stream, renderer, SSERelay if plan.stream else ChatRelay)
         finally:
-            native.running.use(model)
-        native.stats.add_tokens(renderer.prompt_tokens, renderer.completion_tokens)
-        return result
+            native.running.use(route.model)
 
     @app.route("/embeddings", methods=["POST"])
     @observed("/v1/embeddings")
@@ -209,10 +198,10 @@ class OpenAICompatAPI:
         dimensions = body.get("dimensions")
         if dimensions is not None and (isinstance(dimensions, bool) or not isinstance(dimensions, int)):
             raise BadRequest("'dimensions' must be an integer")
-        model = await self.native._model_for(name, "embed", request)
-        self.native.running.use(model)
+        route = await self.native.route(name, "embed", request)
+        self.native.running.use(route.model)
         started = self.native.clock.seconds()
-        vectors, tokens = await embed(self.native.provider_for(model), model, inputs, dimensions)
+        vectors, tokens = await self.native.dispatch_embed(request, route, inputs, dimensions)
         record_of(request).upstream_seconds += self.native.clock.seconds() - started
         record_of(request).add_tokens(tokens, None)
         self.native.stats.add_tokens(tokens, 0)

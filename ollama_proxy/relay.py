@@ -63,6 +63,7 @@ class ChatRelay:
         self.started_output = False
         self.client_gone = False
         self.failed = False
+        self.error: str | None = None  # why the stream ended early, once ``failed``
         request.notifyFinish().addErrback(self._client_left)
         self._upstream: IUpstreamStream | None = None
 
@@ -105,6 +106,7 @@ class ChatRelay:
                 # Nothing was sent yet: the client still gets a real status.
                 raise UpstreamError(self.provider.label, self.provider.type, None, error.message) from None
             self.failed = True
+            self.error = error.message
             log.warn("stream ended early: {error}", error=error.message)
             self._write(self._error_line(error.message))
             return

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,16 +18,20 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from .api import HealthState, OllamaAPI
-from .catalogue import ModelCatalogue
 from .config import Config
+from .dispatch import Dispatcher
 from .frontdoor import Gate
+from .healthcheck import HealthChecker
 from .interfaces import IProvider
 from .lifecycle import Lifecycle
 from .logs import Redactor
 from .metrics import Metrics
 from .modelfilter import ModelFilter
-from .providers.openai_compat import openrouter
+from .retry import RetryPolicy
+from .routed import RoutedProvider
+from .routing import Router
 from .stats import Stats
+from .slots import build_slots
 from .web import make_site
 
 log = Logger()
@@ -83,39 +88,6 @@ class ListenerService(Service):
         return maybeDeferred(port.stopListening)
 
 
-class ProviderPoolService(Service):
-    """Closes the provider's persistent connections when the tree stops."""
-
-    def __init__(self, provider: IProvider) -> None:
-        self.provider = provider
-
-    def stopService(self) -> "Deferred[None]":
-        super().stopService()
-        return self.provider.close()
-
-
-class HealthChecker:
-    """The health-check job: probe the provider, remember what it said. Never raises."""
-
-    def __init__(self, provider: IProvider, state: HealthState, clock: Any) -> None:
-        self.provider = provider
-        self.state = state
-        self.clock = clock
-
-    async def check(self) -> None:
-        try:
-            await self.provider.check_health()
-        except Exception as error:  # noqa: BLE001 - a TimerService call that raises stops for good
-            self.state.healthy = False
-            self.state.last_error = getattr(error, "message", None) or str(error)
-            log.warn("health check of {provider} failed: {error}", provider=self.provider.name, error=self.state.last_error)
-        else:
-            self.state.healthy = True
-            self.state.last_error = None
-        finally:
-            self.state.last_check = self.clock.seconds()
-
-
 class ProxyService(MultiService):
     """The whole daemon. ``api`` is the Klein app, to serve or to mount elsewhere.
 
@@ -124,20 +96,19 @@ class ProxyService(MultiService):
     :meth:`reconfigure` applies a new :class:`Config` without dropping anything.
     """
 
-    def __init__(self, config: Config, reactor: Any) -> None:
+    def __init__(self, config: Config, reactor: Any, clock: Any = None, rng: random.Random | None = None) -> None:
         super().__init__()
         self.config = config
         self.reactor = reactor
-        self.provider: IProvider = openrouter(config, reactor)
-        self.catalogue = ModelCatalogue(
-            lambda: self.provider.list_models(),  # late-bound: a reload may swap the provider
-            ModelFilter(config.filter.allow, config.filter.deny),
-            reactor,
-        )
-        self.stats = Stats(reactor)
+        # Timers (timeouts, retries, breakers, refresh, drain) run on ``clock``, sockets
+        # on ``reactor``: tests drive time with a task.Clock over real connections.
+        self.clock = clock = reactor if clock is None else clock
+        self.rng = rng if rng is not None else random.Random()
+        self.stats = Stats(clock)
         self.health = HealthState()
         self.redactor = Redactor(config.secrets())
-        self.lifecycle = Lifecycle(reactor, config.ops.shutdown.drain_timeout)
+        self.lifecycle = Lifecycle(clock, config.ops.shutdown.drain_timeout)
+        self._build_routing(config)
         self.metrics = Metrics(
             in_flight=lambda: self.lifecycle.in_flight,
             streams=lambda: self.stats.active_streams,
@@ -146,7 +117,10 @@ class ProxyService(MultiService):
             breaker_states=self.breaker_states,
         )
         self.gate = Gate(config, self.lifecycle, reactor, self.metrics)
-        self.api = OllamaAPI(config, self.provider, self.catalogue, self.stats, self.health, reactor, gate=self.gate, metrics=self.metrics)
+        self.api = OllamaAPI(
+            config, self.provider, self.catalogue, self.stats, self.health, clock,
+            gate=self.gate, metrics=self.metrics, router=self.router, dispatcher=self.dispatcher,
+        )
         self.site = make_site(self.api.resource(), config.max_body_bytes, config.ops.limits.max_header_bytes, reactor=reactor)
 
         for index, description in enumerate(config.listen):
@@ -154,22 +128,33 @@ class ProxyService(MultiService):
             listener.setName(f"listen[{index}]")
             listener.setServiceParent(self)
 
-        self.refresh_timer = TimerService(config.model_refresh_interval, lambda: ensureDeferred(self.catalogue.refresh_quietly()))
-        self.refresh_timer.clock = reactor
+        # Late-bound lambdas: a reload may replace the router.
+        self.refresh_timer = TimerService(config.model_refresh_interval, lambda: ensureDeferred(self.router.refresh_quietly()))
+        self.refresh_timer.clock = clock
         self.refresh_timer.setName("model-refresh")
         self.refresh_timer.setServiceParent(self)
 
-        self.checker = HealthChecker(self.provider, self.health, reactor)
-        self.health_timer = TimerService(config.health_check_interval, lambda: ensureDeferred(self.checker.check()))
-        self.health_timer.clock = reactor
+        self.health_checker = HealthChecker(self.router, self.health, clock)
+        self.health_timer = TimerService(config.health_check_interval, lambda: ensureDeferred(self.health_checker.check()))
+        self.health_timer.clock = clock
         self.health_timer.setName("health-check")
         self.health_timer.setServiceParent(self)
 
-        self.pools = ProviderPoolService(self.provider)
+        # One service closes every provider's pool at the stop, including pools of
+        # providers a reload replaced (their streams in flight finish first).
+        self.pools = ProviderPoolsService(self)
         self.pools.setServiceParent(self)
-        # Providers replaced by a reload: their busy connections return to their
-        # pools after the streams end, so the pools are closed again at the stop.
         self._retired: list[IProvider] = []
+
+    def _build_routing(self, config: Config) -> None:
+        """Providers, their slots (breaker, limiter, stats), the router and dispatcher."""
+        slots = build_slots(config, self.reactor, self.clock, self.rng)
+        self.router = Router(slots, ModelFilter(config.filter.allow, config.filter.deny), config.routing, self.clock)
+        self.dispatcher = Dispatcher(RetryPolicy(config.retry, self.rng), self.clock)
+        self.providers: list[IProvider] = [slot.provider for slot in slots]
+        # Code that wants "the provider" gets all of them, routed (see routed.py).
+        self.provider: IProvider = RoutedProvider(self.router, self.dispatcher)
+        self.catalogue = self.router  # the merged catalogue of every provider
 
     def listening_ports(self) -> list[Any]:
         """The bound ports (after start), e.g. to learn a port the system chose."""
@@ -193,15 +178,13 @@ class ProxyService(MultiService):
         await gatherResults([maybeDeferred(listener.stopService) for listener in self.listeners()], consumeErrors=True)
         await drained
         await MultiService.stopService(self)
-        retired, self._retired = self._retired, []
-        await gatherResults([maybeDeferred(provider.close) for provider in retired], consumeErrors=True)
 
     # -- reloading ------------------------------------------------------------------
     def reconfigure(self, config: Config) -> None:
         """Apply ``config`` (already validated) to the running tree; nothing in flight is dropped.
 
-        Filter, limits, auth, CORS, timeouts, intervals and providers change;
-        listeners stay as they are (a restart moves them; systemd's socket
+        Filter, limits, auth, CORS, timeouts, intervals, providers and routing
+        change; listeners stay as they are (a restart moves them; systemd's socket
         activation keeps the socket across it).
         """
         old, self.config = self.config, config
@@ -209,7 +192,7 @@ class ProxyService(MultiService):
             log.warn("the listen endpoints changed; they take effect at the next restart")
         self.redactor.update(config.secrets())
         self.api.config = config
-        self.catalogue.filter = ModelFilter(config.filter.allow, config.filter.deny)
+        self.router.filter = ModelFilter(config.filter.allow, config.filter.deny)
         self.site.set_limits(config.max_body_bytes, config.ops.limits.max_header_bytes)
         self.gate.reconfigure(config)
         self.lifecycle.drain_timeout = config.ops.shutdown.drain_timeout
@@ -222,42 +205,54 @@ class ProxyService(MultiService):
         self.reload_providers(old, config)
 
     def reload_providers(self, old: Config, new: Config) -> None:
-        """The provider part of a reload: the one hook a provider router replaces.
+        """The provider part of a reload.
 
-        With a single provider: when its settings changed, a new provider takes
-        the new requests, and the old one's idle connections are closed; its
-        streams in flight go on over the connections they hold.
+        When provider or routing settings changed, new providers, router and
+        dispatcher take the new requests; the old providers' idle connections are
+        closed now, and their streams in flight go on over the connections they hold.
         """
-        if (old.openrouter, old.timeouts, old.max_connections_per_provider) == (new.openrouter, new.timeouts, new.max_connections_per_provider):
-            return
-        retired = self.provider
-        provider = openrouter(new, self.reactor)
-        self.provider = self.api.provider = self.checker.provider = self.pools.provider = provider
-        self._retired.append(retired)
-        retired.close()
-        log.info("provider settings reloaded")
-        # The model list may differ at the new address; fetch it now rather than at the next tick.
-        ensureDeferred(self.catalogue.refresh_quietly())
+        def provider_settings(c: Config) -> tuple[Any, ...]:
+            return (c.openrouter, c.providers, c.routing, c.retry, c.breaker, c.timeouts, c.max_connections_per_provider, c.demo)
 
-    def providers(self) -> list[IProvider]:
-        """The providers in use (the metrics and the reload read them through here)."""
-        return [self.provider]
+        if provider_settings(old) == provider_settings(new):
+            return
+        retired = self.providers
+        self._build_routing(new)
+        api = self.api
+        api.provider, api.router, api.catalogue, api.dispatcher = self.provider, self.router, self.catalogue, self.dispatcher
+        self.health_checker.router = self.router
+        self._retired.extend(retired)
+        for provider in retired:
+            provider.close()
+        log.info("provider settings reloaded: {names}", names=", ".join(str(p.name) for p in self.providers))
+        # The model lists may differ now; fetch them rather than wait for the next tick.
+        ensureDeferred(self.router.refresh_quietly())
+
+    def all_providers(self) -> list[IProvider]:
+        """Providers in use and those a reload retired (their pools close at the stop)."""
+        return list(self.providers) + self._retired
 
     def breaker_states(self) -> Mapping[str, str]:
-        """Circuit-breaker state per provider, for the metrics: providers that have a
-        breaker expose ``breaker_state`` (``closed``, ``half_open`` or ``open``)."""
-        states: dict[str, str] = {}
-        for provider in self.providers():
-            state = getattr(provider, "breaker_state", None)
-            if isinstance(state, str):
-                states[provider.name] = state
-        return states
+        """Circuit-breaker state per provider, for the metrics."""
+        return {slot.name: slot.breaker.state for slot in self.router.slots}
 
 
-def makeService(config: Config, reactor: Any = None) -> ProxyService:
-    """Build the daemon's service tree for ``config`` on ``reactor``."""
+class ProviderPoolsService(Service):
+    """Closes every provider's persistent connections when the tree stops."""
+
+    def __init__(self, tree: ProxyService) -> None:
+        self.tree = tree
+
+    def stopService(self) -> "Deferred[Any]":
+        super().stopService()
+        return gatherResults([maybeDeferred(p.close) for p in self.tree.all_providers()], consumeErrors=True)
+
+
+def makeService(config: Config, reactor: Any = None, clock: Any = None, rng: random.Random | None = None) -> ProxyService:
+    """Build the daemon's service tree for ``config`` on ``reactor`` (timers on
+    ``clock``, by default the reactor; jitter from ``rng``)."""
     if reactor is None:
         from twisted.internet import reactor as global_reactor
 
         reactor = global_reactor
-    return ProxyService(config, reactor)
+    return ProxyService(config, reactor, clock, rng)

@@ -24,10 +24,13 @@ from .service import makeService as build
 class Options(usage.Options):
     """Options of ``twistd ollama-proxy``."""
 
-    synopsis = "[--listen ENDPOINT]... [--config FILE] [--log-format text|json]"
+    synopsis = "[--listen ENDPOINT]... [--config FILE] [--log-format text|json] [--demo]"
     optParameters = [
         ["config", "c", None, "TOML configuration file (default: $OLLAMA_PROXY_CONFIG)."],
         ["log-format", None, None, "Log lines as 'text' or 'json' (default: [log] format in the config, else text)."],
+    ]
+    optFlags = [
+        ["demo", None, "Add the built-in 'echo' provider: demo models that answer offline, deterministically."],
     ]
 
     def __init__(self) -> None:
@@ -57,7 +60,8 @@ def _rotate_on_usr1(reactor: Any) -> Any:
 
 
 def makeService(options: Any) -> DaemonService:
-    load = functools.partial(load_config, config_file=options["config"], listen=options["listen"])
+    # The same loader serves start-up and every SIGHUP reload (so --demo survives a reload).
+    load = functools.partial(load_config, config_file=options["config"], listen=options["listen"], demo=bool(options["demo"]))
     try:
         config = load()
     except ConfigError as error:

@@ -8,8 +8,8 @@ result closes the connection so the provider stops generating.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol as TypingProtocol
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -21,9 +21,20 @@ from zope.interface import implementer
 
 from .errors import UpstreamStreamError
 from .interfaces import IUpstreamStream
-from .sse import SSEParser, SSEProtocolError
+from .sse import SSEEvent, SSEParser, SSEProtocolError
 
 EventSink = Callable[[dict[str, Any]], None]
+# Turns one upstream JSON object into the OpenAI chunks it means (maybe none):
+# how providers with another wire format (Anthropic, Ollama) reuse this reader.
+Decoder = Callable[[dict[str, Any]], Sequence[dict[str, Any]]]
+
+
+class BodyParser(TypingProtocol):
+    """Bytes in, records with a ``data`` string out (SSE events, NDJSON lines)."""
+
+    def feed(self, chunk: bytes) -> Sequence[SSEEvent]: ...
+
+    def close(self) -> Sequence[SSEEvent]: ...
 
 
 class _SSEBodyReader(Protocol):
@@ -43,12 +54,22 @@ class _SSEBodyReader(Protocol):
 class SSEStream:
     """An upstream response whose body is an SSE stream of JSON events."""
 
-    def __init__(self, response: IResponse, clock: IReactorTime, idle_timeout: float, label: str) -> None:
+    def __init__(
+        self,
+        response: IResponse,
+        clock: IReactorTime,
+        idle_timeout: float,
+        label: str,
+        *,
+        parser: BodyParser | None = None,
+        decode: Decoder | None = None,
+    ) -> None:
         self._response = response
         self._clock = clock
         self._idle_timeout = idle_timeout
         self._label = label
-        self._parser = SSEParser()
+        self._parser: BodyParser = parser if parser is not None else SSEParser()
+        self._decode = decode
         self._sink: EventSink | None = None
         self._reader: _SSEBodyReader | None = None
         self._idle: IDelayedCall | None = None
@@ -133,6 +154,17 @@ class SSEStream:
             return
         if not isinstance(obj, dict):
             return
+        try:
+            chunks = self._decode(obj) if self._decode is not None else (obj,)
+        except UpstreamStreamError as error:
+            self._fail(error)
+            return
+        for chunk in chunks:
+            if self._stopped:
+                return
+            self._emit(chunk)
+
+    def _emit(self, obj: dict[str, Any]) -> None:
         for choice in obj.get("choices") or ():
             if isinstance(choice, dict) and choice.get("finish_reason"):
                 self._saw_finish = True
@@ -162,3 +194,22 @@ class SSEStream:
             finished.callback(None)
         else:
             finished.errback(Failure(UpstreamStreamError(f"{self._label} closed the stream before it was complete")))
+
+
+class NDJSONParser:
+    """Newline-delimited JSON (Ollama's stream format) as records for :class:`SSEStream`."""
+
+    def __init__(self, max_line_bytes: int = 16 * 1024 * 1024) -> None:
+        self._buffer = b""
+        self._max_line = max_line_bytes
+
+    def feed(self, chunk: bytes) -> list[SSEEvent]:
+        self._buffer += chunk
+        *lines, self._buffer = self._buffer.split(b"\n")
+        if len(self._buffer) > self._max_line:
+            raise SSEProtocolError(f"a line exceeded {self._max_line} bytes")
+        return [SSEEvent(line.decode("utf-8", errors="replace")) for line in lines if line.strip()]
+
+    def close(self) -> list[SSEEvent]:
+        rest, self._buffer = self._buffer, b""
+        return [SSEEvent(rest.decode("utf-8", errors="replace"))] if rest.strip() else []

@@ -7,8 +7,10 @@ bodies, slow, stalled and endless streams, abrupt disconnects, events split acro
 TCP writes. It records every request and counts connections, so a test can prove
 that the proxy closed an upstream stream when its client went away.
 
-The behaviour is chosen by the model id (``sim/stall``, ``sim/fail-429`` ...) or
-injected for the next requests with :meth:`UpstreamSimulator.fail_next`.
+The behaviour is chosen by the model id (``sim/stall``, ``sim/fail-429`` ...),
+forced for every chat stream with ``behaviour = "stall"`` (any model), or
+injected for the next requests with :meth:`UpstreamSimulator.fail_next`. Several
+simulators can run at once (one per provider) with their own model lists.
 
 Like the real providers it is strict about what it is sent: a ``tool`` message
 must answer an earlier assistant tool call by ``tool_call_id``, tool-call
@@ -69,10 +71,13 @@ CHAT_MODELS: list[dict[str, Any]] = [
     _model("sim/reasoning-details", params=("reasoning", "temperature")),
     _model("sim/slow"),
     _model("sim/stall"),
+    _model("sim/silent"),
     _model("sim/endless"),
     _model("sim/midstream-error"),
     _model("sim/error-first"),
     _model("sim/disconnect"),
+    _model("sim/abort"),
+    _model("sim/cut"),
     _model("sim/crlf-split"),
     _model("sim/fail-401"),
     _model("sim/fail-429"),
@@ -267,17 +272,33 @@ class UpstreamSimulator(Resource):
         # sim/raw: the exact bytes of the next SSE body.
         self.raw_stream = b""
         self._request_waiters: list[tuple[int, Deferred[None]]] = []
+        # Every chat stream behaves like the model ``sim/<behaviour>`` (stall, silent, ...).
+        self.behaviour: str | None = None
+        self.prefix = "/api/v1"
+        self._next_request_waiters: list[Deferred[RecordedRequest]] = []
 
     # -- control ------------------------------------------------------------------
-    def start(self) -> str:
-        """Listen on a free loopback port; returns the base URL (``.../api/v1``)."""
+    def start(self, prefix: str = "/api/v1") -> str:
+        """Listen on a free loopback port; returns the base URL (``...<prefix>``):
+        ``/api/v1`` as OpenRouter, ``/v1`` as OpenAI and most compatible servers."""
+        self.prefix = prefix
         root = Resource()
-        api = Resource()
-        root.putChild(b"api", api)
-        api.putChild(b"v1", self)
+        parent = root
+        parts = [p.encode() for p in prefix.strip("/").split("/")]
+        for part in parts[:-1]:
+            child = Resource()
+            parent.putChild(part, child)
+            parent = child
+        parent.putChild(parts[-1], self)
         self.site = _CountingSite(root, self)
         self.port = self.reactor.listenTCP(0, self.site, interface="127.0.0.1")
-        return f"http://127.0.0.1:{self.port.getHost().port}/api/v1"
+        return f"http://127.0.0.1:{self.port.getHost().port}{prefix}"
+
+    def wait_for_request(self) -> "Deferred[RecordedRequest]":
+        """Fires with the next chat or embedding request this simulator receives."""
+        d: Deferred[RecordedRequest] = Deferred()
+        self._next_request_waiters.append(d)
+        return d
 
     def stop(self) -> Any:
         """Stop listening (idempotent); returns a Deferred."""
@@ -287,6 +308,7 @@ class UpstreamSimulator(Resource):
     def close_connections(self) -> None:
         """Drop every open connection (test teardown)."""
         for protocol in list(self.open_protocols):
+            # Site hands out a wrapper around the HTTPChannel: the transport is the channel's.
             channel = getattr(protocol, "_channel", protocol)
             transport = getattr(channel, "transport", None)
             if transport is not None:
@@ -370,11 +392,16 @@ class UpstreamSimulator(Resource):
         except ValueError:
             body = None
         headers = {k.decode().lower(): v[0].decode() for k, v in request.requestHeaders.getAllRawHeaders()}
-        self.requests.append(RecordedRequest(request.method.decode(), path, headers, body))
+        recorded = RecordedRequest(request.method.decode(), path, headers, body)
+        self.requests.append(recorded)
         for entry in [w for w in self._request_waiters if len(self.requests) >= w[0]]:
             self._request_waiters.remove(entry)
             entry[1].callback(None)
-        route = path[len("/api/v1") :]
+        route = path[len(self.prefix) :]
+        if request.method == b"POST":
+            waiters, self._next_request_waiters = self._next_request_waiters, []
+            for waiter in waiters:
+                waiter.callback(recorded)
         if request.method == b"GET" and route == "/models":
             if self.models_status:
                 return self._error(request, self.models_status, "models unavailable")
@@ -486,7 +513,8 @@ class UpstreamSimulator(Resource):
                 },
             )
         events = _events(model, words, thoughts, calls, body)
-        return _Stream(self, request, model, words, finish, usage, events=events).start()
+        streamed_as = f"sim/{self.behaviour}" if self.behaviour else model
+        return _Stream(self, request, streamed_as, words, finish, usage, events=events).start()
 
     @staticmethod
     def _reasons(entry: dict[str, Any], body: dict[str, Any]) -> bool:
@@ -573,6 +601,8 @@ class _Stream:
             self._end()
             return NOT_DONE_YET
         self.request.write(b": OPENROUTER PROCESSING\n\n")
+        if self.model == "sim/silent":
+            return NOT_DONE_YET  # headers, a keep-alive, then nothing: stalls before any token
         if self.model == "sim/error-first":
             self._event({"id": "gen-sim", "object": "chat.completion.chunk", "model": self.model, "error": {"code": 502, "message": "Provider returned error"}, "choices": [{"index": 0, "delta": {"content": ""}, "finish_reason": "error"}]})
             self._end()
@@ -643,6 +673,17 @@ class _Stream:
                 self.done = True
                 # A graceful close flushes what was written, then cuts the chunked body short.
                 self.request.channel.transport.loseConnection()
+                return False
+            if self.position == 2 and model == "sim/abort":
+                # Aborted at once: what was written in this turn never leaves.
+                self.done = True
+                self.request.channel.transport.abortConnection()
+                return False
+            if self.position == 2 and model == "sim/cut":
+                # Like sim/disconnect, once the words already written have left.
+                self.done = True
+                transport = self.request.channel.transport
+                self._later(self.sim.slow_interval, transport.abortConnection)
                 return False
             if self.position % 3 == 0:
                 self.request.write(b": OPENROUTER PROCESSING\n\n")

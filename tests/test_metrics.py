@@ -73,8 +73,8 @@ async def test_openmetrics_and_the_format_parameter(proxy):
 async def test_stream_errors_and_breaker_states(proxy):
     r = await http("POST", proxy.url + "/api/chat", chat("sim/midstream-error"))
     assert r.code == 200 and "error" in r.lines()[-1]
-    # A provider with a circuit breaker exposes its state; the metrics show one-hot states.
-    proxy.service.provider.breaker_state = "open"
+    # A 401 opens the provider's breaker (a long wait); the metrics show one-hot states.
+    assert (await http("POST", proxy.url + "/api/chat", chat("sim/fail-401"))).code == 502
     text = (await http("GET", proxy.url + "/metrics?format=prometheus")).body.decode()
     assert sample(text, "ollama_proxy_stream_errors_total", endpoint="/api/chat") == 1
     assert sample(text, "ollama_proxy_breaker_state", provider="openrouter", state="open") == 1

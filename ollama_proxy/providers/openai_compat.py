@@ -72,6 +72,7 @@ class OpenAICompatibleProvider:
         max_connections: int = 128,
         embedding_models_path: str | None = None,
         requires_key: bool = True,
+        clock: IReactorTime | None = None,
     ) -> None:
         self.name = name
         self.type = type
@@ -79,7 +80,8 @@ class OpenAICompatibleProvider:
         self.base_url = base_url.rstrip("/")
         self._key = api_key
         self._reactor = reactor
-        self._clock: IReactorTime = reactor
+        # Timers (response and idle timeouts) run on ``clock``; sockets on ``reactor``.
+        self._clock: IReactorTime = clock if clock is not None else reactor
         self.timeouts = timeouts
         self._extra_headers = dict(extra_headers or {})
         self._embedding_models_path = embedding_models_path
@@ -137,9 +139,11 @@ class OpenAICompatibleProvider:
         tokens = usage.get("prompt_tokens") if isinstance(usage, dict) else None
         return vectors, tokens if isinstance(tokens, int) else 0  # type: ignore[return-value]
 
+    models_path = "models"
+
     async def check_health(self) -> None:
-        response = await self._request("GET", "models", None)
-        await response.content()
+        response = await self._request("GET", self.models_path, None)
+        await treq.content(response)
 
     def close(self) -> "Deferred[None]":
         return self._pool.closeCachedConnections()

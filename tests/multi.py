@@ -1,0 +1,145 @@
+"""Fixtures and helpers for proxies with several providers (import what you use).
+
+``make_multi(providers=[...], clock=..., **config)`` starts a proxy whose
+OpenRouter is the ``simulator`` fixture (unless told otherwise) and whose other
+providers are :class:`ProviderConfig` entries, typically pointing at the
+simulators below. ``pump(clock, d)`` drives a fake clock while real sockets run,
+until ``d`` fires: timeouts, backoffs and breaker waits then pass in an instant.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor as global_reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Factory
+from twisted.internet.task import Clock, deferLater
+
+from ollama_proxy.config import Config, OpenRouterConfig, Timeouts, load_config
+from ollama_proxy.providerconfig import BreakerConfig, ProviderConfig, ProviderTimeouts, RetryConfig
+from ollama_proxy.service import makeService
+
+from .anthropic_simulator import API_KEY as ANTHROPIC_KEY
+from .anthropic_simulator import AnthropicSimulator
+from .conftest import RunningProxy
+from .ollama_simulator import OllamaSimulator
+from .simulator import API_KEY, UpstreamSimulator
+
+# Retries without waiting and breakers that stay closed unless a test wants them.
+FAST_RETRY = RetryConfig(max_retries=1, base_delay=0.0, max_delay=0.0, max_retry_after=0.5, deadline=60)
+QUIET_BREAKER = BreakerConfig(consecutive_failures=1000, minimum_calls=1000)
+
+
+def provider(name: str, type: str, url: str, key: str | None = None, **settings: Any) -> ProviderConfig:
+    timeouts = settings.pop("timeouts", None)
+    return ProviderConfig(name=name, type=type, base_url=url, api_key=key, timeouts=timeouts or ProviderTimeouts(), **settings)
+
+
+def multi_config(openrouter_url: str | None, providers: list[ProviderConfig], **overrides: Any) -> Config:
+    config = load_config(environ={}, listen=["tcp:0:interface=127.0.0.1"])
+    config = replace(
+        config,
+        openrouter=OpenRouterConfig(api_key=API_KEY if openrouter_url else None, base_url=openrouter_url or "http://127.0.0.1:9/api/v1"),
+        timeouts=Timeouts(connect=5, response=10, idle=10),
+        providers=tuple(providers),
+        retry=FAST_RETRY,
+        breaker=QUIET_BREAKER,
+    )
+    return replace(config, **overrides)
+
+
+@pytest.fixture
+def make_multi(simulator: UpstreamSimulator) -> Any:
+    """``make_multi(providers, openrouter=True, clock=None, seed=0, **config)``."""
+    started: list[RunningProxy] = []
+
+    def make(providers: list[ProviderConfig], openrouter: bool = True, clock: Any = None, seed: int = 0, **overrides: Any) -> RunningProxy:
+        config = multi_config(simulator.base_url if openrouter else None, providers, **overrides)
+        service = makeService(config, global_reactor, clock=clock, rng=random.Random(seed))
+        service.startService()
+        proxy = RunningProxy(service)
+        started.append(proxy)
+        return proxy
+
+    yield make
+    for proxy in started:
+        pytest_twisted.blockon(proxy.stop())
+
+
+def _serve(sim: Any, *args: Any) -> Any:
+    sim.base_url = sim.start(*args)
+    return sim
+
+
+def _teardown(sim: Any) -> None:
+    sim.close_connections()
+    stopped = sim.stop()
+    if stopped is not None:
+        pytest_twisted.blockon(stopped)
+
+
+@pytest.fixture
+def openai_sim() -> Any:
+    """A second OpenAI-style upstream at ``/v1``, with the same models as OpenRouter's."""
+    sim = _serve(UpstreamSimulator(global_reactor, api_key="sk-openai-simulator-key"), "/v1")
+    yield sim
+    _teardown(sim)
+
+
+@pytest.fixture
+def anthropic_sim() -> Any:
+    sim = _serve(AnthropicSimulator(global_reactor))
+    yield sim
+    _teardown(sim)
+
+
+@pytest.fixture
+def ollama_sim() -> Any:
+    sim = _serve(OllamaSimulator(global_reactor))
+    yield sim
+    _teardown(sim)
+
+
+def closed_port_url(path: str = "/v1") -> str:
+    """A loopback URL where nothing listens: connections are refused."""
+    port = global_reactor.listenTCP(0, Factory(), interface="127.0.0.1")
+    number = port.getHost().port
+    port.stopListening()
+    return f"http://127.0.0.1:{number}{path}"
+
+
+async def turn() -> None:
+    """Let the real reactor run once (I/O included)."""
+    await deferLater(global_reactor, 0, lambda: None)
+
+
+async def pump(clock: Clock, d: "Deferred[Any]", step: float = 0.25, limit: int = 20000) -> Any:
+    """Advance ``clock`` by ``step`` on each reactor turn until ``d`` fires."""
+    for _ in range(limit):
+        if d.called:
+            break
+        clock.advance(step)
+        await turn()
+    return await d
+
+
+__all__ = [
+    "ANTHROPIC_KEY",
+    "API_KEY",
+    "FAST_RETRY",
+    "QUIET_BREAKER",
+    "anthropic_sim",
+    "closed_port_url",
+    "make_multi",
+    "multi_config",
+    "ollama_sim",
+    "openai_sim",
+    "provider",
+    "pump",
+    "turn",
+]
