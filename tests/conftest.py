@@ -14,6 +14,7 @@ from twisted.internet import threads
 from twisted.internet.defer import Deferred
 
 from ollama_proxy.config import Config, OpenRouterConfig, Timeouts, load_config
+from ollama_proxy.providerconfig import RetryConfig
 from ollama_proxy.service import ProxyService, makeService
 
 from .simulator import API_KEY, UpstreamSimulator
@@ -38,6 +39,9 @@ def base_config(simulator: UpstreamSimulator, **overrides: Any) -> Config:
         config,
         openrouter=OpenRouterConfig(api_key=API_KEY, base_url=simulator.base_url),
         timeouts=Timeouts(connect=5, response=10, idle=10),
+        # One attempt: these tests check how one upstream answer is relayed. Retries
+        # are tested on a task.Clock (test_dispatch.py, test_failover.py).
+        retry=RetryConfig(max_retries=0),
     )
     return replace(config, **overrides)
 

@@ -2,6 +2,8 @@
 
 import pytest_twisted
 
+from ollama_proxy.providerconfig import RetryConfig
+
 from .conftest import LineReader, http
 
 
@@ -74,3 +76,21 @@ async def test_connections_to_the_upstream_are_reused(proxy, simulator):
         assert r.code == 200
     # One catalogue fetch may open its own; five sequential chats share a pooled one.
     assert simulator.connections_opened <= 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_leaving_while_headers_are_awaited_is_not_retried(make_proxy, simulator):
+    # With retries on, a cancelled upstream request must not look like a
+    # connection failure: it would be sent again (and billed) for nobody.
+    proxy = make_proxy(retry=RetryConfig(max_retries=2, base_delay=0.0))
+    arrived = simulator.wait_for_request()
+    aborted = simulator.wait_for_abort()
+    reader = LineReader()
+    await reader.connect(proxy.port, "/api/chat", chat("sim/no-headers", stream=False))
+    await arrived
+    reader.hang_up()
+    await aborted
+    stats = proxy.service.router.slot("openrouter").stats
+    assert stats.cancelled_requests == 1
+    assert stats.failed_requests == 0 and stats.retries == 0
+    assert len(simulator.chat_requests()) == 1

@@ -179,8 +179,9 @@ class OpenAICompatibleProvider:
         except Exception as error:  # noqa: BLE001 - every way of not reaching it becomes one error
             if timed_out:
                 raise UpstreamError(self.label, self.type, None, f"no response within {self.timeouts.response:g} seconds", status=504) from None
-            if isinstance(error, CancelledError):
-                raise
+            if _cancelled(error):
+                # Our caller gave up (client gone, drain deadline): not the provider's fault.
+                raise CancelledError() from None
             raise UpstreamError(self.label, self.type, None, f"cannot reach {self.label}: {self._describe(error)}") from None
         finally:
             if timer.active():
@@ -228,6 +229,15 @@ class OpenAICompatibleProvider:
         if isinstance(error, (ConnectError, DNSLookupError)):
             return self.redact(error.__class__.__name__ + (f": {error.osError}" if getattr(error, "osError", None) else ""))
         return self.redact(str(error) or error.__class__.__name__)
+
+
+def _cancelled(error: BaseException) -> bool:
+    """Whether ``error`` is a cancellation, perhaps wrapped by Twisted's HTTP client."""
+    if isinstance(error, CancelledError):
+        return True
+    if isinstance(error, (ResponseNeverReceived, ResponseFailed)):
+        return any(_cancelled(reason.value) for reason in error.reasons)
+    return False
 
 
 def _entries(listing: Any) -> list[dict[str, Any]]:
