@@ -38,6 +38,14 @@ MODELS = [
     _tag("nomic-embed-text:latest", "nomic-bert", 274302450, "137M", "F16"),
 ]
 
+# What /api/show reports, as a real Ollama does for these models.
+CAPABILITIES = {
+    "llama3.2:latest": ["completion", "tools"],
+    "qwen3:8b": ["completion", "tools", "thinking"],
+    "nomic-embed-text:latest": ["embedding"],
+}
+CONTEXT = {"llama3.2:latest": 131072, "qwen3:8b": 40960, "nomic-embed-text:latest": 2048}
+
 
 def vector_of(text: str, size: int = 6) -> list[float]:
     digest = hashlib.sha256(("ollama:" + text).encode()).digest()
@@ -62,6 +70,8 @@ class OllamaSimulator(SimulatorBase):
         path = request.path.decode()
         if request.method == b"GET" and path == "/api/tags":
             return self.json(request, {"models": self.models})
+        if request.method == b"POST" and path == "/api/show":
+            return self._show(request, recorded.body)
         if request.method == b"GET" and path == "/api/version":
             return self.json(request, {"version": "0.12.6"})
         if request.method != b"POST" or path not in ("/api/chat", "/api/embed"):
@@ -82,6 +92,14 @@ class OllamaSimulator(SimulatorBase):
             texts = [inputs] if isinstance(inputs, str) else list(inputs or [])
             return self.json(request, {"model": model, "embeddings": [vector_of(t) for t in texts], "prompt_eval_count": sum(len(t.split()) for t in texts)})
         return self._chat(request, body)
+
+    def _show(self, request: Request, body: Any) -> Any:
+        name = body.get("model") if isinstance(body, dict) else None
+        if name not in self._names():
+            return self.json(request, {"error": f"model '{name}' not found"}, 404)
+        entry = next(e for e in self.models if e["name"] in (name, f"{name}:latest"))
+        family = entry["details"]["family"]
+        return self.json(request, {"details": entry["details"], "model_info": {"general.architecture": family, f"{family}.context_length": CONTEXT.get(entry["name"], 4096)}, "capabilities": CAPABILITIES.get(entry["name"], ["completion"])})
 
     def _chat(self, request: Request, body: dict[str, Any]) -> Any:
         messages = body.get("messages") or []

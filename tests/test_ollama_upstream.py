@@ -152,7 +152,9 @@ async def test_local_models_behind_the_proxy(make_multi, ollama_sim):
     assert answer.message.content == "Echo: a" and answer.done_reason == "length"
     assert ollama_sim.posts("/api/chat")[-1].body["options"] == {"num_predict": 2}
     shown = await in_thread(client.show, "qwen3:8b")
-    assert shown.capabilities == ["completion"]
+    assert shown.capabilities == ["completion", "tools", "thinking"]  # as the upstream's /api/show says
+    architecture = shown.modelinfo["general.architecture"]
+    assert shown.modelinfo[f"{architecture}.context_length"] == 40960
     missing = await http("POST", proxy.url + "/api/chat", {"model": "mistral", "messages": []})
     assert missing.code == 404 and missing.json()["error"] == "model 'mistral' not found"
 

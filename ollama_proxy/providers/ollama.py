@@ -12,10 +12,13 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
+from twisted.internet.defer import ensureDeferred, gatherResults
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 from zope.interface import implementer
 
 from ..config import Timeouts
@@ -39,6 +42,7 @@ OPTIONS = {
     "repetition_penalty": "repeat_penalty",
 }
 _DATA_URL = re.compile(r"^data:[\w/+.-]+;base64,(?P<data>.*)$", re.DOTALL)
+log = Logger()
 _EMBEDDING_FAMILIES = {"bert", "nomic-bert", "xlm-roberta", "jina-bert-v2"}
 
 
@@ -190,6 +194,27 @@ def model_from(entry: Mapping[str, Any], provider: str) -> UpstreamModel | None:
     )
 
 
+def with_show(model: UpstreamModel, shown: Mapping[str, Any]) -> UpstreamModel:
+    """``model`` with the capabilities and context length Ollama's ``/api/show`` reports."""
+    capabilities = shown.get("capabilities")
+    if not isinstance(capabilities, list):
+        return model
+    params = list(model.supported_parameters)
+    if "tools" in capabilities:
+        params.append("tools")
+    if "thinking" in capabilities:
+        params.append("reasoning")
+    info = shown.get("model_info") if isinstance(shown.get("model_info"), Mapping) else {}
+    context = next((v for k, v in info.items() if k.endswith(".context_length") and isinstance(v, int)), model.context_length)
+    return replace(
+        model,
+        supported_parameters=tuple(params),
+        input_modalities=("text", "image") if "vision" in capabilities else model.input_modalities,
+        embedding="embedding" in capabilities and "completion" not in capabilities,
+        context_length=context,
+    )
+
+
 @implementer(IProvider)
 class OllamaProvider(OpenAICompatibleProvider):
     """An Ollama server reached at ``base_url`` (``http://host:11434``), optionally
@@ -216,7 +241,19 @@ class OllamaProvider(OpenAICompatibleProvider):
         listing = await self._get_json("api/tags")
         entries = listing.get("models") if isinstance(listing, dict) else None
         models = [model_from(e, self.name) for e in entries if isinstance(e, dict)] if isinstance(entries, list) else []
-        return [m for m in models if m is not None]
+        found = [m for m in models if m is not None]
+        # /api/tags says nothing of what a model can do; /api/show does (tools,
+        # thinking, vision, context length), and the proxy checks those before asking.
+        shown = await gatherResults([ensureDeferred(self._show(m)) for m in found])
+        return list(shown)
+
+    async def _show(self, model: UpstreamModel) -> UpstreamModel:
+        try:
+            answer = await self._json(await self._request("POST", "api/show", {"model": model.name or model.id}))
+        except UpstreamError as error:
+            log.info("{provider}: no details for {model}: {error}", provider=self.name, model=model.id, error=error.message)
+            return model
+        return with_show(model, answer) if isinstance(answer, dict) else model
 
     async def open_chat(self, body: Mapping[str, Any]) -> IUpstreamStream:
         response = await self._request("POST", "api/chat", chat_body(body))
