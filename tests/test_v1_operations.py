@@ -11,7 +11,7 @@ import pytest_twisted
 from twisted.logger import globalLogPublisher
 
 from .conftest import http, in_thread
-from .test_security import ALICE, BOB, bearer, tokens_config
+from .test_security import ALICE, BOB, tokens_config
 
 
 @pytest.fixture

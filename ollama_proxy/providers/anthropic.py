@@ -20,12 +20,10 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from .. import __version__
-from ..config import Timeouts
 from ..errors import BadRequest, UpstreamStreamError
 from ..interfaces import IProvider, IUpstreamStream
 from ..models import UpstreamModel
@@ -318,19 +316,9 @@ class AnthropicProvider(OpenAICompatibleProvider):
     models_path = "models?limit=1"
     _MAX_PAGES = 20
 
-    def __init__(self, *, name: str, base_url: str, api_key: str | None, reactor: Any, timeouts: Timeouts, label: str = "", extra_headers: Mapping[str, str] | None = None, max_connections: int = 32, default_max_tokens: int = 4096, clock: IReactorTime | None = None) -> None:
-        super().__init__(
-            name=name,
-            type="anthropic",
-            label=label or "Anthropic",
-            base_url=base_url,
-            api_key=api_key,
-            reactor=reactor,
-            timeouts=timeouts,
-            extra_headers=extra_headers,
-            max_connections=max_connections,
-            clock=clock,
-        )
+    def __init__(self, *, label: str = "", default_max_tokens: int = 4096, **settings: Any) -> None:
+        """``settings`` as for :class:`OpenAICompatibleProvider` (name, base_url, api_key, ...)."""
+        super().__init__(type="anthropic", label=label or "Anthropic", **settings)
         self.default_max_tokens = default_max_tokens
 
     def _headers(self, has_body: bool) -> dict[str, str]:

@@ -17,11 +17,9 @@ from datetime import datetime
 from typing import Any
 
 from twisted.internet.defer import ensureDeferred, gatherResults
-from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from ..config import Timeouts
 from ..errors import UpstreamError, UpstreamStreamError
 from ..interfaces import IProvider, IUpstreamStream
 from ..models import UpstreamModel
@@ -222,20 +220,10 @@ class OllamaProvider(OpenAICompatibleProvider):
 
     models_path = "api/tags"
 
-    def __init__(self, *, name: str, base_url: str, api_key: str | None, reactor: Any, timeouts: Timeouts, label: str = "", extra_headers: Mapping[str, str] | None = None, max_connections: int = 32, clock: IReactorTime | None = None) -> None:
-        super().__init__(
-            name=name,
-            type="ollama",
-            label=label or "Ollama",
-            base_url=base_url,
-            api_key=api_key,
-            reactor=reactor,
-            timeouts=timeouts,
-            extra_headers=extra_headers,
-            max_connections=max_connections,
-            requires_key=False,
-            clock=clock,
-        )
+    def __init__(self, *, label: str = "", **settings: Any) -> None:
+        """``settings`` as for :class:`OpenAICompatibleProvider`; no key is required
+        (a bearer key is sent if given, for an authenticating reverse proxy)."""
+        super().__init__(type="ollama", label=label or "Ollama", requires_key=False, **settings)
 
     async def list_models(self) -> list[UpstreamModel]:
         listing = await self._get_json("api/tags")

@@ -75,48 +75,31 @@ def build_provider(provider: ProviderConfig, config: Config, reactor: Any, clock
         label = f"{label} ({provider.name})"
     headers = dict(provider.headers)
     connections = provider.max_connections or config.max_connections_per_provider
+    # What every HTTP provider takes; each type adds its own few settings.
+    common: dict[str, Any] = dict(
+        name=provider.name,
+        label=label,
+        base_url=provider.url,
+        api_key=provider.api_key,
+        reactor=reactor,
+        timeouts=timeouts,
+        extra_headers=headers,
+        max_connections=connections,
+        clock=clock,
+    )
     if provider.type in ("openrouter", "openai"):
         return OpenAICompatibleProvider(
-            name=provider.name,
             type=provider.type,
-            label=label,
-            base_url=provider.url,
-            api_key=provider.api_key,
-            reactor=reactor,
-            timeouts=timeouts,
-            extra_headers=headers,
-            max_connections=connections,
             embedding_models_path="embeddings/models" if provider.type == "openrouter" else None,
             # The "openai" type also covers local servers (vLLM, llama.cpp, LM Studio)
             # that want no key; only the real OpenAI and OpenRouter insist on one.
             requires_key=provider.type == "openrouter" or provider.name == "openai",
-            clock=clock,
+            **common,
         )
     if provider.type == "anthropic":
-        return AnthropicProvider(
-            name=provider.name,
-            label=label,
-            base_url=provider.url,
-            api_key=provider.api_key,
-            reactor=reactor,
-            timeouts=timeouts,
-            extra_headers=headers,
-            max_connections=connections,
-            default_max_tokens=provider.max_tokens,
-            clock=clock,
-        )
+        return AnthropicProvider(default_max_tokens=provider.max_tokens, **common)
     if provider.type == "ollama":
-        return OllamaProvider(
-            name=provider.name,
-            label=label,
-            base_url=provider.url,
-            api_key=provider.api_key,
-            reactor=reactor,
-            timeouts=timeouts,
-            extra_headers=headers,
-            max_connections=connections,
-            clock=clock,
-        )
+        return OllamaProvider(**common)
     if provider.type == "echo":
         log.info("the demo provider '{name}' is enabled: its models answer with canned text", name=provider.name)
         return EchoProvider(clock if clock is not None else reactor, name=provider.name, label=provider.label)
