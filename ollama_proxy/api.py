@@ -8,40 +8,29 @@ JSON error body.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
 from klein import Klein
-from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
-from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
-from werkzeug.exceptions import NotFound as WerkzeugNotFound
 
 from .catalogue import ModelCatalogue
 from .config import Config
 from .context import record_of, record_translation
 from .dispatch import AnsweredWithError, Dispatcher
-from .errors import (
-    BadRequest,
-    InternalError,
-    MethodNotAllowed,
-    NotImplementedByProxy,
-    ProxyError,
-    RequestTooLarge,
-    RouteNotFound,
-)
 from .embeddings import embed
+from .errors import BadRequest, NotImplementedByProxy, ProxyError, RequestTooLarge
 from .frontdoor import Gate, visible_to
+from .funnel import error_response, json_response
 from .interfaces import IProvider
 from .metrics import Metrics, wants_prometheus
 from .models import show_response
 from .observing import observed
 from .openai_api import OpenAICompatAPI
-from .relay import JSON, ChatRelay
+from .relay import ChatRelay
 from .retry import RetryPolicy
 from .routing import Route, Router, Target
 from .running import RunningModels
@@ -62,12 +51,6 @@ from .translate import (
 
 log = Logger()
 
-
-
-def _json(request: IRequest, obj: Any, status: int = 200) -> bytes:
-    request.setResponseCode(status)
-    request.setHeader(b"content-type", JSON)
-    return json.dumps(obj, ensure_ascii=False).encode("utf-8")
 
 
 class HealthState:
@@ -148,35 +131,9 @@ class OllamaAPI:
         return parse_body(raw)
 
     # -- errors: the one funnel -------------------------------------------------
-    @app.handle_errors(ProxyError)
-    def _proxy_error(self, request: IRequest, failure: Failure) -> bytes:
-        error: ProxyError = failure.value
-        if error.status >= 500:
-            log.warn("{method} {path}: {status} {message}", method=request.method.decode(), path=request.path.decode("utf-8", "replace"), status=error.status, message=error.message)
-        retry_after = getattr(error, "retry_after", None)
-        if error.status == 429 and retry_after:
-            request.setHeader(b"retry-after", str(int(retry_after + 0.999)).encode())
-        return _json(request, error.body(), error.status)
-
-    @app.handle_errors(WerkzeugNotFound)
-    def _no_route(self, request: IRequest, failure: Failure) -> bytes:
-        path = request.path.decode("utf-8", "replace")
-        return _json(request, RouteNotFound(f"no such endpoint: {path}").body(), 404)
-
-    @app.handle_errors(WerkzeugMethodNotAllowed)
-    def _wrong_method(self, request: IRequest, failure: Failure) -> bytes:
-        allowed = ", ".join(getattr(failure.value, "valid_methods", None) or [])
-        if allowed:
-            request.setHeader(b"allow", allowed.encode())
-        method = request.method.decode("ascii", "replace")
-        return _json(request, MethodNotAllowed(f"method {method} not allowed here").body(), 405)
-
     @app.handle_errors(Exception)
-    def _unexpected(self, request: IRequest, failure: Failure) -> bytes | None:
-        if failure.check(CancelledError):
-            return None  # the client went away; nothing to answer
-        log.failure("unexpected error answering {path}", failure, path=request.path.decode("utf-8", "replace"))
-        return _json(request, InternalError().body(), 500)
+    def _error(self, request: IRequest, failure: Failure) -> bytes | None:
+        return error_response(request, failure, ProxyError.body)
 
     # -- liveness and version -----------------------------------------------------
     @app.route("/", methods=["GET"])
@@ -188,14 +145,14 @@ class OllamaAPI:
     @app.route("/api/version", methods=["GET"])
     @observed("/api/version")
     def version(self, request: IRequest) -> bytes:
-        return _json(request, {"version": self.config.ollama_version})
+        return json_response(request, {"version": self.config.ollama_version})
 
     @app.route("/health", methods=["GET"])
     @observed("/health")
     def health_report(self, request: IRequest) -> bytes:
         reasons = self.router.problems()
         stats = self.stats
-        return _json(
+        return json_response(
             request,
             {
                 "status": "degraded" if reasons else "healthy",
@@ -222,7 +179,7 @@ class OllamaAPI:
             body, content_type = self.prometheus.exposition(accept.decode("latin-1") if accept else None)
             request.setHeader(b"content-type", content_type.encode("ascii"))
             return body
-        return _json(
+        return json_response(
             request,
             {"metrics": self.stats.metrics(), "statistics": self.stats.statistics(), "timestamp": self.clock.seconds()},
         )
@@ -232,33 +189,33 @@ class OllamaAPI:
     @observed("/api/tags")
     async def tags(self, request: IRequest) -> bytes:
         await self.router.ensure_loaded()
-        return _json(request, {"models": [e for e in self.router.tag_entries() if visible_to(request, e["name"])]})
+        return json_response(request, {"models": [e for e in self.router.tag_entries() if visible_to(request, e["name"])]})
 
     @app.route("/api/tags/<provider>", methods=["GET"])
     @observed("/api/tags/{provider}")
     async def provider_tags(self, request: IRequest, provider: str) -> bytes:
         self.router.slot(provider)
         await self.router.ensure_loaded()
-        return _json(request, {"models": [e for e in self.router.tag_entries(provider) if visible_to(request, e["name"])]})
+        return json_response(request, {"models": [e for e in self.router.tag_entries(provider) if visible_to(request, e["name"])]})
 
     # -- providers ----------------------------------------------------------------
     @app.route("/api/providers", methods=["GET"])
     @observed("/api/providers")
     def providers(self, request: IRequest) -> bytes:
         router = self.router
-        return _json(request, {"providers": [s.summary(router.models_available(s)) for s in router.slots]})
+        return json_response(request, {"providers": [s.summary(router.models_available(s)) for s in router.slots]})
 
     @app.route("/api/providers/<provider>", methods=["GET"])
     @observed("/api/providers/{provider}")
     def provider_summary(self, request: IRequest, provider: str) -> bytes:
         slot = self.router.slot(provider)
-        return _json(request, slot.summary(self.router.models_available(slot)))
+        return json_response(request, slot.summary(self.router.models_available(slot)))
 
     @app.route("/api/providers/<provider>/stats", methods=["GET"])
     @observed("/api/providers/{provider}/stats")
     def provider_stats(self, request: IRequest, provider: str) -> bytes:
         slot = self.router.slot(provider)
-        return _json(request, slot.report(self.router.models_available(slot)))
+        return json_response(request, slot.report(self.router.models_available(slot)))
 
     @app.route("/api/show", methods=["POST"])
     @observed("/api/show")
@@ -267,12 +224,12 @@ class OllamaAPI:
         name = model_name(body)
         record_of(request).model = name
         model = await self.catalogue.resolve(name)
-        return _json(request, show_response(model))
+        return json_response(request, show_response(model))
 
     @app.route("/api/ps", methods=["GET"])
     @observed("/api/ps")
     def ps(self, request: IRequest) -> bytes:
-        return _json(request, {"models": self.running.listing()})
+        return json_response(request, {"models": self.running.listing()})
 
     # -- Ollama's OpenAI-compatible API ---------------------------------------------------
     @app.route("/v1", branch=True)
@@ -317,7 +274,7 @@ class OllamaAPI:
                 self.running.unload(model)
             else:
                 self.running.use(model, plan.keep_alive)
-            return _json(request, instant_answer(kind, name, plan.done_reason or "load", self.clock.seconds()))
+            return json_response(request, instant_answer(kind, name, plan.done_reason or "load", self.clock.seconds()))
         self.running.use(model, plan.keep_alive)
         try:
             return await self.dispatch_chat(
@@ -396,7 +353,7 @@ class OllamaAPI:
         record_of(request).upstream_seconds += elapsed / 1e9
         record_of(request).add_tokens(tokens, None)
         self.stats.add_tokens(tokens, 0)
-        return _json(
+        return json_response(
             request,
             {"model": name, "embeddings": vectors, "total_duration": elapsed, "load_duration": 0, "prompt_eval_count": tokens},
         )
@@ -411,13 +368,13 @@ class OllamaAPI:
         route = await self.route(name, "embed", request)
         self.running.use(route.model, keep_alive)
         if not prompt:
-            return _json(request, {"embedding": []})
+            return json_response(request, {"embedding": []})
         started = self.clock.seconds()
         vectors, tokens = await self.dispatch_embed(request, route, [prompt], None)
         record_of(request).upstream_seconds += self.clock.seconds() - started
         record_of(request).add_tokens(tokens, None)
         self.stats.add_tokens(tokens, 0)
-        return _json(request, {"embedding": vectors[0] if vectors else []})
+        return json_response(request, {"embedding": vectors[0] if vectors else []})
 
     async def dispatch_embed(
         self, request: IRequest, route: Route, inputs: list[str], dimensions: int | None, truncate: bool = True

@@ -15,16 +15,14 @@ import random
 from typing import TYPE_CHECKING, Any
 
 from klein import Klein
-from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
-from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
-from werkzeug.exceptions import NotFound as WerkzeugNotFound
 
 from .context import record_of
-from .errors import BadRequest, InternalError, MethodNotAllowed, NotImplementedByProxy, ProxyError, RouteNotFound
+from .errors import BadRequest, NotImplementedByProxy
+from .funnel import error_response, json_response
 from .openai_translate import (
     OpenAIPlan,
     OpenAIRenderer,
@@ -38,7 +36,7 @@ from .openai_translate import (
     plan_completion,
 )
 from .observing import observed
-from .relay import JSON, ChatRelay
+from .relay import ChatRelay
 from .routing import Route
 from .translate import model_name
 
@@ -48,12 +46,6 @@ if TYPE_CHECKING:
 log = Logger()
 
 EVENT_STREAM = b"text/event-stream"
-
-
-def _json(request: IRequest, obj: Any, status: int = 200) -> bytes:
-    request.setResponseCode(status)
-    request.setHeader(b"content-type", JSON)
-    return json.dumps(obj, ensure_ascii=False).encode("utf-8")
 
 
 def _event(obj: Any) -> bytes:
@@ -101,35 +93,9 @@ class OpenAICompatAPI:
         return f"{prefix}-{self._rng.randrange(1000)}"
 
     # -- errors: the one funnel for /v1 ------------------------------------------------
-    @app.handle_errors(ProxyError)
-    def _proxy_error(self, request: IRequest, failure: Failure) -> bytes:
-        error: ProxyError = failure.value
-        if error.status >= 500:
-            log.warn("{method} {path}: {status} {message}", method=request.method.decode(), path=request.path.decode("utf-8", "replace"), status=error.status, message=error.message)
-        retry_after = getattr(error, "retry_after", None)
-        if error.status == 429 and retry_after:
-            request.setHeader(b"retry-after", str(int(retry_after + 0.999)).encode())
-        return _json(request, error_body(error), error.status)
-
-    @app.handle_errors(WerkzeugNotFound)
-    def _no_route(self, request: IRequest, failure: Failure) -> bytes:
-        path = request.path.decode("utf-8", "replace")
-        return _json(request, error_body(RouteNotFound(f"no such endpoint: {path}")), 404)
-
-    @app.handle_errors(WerkzeugMethodNotAllowed)
-    def _wrong_method(self, request: IRequest, failure: Failure) -> bytes:
-        allowed = ", ".join(getattr(failure.value, "valid_methods", None) or [])
-        if allowed:
-            request.setHeader(b"allow", allowed.encode())
-        method = request.method.decode("ascii", "replace")
-        return _json(request, error_body(MethodNotAllowed(f"method {method} not allowed here")), 405)
-
     @app.handle_errors(Exception)
-    def _unexpected(self, request: IRequest, failure: Failure) -> bytes | None:
-        if failure.check(CancelledError):
-            return None
-        log.failure("unexpected error answering {path}", failure, path=request.path.decode("utf-8", "replace"))
-        return _json(request, error_body(InternalError()), 500)
+    def _error(self, request: IRequest, failure: Failure) -> bytes | None:
+        return error_response(request, failure, error_body)
 
     # -- models -------------------------------------------------------------------------
     @app.route("/models", methods=["GET"])
@@ -138,13 +104,13 @@ class OpenAICompatAPI:
         catalogue = self.native.catalogue
         if not catalogue.loaded:
             await catalogue.refresh()
-        return _json(request, {"object": "list", "data": [model_entry(m) for m in catalogue.allowed_models()]})
+        return json_response(request, {"object": "list", "data": [model_entry(m) for m in catalogue.allowed_models()]})
 
     @app.route("/models/<path:name>", methods=["GET"])
     @observed("/v1/models/{model}")
     async def model(self, request: IRequest, name: str) -> bytes:
         model = await self.native.catalogue.resolve(name)
-        return _json(request, model_entry(model, name))
+        return json_response(request, model_entry(model, name))
 
     # -- inference ------------------------------------------------------------------------
     @app.route("/chat/completions", methods=["POST"])
@@ -170,7 +136,7 @@ class OpenAICompatAPI:
             if plan.stream:
                 request.setHeader(b"content-type", EVENT_STREAM)
                 return b"".join(_event(a) for a in answers) + b"data: [DONE]\n\n"
-            return _json(request, answers[0])
+            return json_response(request, answers[0])
         return await self._complete(request, route, name, "completion", plan, response_id)
 
     async def _complete(self, request: IRequest, route: Route, name: str, kind: str, plan: OpenAIPlan, response_id: str) -> bytes | None:
@@ -205,7 +171,7 @@ class OpenAICompatAPI:
         record_of(request).upstream_seconds += self.native.clock.seconds() - started
         record_of(request).add_tokens(tokens, None)
         self.native.stats.add_tokens(tokens, 0)
-        return _json(request, embedding_list(name, vectors, tokens, fmt))
+        return json_response(request, embedding_list(name, vectors, tokens, fmt))
 
     # -- what Ollama's /v1 has and this proxy does not ------------------------------------
     @app.route("/responses", methods=["POST"])

@@ -19,6 +19,7 @@ from twisted.web.iweb import IRequest
 from zope.interface import implementer
 
 from .context import record_of
+from .funnel import JSON
 from .errors import UpstreamError, UpstreamStreamError
 from .interfaces import IProvider, IUpstreamStream
 from .translate import ChatTranslator, ndjson
@@ -26,7 +27,6 @@ from .translate import ChatTranslator, ndjson
 log = Logger()
 
 NDJSON = b"application/x-ndjson"
-JSON = b"application/json; charset=utf-8"
 
 
 @implementer(IPushProducer)
