@@ -19,8 +19,8 @@ from twisted.web.iweb import IRequest
 from zope.interface import implementer
 
 from .context import record_of
-from .funnel import JSON
 from .errors import UpstreamError, UpstreamStreamError
+from .funnel import JSON
 from .interfaces import IProvider, IUpstreamStream
 from .translate import ChatTranslator, ndjson
 
