@@ -72,6 +72,12 @@ class ChatRelay:
         if self._upstream is not None:
             self._upstream.stopProducing()
 
+    @property
+    def _connected(self) -> bool:
+        # Klein cancels the handler before our own notifyFinish errback runs, so
+        # ask the request too: after a disconnect its channel is gone.
+        return not self.client_gone and not getattr(self.request, "_disconnected", False)
+
     async def _open(self, body: dict[str, Any]) -> IUpstreamStream:
         upstream = await self.provider.open_chat(body)
         self.translator.timings.upstream_headers = self._clock.seconds()
@@ -113,14 +119,14 @@ class ChatRelay:
         except CancelledError:
             # Cut by a draining server: a stream that began ends with an error line.
             reason = record_of(self.request).cut_reason
-            if reason is None or self.client_gone or not self.started_output:
+            if reason is None or not self._connected or not self.started_output:
                 raise
             self.failed = True
             log.warn("stream cut: {reason}", reason=reason)
-            self._write(ndjson({"error": reason}))
+            self._write(self._error_line(reason))
             return
         finally:
-            if not self.client_gone:
+            if self._connected:
                 self.request.unregisterProducer()
         self._write(self._closing())
 
@@ -139,7 +145,7 @@ class ChatRelay:
             self._write(self._encode(obj))
 
     def _write(self, line: bytes) -> None:
-        if self.client_gone:
+        if not self._connected:
             return
         if not self.started_output:
             self.started_output = True

@@ -77,6 +77,7 @@ class SSEStream:
         self._saw_done = False
         self._saw_finish = False
         self._stopped = False
+        self._paused = False
         self._pending: list[bytes] = []
 
     # -- IUpstreamStream ----------------------------------------------------
@@ -90,10 +91,15 @@ class SSEStream:
 
     def pauseProducing(self) -> None:
         if self._transport is not None and not self._stopped:
+            # A slow client, not a stalled provider: no idle clock while paused.
+            self._paused = True
+            self._disarm()
             self._transport.pauseProducing()
 
     def resumeProducing(self) -> None:
         if self._transport is not None and not self._stopped:
+            self._paused = False
+            self._arm()
             self._transport.resumeProducing()
 
     def stopProducing(self) -> None:
@@ -130,9 +136,10 @@ class SSEStream:
             finished.errback(Failure(error))
 
     def _data(self, data: bytes) -> None:
-        if self._stopped:
-            return
-        self._arm()
+        if self._stopped or (self._finished is not None and self._finished.called):
+            return  # cut, or complete at [DONE]: whatever trails is not ours to time
+        if not self._paused:
+            self._arm()
         try:
             events = self._parser.feed(data)
         except SSEProtocolError as error:
@@ -145,7 +152,11 @@ class SSEStream:
 
     def _event(self, data: str) -> None:
         if data.strip() == "[DONE]":
+            # The answer is complete even if the server keeps the body open a while.
             self._saw_done = True
+            self._disarm()
+            if self._finished is not None and not self._finished.called:
+                self._finished.callback(None)
             return
         try:
             obj = json.loads(data)

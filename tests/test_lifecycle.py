@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -85,3 +86,21 @@ async def test_the_deadline_cuts_streams_with_an_error_line_and_others_with_503(
 def http_later(proxy: Any) -> Any:
     """The request, started now and awaited later."""
     return ensureDeferred(http("POST", proxy.url + "/api/chat", chat("sim/no-headers", stream=False)))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_cut_v1_stream_ends_with_an_sse_error_event(make_proxy, simulator):
+    proxy = make_proxy(ops=drain(5))
+    clock = on_clock(proxy)
+    body = {"model": "sim/hold", "messages": [{"role": "user", "content": "wait for it"}], "stream": True}
+    stream = await StreamClient.open(proxy.url + "/v1/chat/completions", body)
+    await stream.wait_lines(1)
+    stopped = proxy.service.stopService()
+    clock.advance(5)
+    await stream.wait_done()
+    events = [line for line in stream.lines if line.strip()]
+    # SSE framing to the end: an OpenAI client raises on an event carrying "error".
+    assert all(line.startswith(b"data: ") for line in events)
+    last = events[-1][len(b"data: ") :]
+    assert json.loads(last)["error"]["message"] == "the server is shutting down: drain deadline of 5 s passed"
+    await within(stopped, "the stop")
