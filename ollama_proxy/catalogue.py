@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -35,6 +35,7 @@ class ModelCatalogue:
         self.last_refresh: float | None = None
         self.last_error: str | None = None
         self._waiters: list[Deferred[None]] = []
+        self._fetching: Deferred[None] | None = None
 
     # -- reading -----------------------------------------------------------
     @property
@@ -79,12 +80,23 @@ class ModelCatalogue:
         self.last_error = None
 
     def refresh(self) -> "Deferred[None]":
-        """Fetch the list once; concurrent callers share one fetch. Fails when the fetch fails."""
-        waiter: Deferred[None] = Deferred()
+        """Fetch the list once; concurrent callers share one fetch. Fails when the fetch fails.
+
+        Cancelling a caller's Deferred lets that caller go; when none is left
+        waiting, the fetch itself is cancelled (the daemon is stopping).
+        """
+        waiter: Deferred[None] = Deferred(canceller=self._waiter_cancelled)
         self._waiters.append(waiter)
         if len(self._waiters) == 1:
-            ensureDeferred(self._fetch()).addBoth(self._deliver)
+            self._fetching = ensureDeferred(self._fetch())
+            self._fetching.addBoth(self._deliver)
         return waiter
+
+    def _waiter_cancelled(self, waiter: "Deferred[None]") -> None:
+        if waiter in self._waiters:
+            self._waiters.remove(waiter)
+        if not self._waiters and self._fetching is not None:
+            self._fetching.cancel()
 
     async def _fetch(self) -> None:
         models = await self._source()
@@ -92,8 +104,9 @@ class ModelCatalogue:
         log.info("model list refreshed: {count} models", count=len(self._models))
 
     def _deliver(self, result: Any) -> None:
+        self._fetching = None
         waiters, self._waiters = self._waiters, []
-        if isinstance(result, Failure):
+        if isinstance(result, Failure) and not result.check(CancelledError):
             self.last_error = str(result.value)
         for waiter in waiters:
             if isinstance(result, Failure):
@@ -105,5 +118,7 @@ class ModelCatalogue:
         """For the timer: a failed refresh is logged and the last good list kept."""
         try:
             await self.refresh()
+        except CancelledError:
+            return  # the daemon is stopping
         except Exception as error:  # noqa: BLE001 - a timer call must never raise
             log.warn("model list refresh failed, keeping {count} cached models: {error}", count=len(self._models), error=str(error))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.defer import DeferredList, ensureDeferred
+from twisted.internet.defer import CancelledError, DeferredList, ensureDeferred
 from twisted.logger import Logger
 
 from .breaker import Outcome
@@ -42,6 +42,8 @@ class HealthChecker:
     async def check_one(self, slot: ProviderSlot) -> None:
         try:
             await slot.provider.check_health()
+        except CancelledError:
+            return  # the daemon is stopping: nothing was learned
         except Exception as error:  # noqa: BLE001 - a TimerService call that raises stops for good
             verdict = classify(error)
             slot.health.healthy = False

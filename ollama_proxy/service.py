@@ -129,13 +129,14 @@ class ProxyService(MultiService):
             listener.setServiceParent(self)
 
         # Late-bound lambdas: a reload may replace the router.
-        self.refresh_timer = TimerService(config.model_refresh_interval, lambda: ensureDeferred(self.router.refresh_quietly()))
+        self._periodic: set[Deferred[Any]] = set()
+        self.refresh_timer = TimerService(config.model_refresh_interval, self._tracked(lambda: self.router.refresh_quietly()))
         self.refresh_timer.clock = clock
         self.refresh_timer.setName("model-refresh")
         self.refresh_timer.setServiceParent(self)
 
         self.health_checker = HealthChecker(self.router, self.health, clock)
-        self.health_timer = TimerService(config.health_check_interval, lambda: ensureDeferred(self.health_checker.check()))
+        self.health_timer = TimerService(config.health_check_interval, self._tracked(lambda: self.health_checker.check()))
         self.health_timer.clock = clock
         self.health_timer.setName("health-check")
         self.health_timer.setServiceParent(self)
@@ -155,6 +156,18 @@ class ProxyService(MultiService):
         # Code that wants "the provider" gets all of them, routed (see routed.py).
         self.provider: IProvider = RoutedProvider(self.router, self.dispatcher)
         self.catalogue = self.router  # the merged catalogue of every provider
+
+    def _tracked(self, job: Any) -> Any:
+        """A timer's call whose run in progress the stop can cancel (a TimerService
+        waits for it, and a provider that never answers would hold the stop)."""
+
+        def call() -> "Deferred[Any]":
+            d = ensureDeferred(job())
+            self._periodic.add(d)
+            d.addBoth(lambda result: (self._periodic.discard(d), result)[1])
+            return d
+
+        return call
 
     def listening_ports(self) -> list[Any]:
         """The bound ports (after start), e.g. to learn a port the system chose."""
@@ -177,6 +190,8 @@ class ProxyService(MultiService):
         drained = ensureDeferred(self.lifecycle.drain())
         await gatherResults([maybeDeferred(listener.stopService) for listener in self.listeners()], consumeErrors=True)
         await drained
+        for job in list(self._periodic):
+            job.cancel()
         await MultiService.stopService(self)
 
     # -- reloading ------------------------------------------------------------------

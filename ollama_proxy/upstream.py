@@ -224,3 +224,69 @@ class NDJSONParser:
     def close(self) -> list[SSEEvent]:
         rest, self._buffer = self._buffer, b""
         return [SSEEvent(rest.decode("utf-8", errors="replace"))] if rest.strip() else []
+
+
+class BodyTimeout(Exception):
+    """A whole (non-streamed) body did not arrive in time."""
+
+
+class BodyTooLarge(Exception):
+    """A body passed the size it may have."""
+
+
+class _BodyReader(Protocol):
+    def __init__(self, limit: int, truncate: bool) -> None:
+        self.finished: Deferred[bytes] = Deferred(canceller=lambda _: self.abort())
+        self._parts: list[bytes] = []
+        self._size = 0
+        self._limit = limit
+        self._truncate = truncate
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.stopProducing()
+
+    def fail(self, error: Exception) -> None:
+        if not self.finished.called:
+            self.finished.errback(Failure(error))
+        self.abort()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.finished.called:
+            return
+        self._parts.append(data)
+        self._size += len(data)
+        if self._size > self._limit:
+            if self._truncate:
+                self.finished.callback(b"".join(self._parts)[: self._limit])
+                self.abort()
+            else:
+                self.fail(BodyTooLarge(f"the answer is larger than {self._limit} bytes"))
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        if self.finished.called:
+            return
+        if reason is None or reason.check(ResponseDone, PotentialDataLoss):
+            self.finished.callback(b"".join(self._parts))
+        else:
+            self.finished.errback(reason)
+
+
+def read_body(response: IResponse, clock: IReactorTime, timeout: float, limit: int, truncate: bool = False) -> "Deferred[bytes]":
+    """A whole response body, within ``timeout`` seconds and ``limit`` bytes.
+
+    Unlike ``treq.content`` it can be cancelled, and it gives up on a body that
+    stalls (closing the connection) instead of waiting for ever. With
+    ``truncate`` a longer body is cut at ``limit`` rather than refused.
+    """
+    reader = _BodyReader(limit, truncate)
+    timer = clock.callLater(timeout, lambda: reader.fail(BodyTimeout(f"the answer did not arrive within {timeout:g} seconds")))
+
+    def done(result: Any) -> Any:
+        if timer.active():
+            timer.cancel()
+        return result
+
+    reader.finished.addBoth(done)
+    response.deliverBody(reader)
+    return reader.finished

@@ -258,6 +258,10 @@ class UpstreamSimulator(Resource):
         self._token_waiters: list[Deferred[None]] = []
         self._injected: list[_Injected] = []
         self.models_status: int | None = None
+        # "stall-body": /models sends its headers and a piece of the body, then nothing;
+        # "no-headers": /models never answers at all.
+        self.models_behaviour: str | None = None
+        self.held_model_requests: list[Any] = []
         self.port: Any = None
         self.open_protocols: set[Any] = set()
         # sim/hold: streams that sent their first token and wait for release_holds().
@@ -405,6 +409,12 @@ class UpstreamSimulator(Resource):
         if request.method == b"GET" and route == "/models":
             if self.models_status:
                 return self._error(request, self.models_status, "models unavailable")
+            if self.models_behaviour is not None:
+                self.held_model_requests.append(request)
+                if self.models_behaviour == "stall-body":
+                    request.setHeader(b"content-type", b"application/json")
+                    request.write(b'{"data": [')
+                return NOT_DONE_YET
             return self._json(request, {"data": self.chat_models})
         if request.method == b"GET" and route == "/embeddings/models":
             return self._json(request, {"data": self.embedding_models})

@@ -6,13 +6,15 @@ import json
 from typing import Any
 
 import pytest_twisted
+from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 
 from ollama_proxy.config import Timeouts
 
-from .conftest import LineReader
-from .multi import make_multi  # noqa: F401
+from .conftest import LineReader, http
+from .daemonproc import within
+from .multi import make_multi, pump, turn  # noqa: F401
 from .test_limits import _reading, raw
 
 
@@ -66,3 +68,27 @@ async def test_a_stream_paused_by_a_slow_client_is_not_called_stalled(make_multi
     aborted = simulator.wait_for_abort()
     client.transport.abortConnection()
     await aborted
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_model_list_whose_body_stalls_is_a_504_within_the_response_timeout(make_multi, simulator):
+    clock = Clock()
+    simulator.models_behaviour = "stall-body"
+    proxy = make_multi([], clock=clock, timeouts=Timeouts(connect=5, response=3, idle=10))
+    answer = ensureDeferred(http("GET", proxy.url + "/api/tags"))
+    # Small steps: the headers arrive within a few reactor turns, the body never.
+    r = await pump(clock, answer, step=0.01)
+    assert r.code == 504 and "did not arrive within 3 seconds" in r.json()["error"]
+    assert clock.seconds() < 60  # answered after a few response timeouts, not never
+
+
+@pytest_twisted.ensureDeferred
+async def test_stopping_does_not_wait_for_a_health_check_or_refresh_in_flight(make_multi, simulator):
+    clock = Clock()  # the response timeout would never fire by itself
+    simulator.models_behaviour = "no-headers"
+    proxy = make_multi([], clock=clock)
+    await simulator.wait_for_requests(2)  # the first refresh and the first health check
+    await turn()  # the simulator finishes holding them
+    assert len(simulator.held_model_requests) == 2
+    await within(proxy.service.stopService(), "the stop", timeout=10)
+    assert not proxy.service.refresh_timer.running and not proxy.service.health_timer.running

@@ -10,7 +10,6 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import treq
 from treq.client import HTTPClient
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectError, DNSLookupError, TimeoutError as ConnectTimeout
@@ -24,11 +23,12 @@ from ..config import Timeouts
 from ..errors import UpstreamError
 from ..interfaces import IProvider, IUpstreamStream
 from ..models import UpstreamModel, from_openrouter
-from ..upstream import SSEStream
+from ..upstream import BodyTimeout, BodyTooLarge, SSEStream, read_body
 
 log = Logger()
 
 _MAX_ERROR_BODY = 64 * 1024
+_MAX_BODY = 256 * 1024 * 1024  # a model list or a batch of embeddings, never a stream
 
 
 class _QuietClientFactory(_HTTP11ClientFactory):
@@ -143,7 +143,7 @@ class OpenAICompatibleProvider:
 
     async def check_health(self) -> None:
         response = await self._request("GET", self.models_path, None)
-        await treq.content(response)
+        await self._read(response)
 
     def close(self) -> "Deferred[None]":
         return self._pool.closeCachedConnections()
@@ -193,10 +193,11 @@ class OpenAICompatibleProvider:
     async def _error_from(self, response: Any) -> UpstreamError:
         detail = ""
         try:
-            raw = await treq.content(response)
+            raw = await read_body(response, self._clock, self.timeouts.response, _MAX_ERROR_BODY, truncate=True)
+        except CancelledError:
+            raise
         except Exception:  # noqa: BLE001 - the status alone is still worth reporting
             raw = b""
-        raw = raw[:_MAX_ERROR_BODY]
         try:
             parsed = json.loads(raw)
         except ValueError:
@@ -213,8 +214,19 @@ class OpenAICompatibleProvider:
         response = await self._request("GET", path, None)
         return await self._json(response)
 
+    async def _read(self, response: Any) -> bytes:
+        """A whole body (model lists, embeddings), bounded in time and size."""
+        try:
+            return await read_body(response, self._clock, self.timeouts.response, _MAX_BODY)
+        except BodyTimeout as error:
+            raise UpstreamError(self.label, self.type, None, str(error), status=504) from None
+        except BodyTooLarge as error:
+            raise UpstreamError(self.label, self.type, None, str(error)) from None
+        except (ResponseFailed, ConnectError) as error:
+            raise UpstreamError(self.label, self.type, None, f"the answer was cut short: {self._describe(error)}") from None
+
     async def _json(self, response: Any) -> Any:
-        raw = await treq.content(response)
+        raw = await self._read(response)
         try:
             return json.loads(raw)
         except ValueError:
