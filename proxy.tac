@@ -1,8 +1,8 @@
 # Run with: twistd -n --pidfile= -y proxy.tac
 # Configured like `twistd ollama-proxy`: the environment (OPENROUTER_API_KEY,
 # OLLAMA_HOST, OLLAMA_PROXY_CONFIG, ...), and OLLAMA_PROXY_LISTEN for endpoints
-# (several separated by spaces). SIGHUP reloads, SIGTERM drains, sd_notify works;
-# logs use twistd's own observer (the plugin adds --log-format and redaction).
+# (several separated by spaces), OLLAMA_PROXY_LOG_FORMAT (text or json). SIGHUP
+# reloads, SIGTERM drains, sd_notify works; logs are redacted as with the plugin.
 import functools
 import os
 
@@ -12,8 +12,11 @@ from twisted.internet import reactor
 from ollama_proxy.config import load_config
 from ollama_proxy.daemon import DaemonService
 from ollama_proxy.service import makeService
+from ollama_proxy.tap import tac_observer
 
 listen = os.environ.get("OLLAMA_PROXY_LISTEN", "").split()
 load = functools.partial(load_config, listen=listen or None)
+config = load()
+proxy = makeService(config, reactor)
 application = Application("ollama-proxy")
-DaemonService(makeService(load(), reactor), reactor, load).setServiceParent(application)
+DaemonService(proxy, reactor, load, log_observer=tac_observer(config, proxy.redactor, reactor)).setServiceParent(application)

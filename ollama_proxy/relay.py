@@ -22,9 +22,13 @@ from .context import record_of
 from .errors import UpstreamError, UpstreamStreamError
 from .funnel import JSON
 from .interfaces import IProvider, IUpstreamStream
+from .logs import Redactor
 from .translate import ChatTranslator, ndjson
 
 log = Logger()
+
+# Secret-looking strings (bearer tokens, sk-... keys), whatever provider sent them.
+SECRET_PATTERNS = Redactor(())
 
 NDJSON = b"application/x-ndjson"
 
@@ -67,6 +71,12 @@ class ChatRelay:
         request.notifyFinish().addErrback(self._client_left)
         self._upstream: IUpstreamStream | None = None
 
+    def _clean(self, message: str) -> str:
+        """An upstream's error text with secrets blotted out: some providers echo
+        the credentials they were sent, and this text reaches the client."""
+        redact = getattr(self.provider, "redact", None)
+        return SECRET_PATTERNS.redact(redact(message) if callable(redact) else message)
+
     def _client_left(self, _: Any) -> None:
         self.client_gone = True
         if self._upstream is not None:
@@ -94,7 +104,7 @@ class ChatRelay:
             await upstream.deliver(self.translator.feed)
             self.translator.close()
         except UpstreamStreamError as error:
-            raise UpstreamError(self.provider.label, self.provider.type, None, error.message) from None
+            raise UpstreamError(self.provider.label, self.provider.type, None, self._clean(error.message)) from None
         self.request.setHeader(b"content-type", JSON)
         return json.dumps(self.translator.final(), ensure_ascii=False).encode("utf-8")
 
@@ -108,13 +118,14 @@ class ChatRelay:
             for obj in self.translator.close():
                 self._write(self._encode(obj))
         except UpstreamStreamError as error:
+            message = self._clean(error.message)
             if not self.started_output:
                 # Nothing was sent yet: the client still gets a real status.
-                raise UpstreamError(self.provider.label, self.provider.type, None, error.message) from None
+                raise UpstreamError(self.provider.label, self.provider.type, None, message) from None
             self.failed = True
-            self.error = error.message
-            log.warn("stream ended early: {error}", error=error.message)
-            self._write(self._error_line(error.message))
+            self.error = message
+            log.warn("stream ended early: {error}", error=message)
+            self._write(self._error_line(message))
             return
         except CancelledError:
             # Cut by a draining server: a stream that began ends with an error line.

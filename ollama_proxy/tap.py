@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import encodings.idna  # noqa: F401 - imported lazily by str.encode("idna"): too late after --uid or --chroot
 import functools
+import os
 import signal
 import sys
 from typing import Any
@@ -59,6 +60,32 @@ def _rotate_on_usr1(reactor: Any) -> Any:
     return install
 
 
+def observer_for(twistd: Any, log_format: str | None, config: Any, redactor: Any, reactor: Any) -> Any:
+    """The redacting log observer for twistd's options (``--logfile``, ``--syslog``, ``-n``)."""
+    return daemon_observer(
+        log_format=log_format or config.ops.log.format,
+        redactor=redactor,
+        logfile=twistd.get("logfile"),
+        syslog=bool(twistd.get("syslog")),
+        prefix=twistd.get("prefix") or "ollama-proxy",
+        nodaemon=bool(twistd.get("nodaemon")),
+        install_rotation=_rotate_on_usr1(reactor),
+    )
+
+
+def tac_observer(config: Any, redactor: Any, reactor: Any, argv: list[str] | None = None) -> Any:
+    """For ``proxy.tac``: a .tac file is not given twistd's options, so read them
+    from the command line the way twistd did, and log as the plugin does."""
+    from twisted.scripts.twistd import ServerOptions
+
+    twistd = ServerOptions()
+    try:
+        twistd.parseOptions((argv if argv is not None else sys.argv)[1:])
+    except usage.UsageError:
+        twistd = {"nodaemon": True}  # type: ignore[assignment]
+    return observer_for(twistd, os.environ.get("OLLAMA_PROXY_LOG_FORMAT"), config, redactor, reactor)
+
+
 def makeService(options: Any) -> DaemonService:
     # The same loader serves start-up and every SIGHUP reload (so --demo survives a reload).
     load = functools.partial(load_config, config_file=options["config"], listen=options["listen"], demo=bool(options["demo"]))
@@ -74,13 +101,5 @@ def makeService(options: Any) -> DaemonService:
     observer = None
     twistd = getattr(options, "parent", None)
     if twistd is not None:
-        observer = daemon_observer(
-            log_format=options["log-format"] or config.ops.log.format,
-            redactor=proxy.redactor,
-            logfile=twistd.get("logfile"),
-            syslog=bool(twistd.get("syslog")),
-            prefix=twistd.get("prefix") or "ollama-proxy",
-            nodaemon=bool(twistd.get("nodaemon")),
-            install_rotation=_rotate_on_usr1(reactor),
-        )
+        observer = observer_for(twistd, options["log-format"], config, proxy.redactor, reactor)
     return DaemonService(proxy, reactor, load, log_observer=observer)

@@ -74,6 +74,7 @@ CHAT_MODELS: list[dict[str, Any]] = [
     _model("sim/silent"),
     _model("sim/endless"),
     _model("sim/midstream-error"),
+    _model("sim/midstream-leak"),
     _model("sim/error-first"),
     _model("sim/disconnect"),
     _model("sim/abort"),
@@ -675,6 +676,12 @@ class _Stream:
             if self.position == 1 and model == "sim/hold":
                 self.sim._held(self)
                 return False  # goes on when the test calls release_holds()
+            if self.position == 2 and model == "sim/midstream-leak":
+                # An upstream that echoes the credentials it was sent, after output began.
+                auth = self.request.getHeader(b"authorization") or b""
+                self._event({**self._chunk({"content": ""}, "error"), "error": {"code": 500, "message": f"internal error for {auth.decode()}"}})
+                self._end()
+                return False
             if self.position == 2 and model == "sim/midstream-error":
                 self._event({**self._chunk({"content": ""}, "error"), "error": {"code": 502, "message": "Upstream provider crashed mid-stream"}})
                 self._end()

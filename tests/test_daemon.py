@@ -85,6 +85,22 @@ async def test_tac_file_runs_the_same_tree(simulator, running):
 
 
 @pytest_twisted.ensureDeferred
+async def test_tac_file_logs_through_the_redacting_observer(simulator, running):
+    env = {**upstream_env(simulator), "OLLAMA_PROXY_LISTEN": LOOPBACK, "OLLAMA_PROXY_LOG_FORMAT": "json"}
+    proc = daemon.start(["-y", "proxy.tac"], env=env)
+    running.append(proc)
+    port = await proc.port()
+    r = await http("POST", f"http://127.0.0.1:{port}/api/chat", {"model": "sim/leaky-error", "messages": [{"role": "user", "content": "x"}], "stream": False})
+    assert r.code == 400
+    await proc.wait_for(rb'"namespace":"ollama_proxy.access"')
+    proc.signal("TERM")
+    await proc.exited
+    lines = [line for line in proc.output.decode().splitlines() if line.strip()]
+    assert all(line.startswith("{") for line in lines)  # the proxy's observer, not twistd's default
+    assert API_KEY not in proc.output.decode()
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_port_in_use_stops_start_up(simulator, running):
     taken = reactor.listenTCP(0, Site(Resource()), interface="127.0.0.1")
     try:

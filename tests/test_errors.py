@@ -221,3 +221,14 @@ async def test_the_key_never_reaches_a_response_or_a_log_line(proxy):
     for event in seen:
         assert API_KEY not in formatEvent(event)
         assert API_KEY not in repr(event)
+
+
+@pytest.mark.parametrize(
+    "path, stream",
+    [("/api/chat", True), ("/api/chat", False), ("/v1/chat/completions", True), ("/v1/chat/completions", False)],
+)
+@pytest_twisted.ensureDeferred
+async def test_a_key_echoed_in_a_mid_stream_error_never_reaches_the_client(proxy, path, stream):
+    r = await http("POST", proxy.url + path, chat("sim/midstream-leak", stream=stream, content="a b c"))
+    assert API_KEY.encode() not in r.body
+    assert b"[REDACTED]" in r.body and b"internal error for" in r.body
