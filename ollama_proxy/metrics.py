@@ -79,6 +79,9 @@ def _none() -> int:
     return 0
 
 
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
 class Metrics:
     """The proxy's Prometheus metrics. The callables are read at scrape time."""
 
@@ -111,7 +114,8 @@ class Metrics:
     def observe(self, record: RequestRecord) -> None:
         """Account for one finished request."""
         endpoint = record.endpoint
-        self.requests.labels(endpoint, record.method, str(record.status or 0)).inc()
+        method = record.method if record.method in _METHODS else "OTHER"  # clients choose methods: keep the label set finite
+        self.requests.labels(endpoint, method, str(record.status or 0)).inc()
         if record.duration is not None:
             self.duration.labels(endpoint).observe(record.duration)
         provider = record.provider or "none"

@@ -20,7 +20,7 @@ from typing import Any
 from .chunks import ChunkReader, Piece, new_call_id
 from .errors import BadRequest, ProxyError
 from .models import UpstreamModel
-from .translate import Timings, logprob_fields, require_capability
+from .translate import Timings, field_of, logprob_fields, require_capability
 from .translate_generate import FIM_INSTRUCTION, fim_message
 from .translate_tools import arguments_text, openai_tool_call, tools_request
 
@@ -165,7 +165,7 @@ def _upstream(model: UpstreamModel, messages: list[dict[str, Any]], body: Mappin
 def plan_chat_completion(body: Mapping[str, Any], model: UpstreamModel, name: str) -> OpenAIPlan:
     """Check a ``/v1/chat/completions`` body as Ollama does; plan the upstream request."""
     messages = _messages(body.get("messages"))
-    stream = bool(body.get("stream"))
+    stream = field_of(body, "stream", bool, False)  # OpenAI refuses anything but a boolean
     effort = reasoning_effort(body)
     tools = tools_request(body.get("tools"))
     if tools:
@@ -201,7 +201,7 @@ def plan_completion(body: Mapping[str, Any], model: UpstreamModel, name: str) ->
     suffix = body.get("suffix") or ""
     if not isinstance(suffix, str):
         raise BadRequest("'suffix' must be a string")
-    stream = bool(body.get("stream"))
+    stream = field_of(body, "stream", bool, False)  # OpenAI refuses anything but a boolean
     if not prompt:
         return OpenAIPlan(None, stream, _stream_options(body), done_reason="load")
     if suffix:

@@ -90,3 +90,13 @@ async def test_each_proxy_has_its_own_registry(make_proxy):
     assert sample(one, "ollama_proxy_requests_total", endpoint="/api/tags", method="GET", status="200") == 1
     assert sample(two, "ollama_proxy_requests_total", endpoint="/api/tags", method="GET", status="200") is None
     assert first.service.metrics.registry is not second.service.metrics.registry
+
+
+@pytest_twisted.ensureDeferred
+async def test_made_up_methods_share_one_label(proxy):
+    for method in ("FOO", "BAR", "BAZ"):
+        assert (await http(method, proxy.url + "/api/tags")).code in (404, 405, 501)
+    text = (await http("GET", proxy.url + "/metrics?format=prometheus")).body.decode()
+    assert "FOO" not in text and "BAR" not in text
+    total = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("ollama_proxy_requests_total{") and 'method="OTHER"' in line)
+    assert total == 3

@@ -77,3 +77,11 @@ async def test_v1_requests_appear_in_metrics(proxy):
     assert endpoints["/v1/models"] == 1 and endpoints["/v1/chat/completions"] == 1
     text = (await http("GET", proxy.url + "/metrics?format=prometheus")).body.decode()
     assert 'endpoint="/v1/chat/completions"' in text
+
+
+@pytest.mark.parametrize("flag", [1, "true", "yes"])
+@pytest_twisted.ensureDeferred
+async def test_v1_stream_must_be_a_boolean(proxy, flag):
+    # A stream the stream limits could not count, were "stream": 1 accepted.
+    r = await http("POST", proxy.url + "/v1/chat/completions", {"model": "google/gemini-pro", "messages": [{"role": "user", "content": "x"}], "stream": flag})
+    assert r.code == 400 and "'stream'" in r.json()["error"]["message"]
