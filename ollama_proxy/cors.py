@@ -1,4 +1,4 @@
-"""CORS, as Ollama does it: allowed origins are globs (``OLLAMA_ORIGINS``).
+"""CORS and Host checks, as Ollama does them: allowed origins are globs (``OLLAMA_ORIGINS``).
 
 A browser request from an origin that is not allowed is refused with 403, the
 way Ollama refuses it, so a web page cannot use the proxy's paid keys behind
@@ -8,6 +8,8 @@ same-origin requests pass untouched.
 
 from __future__ import annotations
 
+import ipaddress
+import socket
 from collections.abc import Iterable
 from fnmatch import fnmatchcase
 from typing import Any
@@ -62,3 +64,53 @@ class OriginPolicy:
             request.setHeader(b"access-control-max-age", _MAX_AGE)
             return True
         return False
+
+
+class HostForbidden(ProxyError):
+    status = 403
+    type = "host_forbidden"
+
+    def __init__(self, host: str) -> None:
+        super().__init__(f"host '{host}' is not allowed on a loopback listener")
+
+
+_LOCAL_SUFFIXES = (".localhost", ".local", ".internal")
+
+
+def _host_name(header: str) -> str:
+    host = header.strip().lower()
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    if host.count(":") == 1:
+        return host.partition(":")[0]
+    return host
+
+
+def host_allowed(header: str | None) -> bool:
+    """Whether a ``Host`` header names this machine, as Ollama decides it."""
+    if not header:
+        return True
+    host = _host_name(header)
+    if host in ("", "localhost") or host.endswith(_LOCAL_SUFFIXES):
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host == socket.gethostname().lower()
+    return address.is_loopback or address.is_private or address.is_unspecified
+
+
+def check_host(request: Any) -> None:
+    """Refuse DNS rebinding: on a loopback listener, a ``Host`` that names some
+    other site means a browser was tricked into calling us (403, as Ollama)."""
+    local = request.getHost()
+    try:
+        loopback = ipaddress.ip_address(getattr(local, "host", "")).is_loopback
+    except ValueError:
+        return  # a unix socket or a systemd-passed one: no address to judge by
+    if not loopback:
+        return
+    raw = request.getHeader(b"host")
+    header = raw.decode("latin-1") if isinstance(raw, bytes) else raw
+    if not host_allowed(header):
+        raise HostForbidden(_host_name(header or ""))

@@ -28,12 +28,13 @@ from twisted.web.server import NOT_DONE_YET
 from .auth import PUBLIC_PATHS, Authenticator, ModelNotAllowed
 from .config import Config
 from .context import RequestRecord, attach, record_of
-from .cors import OriginPolicy
+from .cors import OriginPolicy, check_host
 from .errors import BadRequest, InternalError, ProxyError, ServiceUnavailable
 from .lifecycle import SHUTTING_DOWN, Lifecycle
 from .limits import STREAMING_ENDPOINTS, StreamLimiter, wants_stream
 from .logs import log_access
 from .metrics import Metrics
+from .openai_translate import error_body
 
 log = Logger()
 
@@ -47,7 +48,8 @@ _KNOWN_PATHS = frozenset(
 
 
 def write_error(request: Any, error: ProxyError) -> bytes:
-    """Set the status and headers for ``error``; return its JSON body."""
+    """Set the status and headers for ``error``; return its JSON body (OpenAI's
+    shape under ``/v1``, where OpenAI clients read it)."""
     request.setResponseCode(error.status)
     request.setHeader(b"content-type", JSON)
     if error.status == 401:
@@ -55,7 +57,8 @@ def write_error(request: Any, error: ProxyError) -> bytes:
     retry_after = getattr(error, "retry_after", None)
     if retry_after:
         request.setHeader(b"retry-after", str(int(retry_after + 0.999)).encode())
-    return json.dumps(error.body(), ensure_ascii=False).encode("utf-8")
+    body = error_body(error) if relative_path(request).startswith("/v1/") else error.body()
+    return json.dumps(body, ensure_ascii=False).encode("utf-8")
 
 
 def relative_path(request: Any) -> str:
@@ -157,6 +160,7 @@ class Gate:
         record = self._open(request)
         try:
             _check_url(request)
+            check_host(request)
             if self.origins.apply(request):
                 request.setResponseCode(204)
                 return b""

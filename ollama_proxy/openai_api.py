@@ -21,7 +21,8 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 
 from .context import record_of
-from .errors import BadRequest, NotImplementedByProxy
+from .errors import BadRequest, ModelNotFound, NotImplementedByProxy
+from .frontdoor import visible_to
 from .funnel import error_response, json_response
 from .openai_translate import (
     OpenAIPlan,
@@ -32,6 +33,7 @@ from .openai_translate import (
     error_body,
     loaded_answer,
     model_entry,
+    model_entry_from_tag,
     plan_chat_completion,
     plan_completion,
 )
@@ -101,14 +103,16 @@ class OpenAICompatAPI:
     @app.route("/models", methods=["GET"])
     @observed("/v1/models")
     async def models(self, request: IRequest) -> bytes:
-        catalogue = self.native.catalogue
-        if not catalogue.loaded:
-            await catalogue.refresh()
-        return json_response(request, {"object": "list", "data": [model_entry(m) for m in catalogue.allowed_models()]})
+        router = self.native.router
+        await router.ensure_loaded()
+        tags = [t for t in router.tag_entries() if visible_to(request, t["name"])]
+        return json_response(request, {"object": "list", "data": [model_entry_from_tag(t) for t in tags]})
 
     @app.route("/models/<path:name>", methods=["GET"])
     @observed("/v1/models/{model}")
     async def model(self, request: IRequest, name: str) -> bytes:
+        if not visible_to(request, name):
+            raise ModelNotFound(name)  # what a token may not use, it does not see
         model = await self.native.catalogue.resolve(name)
         return json_response(request, model_entry(model, name))
 

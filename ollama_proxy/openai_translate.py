@@ -15,6 +15,7 @@ import json
 import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
 from .chunks import ChunkReader, Piece, new_call_id
@@ -36,6 +37,17 @@ def error_body(error: ProxyError) -> dict[str, Any]:
     """An error as OpenAI (and Ollama's ``/v1``) shape it; ``code`` names the proxy's type."""
     kind = {400: "invalid_request_error", 404: "not_found_error"}.get(error.status, "api_error")
     return {"error": {"message": error.message, "type": kind, "param": None, "code": error.type}}
+
+
+def model_entry_from_tag(tag: Mapping[str, Any]) -> dict[str, Any]:
+    """One ``/v1/models`` entry from an ``/api/tags`` entry: the same names, aliases included."""
+    model_id = str(tag["name"])
+    namespace = model_id.rsplit("/", 1)[0] if "/" in model_id else "library"
+    try:
+        created = int(datetime.strptime(str(tag.get("modified_at", "")), "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc).timestamp())
+    except ValueError:
+        created = 0
+    return {"id": model_id, "object": "model", "created": created, "owned_by": namespace}
 
 
 def model_entry(model: UpstreamModel, name: str | None = None) -> dict[str, Any]:

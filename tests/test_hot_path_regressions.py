@@ -50,7 +50,7 @@ async def test_a_stream_paused_by_a_slow_client_is_not_called_stalled(make_multi
     clock = Clock()
     proxy = make_multi([], clock=clock, timeouts=Timeouts(connect=5, response=10, idle=1))
     body = json.dumps(chat("sim/flood")).encode()
-    request = b"POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    request = b"POST /api/chat HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
     client = await raw(proxy.port, request, read=False)
     # Wait until the proxy stops reading the upstream because its client reads nothing.
     while True:

@@ -179,3 +179,22 @@ async def test_request_ids_are_echoed_or_made_and_logged(proxy, access_events):
     assert generated in ids and "trace-42:abc" in ids
     tags = next(e for e in access_events if e["request_id"] == "trace-42:abc")
     assert tags["method"] == "GET" and tags["path"] == "/api/tags" and tags["status"] == 200 and tags["duration_ms"] >= 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_dns_rebinding_is_refused_on_a_loopback_listener(proxy):
+    # A page on evil.example whose name was rebound to 127.0.0.1: its requests
+    # carry its own Host (and may carry a matching Origin). Ollama refuses them.
+    for headers in ({"Host": "evil.example"}, {"Host": "evil.example:11434", "Origin": "http://evil.example:11434"}):
+        r = await http("GET", proxy.url + "/api/tags", headers=headers)
+        assert r.code == 403 and r.json()["type"] == "host_forbidden", headers
+    for host in ("localhost", f"127.0.0.1:{proxy.port}", "[::1]:11434", "myhost.local", "box.internal", "192.168.1.5"):
+        assert (await http("GET", proxy.url + "/api/version", headers={"Host": host})).code == 200, host
+
+
+def test_host_names_that_are_this_machine():
+    from ollama_proxy.cors import host_allowed
+
+    assert host_allowed(None) and host_allowed("localhost:11434") and host_allowed("app.localhost")
+    assert host_allowed("10.0.0.7:11434") and host_allowed("0.0.0.0")
+    assert not host_allowed("example.com") and not host_allowed("8.8.8.8:11434")

@@ -85,3 +85,33 @@ async def test_v1_stream_must_be_a_boolean(proxy, flag):
     # A stream the stream limits could not count, were "stream": 1 accepted.
     r = await http("POST", proxy.url + "/v1/chat/completions", {"model": "google/gemini-pro", "messages": [{"role": "user", "content": "x"}], "stream": flag})
     assert r.code == 400 and "'stream'" in r.json()["error"]["message"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_front_door_errors_on_v1_come_in_openai_shape(make_proxy):
+    proxy = make_proxy(ops=tokens_config())
+    r = await http("POST", proxy.url + "/v1/chat/completions", {"model": "google/gemini-pro", "messages": [{"role": "user", "content": "x"}]})
+    assert r.code == 401
+    error = r.json()["error"]
+    assert error["code"] == "unauthorized" and "authentication required" in error["message"]
+    client = openai.OpenAI(base_url=proxy.url + "/v1", api_key="wrong-token", max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as caught:
+        await in_thread(client.models.list)
+    assert "invalid" in str(caught.value).lower() or "token" in str(caught.value).lower()
+    # The native API keeps its own shape.
+    assert (await http("GET", proxy.url + "/api/tags")).json()["type"] == "unauthorized"
+
+
+@pytest_twisted.ensureDeferred
+async def test_v1_models_lists_what_api_tags_lists_for_the_token(make_proxy):
+    from ollama_proxy.providerconfig import RoutingConfig
+
+    proxy = make_proxy(ops=tokens_config(), routing=RoutingConfig(aliases=(("gemini", "google/gemini-pro"),)))
+    everyone = openai.OpenAI(base_url=proxy.url + "/v1", api_key=ALICE, max_retries=0)
+    listed = {m.id for m in await in_thread(everyone.models.list)}
+    tags = {m["name"] for m in (await http("GET", proxy.url + "/api/tags", headers={"Authorization": f"Bearer {ALICE}"})).json()["models"]}
+    assert listed == tags and "gemini:latest" in listed
+    limited = openai.OpenAI(base_url=proxy.url + "/v1", api_key=BOB, max_retries=0)  # google/* only
+    assert {m.id for m in await in_thread(limited.models.list)} == {"google/gemini-pro:latest"}
+    with pytest.raises(openai.NotFoundError):
+        await in_thread(limited.models.retrieve, "openai/gpt-4o-mini")
