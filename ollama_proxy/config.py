@@ -69,8 +69,8 @@ class OpenRouterConfig:
     x_title: str | None = None
     priority: int = 1
     enabled: bool = True
-    max_in_flight: int = 64
-    max_queue: int = 64
+    max_in_flight: int = 512
+    max_queue: int = 512
     queue_timeout: float = 30.0
 
 
@@ -229,8 +229,8 @@ def load_config(
         x_title=flat.get("openrouter.x_title"),
         priority=flat.get("openrouter.priority", 1),
         enabled=flat.get("openrouter.enabled", True),
-        max_in_flight=max(1, flat.get("openrouter.max_in_flight", 64)),
-        max_queue=max(0, flat.get("openrouter.max_queue", 64)),
+        max_in_flight=max(1, flat.get("openrouter.max_in_flight", 512)),
+        max_queue=max(0, flat.get("openrouter.max_queue", 512)),
         queue_timeout=float(flat.get("openrouter.queue_timeout", 30.0)),
     )
     if listen:

@@ -51,8 +51,8 @@ class ProviderConfig:
     priority: int = 100
     enabled: bool = True
     timeouts: ProviderTimeouts = field(default_factory=ProviderTimeouts)
-    max_in_flight: int = 64
-    max_queue: int = 64
+    max_in_flight: int = 512
+    max_queue: int = 512
     queue_timeout: float = 30.0
     max_connections: int | None = None
     headers: tuple[tuple[str, str], ...] = ()
@@ -197,8 +197,8 @@ def parse_provider(table: Mapping[str, Any], env: Mapping[str, str], where: str,
         priority=table.get("priority", priority),
         enabled=table.get("enabled", True),
         timeouts=ProviderTimeouts(**{k: float(v) for k, v in timeouts_table.items()}),
-        max_in_flight=table.get("max_in_flight", 64),
-        max_queue=max(0, table.get("max_queue", 64)),
+        max_in_flight=table.get("max_in_flight", 512),
+        max_queue=max(0, table.get("max_queue", 512)),
         queue_timeout=float(table.get("queue_timeout", 30.0)),
         max_connections=table.get("max_connections"),
         headers=tuple((str(k), str(v)) for k, v in headers.items()),
