@@ -191,6 +191,23 @@ def load_config(
     """Build a :class:`Config` from the environment, a TOML file and ``--listen``.
 
     Precedence: command line, then environment (secrets and endpoints), then the file.
+    Every problem, a file that is not UTF-8 included, is a :class:`ConfigError`.
+    """
+    try:
+        return _load_config(environ, config_file, listen, demo)
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"a configuration, key or filter file is not valid UTF-8: {error.reason} at byte {error.start}") from None
+
+
+def _load_config(
+    environ: Mapping[str, str] | None = None,
+    config_file: str | None = None,
+    listen: list[str] | tuple[str, ...] | None = None,
+    demo: bool = False,
+) -> Config:
+    """Build a :class:`Config` from the environment, a TOML file and ``--listen``.
+
+    Precedence: command line, then environment (secrets and endpoints), then the file.
     """
     env = with_credentials(os.environ if environ is None else environ)
     path = config_file or env.get("OLLAMA_PROXY_CONFIG") or None
@@ -214,6 +231,11 @@ def load_config(
         sections = parse_sections(table, env)
     except ProviderConfigError as error:
         raise ConfigError(f"{path or 'environment'}: {error}") from None
+    known = {"openrouter", *(p.name for p in sections.providers), *(("echo", "demo-echo") if demo else ())}
+    for model, pinned in sections.routing.pins:
+        unknown = [name for name in pinned if name not in known]
+        if unknown:
+            raise ConfigError(f"{path}: 'pins.{model}' names no configured provider: {', '.join(unknown)}")
     allow, deny = tuple(flat.get("filter.allow", ())), tuple(flat.get("filter.deny", ()))
     if flat.get("filter.file"):
         try:

@@ -105,7 +105,9 @@ class DaemonService(MultiService):
         self.notifier.reloading()
         try:
             config = self._load_config()
-        except ConfigError as error:
+        except Exception as error:  # noqa: BLE001 - ConfigError, or a file that cannot be read at all
+            if not isinstance(error, ConfigError):
+                log.failure("reading the configuration failed")
             log.error("configuration reload refused, keeping the running configuration: {error}", error=str(error))
             self.proxy.metrics.reloads.labels("refused").inc()
             self.notifier.ready(f"reload refused: {error}")

@@ -102,3 +102,17 @@ def test_ollama_host(value, endpoint):
 def test_ollama_host_bad_port():
     with pytest.raises(ConfigError, match="OLLAMA_HOST"):
         listen_from_ollama_host("host:http")
+
+
+def test_a_pin_to_an_unknown_provider_is_refused(tmp_path):
+    path = write(tmp_path, '[pins]\n"llama3" = ["nosuch"]\n')
+    with pytest.raises(ConfigError, match="'pins.llama3' names no configured provider: nosuch"):
+        load_config(environ={}, config_file=path)
+
+
+def test_a_key_file_that_is_not_utf8_is_a_config_error(tmp_path):
+    key = tmp_path / "key"
+    key.write_bytes(b"\xff\xfe\x00bad")
+    path = write(tmp_path, f'[[providers]]\nname = "local"\ntype = "openai"\nbase_url = "http://127.0.0.1:9/v1"\nkey_file = "{key}"\n')
+    with pytest.raises(ConfigError, match="not valid UTF-8"):
+        load_config(environ={}, config_file=path)

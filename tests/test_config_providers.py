@@ -94,6 +94,16 @@ def test_routing_retry_and_breaker_sections(tmp_path):
 [aliases]
 "llama3.2" = "meta-llama/llama-3.2-3b-instruct"
 
+[[providers]]
+name = "a"
+type = "openai"
+base_url = "http://127.0.0.1:9/v1"
+
+[[providers]]
+name = "b"
+type = "openai"
+base_url = "http://127.0.0.1:10/v1"
+
 [pins]
 "gpt-4o-mini" = "openai"
 "both" = ["a", "b"]
@@ -113,7 +123,7 @@ consecutive_failures = 3
 open_wait = 1.5
 """,
     )
-    config = load_config(environ={}, config_file=path)
+    config = load_config(environ={"OPENAI_API_KEY": "sk-test-openai-0123456789"}, config_file=path)
     assert dict(config.routing.aliases) == {"llama3.2": "meta-llama/llama-3.2-3b-instruct"}
     assert dict(config.routing.pins) == {"gpt-4o-mini": ("openai",), "both": ("a", "b")}
     assert dict(config.routing.fallbacks) == {"gpt-4o": ("gpt-4o-mini", "google/gemini-pro"), "*": ("echo",)}
