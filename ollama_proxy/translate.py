@@ -22,6 +22,9 @@ from .running import parse_keep_alive
 from .translate_generate import FIM_INSTRUCTION, context_list, decode_context, encode_context, fim_message
 from .translate_tools import CallLedger, ollama_tool_call, tools_request
 
+# The Ollama request's own fields, carried beside the OpenAI body for Ollama upstreams.
+NATIVE_KEY = "x-ollama-native"
+
 # Ollama option -> OpenAI/OpenRouter request field.
 OPTION_FIELDS: dict[str, str] = {
     "temperature": "temperature",
@@ -255,6 +258,11 @@ def _upstream_body(body: Mapping[str, Any], model: UpstreamModel, messages: list
     reasoning = reasoning_request(think, model)
     if reasoning is not None:
         request["reasoning"] = reasoning
+    native = {key: body[key] for key in ("options", "keep_alive") if body.get(key) is not None}
+    if native:
+        # For an Ollama upstream only (load-time options such as num_ctx, keep_alive);
+        # every other provider drops this key before sending.
+        request[NATIVE_KEY] = native
     return request
 
 

@@ -172,3 +172,16 @@ async def test_local_stall_after_output_ends_with_an_error_line(make_multi, olla
     r = await pump(clock, answer)
     lines = r.lines()
     assert lines[0]["message"]["content"] == "Echo:" and lines[-1] == {"error": "Ollama (local) stream stalled: no data for 3 seconds"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_load_time_options_and_keep_alive_reach_an_ollama_upstream_only(make_multi, ollama_sim, simulator):
+    proxy = make_multi([provider("local", "ollama", ollama_sim.base_url)])
+    client = ollama.Client(host=proxy.url)
+    await in_thread(client.chat, model="llama3.2", messages=[{"role": "user", "content": "hi"}], options={"num_ctx": 8192, "temperature": 0.1}, keep_alive="10m")
+    sent = ollama_sim.posts("/api/chat")[-1].body
+    assert sent["options"] == {"num_ctx": 8192, "temperature": 0.1} and sent["keep_alive"] == "10m"
+    # A cloud provider gets only what its API knows.
+    await in_thread(client.chat, model="google/gemini-pro", messages=[{"role": "user", "content": "hi"}], options={"num_ctx": 8192}, keep_alive="10m")
+    cloud = simulator.chat_requests()[-1].body
+    assert "num_ctx" not in cloud and not any(key.startswith("x-ollama") for key in cloud)

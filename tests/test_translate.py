@@ -119,6 +119,8 @@ def test_chat_request_shape():
         "stream": True,
         "stream_options": {"include_usage": True},
         "temperature": 0,
+        # The client's own options, for an Ollama upstream (the others drop them).
+        "x-ollama-native": {"options": {"temperature": 0}},
     }
 
 

@@ -23,6 +23,7 @@ from zope.interface import implementer
 from ..errors import UpstreamError, UpstreamStreamError
 from ..interfaces import IProvider, IUpstreamStream
 from ..models import UpstreamModel
+from ..translate import NATIVE_KEY
 from ..upstream import NDJSONParser, SSEStream
 from .openai_compat import OpenAICompatibleProvider
 
@@ -92,8 +93,14 @@ def chat_body(body: Mapping[str, Any]) -> dict[str, Any]:
         "stream": True,
     }
     options = {target: body[name] for name, target in OPTIONS.items() if body.get(name) is not None}
+    native = body.get(NATIVE_KEY) if isinstance(body.get(NATIVE_KEY), Mapping) else {}
+    if isinstance(native.get("options"), Mapping):
+        # The client's own options, load-time ones (num_ctx, num_gpu, ...) included.
+        options = {**native["options"], **options}
     if options:
         request["options"] = options
+    if native.get("keep_alive") is not None:
+        request["keep_alive"] = native["keep_alive"]
     if body.get("tools"):
         request["tools"] = body["tools"]
     response_format = body.get("response_format")

@@ -23,6 +23,7 @@ from ..config import Timeouts
 from ..errors import UpstreamError
 from ..interfaces import IProvider, IUpstreamStream
 from ..models import UpstreamModel, from_openrouter
+from ..translate import NATIVE_KEY
 from ..upstream import BodyTimeout, BodyTooLarge, SSEStream, read_body
 
 log = Logger()
@@ -165,6 +166,8 @@ class OpenAICompatibleProvider:
     async def _request(self, method: str, path: str, body: Mapping[str, Any] | None) -> Any:
         """Send a request; return the response once its headers arrived with a 2xx status."""
         url = f"{self.base_url}/{path}"
+        if body is not None and NATIVE_KEY in body:
+            body = {k: v for k, v in body.items() if k != NATIVE_KEY}
         data = json.dumps(body).encode("utf-8") if body is not None else None
         d = self._http.request(method, url, data=data, headers=self._headers(data is not None), unbuffered=True)
         timed_out: list[bool] = []
