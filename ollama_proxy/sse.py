@@ -30,31 +30,41 @@ class SSEParser:
     """Turn a byte stream into :class:`SSEEvent` objects, one ``feed`` at a time."""
 
     def __init__(self, max_line_bytes: int = 16 * 1024 * 1024) -> None:
-        self._buffer = b""
+        self._buffer = bytearray()
+        self._scanned = 0  # bytes of the buffer already searched for a line end
         self._data: list[str] = []
         self._event = ""
         self._max_line = max_line_bytes
         self.comments = 0
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
-        """Consume ``chunk`` and return the events it completed, in order."""
-        buffer = self._buffer + chunk if self._buffer else chunk
+        """Consume ``chunk`` and return the events it completed, in order.
+
+        Linear in the bytes fed: a long line arriving in many reads is searched
+        once, not once per read (image-bearing events run to megabytes).
+        """
+        buffer = self._buffer
+        buffer += chunk
         events: list[SSEEvent] = []
         position = 0
+        search_from = self._scanned
         while True:
-            match = _LINE_END.search(buffer, position)
+            match = _LINE_END.search(buffer, search_from)
             if match is None:
                 break
             if match.group() == b"\r" and match.end() == len(buffer):
                 # A CR at the very end may be the first half of a CRLF.
                 break
-            line = buffer[position : match.start()]
-            position = match.end()
+            line = bytes(buffer[position : match.start()])
+            position = search_from = match.end()
             event = self._line(line)
             if event is not None:
                 events.append(event)
-        self._buffer = buffer[position:]
-        if len(self._buffer) > self._max_line:
+        if position:
+            del buffer[:position]
+        # Resume the next search where this one stopped (a trailing CR is searched again).
+        self._scanned = max(0, len(buffer) - 1)
+        if len(buffer) > self._max_line:
             raise SSEProtocolError(f"an SSE line exceeded {self._max_line} bytes")
         return events
 
@@ -88,8 +98,9 @@ class SSEParser:
         """The stream ended: dispatch a last event left without its blank line."""
         events: list[SSEEvent] = []
         if self._buffer:
-            event = self._line(self._buffer.rstrip(b"\r"))
-            self._buffer = b""
+            event = self._line(bytes(self._buffer).rstrip(b"\r"))
+            self._buffer = bytearray()
+            self._scanned = 0
             if event is not None:
                 events.append(event)
         event = self._dispatch()

@@ -211,18 +211,32 @@ class NDJSONParser:
     """Newline-delimited JSON (Ollama's stream format) as records for :class:`SSEStream`."""
 
     def __init__(self, max_line_bytes: int = 16 * 1024 * 1024) -> None:
-        self._buffer = b""
+        self._buffer = bytearray()
+        self._scanned = 0
         self._max_line = max_line_bytes
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
-        self._buffer += chunk
-        *lines, self._buffer = self._buffer.split(b"\n")
-        if len(self._buffer) > self._max_line:
+        buffer = self._buffer
+        buffer += chunk
+        events: list[SSEEvent] = []
+        start = 0
+        while True:
+            end = buffer.find(b"\n", max(start, self._scanned))
+            if end < 0:
+                break
+            line = bytes(buffer[start:end])
+            start = end + 1
+            if line.strip():
+                events.append(SSEEvent(line.decode("utf-8", errors="replace")))
+        if start:
+            del buffer[:start]
+        self._scanned = len(buffer)  # searched already: a long line is not searched again
+        if len(buffer) > self._max_line:
             raise SSEProtocolError(f"a line exceeded {self._max_line} bytes")
-        return [SSEEvent(line.decode("utf-8", errors="replace")) for line in lines if line.strip()]
+        return events
 
     def close(self) -> list[SSEEvent]:
-        rest, self._buffer = self._buffer, b""
+        rest, self._buffer, self._scanned = bytes(self._buffer), bytearray(), 0
         return [SSEEvent(rest.decode("utf-8", errors="replace"))] if rest.strip() else []
 
 

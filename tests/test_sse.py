@@ -67,3 +67,25 @@ def test_overlong_line_is_an_error():
     parser = SSEParser(max_line_bytes=10)
     with pytest.raises(SSEProtocolError):
         parser.feed(b"data: " + b"x" * 20)
+
+
+def test_ndjson_parser_in_every_split():
+    from ollama_proxy.upstream import NDJSONParser
+
+    data = b'{"a":1}\n\n{"b":2}\r\n{"c":3}\n{"tail":4}'
+    for size in range(1, 9):
+        parser = NDJSONParser()
+        events = []
+        for i in range(0, len(data), size):
+            events.extend(parser.feed(data[i : i + size]))
+        events.extend(parser.close())
+        assert [e.data.strip() for e in events] == ['{"a":1}', '{"b":2}', '{"c":3}', '{"tail":4}'], size
+
+
+def test_a_long_line_in_many_reads_is_one_event():
+    data = b"data: " + b"x" * 300_000 + b"\n\n"
+    parser = SSEParser()
+    events = []
+    for i in range(0, len(data), 4096):
+        events.extend(parser.feed(data[i : i + 4096]))
+    assert [len(e.data) for e in events] == [300_000]
