@@ -10,6 +10,7 @@ from twisted.internet import reactor as global_reactor
 
 from ollama_proxy.providerconfig import RoutingConfig
 
+from .conftest import http
 from .multi import make_multi, openai_sim, provider  # noqa: F401
 from .simulator import API_KEY, UpstreamSimulator
 
@@ -102,3 +103,20 @@ async def test_embeddings_fail_over_through_it(make_multi, primary_sim, openai_s
     primary_sim.fail_next(502, count=10)
     vectors, tokens = await routed.embed("openai/text-embedding-3-small", ["one two"])
     assert len(vectors) == 1 and tokens == 2 and proxy.service.router.slot("backup").stats.successful_requests == 1
+
+
+def test_openai_dialect_drops_openrouter_fields():
+    from ollama_proxy.providers.openai_compat import openai_dialect
+
+    body = {"model": "gpt-4o", "messages": [], "top_k": 40, "min_p": 0.1, "repetition_penalty": 1.1, "temperature": 0.2, "reasoning": {"effort": "low"}}
+    assert openai_dialect(body) == {"model": "gpt-4o", "messages": [], "temperature": 0.2, "reasoning_effort": "low"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_openai_provider_is_sent_openai_fields_only(make_multi, openai_sim):
+    proxy = make_multi([provider("openai", "openai", openai_sim.base_url, "sk-openai-simulator-key")], openrouter=False)
+    r = await http("POST", proxy.url + "/api/chat", {"model": "google/gemini-pro", "messages": [{"role": "user", "content": "x"}], "stream": False, "options": {"top_k": 20, "min_p": 0.1, "repeat_penalty": 1.2, "temperature": 0.3}})
+    assert r.code == 200
+    sent = openai_sim.chat_requests()[-1].body
+    assert sent["temperature"] == 0.3
+    assert not {"top_k", "min_p", "repetition_penalty"} & set(sent)

@@ -74,8 +74,11 @@ class OpenAICompatibleProvider:
         embedding_models_path: str | None = None,
         requires_key: bool = True,
         clock: IReactorTime | None = None,
+        strict_openai: bool = False,
     ) -> None:
         self.name = name
+        # OpenAI's own API answers 400 to OpenRouter's extra sampling fields.
+        self.strict_openai = strict_openai
         self.type = type
         self.label = label
         self.base_url = base_url.rstrip("/")
@@ -119,6 +122,8 @@ class OpenAICompatibleProvider:
 
     async def open_chat(self, body: Mapping[str, Any]) -> IUpstreamStream:
         self._require_key()
+        if self.strict_openai:
+            body = openai_dialect(body)
         response = await self._request("POST", "chat/completions", body)
         return SSEStream(response, self._clock, self.timeouts.idle, self.label)
 
@@ -244,6 +249,19 @@ class OpenAICompatibleProvider:
         if isinstance(error, (ConnectError, DNSLookupError)):
             return self.redact(error.__class__.__name__ + (f": {error.osError}" if getattr(error, "osError", None) else ""))
         return self.redact(str(error) or error.__class__.__name__)
+
+
+_NOT_OPENAI = ("top_k", "min_p", "repetition_penalty", "reasoning")
+
+
+def openai_dialect(body: Mapping[str, Any]) -> dict[str, Any]:
+    """A chat body as OpenAI's own API takes it: OpenRouter's extra sampling
+    fields dropped, ``reasoning.effort`` as ``reasoning_effort``."""
+    adapted = {k: v for k, v in body.items() if k not in _NOT_OPENAI}
+    reasoning = body.get("reasoning")
+    if isinstance(reasoning, Mapping) and reasoning.get("effort") and "reasoning_effort" not in adapted:
+        adapted["reasoning_effort"] = reasoning["effort"]
+    return adapted
 
 
 def _cancelled(error: BaseException) -> bool:

@@ -94,6 +94,7 @@ def build_provider(provider: ProviderConfig, config: Config, reactor: Any, clock
             # The "openai" type also covers local servers (vLLM, llama.cpp, LM Studio)
             # that want no key; only the real OpenAI and OpenRouter insist on one.
             requires_key=provider.type == "openrouter" or provider.name == "openai",
+            strict_openai=provider.type == "openai" and (provider.name == "openai" or "api.openai.com" in provider.url),
             **common,
         )
     if provider.type == "anthropic":
