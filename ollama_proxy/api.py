@@ -43,6 +43,7 @@ from .translate import (
     instant_answer,
     keep_alive_of,
     model_name,
+    ndjson,
     parse_body,
     plan_chat,
     plan_generate,
@@ -133,7 +134,7 @@ class OllamaAPI:
     # -- errors: the one funnel -------------------------------------------------
     @app.handle_errors(Exception)
     def _error(self, request: IRequest, failure: Failure) -> bytes | None:
-        return error_response(request, failure, ProxyError.body)
+        return error_response(request, failure, ProxyError.body, lambda message: ndjson({"error": message}))
 
     # -- liveness and version -----------------------------------------------------
     @app.route("/", methods=["GET"])

@@ -63,9 +63,22 @@ def client_error(request: IRequest, failure: Failure) -> ProxyError | None:
     return InternalError()
 
 
-def error_response(request: IRequest, failure: Failure, render: Callable[[ProxyError], Any]) -> bytes | None:
-    """The answer for ``failure``, its body shaped by ``render``."""
+def error_response(
+    request: IRequest,
+    failure: Failure,
+    render: Callable[[ProxyError], Any],
+    line: Callable[[str], bytes] | None = None,
+) -> bytes | None:
+    """The answer for ``failure``, its body shaped by ``render``.
+
+    After output began the status is sent already: a stream then ends with
+    ``line(message)`` (its own framing), never with a JSON body glued on.
+    """
     error = client_error(request, failure)
     if error is None:
         return None  # the client went away; nothing to answer
+    if getattr(request, "startedWriting", False):
+        if line is not None:
+            request.write(line(error.message))
+        return None
     return json_response(request, render(error), error.status)

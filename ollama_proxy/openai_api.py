@@ -97,7 +97,7 @@ class OpenAICompatAPI:
     # -- errors: the one funnel for /v1 ------------------------------------------------
     @app.handle_errors(Exception)
     def _error(self, request: IRequest, failure: Failure) -> bytes | None:
-        return error_response(request, failure, error_body)
+        return error_response(request, failure, error_body, lambda message: _event({"error": {"message": message, "type": "api_error", "param": None, "code": None}}))
 
     # -- models -------------------------------------------------------------------------
     @app.route("/models", methods=["GET"])

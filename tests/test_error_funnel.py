@@ -2,7 +2,7 @@
 
 import pytest_twisted
 from twisted.internet import reactor
-from twisted.internet.defer import succeed
+from twisted.internet.defer import fail, succeed
 from twisted.logger import formatEvent, globalLogPublisher
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
@@ -10,7 +10,7 @@ from zope.interface.verify import verifyObject
 from ollama_proxy.api import HealthState, OllamaAPI
 from ollama_proxy.catalogue import ModelCatalogue
 from ollama_proxy.config import Config
-from ollama_proxy.interfaces import IProvider
+from ollama_proxy.interfaces import IProvider, IUpstreamStream
 from ollama_proxy.modelfilter import ModelFilter
 from ollama_proxy.models import UpstreamModel
 from ollama_proxy.providers.openai_compat import OpenAICompatibleProvider, openrouter
@@ -69,3 +69,44 @@ async def test_unexpected_errors_are_a_generic_500_with_the_detail_logged():
         await port.stopListening()
     logged = "\n".join(formatEvent(e) + str(e.get("log_failure", "")) for e in events)
     assert "internal detail 42" in logged
+
+
+@implementer(IUpstreamStream)
+class StreamThatBreaks:
+    """One token, then a bug in our own code path (not an upstream error)."""
+
+    def deliver(self, on_event):
+        on_event({"choices": [{"index": 0, "delta": {"role": "assistant", "content": "partial"}, "finish_reason": None}]})
+        return fail(RuntimeError("bug after output"))
+
+    def pauseProducing(self):
+        pass
+
+    def resumeProducing(self):
+        pass
+
+    def stopProducing(self):
+        pass
+
+
+@implementer(IProvider)
+class ProviderThatBreaksMidStream(BrokenProvider):
+    async def open_chat(self, body):
+        return StreamThatBreaks()
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_unexpected_error_after_output_began_ends_the_stream_with_an_error_line():
+    provider = ProviderThatBreaksMidStream()
+    catalogue = ModelCatalogue(provider.list_models, ModelFilter(), reactor)
+    api = OllamaAPI(Config(), provider, catalogue, Stats(reactor), HealthState(), reactor)
+    port = reactor.listenTCP(0, make_site(api.resource(), 1 << 20), interface="127.0.0.1")
+    try:
+        url = f"http://127.0.0.1:{port.getHost().port}"
+        r = await http("POST", url + "/api/chat", {"model": "b/m", "messages": [{"role": "user", "content": "x"}]})
+        assert r.code == 200
+        lines = r.lines()  # every line is JSON: no error body glued onto the stream
+        assert lines[0]["message"]["content"] == "partial"
+        assert lines[-1] == {"error": "Internal server error"}
+    finally:
+        await port.stopListening()
