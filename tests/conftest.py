@@ -12,6 +12,7 @@ import pytest_twisted
 from twisted.internet import reactor as global_reactor
 from twisted.internet import threads
 from twisted.internet.defer import Deferred
+from twisted.logger import globalLogPublisher
 
 from ollama_proxy.config import Config, OpenRouterConfig, Timeouts, load_config
 from ollama_proxy.providerconfig import RetryConfig
@@ -75,6 +76,20 @@ def make_proxy(simulator: UpstreamSimulator) -> Any:
 @pytest.fixture
 def proxy(make_proxy: Any) -> RunningProxy:
     return make_proxy()
+
+
+@pytest.fixture
+def access_events() -> Any:
+    """The access-log events emitted during the test."""
+    events: list[dict[str, Any]] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        if event.get("log_namespace") == "ollama_proxy.access":
+            events.append(event)
+
+    globalLogPublisher.addObserver(observe)
+    yield events
+    globalLogPublisher.removeObserver(observe)
 
 
 def in_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[Any]:

@@ -8,7 +8,6 @@ from typing import Any
 import ollama
 import pytest
 import pytest_twisted
-from twisted.logger import globalLogPublisher
 
 from ollama_proxy import auth
 from ollama_proxy.auth import Authenticator
@@ -32,19 +31,6 @@ def tokens_config(**cors: Any) -> OpsConfig:
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
-
-
-@pytest.fixture
-def access_events() -> Any:
-    events: list[dict[str, Any]] = []
-
-    def observe(event: dict[str, Any]) -> None:
-        if event.get("log_namespace") == "ollama_proxy.access":
-            events.append(event)
-
-    globalLogPublisher.addObserver(observe)
-    yield events
-    globalLogPublisher.removeObserver(observe)
 
 
 # -- authentication -------------------------------------------------------------------------

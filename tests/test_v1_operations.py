@@ -3,28 +3,13 @@ auth, access lines with model, provider and tokens, drain tracking, metrics."""
 
 from __future__ import annotations
 
-from typing import Any
 
 import openai
 import pytest
 import pytest_twisted
-from twisted.logger import globalLogPublisher
 
 from .conftest import http, in_thread
 from .test_security import ALICE, BOB, tokens_config
-
-
-@pytest.fixture
-def access_events() -> Any:
-    events: list[dict[str, Any]] = []
-
-    def observe(event: dict[str, Any]) -> None:
-        if event.get("log_namespace") == "ollama_proxy.access":
-            events.append(event)
-
-    globalLogPublisher.addObserver(observe)
-    yield events
-    globalLogPublisher.removeObserver(observe)
 
 
 @pytest_twisted.ensureDeferred
