@@ -23,13 +23,14 @@ from .context import record_of, record_translation
 from .dispatch import AnsweredWithError, Dispatcher
 from .embeddings import embed
 from .errors import BadRequest, NotImplementedByProxy, ProxyError, RequestTooLarge
-from .frontdoor import Gate, visible_to
+from .frontdoor import Gate, relative_path, visible_to
 from .funnel import error_response, json_response
 from .interfaces import IProvider
 from .metrics import Metrics, wants_prometheus
 from .models import show_response
 from .observing import observed
 from .openai_api import OpenAICompatAPI
+from .openai_translate import error_body
 from .relay import ChatRelay
 from .retry import RetryPolicy
 from .routing import Route, Router, Target
@@ -134,7 +135,10 @@ class OllamaAPI:
     # -- errors: the one funnel -------------------------------------------------
     @app.handle_errors(Exception)
     def _error(self, request: IRequest, failure: Failure) -> bytes | None:
-        return error_response(request, failure, ProxyError.body, lambda message: ndjson({"error": message}))
+        # A /v1 path the /v1 app did not take (e.g. one with a line feed, which the
+        # branch route does not match) still answers in OpenAI's shape.
+        render = error_body if relative_path(request).startswith("/v1/") else ProxyError.body
+        return error_response(request, failure, render, lambda message: ndjson({"error": message}))
 
     # -- liveness and version -----------------------------------------------------
     @app.route("/", methods=["GET"])

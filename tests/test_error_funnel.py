@@ -13,7 +13,7 @@ from ollama_proxy.config import Config
 from ollama_proxy.interfaces import IProvider, IUpstreamStream
 from ollama_proxy.modelfilter import ModelFilter
 from ollama_proxy.models import UpstreamModel
-from ollama_proxy.providers.openai_compat import OpenAICompatibleProvider, openrouter
+from ollama_proxy.providers.openai_compat import OpenAICompatibleProvider
 from ollama_proxy.stats import Stats
 from ollama_proxy.web import make_site
 
@@ -46,7 +46,7 @@ class BrokenProvider:
 
 def test_providers_provide_the_interface():
     verifyObject(IProvider, BrokenProvider())
-    verifyObject(IProvider, openrouter(Config(), reactor))
+    verifyObject(IProvider, OpenAICompatibleProvider(name="o", type="openrouter", label="OpenRouter", base_url="http://127.0.0.1:9", api_key=None, reactor=reactor, timeouts=Config().timeouts))
     assert IProvider.implementedBy(OpenAICompatibleProvider)
 
 

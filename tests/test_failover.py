@@ -16,6 +16,7 @@ import pytest_twisted
 from twisted.internet import reactor as global_reactor
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.internet.task import Clock
+from twisted.web.client import ResponseNeverReceived
 
 from ollama_proxy.limiter import BUSY_MESSAGE
 from ollama_proxy.providerconfig import BreakerConfig, ProviderTimeouts, RetryConfig
@@ -41,12 +42,33 @@ def primary_sim() -> Any:
 
 
 async def take_down(sim: UpstreamSimulator) -> None:
-    """The provider's server goes away: new connections are refused."""
+    """The provider's server goes away: new connections are refused, open ones are reset."""
     sim.close_connections()
     sim.stopped = True
-    await sim.stop()
-    for _ in range(3):
-        await turn()  # let the proxy notice its pooled connections are gone
+    await sim.stop()  # fires once the listening socket is closed: connecting is refused from now on
+    # An aborted connection is closed (reset, SO_LINGER 0) in a later turn, when its
+    # connectionLost runs. The simulator has no event for that and these tests may not add one,
+    # so this polls its own count of closed connections, one reactor turn at a time.
+    for _ in range(100):
+        if sim.connections_closed == sim.connections_opened:
+            break
+        await turn()
+    assert sim.connections_closed == sim.connections_opened, "the simulator's connections did not close"
+    # Nothing more to wait for on the proxy's side: on loopback each reset reaches its pooled
+    # socket as the simulator's side closes, so the reactor turn in which the proxy accepts its
+    # next client also reports the reset, and the pool drops that connection before it could
+    # read the request and hand the connection out.
+
+
+async def hang_up(answer: "Deferred[Any]") -> None:
+    """The client of ``answer`` goes away before it got a response, and nothing is left unhandled."""
+    answer.cancel()
+    try:
+        await answer
+    except ResponseNeverReceived as failure:  # the agent wraps the cancellation of its request
+        assert all(reason.check(CancelledError) for reason in failure.reasons), failure.reasons
+    else:
+        raise AssertionError("the request was answered before its client hung up")
 
 
 def pair(primary_sim, openai_sim, primary: dict[str, Any] | None = None, with_backup: bool = True) -> list[Any]:
@@ -411,8 +433,7 @@ async def test_busy_provider_answers_503_like_ollama(make_multi, primary_sim, op
     assert stats["rejected_requests"] == 2 and stats["in_flight"] == 1
     # The held client goes away: the proxy closes its upstream stream and frees the slot.
     aborted = primary_sim.wait_for_abort()
-    first.addErrback(lambda failure: failure.trap(CancelledError))
-    first.cancel()
+    await hang_up(first)
     await aborted
     primary_sim.behaviour = None
     r = await http("POST", proxy.url + CHAT, chat_body(True))
@@ -432,8 +453,7 @@ async def test_busy_provider_gives_way_to_the_backup(make_multi, primary_sim, op
     r = await http("POST", proxy.url + CHAT, chat_body(True))
     assert r.code == 200 and text_of(r.lines()) == COMPLETE and r.header("x-ollama-proxy-provider") == "backup"
     aborted = primary_sim.wait_for_abort()
-    first.addErrback(lambda failure: failure.trap(CancelledError))
-    first.cancel()
+    await hang_up(first)
     await aborted
 
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 import pytest_twisted
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from twisted.internet import reactor, threads
 from twisted.internet.defer import ensureDeferred
@@ -75,9 +76,13 @@ ENDPOINTS = [
     ("POST", "/api/embeddings"),
     ("POST", "/api/show"),
     ("POST", "/api/create"),
+    ("POST", "/api/copy"),
     ("POST", "/api/pull"),
+    ("POST", "/api/push"),
     ("DELETE", "/api/delete"),
 ]
+# Local model management: refused with 501 whatever the body (see the blob test too).
+UNSUPPORTED = {"/api/create", "/api/copy", "/api/pull", "/api/push", "/api/delete"}
 
 
 def exchange(method: str, url: str, raw: bytes, headers: dict[str, str] | None = None) -> Any:
@@ -85,12 +90,24 @@ def exchange(method: str, url: str, raw: bytes, headers: dict[str, str] | None =
     return blockingCallFromThread(reactor, lambda: within(ensureDeferred(http(method, url, raw=raw, headers=headers)), f"{method} {url}", 30))
 
 
-def assert_well_formed(response: Any) -> None:
+JSON = "application/json; charset=utf-8"
+
+
+def assert_no_500(response: Any) -> None:
     assert response.code < 500 or response.code in (501, 502, 503, 504), response.body[:300]
+
+
+def assert_native_error(response: Any) -> None:
+    """Ollama's shape: ``{"error": "<message>", "type": "<kind>"}``."""
+    body = response.json()
+    assert isinstance(body, dict) and isinstance(body.get("error"), str) and body["error"], body
+    assert response.header("content-type") == JSON
+
+
+def assert_well_formed(response: Any) -> None:
+    assert_no_500(response)
     if response.code >= 400:
-        body = response.json()
-        assert isinstance(body, dict) and isinstance(body.get("error"), str) and body["error"], body
-        assert response.header("content-type") == "application/json; charset=utf-8"
+        assert_native_error(response)
         return
     content_type = response.header("content-type") or ""
     if content_type.startswith("application/x-ndjson"):
@@ -107,9 +124,215 @@ async def test_request_bodies_never_cause_a_500(proxy, method, path):
     @FUZZ
     @given(raw=raw_bodies)
     def fuzz(raw: bytes) -> None:
-        assert_well_formed(exchange(method, proxy.url + path, raw, {"Content-Type": "application/json"}))
+        response = exchange(method, proxy.url + path, raw, {"Content-Type": "application/json"})
+        assert_well_formed(response)
+        if path in UNSUPPORTED:
+            assert response.code == 501 and response.json()["type"] == "not_implemented", response.body[:300]
 
     await threads.deferToThread(fuzz)
+
+
+digests = st.builds(lambda hexes: "sha256:" + hexes, st.text("0123456789abcdef", min_size=64, max_size=64))
+
+
+@pytest.mark.parametrize("method", ["POST", "HEAD"])
+@pytest_twisted.ensureDeferred
+async def test_blob_uploads_are_501_whatever_the_digest_or_body(proxy, method):
+    @FUZZ
+    @given(digest=digests | st.text(max_size=80), raw=st.binary(max_size=64) | raw_bodies)
+    def fuzz(digest: str, raw: bytes) -> None:
+        # Every character quoted, "/" too: the digest stays one path segment.
+        response = exchange(method, proxy.url + "/api/blobs/" + quote(digest, safe=""), b"" if method == "HEAD" else raw)
+        assert_no_500(response)
+        assert response.header("content-type") == JSON
+        # An empty digest leaves no segment to match: no such endpoint.
+        assert response.code == (501 if digest else 404), (digest, response.code)
+        if method == "HEAD":
+            assert response.body == b""  # a HEAD answer has a status and headers only
+        else:
+            assert_native_error(response)
+
+    await threads.deferToThread(fuzz)
+
+
+# -- the OpenAI-compatible surface (/v1) --------------------------------------------------------
+PNG_URI = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
+content_parts = st.lists(
+    st.fixed_dictionaries(
+        {"type": st.sampled_from(["text", "image_url", "input_audio"]) | json_values},
+        optional={"text": st.text(max_size=10) | json_values, "image_url": st.fixed_dictionaries({"url": st.sampled_from([PNG_URI, "http://127.0.0.1:9/x.png", "data:image/png;base64,!!", ""]) | json_values}) | json_values},
+    )
+    | json_values,
+    max_size=2,
+)
+v1_messages = st.lists(
+    st.fixed_dictionaries(
+        {},
+        optional={"role": roles, "content": st.text(max_size=30) | content_parts | json_values, "tool_calls": json_values, "tool_call_id": json_values, "name": json_values},
+    )
+    | json_values,
+    max_size=3,
+)
+# What each field should be (typed, though not always valid); V1_FIELDS adds any JSON at all.
+V1_TYPED: dict[str, Any] = {
+    "model": models,
+    "messages": v1_messages,
+    "prompt": st.text(max_size=30) | st.lists(st.text(max_size=10), max_size=3),
+    "suffix": st.text(max_size=10),
+    "input": st.text(max_size=20) | st.lists(st.text(max_size=10), max_size=3),
+    "stream": st.booleans(),
+    "stream_options": st.fixed_dictionaries({}, optional={"include_usage": st.booleans()}),
+    "max_tokens": st.integers(-2, 40),
+    "max_completion_tokens": st.integers(-2, 40),
+    "temperature": st.floats(0, 2),
+    "top_p": st.floats(0, 1),
+    "n": st.integers(0, 3),
+    "stop": st.text(max_size=5) | st.lists(st.text(max_size=5), max_size=5),
+    "seed": st.integers(-1, 2**40),
+    "frequency_penalty": st.floats(-2, 2),
+    "presence_penalty": st.floats(-2, 2),
+    "tools": st.lists(st.fixed_dictionaries({"type": st.just("function"), "function": st.fixed_dictionaries({"name": st.text(max_size=8)}, optional={"parameters": json_values})}), max_size=2),
+    "tool_choice": st.sampled_from(["auto", "none", "required"]),
+    "response_format": st.fixed_dictionaries({"type": st.sampled_from(["text", "json_object", "json_schema"])}, optional={"json_schema": st.fixed_dictionaries({"name": st.text(max_size=5)}, optional={"schema": json_values})}),
+    "logprobs": st.booleans() | st.integers(-1, 6),
+    "top_logprobs": st.integers(-1, 25),
+    "reasoning_effort": st.sampled_from(["low", "medium", "high", "none", "max"]),
+    "encoding_format": st.sampled_from(["float", "base64"]),
+    "dimensions": st.integers(-2, 16),
+    "echo": st.booleans(),
+    "user": st.text(max_size=8),
+}
+V1_FIELDS: dict[str, Any] = {k: v | json_values for k, v in V1_TYPED.items()}
+
+
+def _requests_mostly_valid(required: dict[str, Any]) -> Any:
+    """Bodies that pass the first checks (a real model, a real message, typed fields), fuzzed
+    in their values: with any JSON anywhere nearly every example stops at the first 400."""
+    return st.fixed_dictionaries(required, optional={k: v for k, v in V1_TYPED.items() if k not in required}).map(lambda b: json.dumps(b).encode())
+
+
+V1_CHAT_MODELS = st.sampled_from(["google/gemini-pro", "openai/gpt-4o-mini", "deepseek/deepseek-r1", "sim/midstream-error", "sim/error-first", "sim/crlf-split", "sim/fail-429"])
+HELLO_V1 = [{"role": "user", "content": "hello there"}]
+good_messages = st.lists(st.fixed_dictionaries({"role": st.sampled_from(["user", "system", "assistant"]), "content": st.text(max_size=30) | content_parts}), min_size=1, max_size=3)
+V1_ENDPOINTS: dict[str, Any] = {
+    "/v1/chat/completions": _requests_mostly_valid({"model": V1_CHAT_MODELS, "messages": good_messages, "stream": st.sampled_from([True, False])}),
+    "/v1/completions": _requests_mostly_valid({"model": V1_CHAT_MODELS, "prompt": st.text(max_size=20), "stream": st.sampled_from([True, False])}),
+    "/v1/embeddings": _requests_mostly_valid({"model": st.sampled_from(["openai/text-embedding-3-small", "google/gemini-pro"]), "input": V1_TYPED["input"]}),
+}
+# Always tried (besides hypothesis's own examples): one good streamed and one good plain
+# request per endpoint, so the SSE and JSON success paths are checked whatever is drawn.
+V1_GOOD: dict[str, list[dict[str, Any]]] = {
+    "/v1/chat/completions": [{"model": "google/gemini-pro", "messages": HELLO_V1, "stream": s, "stream_options": {"include_usage": True}} for s in (True, False)],
+    "/v1/completions": [{"model": "google/gemini-pro", "prompt": "hello there", "stream": s} for s in (True, False)],
+    "/v1/embeddings": [{"model": "openai/text-embedding-3-small", "input": i} for i in ("hello", ["a", "b c"])],
+}
+v1_bodies = st.fixed_dictionaries({}, optional=V1_FIELDS).map(lambda b: json.dumps(b).encode())
+
+
+def assert_openai_error(response: Any) -> None:
+    """OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``, nothing else."""
+    assert response.header("content-type") == JSON, response.header("content-type")
+    body = response.json()
+    assert isinstance(body, dict) and set(body) == {"error"}, body
+    error = body["error"]
+    assert isinstance(error, dict) and set(error) == {"message", "type", "param", "code"}, error
+    assert isinstance(error["message"], str) and error["message"], error
+    assert isinstance(error["type"], str) and error["type"], error
+    assert error["param"] is None or isinstance(error["param"], str), error
+    assert error["code"] is None or isinstance(error["code"], (str, int)), error
+
+
+def sse_payloads(response: Any) -> list[Any]:
+    """The data of every event of an SSE answer: JSON objects, then ``[DONE]`` unless an error
+    event ended the stream early (the openai clients raise on an event carrying ``error``)."""
+    parser = SSEParser(max_line_bytes=len(response.body) + 1)
+    events = parser.feed(response.body) + parser.close()
+    assert response.body.endswith(b"\n\n"), response.body[-80:]  # the last event is complete
+    data = [event.data for event in events]
+    assert data and all(event.event == "message" for event in events), response.body[:300]
+    assert "[DONE]" not in data[:-1], data
+    objects = [json.loads(d) for d in data if d != "[DONE]"]
+    assert all(isinstance(o, dict) for o in objects), objects
+    for chunk in objects[:-1]:
+        assert "error" not in chunk, chunk  # an error event is the last word
+    if data[-1] != "[DONE]":
+        error = objects[-1].get("error")
+        assert isinstance(error, dict) and isinstance(error.get("message"), str) and error["message"], objects[-1]
+    return objects
+
+
+def assert_v1_well_formed(response: Any) -> str:
+    """The answer is OpenAI-shaped; returns what it was: ``error``, ``sse`` or ``json``."""
+    assert_no_500(response)
+    content_type = response.header("content-type") or ""
+    if response.code >= 400:
+        assert_openai_error(response)
+        return "error"
+    assert response.code == 200, response.code
+    if content_type.startswith("text/event-stream"):
+        for chunk in sse_payloads(response):
+            assert "error" in chunk or chunk.get("object") in ("chat.completion.chunk", "text_completion"), chunk
+        return "sse"
+    assert content_type == JSON, content_type
+    body = response.json()
+    assert isinstance(body, dict) and body.get("object") in ("chat.completion", "text_completion", "list", "model"), body
+    return "json"
+
+
+@pytest.mark.parametrize("path", list(V1_ENDPOINTS))
+@pytest_twisted.ensureDeferred
+async def test_v1_request_bodies_never_cause_a_500(proxy, path):
+    seen: set[str] = set()
+
+    @FUZZ
+    # Half the examples near-valid (they reach translation and the upstream), half anything.
+    @given(raw=st.integers(0, 3).flatmap(lambda i: V1_ENDPOINTS[path] if i < 2 else raw_bodies if i == 2 else v1_bodies))
+    def fuzz(raw: bytes) -> None:
+        seen.add(assert_v1_well_formed(exchange("POST", proxy.url + path, raw, {"Content-Type": "application/json"})))
+
+    for good in V1_GOOD[path]:
+        fuzz = example(raw=json.dumps(good).encode())(fuzz)
+    await threads.deferToThread(fuzz)
+    # The good examples ran: both success paths were checked, and what was drawn reached the errors.
+    assert seen >= ({"error", "json"} | ({"sse"} if path != "/v1/embeddings" else set())), seen
+
+
+# Any text, line feeds included (a /v1 path with one misses the /v1 branch route, and the
+# native app then answers in OpenAI's shape: see the test below); "/" too.
+name_text = st.text(max_size=24)
+model_names = models | name_text | st.builds(lambda a, b: f"{a}/{b}", name_text, name_text)
+
+
+@pytest_twisted.ensureDeferred
+async def test_v1_model_lookups_never_cause_a_500(proxy):
+    seen: set[int] = set()
+
+    @FUZZ
+    @example(name="google/gemini-pro")
+    @example(name="nobody/nothing")
+    @given(name=model_names)
+    def fuzz(name: str) -> None:
+        # "/" stays (model ids have one); neither client nor server resolves "." or ".." segments.
+        response = exchange("GET", proxy.url + "/v1/models/" + quote(name, safe="/:"), b"")
+        assert_no_500(response)
+        seen.add(response.code)
+        if response.code >= 400:
+            assert_openai_error(response)
+        else:
+            assert response.code == 200 and response.header("content-type") == JSON
+            body = response.json()
+            assert body["object"] == "model" and isinstance(body["id"], str) and body["id"], body
+
+    await threads.deferToThread(fuzz)
+    assert {200, 404} <= seen, seen
+
+
+@pytest.mark.parametrize("path", ["/v1/models/a%0Ab", "/v1/chat/completions%0A"])
+@pytest_twisted.ensureDeferred
+async def test_v1_paths_with_a_line_feed_get_openai_errors(proxy, path):
+    response = await http("GET", proxy.url + path)
+    assert response.code == 404
+    assert_openai_error(response)
 
 
 # -- the SSE parser ---------------------------------------------------------------------------
@@ -176,5 +399,20 @@ async def test_whatever_the_upstream_streams_the_client_gets_json(proxy, simulat
     def fuzz(events: list[bytes]) -> None:
         simulator.raw_stream = b"".join(events)
         assert_well_formed(exchange("POST", proxy.url + "/api/chat", body, {"Content-Type": "application/json"}))
+
+    await threads.deferToThread(fuzz)
+
+
+@pytest.mark.parametrize("stream", [True, False])
+@pytest_twisted.ensureDeferred
+async def test_whatever_the_upstream_streams_a_v1_client_gets_sse_or_json(proxy, simulator, stream):
+    body = json.dumps({"model": "sim/raw", "messages": [{"role": "user", "content": "x"}], "stream": stream}).encode()
+
+    @FUZZ
+    @given(events=sse_events)
+    def fuzz(events: list[bytes]) -> None:
+        simulator.raw_stream = b"".join(events)
+        kind = assert_v1_well_formed(exchange("POST", proxy.url + "/v1/chat/completions", body, {"Content-Type": "application/json"}))
+        assert kind in (("sse", "error") if stream else ("json", "error")), kind
 
     await threads.deferToThread(fuzz)

@@ -13,7 +13,7 @@ from typing import Any
 from treq.client import HTTPClient
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectError, DNSLookupError, TimeoutError as ConnectTimeout
-from twisted.internet.interfaces import IReactorTCP, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed, ResponseNeverReceived, _HTTP11ClientFactory
 from zope.interface import implementer
@@ -276,25 +276,3 @@ def _cancelled(error: BaseException) -> bool:
 def _entries(listing: Any) -> list[dict[str, Any]]:
     data = listing.get("data") if isinstance(listing, dict) else listing
     return [e for e in data if isinstance(e, dict)] if isinstance(data, list) else []
-
-
-def openrouter(config: Any, reactor: IReactorTCP) -> OpenAICompatibleProvider:
-    """OpenRouter, from the ``openrouter`` part of :class:`~ollama_proxy.config.Config`."""
-    router = config.openrouter
-    headers: dict[str, str] = {}
-    if router.http_referer:
-        headers["HTTP-Referer"] = router.http_referer
-    if router.x_title:
-        headers["X-Title"] = router.x_title
-    return OpenAICompatibleProvider(
-        name="openrouter",
-        type="openrouter",
-        label="OpenRouter",
-        base_url=router.base_url,
-        api_key=router.api_key,
-        reactor=reactor,
-        timeouts=config.timeouts,
-        extra_headers=headers,
-        max_connections=config.max_connections_per_provider,
-        embedding_models_path="embeddings/models",
-    )
