@@ -93,7 +93,7 @@ class OllamaAPI:
         self.router = router if router is not None else Router.single(provider, catalogue, config, clock)
         self.catalogue = self.router
         self.dispatcher = dispatcher or Dispatcher(RetryPolicy(config.retry), clock)
-        self.running = RunningModels(clock)
+        self.running = RunningModels(clock, config.default_keep_alive)
         self.openai = OpenAICompatAPI(self)
         self.gate = gate
         self.prometheus = metrics  # not "metrics": that name is the /metrics route

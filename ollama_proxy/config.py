@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .credentials import with_credentials
+from .errors import BadRequest
 from .modelfilter import parse_filter_file
 from .opsconfig import SECTIONS as OPS_SECTIONS
 from .opsconfig import OpsConfig, OpsConfigError, parse_ops
@@ -31,6 +32,7 @@ from .providerconfig import (
     RoutingConfig,
     parse_sections,
 )
+from .running import parse_keep_alive
 
 DEFAULT_LISTEN = "tcp:11434:interface=127.0.0.1"
 DEFAULT_OPENROUTER_URL = "https://openrouter.ai/api/v1"
@@ -89,6 +91,8 @@ class Config:
     health_check_interval: float = 60.0
     max_connections_per_provider: int = 128
     config_file: str | None = None
+    # How long a model stays listed in /api/ps after use (OLLAMA_KEEP_ALIVE, as Ollama reads it).
+    default_keep_alive: float = 300.0
     # [auth], [cors], [limits], [log], [shutdown]: see ollama_proxy.opsconfig.
     ops: OpsConfig = field(default_factory=OpsConfig)
     # Providers besides OpenRouter ([openai], [anthropic], [[providers]]), routing and resilience.
@@ -110,6 +114,7 @@ _STRING = ((str,), "a string")
 _STRINGS = ((list,), "a list of strings")
 _SCHEMA: dict[str, tuple[tuple[type, ...], str]] = {
     "environment": _STRING,
+    "keep_alive": ((str, int, float), "a duration (seconds or a string such as \"5m\")"),
     "ollama_version": _STRING,
     "max_body_bytes": ((int,), "an integer"),
     "listen": _STRINGS,
@@ -244,6 +249,14 @@ def _load_config(
             raise ConfigError(f"{path}: 'filter.file': cannot read {flat['filter.file']}: {error.strerror}") from None
         allow, deny = allow + file_allow, deny + file_deny
 
+    keep_alive_setting = env.get("OLLAMA_KEEP_ALIVE") or flat.get("keep_alive")
+    if isinstance(keep_alive_setting, str) and keep_alive_setting.strip().lstrip("-").isdigit():
+        keep_alive_setting = int(keep_alive_setting)  # Ollama reads a bare number as seconds
+    try:
+        keep_alive = parse_keep_alive(keep_alive_setting)
+    except BadRequest as error:
+        raise ConfigError(f"OLLAMA_KEEP_ALIVE / keep_alive: {keep_alive_setting!r}: {error.message}") from None
+
     openrouter = OpenRouterConfig(
         api_key=env.get("OPENROUTER_API_KEY") or flat.get("openrouter.api_key"),
         base_url=(env.get("OPENROUTER_BASE_URL") or flat.get("openrouter.base_url") or DEFAULT_OPENROUTER_URL).rstrip("/"),
@@ -282,6 +295,7 @@ def _load_config(
         health_check_interval=float(flat.get("refresh.health_interval", defaults.health_check_interval)),
         max_connections_per_provider=flat.get("openrouter.max_connections", defaults.max_connections_per_provider),
         config_file=path,
+        default_keep_alive=300.0 if keep_alive is None else keep_alive,
         ops=ops,
         providers=sections.providers,
         routing=sections.routing,

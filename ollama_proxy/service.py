@@ -207,6 +207,7 @@ class ProxyService(MultiService):
             log.warn("the listen endpoints changed; they take effect at the next restart")
         self.redactor.update(config.secrets())
         self.api.config = config
+        self.api.running.default_keep_alive = config.default_keep_alive
         self.router.filter = ModelFilter(config.filter.allow, config.filter.deny)
         self.site.set_limits(config.max_body_bytes, config.ops.limits.max_header_bytes)
         self.gate.reconfigure(config)

@@ -116,3 +116,19 @@ def test_a_key_file_that_is_not_utf8_is_a_config_error(tmp_path):
     path = write(tmp_path, f'[[providers]]\nname = "local"\ntype = "openai"\nbase_url = "http://127.0.0.1:9/v1"\nkey_file = "{key}"\n')
     with pytest.raises(ConfigError, match="not valid UTF-8"):
         load_config(environ={}, config_file=path)
+
+
+@pytest.mark.parametrize(
+    "value, seconds",
+    [("10m", 600.0), ("90", 90.0), ("1h30m", 5400.0), ("0", 0.0)],
+)
+def test_ollama_keep_alive_from_the_environment(value, seconds):
+    assert load_config(environ={"OLLAMA_KEEP_ALIVE": value}).default_keep_alive == seconds
+
+
+def test_keep_alive_default_and_errors(tmp_path):
+    assert load_config(environ={}).default_keep_alive == 300.0
+    assert load_config(environ={}, config_file=write(tmp_path, 'keep_alive = "2m"\n')).default_keep_alive == 120.0
+    assert load_config(environ={"OLLAMA_KEEP_ALIVE": "-1"}).default_keep_alive > 10**9  # forever
+    with pytest.raises(ConfigError, match="OLLAMA_KEEP_ALIVE"):
+        load_config(environ={"OLLAMA_KEEP_ALIVE": "soon"})

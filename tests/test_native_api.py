@@ -6,6 +6,7 @@ import pytest
 import pytest_twisted
 
 from .conftest import http, in_thread
+from .multi import make_multi  # noqa: F401
 from .simulator import fake_vector
 
 
@@ -211,3 +212,14 @@ async def test_health_and_metrics_are_measured(proxy):
     assert chat["status_counts"] == {"200": 1, "404": 1, "502": 1}
     assert chat["max_ms"] >= chat["min_ms"] > 0
     assert metrics["statistics"]["completion_tokens"] == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_ps_uses_the_configured_default_keep_alive(make_multi):
+    from twisted.internet.task import Clock
+
+    proxy = make_multi([], clock=Clock(), default_keep_alive=90.0)
+    await in_thread(ollama.Client(host=proxy.url).chat, model="google/gemini-pro", messages=[{"role": "user", "content": "x"}])
+    [running] = (await http("GET", proxy.url + "/api/ps")).json()["models"]
+    assert running["model"] == "google/gemini-pro:latest"
+    assert running["expires_at"].startswith("1970-01-01T00:01:30")  # the clock's 0 s + 90 s
