@@ -108,8 +108,8 @@ async def test_embeddings_fail_over_through_it(make_multi, primary_sim, openai_s
 def test_openai_dialect_drops_openrouter_fields():
     from ollama_proxy.providers.openai_compat import openai_dialect
 
-    body = {"model": "gpt-4o", "messages": [], "top_k": 40, "min_p": 0.1, "repetition_penalty": 1.1, "temperature": 0.2, "reasoning": {"effort": "low"}}
-    assert openai_dialect(body) == {"model": "gpt-4o", "messages": [], "temperature": 0.2, "reasoning_effort": "low"}
+    body = {"model": "o3", "messages": [], "top_k": 40, "min_p": 0.1, "repetition_penalty": 1.1, "temperature": 0.2, "reasoning": {"effort": "low"}, "max_tokens": 50}
+    assert openai_dialect(body) == {"model": "o3", "messages": [], "temperature": 0.2, "reasoning_effort": "low", "max_completion_tokens": 50}
 
 
 @pytest_twisted.ensureDeferred

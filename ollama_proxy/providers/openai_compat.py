@@ -256,8 +256,12 @@ _NOT_OPENAI = ("top_k", "min_p", "repetition_penalty", "reasoning")
 
 def openai_dialect(body: Mapping[str, Any]) -> dict[str, Any]:
     """A chat body as OpenAI's own API takes it: OpenRouter's extra sampling
-    fields dropped, ``reasoning.effort`` as ``reasoning_effort``."""
+    fields dropped, ``reasoning.effort`` as ``reasoning_effort``, and the cap as
+    ``max_completion_tokens`` (reasoning models refuse ``max_tokens``)."""
     adapted = {k: v for k, v in body.items() if k not in _NOT_OPENAI}
+    if "max_tokens" in adapted:
+        cap = adapted.pop("max_tokens")
+        adapted.setdefault("max_completion_tokens", cap)
     reasoning = body.get("reasoning")
     if isinstance(reasoning, Mapping) and reasoning.get("effort") and "reasoning_effort" not in adapted:
         adapted["reasoning_effort"] = reasoning["effort"]
