@@ -207,3 +207,29 @@ class ChunkReader:
             self.prompt_tokens = prompt
         if isinstance(completion, int):
             self.completion_tokens = completion
+
+
+class ReadsChunks:
+    """What every renderer of upstream chunks shares (mixed into a dataclass that
+    has ``reader``, a :class:`ChunkReader`, and renders pieces in ``_render``)."""
+
+    reader: ChunkReader
+
+    @property
+    def prompt_tokens(self) -> int | None:
+        return self.reader.prompt_tokens
+
+    @property
+    def completion_tokens(self) -> int | None:
+        return self.reader.completion_tokens
+
+    def feed(self, chunk: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """One upstream chunk in; the objects to send now out (maybe none)."""
+        return self._render(self.reader.feed(chunk))
+
+    def close(self) -> list[dict[str, Any]]:
+        """The upstream stream ended: objects still owed (tool calls not yet closed)."""
+        return self._render(self.reader.close())
+
+    def _render(self, pieces: list[Piece]) -> list[dict[str, Any]]:
+        raise NotImplementedError

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from .chunks import ChunkReader, Piece, new_call_id
+from .chunks import ChunkReader, Piece, ReadsChunks, new_call_id
 from .errors import BadRequest, ProxyError
 from .models import UpstreamModel
 from .translate import Timings, field_of, logprob_fields, require_capability
@@ -275,7 +275,7 @@ def _legacy_logprobs(entries: list[dict[str, Any]], offset: int) -> dict[str, An
 
 
 @dataclass
-class OpenAIRenderer:
+class OpenAIRenderer(ReadsChunks):
     """Turns upstream chunks into Ollama's ``/v1`` answers for one request.
 
     ``kind`` is ``chat`` (``chat.completion``) or ``completion`` (``text_completion``).
@@ -306,20 +306,6 @@ class OpenAIRenderer:
         self.reader = ChunkReader(self.new_call_id)
         # OpenAI stamps one ``created`` on every chunk of a stream.
         self.created = int(self.timings.started)
-
-    @property
-    def prompt_tokens(self) -> int | None:
-        return self.reader.prompt_tokens
-
-    @property
-    def completion_tokens(self) -> int | None:
-        return self.reader.completion_tokens
-
-    def feed(self, chunk: Mapping[str, Any]) -> list[dict[str, Any]]:
-        return self._render(self.reader.feed(chunk))
-
-    def close(self) -> list[dict[str, Any]]:
-        return self._render(self.reader.close())
 
     def _head(self) -> dict[str, Any]:
         kind = "chat.completion" if self.kind == "chat" else "text_completion"

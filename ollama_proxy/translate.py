@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .chunks import ChunkReader, Piece, new_call_id
+from .chunks import ChunkReader, Piece, ReadsChunks, new_call_id
 from .errors import BadRequest
 from .images import image_parts
 from .models import UpstreamModel, rfc3339
@@ -379,7 +379,7 @@ class Timings:
 
 
 @dataclass
-class ChatTranslator:
+class ChatTranslator(ReadsChunks):
     """Turns OpenAI stream chunks into Ollama objects for one request.
 
     ``kind`` is ``chat`` (answers carry ``message``) or ``generate`` (answers carry
@@ -411,27 +411,11 @@ class ChatTranslator:
         return cls(model=model, kind=kind, clock=clock, keep_text=keep_text, show_thinking=plan.show_thinking, history=plan.history, prompt=plan.prompt)
 
     @property
-    def prompt_tokens(self) -> int | None:
-        return self.reader.prompt_tokens
-
-    @property
-    def completion_tokens(self) -> int | None:
-        return self.reader.completion_tokens
-
-    @property
     def finish_reason(self) -> str | None:
         return self.reader.finish_reason
 
     def _stamp(self) -> str:
         return rfc3339(self.clock())
-
-    def feed(self, chunk: Mapping[str, Any]) -> list[dict[str, Any]]:
-        """One upstream chunk in; the Ollama objects to send now out (maybe none)."""
-        return self._render(self.reader.feed(chunk))
-
-    def close(self) -> list[dict[str, Any]]:
-        """The upstream stream ended: objects still owed (tool calls not yet closed)."""
-        return self._render(self.reader.close())
 
     def _render(self, pieces: list[Piece]) -> list[dict[str, Any]]:
         out = []
