@@ -11,7 +11,7 @@ from twisted.internet.defer import Deferred
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
-from .simulator import RecordedRequest, _CountingSite
+from .simulator import RecordedRequest, _CountingSite, abort_all
 
 
 @dataclass
@@ -54,11 +54,7 @@ class SimulatorBase(Resource):
         return self.port.stopListening() if self.port is not None else None
 
     def close_connections(self) -> None:
-        for protocol in list(self.open_protocols):
-            # Site hands out a wrapper around the HTTPChannel: the transport is the channel's.
-            transport = getattr(protocol, "transport", None) or getattr(getattr(protocol, "_channel", None), "transport", None)
-            if transport is not None:
-                transport.abortConnection()
+        abort_all(self.open_protocols)
 
     def fail_next(self, status: int, count: int = 1, retry_after: str | None = None) -> None:
         """Answer the next ``count`` POST requests with ``status``."""

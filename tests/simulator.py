@@ -216,6 +216,16 @@ class _Injected:
     retry_after: str | None = None
 
 
+def abort_all(protocols: set[Any]) -> None:
+    """Abort every connection of a :class:`_CountingSite` (test teardown)."""
+    for protocol in list(protocols):
+        # Site hands out a wrapper around the HTTPChannel: the transport is the channel's.
+        channel = getattr(protocol, "_channel", protocol)
+        transport = getattr(channel, "transport", None)
+        if transport is not None:
+            transport.abortConnection()
+
+
 class _CountingSite(Site):
     def __init__(self, resource: Resource, simulator: "UpstreamSimulator", **kwargs: Any) -> None:
         super().__init__(resource, **kwargs)
@@ -312,12 +322,7 @@ class UpstreamSimulator(Resource):
 
     def close_connections(self) -> None:
         """Drop every open connection (test teardown)."""
-        for protocol in list(self.open_protocols):
-            # Site hands out a wrapper around the HTTPChannel: the transport is the channel's.
-            channel = getattr(protocol, "_channel", protocol)
-            transport = getattr(channel, "transport", None)
-            if transport is not None:
-                transport.abortConnection()
+        abort_all(self.open_protocols)
 
     def fail_next(self, status: int, count: int = 1, retry_after: str | None = None) -> None:
         """Answer the next ``count`` chat/embedding requests with ``status``."""
