@@ -9,8 +9,8 @@ import os
 from twisted.application.service import Application
 from twisted.internet import reactor
 
-from ollama_proxy.config import load_config
-from ollama_proxy.daemon import DaemonService
+from ollama_proxy.config.settings import load_config
+from ollama_proxy.ops.daemon import DaemonService
 from ollama_proxy.service import makeService
 from ollama_proxy.tap import tac_observer
 

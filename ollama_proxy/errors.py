@@ -1,6 +1,6 @@
 """Domain errors: each carries the HTTP status and the ``type`` of its JSON body.
 
-Routes raise these; one handler in :mod:`ollama_proxy.api` turns them into
+Routes raise these; one handler in :mod:`ollama_proxy.api.native` turns them into
 ``{"error": ..., "type": ...}`` responses, so the routes read as the happy path.
 """
 

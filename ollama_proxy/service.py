@@ -17,22 +17,22 @@ from twisted.internet.defer import Deferred, ensureDeferred, gatherResults, mayb
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from .api import HealthState, OllamaAPI
-from .config import Config
-from .dispatch import Dispatcher
-from .frontdoor import Gate
-from .healthcheck import HealthChecker
-from .interfaces import IProvider
-from .lifecycle import Lifecycle
-from .logs import Redactor
-from .metrics import Metrics
-from .modelfilter import ModelFilter
-from .retry import RetryPolicy
-from .routed import RoutedProvider
-from .routing import Router
-from .stats import Stats
-from .slots import build_slots
-from .web import make_site
+from ollama_proxy.api.native import HealthState, OllamaAPI
+from ollama_proxy.config.settings import Config
+from ollama_proxy.routing.dispatch import Dispatcher
+from ollama_proxy.front.door import Gate
+from ollama_proxy.routing.healthcheck import HealthChecker
+from ollama_proxy.providers.interfaces import IProvider
+from ollama_proxy.front.lifecycle import Lifecycle
+from ollama_proxy.ops.logs import Redactor
+from ollama_proxy.ops.metrics import Metrics
+from ollama_proxy.routing.modelfilter import ModelFilter
+from ollama_proxy.routing.retry import RetryPolicy
+from ollama_proxy.routing.routed import RoutedProvider
+from ollama_proxy.routing.router import Router
+from ollama_proxy.ops.stats import Stats
+from ollama_proxy.routing.slots import build_slots
+from ollama_proxy.front.site import make_site
 
 log = Logger()
 

@@ -1,6 +1,6 @@
 """``twistd ollama-proxy``: command-line options and the service maker.
 
-The service is a :class:`~ollama_proxy.daemon.DaemonService`: the proxy plus
+The service is a :class:`~ollama_proxy.ops.daemon.DaemonService`: the proxy plus
 SIGHUP reload, graceful SIGTERM, sd_notify and the log observer twistd uses
 (which honours twistd's ``--logfile``, ``--syslog`` and ``--prefix``).
 """
@@ -16,10 +16,10 @@ from typing import Any
 
 from twisted.python import usage
 
-from .config import ConfigError, load_config
-from .daemon import DaemonService
-from .logs import daemon_observer
-from .service import makeService as build
+from ollama_proxy.config.settings import ConfigError, load_config
+from ollama_proxy.ops.daemon import DaemonService
+from ollama_proxy.ops.logs import daemon_observer
+from ollama_proxy.service import makeService as build
 
 
 class Options(usage.Options):

@@ -14,8 +14,8 @@ from twisted.internet import threads
 from twisted.internet.defer import Deferred
 from twisted.logger import globalLogPublisher
 
-from ollama_proxy.config import Config, OpenRouterConfig, Timeouts, load_config
-from ollama_proxy.providerconfig import RetryConfig
+from ollama_proxy.config.settings import Config, OpenRouterConfig, Timeouts, load_config
+from ollama_proxy.config.providers import RetryConfig
 from ollama_proxy.service import ProxyService, makeService
 
 from .simulator import API_KEY, UpstreamSimulator

@@ -20,8 +20,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock, deferLater
 
-from ollama_proxy.config import Config, OpenRouterConfig, Timeouts, load_config
-from ollama_proxy.providerconfig import BreakerConfig, ProviderConfig, ProviderTimeouts, RetryConfig
+from ollama_proxy.config.settings import Config, OpenRouterConfig, Timeouts, load_config
+from ollama_proxy.config.providers import BreakerConfig, ProviderConfig, ProviderTimeouts, RetryConfig
 from ollama_proxy.service import makeService
 
 from .anthropic_simulator import API_KEY as ANTHROPIC_KEY

@@ -11,9 +11,9 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor as global_reactor
 
-from ollama_proxy.config import Timeouts
+from ollama_proxy.config.settings import Timeouts
 from ollama_proxy.errors import UpstreamError, UpstreamStreamError
-from ollama_proxy.providerconfig import RoutingConfig
+from ollama_proxy.config.providers import RoutingConfig
 from ollama_proxy.providers.anthropic import AnthropicDecoder, AnthropicProvider, messages_request, model_from
 
 from .conftest import http, in_thread
@@ -330,7 +330,7 @@ async def test_anthropic_silent_before_any_token_falls_back(make_multi, anthropi
     from twisted.internet.defer import ensureDeferred
     from twisted.internet.task import Clock
 
-    from ollama_proxy.providerconfig import ProviderTimeouts, RetryConfig
+    from ollama_proxy.config.providers import ProviderTimeouts, RetryConfig
 
     from .multi import pump
 

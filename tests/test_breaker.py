@@ -6,8 +6,8 @@ import random
 
 from twisted.internet.task import Clock
 
-from ollama_proxy.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker, Outcome
-from ollama_proxy.providerconfig import BreakerConfig
+from ollama_proxy.routing.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker, Outcome
+from ollama_proxy.config.providers import BreakerConfig
 
 S, F = Outcome.SUCCESS, Outcome.FAILURE
 

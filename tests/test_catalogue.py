@@ -5,10 +5,10 @@ import pytest_twisted
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 
-from ollama_proxy.catalogue import ModelCatalogue
+from ollama_proxy.routing.catalogue import ModelCatalogue
 from ollama_proxy.errors import ModelForbidden, ModelNotFound
-from ollama_proxy.modelfilter import ModelFilter
-from ollama_proxy.models import (
+from ollama_proxy.routing.modelfilter import ModelFilter
+from ollama_proxy.wire.models import (
     UpstreamModel,
     candidate_ids,
     family_of,

@@ -2,7 +2,7 @@
 
 import pytest
 
-from ollama_proxy.config import DEFAULT_LISTEN, ConfigError, listen_from_ollama_host, load_config
+from ollama_proxy.config.settings import DEFAULT_LISTEN, ConfigError, listen_from_ollama_host, load_config
 
 
 def write(tmp_path, text):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from ollama_proxy.config import ConfigError, load_config
-from ollama_proxy.modelfilter import ModelFilter, parse_filter_lines
-from ollama_proxy.models import UpstreamModel
-from ollama_proxy.providerconfig import BreakerConfig, RetryConfig
+from ollama_proxy.config.settings import ConfigError, load_config
+from ollama_proxy.routing.modelfilter import ModelFilter, parse_filter_lines
+from ollama_proxy.wire.models import UpstreamModel
+from ollama_proxy.config.providers import BreakerConfig, RetryConfig
 
 
 def write(tmp_path, text: str) -> str:

@@ -14,7 +14,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 from twisted.web.static import Data
 
-from ollama_proxy.config import load_config
+from ollama_proxy.config.settings import load_config
 from ollama_proxy.service import ListenerService, makeService
 
 from . import daemon

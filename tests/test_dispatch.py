@@ -9,18 +9,18 @@ import pytest
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, fail, succeed
 from twisted.internet.task import Clock
 
-from ollama_proxy.breaker import CLOSED, OPEN, CircuitBreaker, Outcome
-from ollama_proxy.catalogue import ModelCatalogue
-from ollama_proxy.dispatch import AnsweredWithError, Dispatcher
+from ollama_proxy.routing.breaker import CLOSED, OPEN, CircuitBreaker, Outcome
+from ollama_proxy.routing.catalogue import ModelCatalogue
+from ollama_proxy.routing.dispatch import AnsweredWithError, Dispatcher
 from ollama_proxy.errors import UpstreamError
-from ollama_proxy.limiter import BUSY_MESSAGE, Busy, ConcurrencyLimiter
-from ollama_proxy.modelfilter import ModelFilter
-from ollama_proxy.models import UpstreamModel
-from ollama_proxy.providerconfig import BreakerConfig, RetryConfig
+from ollama_proxy.routing.limiter import BUSY_MESSAGE, Busy, ConcurrencyLimiter
+from ollama_proxy.routing.modelfilter import ModelFilter
+from ollama_proxy.wire.models import UpstreamModel
+from ollama_proxy.config.providers import BreakerConfig, RetryConfig
 from ollama_proxy.providers.echo import EchoProvider
-from ollama_proxy.retry import RetryPolicy
-from ollama_proxy.routing import Route, Target
-from ollama_proxy.slots import ProviderSlot
+from ollama_proxy.routing.retry import RetryPolicy
+from ollama_proxy.routing.router import Route, Target
+from ollama_proxy.routing.slots import ProviderSlot
 
 
 def slot(name: str, clock: Clock, *, breaker: BreakerConfig | None = None, in_flight: int = 8, queue: int = 8, queue_timeout: float = 30) -> ProviderSlot:

@@ -8,9 +8,9 @@ from twisted.internet import reactor as global_reactor
 from twisted.internet.defer import CancelledError
 from twisted.internet.task import Clock
 
-from ollama_proxy.config import load_config
+from ollama_proxy.config.settings import load_config
 from ollama_proxy.errors import UpstreamError
-from ollama_proxy.providerconfig import ProviderConfig
+from ollama_proxy.config.providers import ProviderConfig
 from ollama_proxy.providers.echo import EchoProvider, echo_words, embed_text
 from ollama_proxy.providers.registry import provider_configs
 from ollama_proxy.service import makeService
@@ -125,10 +125,10 @@ async def test_the_api_mounted_alone_over_one_provider():
     """An embedding program may hand OllamaAPI one provider and its catalogue."""
     from twisted.web.server import Site
 
-    from ollama_proxy.api import HealthState, OllamaAPI
-    from ollama_proxy.catalogue import ModelCatalogue
-    from ollama_proxy.modelfilter import ModelFilter
-    from ollama_proxy.stats import Stats
+    from ollama_proxy.api.native import HealthState, OllamaAPI
+    from ollama_proxy.routing.catalogue import ModelCatalogue
+    from ollama_proxy.routing.modelfilter import ModelFilter
+    from ollama_proxy.ops.stats import Stats
 
     config = load_config(environ={})
     echo = EchoProvider(global_reactor)

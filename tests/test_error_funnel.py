@@ -7,15 +7,15 @@ from twisted.logger import formatEvent, globalLogPublisher
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from ollama_proxy.api import HealthState, OllamaAPI
-from ollama_proxy.catalogue import ModelCatalogue
-from ollama_proxy.config import Config
-from ollama_proxy.interfaces import IProvider, IUpstreamStream
-from ollama_proxy.modelfilter import ModelFilter
-from ollama_proxy.models import UpstreamModel
+from ollama_proxy.api.native import HealthState, OllamaAPI
+from ollama_proxy.routing.catalogue import ModelCatalogue
+from ollama_proxy.config.settings import Config
+from ollama_proxy.providers.interfaces import IProvider, IUpstreamStream
+from ollama_proxy.routing.modelfilter import ModelFilter
+from ollama_proxy.wire.models import UpstreamModel
 from ollama_proxy.providers.openai_compat import OpenAICompatibleProvider
-from ollama_proxy.stats import Stats
-from ollama_proxy.web import make_site
+from ollama_proxy.ops.stats import Stats
+from ollama_proxy.front.site import make_site
 
 from .conftest import http
 

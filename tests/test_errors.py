@@ -5,7 +5,7 @@ import pytest
 import pytest_twisted
 from twisted.logger import globalLogPublisher
 
-from ollama_proxy.config import FilterConfig, OpenRouterConfig
+from ollama_proxy.config.settings import FilterConfig, OpenRouterConfig
 
 from .conftest import http, in_thread
 from .simulator import API_KEY
@@ -134,7 +134,7 @@ async def test_upstream_cut_mid_stream_ends_with_an_error_line(proxy):
 
 @pytest_twisted.ensureDeferred
 async def test_stalled_stream_is_ended_by_the_idle_timer(make_proxy, simulator):
-    from ollama_proxy.config import Timeouts
+    from ollama_proxy.config.settings import Timeouts
 
     proxy = make_proxy(timeouts=Timeouts(connect=5, response=10, idle=0.2))
     r = await http("POST", proxy.url + CHAT, chat("sim/stall", stream=True))
@@ -146,7 +146,7 @@ async def test_stalled_stream_is_ended_by_the_idle_timer(make_proxy, simulator):
 
 @pytest_twisted.ensureDeferred
 async def test_upstream_that_never_answers_is_504(make_proxy):
-    from ollama_proxy.config import Timeouts
+    from ollama_proxy.config.settings import Timeouts
 
     proxy = make_proxy(timeouts=Timeouts(connect=5, response=0.2, idle=10))
     r = await http("POST", proxy.url + CHAT, chat("sim/no-headers", stream=True))

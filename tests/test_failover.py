@@ -18,8 +18,8 @@ from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.internet.task import Clock
 from twisted.web.client import ResponseNeverReceived
 
-from ollama_proxy.limiter import BUSY_MESSAGE
-from ollama_proxy.providerconfig import BreakerConfig, ProviderTimeouts, RetryConfig
+from ollama_proxy.routing.limiter import BUSY_MESSAGE
+from ollama_proxy.config.providers import BreakerConfig, ProviderTimeouts, RetryConfig
 
 from .conftest import http, in_thread
 from .multi import make_multi, openai_sim, provider, pump, turn  # noqa: F401
@@ -304,7 +304,7 @@ async def test_error_before_the_first_token_falls_over(make_multi, primary_sim, 
 # -- fallback models ------------------------------------------------------------------------
 @pytest_twisted.ensureDeferred
 async def test_fallback_model_answers_when_the_model_fails_everywhere(make_multi, primary_sim, openai_sim):
-    from ollama_proxy.providerconfig import RoutingConfig
+    from ollama_proxy.config.providers import RoutingConfig
 
     routing = RoutingConfig(fallbacks=(("sim/fail-503", ("sim/fail-500", "google/gemini-pro")),))
     proxy = make_multi(pair(primary_sim, openai_sim), openrouter=False, routing=routing)

@@ -10,11 +10,11 @@ from twisted.logger import ILogObserver
 from twisted.web.resource import IResource, Resource
 from zope.interface.verify import verifyObject
 
-from ollama_proxy.config import Config
-from ollama_proxy.frontdoor import FrontDoor, Gate
-from ollama_proxy.lifecycle import Lifecycle
-from ollama_proxy.logs import RedactingObserver, Redactor
-from ollama_proxy.web import make_site
+from ollama_proxy.config.settings import Config
+from ollama_proxy.front.door import FrontDoor, Gate
+from ollama_proxy.front.lifecycle import Lifecycle
+from ollama_proxy.ops.logs import RedactingObserver, Redactor
+from ollama_proxy.front.site import make_site
 
 from .conftest import http
 

@@ -21,7 +21,7 @@ from twisted.internet import reactor, threads
 from twisted.internet.defer import ensureDeferred
 from twisted.internet.threads import blockingCallFromThread
 
-from ollama_proxy.sse import SSEParser, SSEProtocolError
+from ollama_proxy.providers.sse import SSEParser, SSEProtocolError
 
 from .conftest import http
 from .daemonproc import within

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest_twisted
 from twisted.internet.task import Clock
 
-from ollama_proxy.providerconfig import BreakerConfig
+from ollama_proxy.config.providers import BreakerConfig
 
 from .conftest import http
 from .multi import ANTHROPIC_KEY, anthropic_sim, make_multi, openai_sim, provider, turn  # noqa: F401

@@ -11,7 +11,7 @@ from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 
-from ollama_proxy.config import Timeouts
+from ollama_proxy.config.settings import Timeouts
 
 from .conftest import LineReader, http
 from .daemonproc import within

@@ -9,20 +9,20 @@ from twisted.internet import reactor as global_reactor
 from twisted.internet.task import Clock
 from zope.interface.verify import verifyObject
 
-from ollama_proxy.config import Timeouts, load_config
-from ollama_proxy.dispatch import Dispatcher
-from ollama_proxy.interfaces import IProvider, IUpstreamStream
-from ollama_proxy.modelfilter import ModelFilter
-from ollama_proxy.providerconfig import ProviderConfig, RetryConfig, RoutingConfig
+from ollama_proxy.config.settings import Timeouts, load_config
+from ollama_proxy.routing.dispatch import Dispatcher
+from ollama_proxy.providers.interfaces import IProvider, IUpstreamStream
+from ollama_proxy.routing.modelfilter import ModelFilter
+from ollama_proxy.config.providers import ProviderConfig, RetryConfig, RoutingConfig
 from ollama_proxy.providers.anthropic import AnthropicProvider
 from ollama_proxy.providers.echo import EchoProvider, EchoStream
 from ollama_proxy.providers.ollama import OllamaProvider
 from ollama_proxy.providers.openai_compat import OpenAICompatibleProvider
 from ollama_proxy.providers.registry import build_provider
-from ollama_proxy.retry import RetryPolicy
-from ollama_proxy.routed import RoutedProvider, RoutedStream
-from ollama_proxy.routing import Router
-from ollama_proxy.upstream import NDJSONParser, SSEStream
+from ollama_proxy.routing.retry import RetryPolicy
+from ollama_proxy.routing.routed import RoutedProvider, RoutedStream
+from ollama_proxy.routing.router import Router
+from ollama_proxy.providers.stream import NDJSONParser, SSEStream
 
 
 @pytest_twisted.ensureDeferred

@@ -10,7 +10,7 @@ import pytest_twisted
 from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import Clock
 
-from ollama_proxy.opsconfig import OpsConfig, ShutdownConfig
+from ollama_proxy.config.ops import OpsConfig, ShutdownConfig
 
 from .conftest import http
 from .daemonproc import StreamClient, within

@@ -11,7 +11,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 
-from ollama_proxy.opsconfig import LimitsConfig, OpsConfig
+from ollama_proxy.config.ops import LimitsConfig, OpsConfig
 
 from .conftest import http
 from .daemonproc import StreamClient

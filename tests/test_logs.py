@@ -11,8 +11,8 @@ import pytest_twisted
 from twisted.logger import FilteringLogObserver, LegacyLogObserverWrapper, Logger, LogLevel, globalLogPublisher, textFileLogObserver
 from twisted.python.logfile import LogFile
 
-from ollama_proxy.logs import REDACTED, RedactingObserver, Redactor, daemon_observer, jsonLinesObserver, redacting
-from ollama_proxy.opsconfig import LogConfig, OpsConfig
+from ollama_proxy.ops.logs import REDACTED, RedactingObserver, Redactor, daemon_observer, jsonLinesObserver, redacting
+from ollama_proxy.config.ops import LogConfig, OpsConfig
 
 from .conftest import http
 from .simulator import API_KEY

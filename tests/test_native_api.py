@@ -46,7 +46,7 @@ async def test_tags_with_the_ollama_client(proxy):
 
 @pytest_twisted.ensureDeferred
 async def test_tags_are_filtered(make_proxy):
-    from ollama_proxy.config import FilterConfig
+    from ollama_proxy.config.settings import FilterConfig
 
     proxy = make_proxy(filter=FilterConfig(allow=["google/*", "openai/*"], deny=["openai/text-*"]))
     names = [m["name"] for m in (await http("GET", proxy.url + "/api/tags")).json()["models"]]

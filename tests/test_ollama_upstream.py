@@ -12,11 +12,11 @@ import pytest_twisted
 from twisted.internet import reactor as global_reactor
 from twisted.internet.task import Clock
 
-from ollama_proxy.config import Timeouts
+from ollama_proxy.config.settings import Timeouts
 from ollama_proxy.errors import UpstreamError, UpstreamStreamError
-from ollama_proxy.providerconfig import ProviderTimeouts
+from ollama_proxy.config.providers import ProviderTimeouts
 from ollama_proxy.providers.ollama import OllamaDecoder, OllamaProvider, chat_body, model_from
-from ollama_proxy.upstream import NDJSONParser
+from ollama_proxy.providers.stream import NDJSONParser
 
 from .conftest import http, in_thread
 from .multi import make_multi, ollama_sim, provider, pump  # noqa: F401

@@ -6,9 +6,9 @@ import hashlib
 
 import pytest
 
-from ollama_proxy.config import ConfigError, load_config
-from ollama_proxy.credentials import ClientToken, parse_token_lines, token_digest
-from ollama_proxy.opsconfig import DEFAULT_ORIGINS
+from ollama_proxy.config.settings import ConfigError, load_config
+from ollama_proxy.config.credentials import ClientToken, parse_token_lines, token_digest
+from ollama_proxy.config.ops import DEFAULT_ORIGINS
 
 
 def write(tmp_path, text: str) -> str:

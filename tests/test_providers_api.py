@@ -143,9 +143,9 @@ async def test_health_check_probes_every_provider(make_multi, openai_sim, anthro
 
 @pytest_twisted.ensureDeferred
 async def test_filters_aliases_and_explicit_names_through_the_proxy(make_multi, openai_sim, ollama_sim, tmp_path):
-    from ollama_proxy.config import FilterConfig
-    from ollama_proxy.modelfilter import parse_filter_file
-    from ollama_proxy.providerconfig import RoutingConfig
+    from ollama_proxy.config.settings import FilterConfig
+    from ollama_proxy.routing.modelfilter import parse_filter_file
+    from ollama_proxy.config.providers import RoutingConfig
 
     listing = tmp_path / "models.txt"
     listing.write_text("# what we offer\ngoogle/*\nllama3.2*\nopenai/gpt-4o-mini\n!local/qwen*\n")
@@ -183,7 +183,7 @@ async def test_filters_aliases_and_explicit_names_through_the_proxy(make_multi, 
 async def test_openai_from_the_environment_and_named_providers_from_the_file(openai_sim, ollama_sim, tmp_path):
     from twisted.internet import reactor
 
-    from ollama_proxy.config import load_config
+    from ollama_proxy.config.settings import load_config
     from ollama_proxy.service import makeService
 
     path = tmp_path / "proxy.toml"

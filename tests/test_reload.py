@@ -9,9 +9,9 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 
-from ollama_proxy.config import load_config
-from ollama_proxy.daemon import DaemonService
-from ollama_proxy.sdnotify import SystemdNotifier
+from ollama_proxy.config.settings import load_config
+from ollama_proxy.ops.daemon import DaemonService
+from ollama_proxy.ops.sdnotify import SystemdNotifier
 from ollama_proxy.service import makeService
 
 from .conftest import RunningProxy, http

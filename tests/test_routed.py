@@ -8,7 +8,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor as global_reactor
 
-from ollama_proxy.providerconfig import RoutingConfig
+from ollama_proxy.config.providers import RoutingConfig
 
 from .conftest import http
 from .multi import make_multi, openai_sim, provider  # noqa: F401

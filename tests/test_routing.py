@@ -10,16 +10,16 @@ import pytest
 from twisted.internet.defer import ensureDeferred, succeed
 from twisted.internet.task import Clock
 
-from ollama_proxy.breaker import CircuitBreaker
-from ollama_proxy.catalogue import ModelCatalogue
+from ollama_proxy.routing.breaker import CircuitBreaker
+from ollama_proxy.routing.catalogue import ModelCatalogue
 from ollama_proxy.errors import BadRequest, ModelForbidden, ModelNotFound
-from ollama_proxy.limiter import ConcurrencyLimiter
-from ollama_proxy.modelfilter import ModelFilter
-from ollama_proxy.models import UpstreamModel
-from ollama_proxy.providerconfig import BreakerConfig, RoutingConfig
+from ollama_proxy.routing.limiter import ConcurrencyLimiter
+from ollama_proxy.routing.modelfilter import ModelFilter
+from ollama_proxy.wire.models import UpstreamModel
+from ollama_proxy.config.providers import BreakerConfig, RoutingConfig
 from ollama_proxy.providers.echo import EchoProvider
-from ollama_proxy.routing import ProviderNotFound, Router
-from ollama_proxy.slots import ProviderSlot
+from ollama_proxy.routing.router import ProviderNotFound, Router
+from ollama_proxy.routing.slots import ProviderSlot
 
 LISTS = {
     "openrouter": ["openai/gpt-4o-mini", "google/gemini-pro", "meta-llama/llama-3.2-3b-instruct", "shared-model", "openai/text-embedding-3-small"],

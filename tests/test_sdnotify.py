@@ -8,7 +8,7 @@ from pathlib import Path
 
 from twisted.internet.task import Clock
 
-from ollama_proxy.sdnotify import SystemdNotifier, notify, watchdog_interval
+from ollama_proxy.ops.sdnotify import SystemdNotifier, notify, watchdog_interval
 
 
 def receiver(abstract: bool = False) -> tuple[socket.socket, str]:

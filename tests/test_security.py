@@ -9,11 +9,11 @@ import ollama
 import pytest
 import pytest_twisted
 
-from ollama_proxy import auth
-from ollama_proxy.auth import Authenticator
-from ollama_proxy.credentials import ClientToken
+from ollama_proxy.front import auth
+from ollama_proxy.front.auth import Authenticator
+from ollama_proxy.config.credentials import ClientToken
 from ollama_proxy.errors import Unauthorized
-from ollama_proxy.opsconfig import DEFAULT_ORIGINS, AuthConfig, CorsConfig, OpsConfig
+from ollama_proxy.config.ops import DEFAULT_ORIGINS, AuthConfig, CorsConfig, OpsConfig
 
 from .conftest import http, in_thread
 
@@ -179,7 +179,7 @@ async def test_dns_rebinding_is_refused_on_a_loopback_listener(proxy):
 
 
 def test_host_names_that_are_this_machine():
-    from ollama_proxy.cors import host_allowed
+    from ollama_proxy.front.cors import host_allowed
 
     assert host_allowed(None) and host_allowed("localhost:11434") and host_allowed("app.localhost")
     assert host_allowed("10.0.0.7:11434") and host_allowed("0.0.0.0")

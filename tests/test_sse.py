@@ -1,6 +1,6 @@
 """The incremental SSE parser, fed the way TCP delivers bytes."""
 
-from ollama_proxy.sse import SSEEvent, SSEParser
+from ollama_proxy.providers.sse import SSEEvent, SSEParser
 
 STREAM = (
     b": OPENROUTER PROCESSING\n\n"
@@ -62,7 +62,7 @@ def test_field_without_space_and_unknown_fields():
 def test_overlong_line_is_an_error():
     import pytest
 
-    from ollama_proxy.sse import SSEProtocolError
+    from ollama_proxy.providers.sse import SSEProtocolError
 
     parser = SSEParser(max_line_bytes=10)
     with pytest.raises(SSEProtocolError):
@@ -70,7 +70,7 @@ def test_overlong_line_is_an_error():
 
 
 def test_ndjson_parser_in_every_split():
-    from ollama_proxy.upstream import NDJSONParser
+    from ollama_proxy.providers.stream import NDJSONParser
 
     data = b'{"a":1}\n\n{"b":2}\r\n{"c":3}\n{"tail":4}'
     for size in range(1, 9):

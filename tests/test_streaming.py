@@ -2,7 +2,7 @@
 
 import pytest_twisted
 
-from ollama_proxy.providerconfig import RetryConfig
+from ollama_proxy.config.providers import RetryConfig
 
 from .conftest import LineReader, http
 

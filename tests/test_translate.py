@@ -5,8 +5,8 @@ import json
 import pytest
 
 from ollama_proxy.errors import BadRequest, UpstreamStreamError
-from ollama_proxy.models import UpstreamModel
-from ollama_proxy.translate import (
+from ollama_proxy.wire.models import UpstreamModel
+from ollama_proxy.wire.ollama_chat import (
     ChatTranslator,
     embed_inputs,
     plan_chat,

@@ -19,7 +19,7 @@ import pytest_twisted
 from twisted.internet import reactor as global_reactor
 from twisted.internet.task import deferLater
 
-from ollama_proxy.config import OpenRouterConfig
+from ollama_proxy.config.settings import OpenRouterConfig
 
 from .conftest import LineReader, http, in_thread
 from .multi import make_multi, openai_sim, provider  # noqa: F401

@@ -89,7 +89,7 @@ async def test_front_door_errors_on_v1_come_in_openai_shape(make_proxy):
 
 @pytest_twisted.ensureDeferred
 async def test_v1_models_lists_what_api_tags_lists_for_the_token(make_proxy):
-    from ollama_proxy.providerconfig import RoutingConfig
+    from ollama_proxy.config.providers import RoutingConfig
 
     proxy = make_proxy(ops=tokens_config(), routing=RoutingConfig(aliases=(("gemini", "google/gemini-pro"),)))
     everyone = openai.OpenAI(base_url=proxy.url + "/v1", api_key=ALICE, max_retries=0)

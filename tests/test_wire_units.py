@@ -8,13 +8,13 @@ import json
 import pytest
 from twisted.internet.task import Clock
 
-from ollama_proxy.chunks import ChunkReader
+from ollama_proxy.wire.chunks import ChunkReader
 from ollama_proxy.errors import BadRequest, UpstreamStreamError
-from ollama_proxy.images import image_data_uri, sniff_media_type
-from ollama_proxy.models import UpstreamModel
-from ollama_proxy.running import FOREVER, RunningModels, parse_keep_alive
-from ollama_proxy.translate import ChatTranslator, chat_messages, plan_chat, plan_generate, response_format
-from ollama_proxy.translate_generate import decode_context, encode_context
+from ollama_proxy.wire.images import image_data_uri, sniff_media_type
+from ollama_proxy.wire.models import UpstreamModel
+from ollama_proxy.routing.running import FOREVER, RunningModels, parse_keep_alive
+from ollama_proxy.wire.ollama_chat import ChatTranslator, chat_messages, plan_chat, plan_generate, response_format
+from ollama_proxy.wire.ollama_generate import decode_context, encode_context
 
 from .wire import JPEG, PNG, b64
 

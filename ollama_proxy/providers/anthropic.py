@@ -23,12 +23,12 @@ from typing import Any
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from .. import __version__
-from ..errors import BadRequest, UpstreamStreamError
-from ..interfaces import IProvider, IUpstreamStream
-from ..models import UpstreamModel
-from ..upstream import SSEStream
-from .openai_compat import OpenAICompatibleProvider
+from ollama_proxy import __version__
+from ollama_proxy.errors import BadRequest, UpstreamStreamError
+from ollama_proxy.providers.interfaces import IProvider, IUpstreamStream
+from ollama_proxy.wire.models import UpstreamModel
+from ollama_proxy.providers.stream import SSEStream
+from ollama_proxy.providers.openai_compat import OpenAICompatibleProvider
 
 log = Logger()
 

@@ -24,9 +24,9 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ..errors import BadRequest, UpstreamError
-from ..interfaces import IProvider, IUpstreamStream
-from ..models import UpstreamModel
+from ollama_proxy.errors import BadRequest, UpstreamError
+from ollama_proxy.providers.interfaces import IProvider, IUpstreamStream
+from ollama_proxy.wire.models import UpstreamModel
 
 CHAT_MODEL = "echo"
 EMBED_MODEL = "echo-embed"

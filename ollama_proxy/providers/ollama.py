@@ -20,12 +20,12 @@ from twisted.internet.defer import ensureDeferred, gatherResults
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from ..errors import UpstreamError, UpstreamStreamError
-from ..interfaces import IProvider, IUpstreamStream
-from ..models import UpstreamModel
-from ..translate import NATIVE_KEY
-from ..upstream import NDJSONParser, SSEStream
-from .openai_compat import OpenAICompatibleProvider
+from ollama_proxy.errors import UpstreamError, UpstreamStreamError
+from ollama_proxy.providers.interfaces import IProvider, IUpstreamStream
+from ollama_proxy.wire.models import UpstreamModel
+from ollama_proxy.wire.ollama_chat import NATIVE_KEY
+from ollama_proxy.providers.stream import NDJSONParser, SSEStream
+from ollama_proxy.providers.openai_compat import OpenAICompatibleProvider
 
 # OpenAI request field -> Ollama option.
 OPTIONS = {

@@ -1,7 +1,7 @@
 """A provider that speaks OpenAI's chat-completions wire format (OpenRouter, OpenAI, ...).
 
 One persistent connection pool per provider, shared by every request. Streams are
-requested with ``unbuffered=True`` and read event by event (:mod:`ollama_proxy.upstream`).
+requested with ``unbuffered=True`` and read event by event (:mod:`ollama_proxy.providers.stream`).
 """
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed, ResponseNeverReceived, _HTTP11ClientFactory
 from zope.interface import implementer
 
-from .. import __version__
-from ..config import Timeouts
-from ..errors import UpstreamError
-from ..interfaces import IProvider, IUpstreamStream
-from ..models import UpstreamModel, from_openrouter
-from ..translate import NATIVE_KEY
-from ..upstream import BodyTimeout, BodyTooLarge, SSEStream, read_body
+from ollama_proxy import __version__
+from ollama_proxy.config.settings import Timeouts
+from ollama_proxy.errors import UpstreamError
+from ollama_proxy.providers.interfaces import IProvider, IUpstreamStream
+from ollama_proxy.wire.models import UpstreamModel, from_openrouter
+from ollama_proxy.wire.ollama_chat import NATIVE_KEY
+from ollama_proxy.providers.stream import BodyTimeout, BodyTooLarge, SSEStream, read_body
 
 log = Logger()
 

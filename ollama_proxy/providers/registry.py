@@ -8,13 +8,13 @@ from typing import Any
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from ..config import Config, Timeouts
-from ..interfaces import IProvider
-from ..providerconfig import ProviderConfig
-from .anthropic import AnthropicProvider
-from .echo import EchoProvider
-from .ollama import OllamaProvider
-from .openai_compat import OpenAICompatibleProvider
+from ollama_proxy.config.settings import Config, Timeouts
+from ollama_proxy.providers.interfaces import IProvider
+from ollama_proxy.config.providers import ProviderConfig
+from ollama_proxy.providers.anthropic import AnthropicProvider
+from ollama_proxy.providers.echo import EchoProvider
+from ollama_proxy.providers.ollama import OllamaProvider
+from ollama_proxy.providers.openai_compat import OpenAICompatibleProvider
 
 log = Logger()
 

@@ -1,0 +1,164 @@
+"""The hot path: relay an upstream stream to the client, one NDJSON line per event.
+
+Nothing is buffered: each upstream event is translated and written as soon as it
+is parsed. The client's socket pushes back on the upstream (a registered
+producer), and a client that goes away closes the upstream connection at once.
+Until the first line is written the answer can still carry an error status;
+after that, an error becomes one last ``{"error": ...}`` line.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.internet.defer import CancelledError
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from twisted.web.iweb import IRequest
+from zope.interface import implementer
+
+from ollama_proxy.front.record import record_of
+from ollama_proxy.errors import UpstreamError, UpstreamStreamError
+from ollama_proxy.api.funnel import JSON
+from ollama_proxy.providers.interfaces import IProvider, IUpstreamStream
+from ollama_proxy.ops.logs import Redactor
+from ollama_proxy.wire.ollama_chat import ChatTranslator, ndjson
+
+log = Logger()
+
+# Secret-looking strings (bearer tokens, sk-... keys), whatever provider sent them.
+SECRET_PATTERNS = Redactor(())
+
+NDJSON = b"application/x-ndjson"
+
+
+@implementer(IPushProducer)
+class _Backpressure:
+    """Registered on the client's request: a full client socket pauses the upstream."""
+
+    def __init__(self, upstream: IUpstreamStream) -> None:
+        self._upstream = upstream
+
+    def pauseProducing(self) -> None:
+        self._upstream.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._upstream.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self._upstream.stopProducing()
+
+
+class ChatRelay:
+    """One chat or generate request, from opening the upstream to the last line.
+
+    The framing (NDJSON here) is in :meth:`_encode`, :meth:`_closing` and
+    :meth:`_error_line`, so a subclass can relay the same way in another format.
+    """
+
+    content_type = NDJSON
+
+    def __init__(self, request: IRequest, provider: IProvider, translator: ChatTranslator, clock: Any) -> None:
+        self.request = request
+        self.provider = provider
+        self.translator = translator
+        self._clock = clock
+        self.started_output = False
+        self.client_gone = False
+        self.failed = False
+        self.error: str | None = None  # why the stream ended early, once ``failed``
+        request.notifyFinish().addErrback(self._client_left)
+        self._upstream: IUpstreamStream | None = None
+
+    def _clean(self, message: str) -> str:
+        """An upstream's error text with secrets blotted out: some providers echo
+        the credentials they were sent, and this text reaches the client."""
+        redact = getattr(self.provider, "redact", None)
+        return SECRET_PATTERNS.redact(redact(message) if callable(redact) else message)
+
+    def _client_left(self, _: Any) -> None:
+        self.client_gone = True
+        if self._upstream is not None:
+            self._upstream.stopProducing()
+
+    @property
+    def _connected(self) -> bool:
+        # Klein cancels the handler before our own notifyFinish errback runs, so
+        # ask the request too: after a disconnect its channel is gone.
+        return not self.client_gone and not getattr(self.request, "_disconnected", False)
+
+    async def _open(self, body: dict[str, Any]) -> IUpstreamStream:
+        upstream = await self.provider.open_chat(body)
+        self.translator.timings.upstream_headers = self._clock.seconds()
+        self._upstream = upstream
+        if self.client_gone:
+            upstream.stopProducing()
+            raise CancelledError()
+        return upstream
+
+    async def answer(self, body: dict[str, Any]) -> bytes:
+        """Non-streamed: gather the stream, answer one JSON object."""
+        upstream = await self._open(body)
+        try:
+            await upstream.deliver(self.translator.feed)
+            self.translator.close()
+        except UpstreamStreamError as error:
+            raise UpstreamError(self.provider.label, self.provider.type, None, self._clean(error.message)) from None
+        self.request.setHeader(b"content-type", JSON)
+        return json.dumps(self.translator.final(), ensure_ascii=False).encode("utf-8")
+
+    async def stream(self, body: dict[str, Any]) -> None:
+        """Streamed: one line per upstream event, then the ``done`` line."""
+        upstream = await self._open(body)
+        producer = _Backpressure(upstream)
+        self.request.registerProducer(producer, True)
+        try:
+            await upstream.deliver(self._write_all)
+            for obj in self.translator.close():
+                self._write(self._encode(obj))
+        except UpstreamStreamError as error:
+            message = self._clean(error.message)
+            if not self.started_output:
+                # Nothing was sent yet: the client still gets a real status.
+                raise UpstreamError(self.provider.label, self.provider.type, None, message) from None
+            self.failed = True
+            self.error = message
+            log.warn("stream ended early: {error}", error=message)
+            self._write(self._error_line(message))
+            return
+        except CancelledError:
+            # Cut by a draining server: a stream that began ends with an error line.
+            reason = record_of(self.request).cut_reason
+            if reason is None or not self._connected or not self.started_output:
+                raise
+            self.failed = True
+            log.warn("stream cut: {reason}", reason=reason)
+            self._write(self._error_line(reason))
+            return
+        finally:
+            if self._connected:
+                self.request.unregisterProducer()
+        self._write(self._closing())
+
+    # -- framing ------------------------------------------------------------------
+    def _encode(self, obj: dict[str, Any]) -> bytes:
+        return ndjson(obj)
+
+    def _closing(self) -> bytes:
+        return self._encode(self.translator.final())
+
+    def _error_line(self, message: str) -> bytes:
+        return self._encode({"error": message})
+
+    def _write_all(self, chunk: dict[str, Any]) -> None:
+        for obj in self.translator.feed(chunk):
+            self._write(self._encode(obj))
+
+    def _write(self, line: bytes) -> None:
+        if not self._connected:
+            return
+        if not self.started_output:
+            self.started_output = True
+            self.request.setHeader(b"content-type", self.content_type)
+        self.request.write(line)

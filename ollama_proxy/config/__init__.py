@@ -1,0 +1,1 @@
+"""Configuration: the environment, the TOML file and systemd credentials, validated in one place."""

@@ -1,0 +1,225 @@
+"""The front door: what every request meets before a route sees it.
+
+In order: a request id (the client's ``X-Request-Id`` or a new one, echoed in the
+response), CORS (a foreign origin is refused, a preflight answered), the drain
+(a stopping proxy answers 503), authentication (401 without a valid token),
+the token's model list (403) and the stream limits (429/503). When the request
+finishes, its record becomes one access-log line and the Prometheus samples.
+
+It wraps the Klein resource (:meth:`ollama_proxy.api.native.OllamaAPI.resource`), so a
+program that mounts the API under a path of its own Site gets all of it too;
+paths are seen relative to the mount point.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.resource import IResource, Resource
+from twisted.web.server import NOT_DONE_YET
+
+from ollama_proxy.front.auth import PUBLIC_PATHS, Authenticator, ModelNotAllowed
+from ollama_proxy.config.settings import Config
+from ollama_proxy.front.record import RequestRecord, attach, record_of
+from ollama_proxy.front.cors import OriginPolicy, check_host
+from ollama_proxy.errors import BadRequest, InternalError, ProxyError, ServiceUnavailable
+from ollama_proxy.front.lifecycle import SHUTTING_DOWN, Lifecycle
+from ollama_proxy.front.stream_limits import STREAMING_ENDPOINTS, StreamLimiter, wants_stream
+from ollama_proxy.ops.logs import log_access
+from ollama_proxy.ops.metrics import Metrics
+from ollama_proxy.wire.openai_chat import error_body
+
+log = Logger()
+
+JSON = b"application/json; charset=utf-8"
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=@-]{1,128}$")
+# Known paths keep their name as the metrics label before a route claims them;
+# anything else is "other", so scanners cannot blow up the label set.
+_KNOWN_PATHS = frozenset(
+    {"/", "/api/version", "/api/tags", "/api/show", "/api/ps", "/api/chat", "/api/generate", "/api/embed", "/api/embeddings", "/health", "/metrics"}
+) | frozenset(STREAMING_ENDPOINTS)
+
+
+def write_error(request: Any, error: ProxyError) -> bytes:
+    """Set the status and headers for ``error``; return its JSON body (OpenAI's
+    shape under ``/v1``, where OpenAI clients read it)."""
+    request.setResponseCode(error.status)
+    request.setHeader(b"content-type", JSON)
+    if error.status == 401:
+        request.setHeader(b"www-authenticate", b'Bearer realm="ollama-proxy"')
+    retry_after = getattr(error, "retry_after", None)
+    if retry_after:
+        request.setHeader(b"retry-after", str(int(retry_after + 0.999)).encode())
+    body = error_body(error) if relative_path(request).startswith("/v1/") else error.body()
+    return json.dumps(body, ensure_ascii=False).encode("utf-8")
+
+
+def relative_path(request: Any) -> str:
+    """The request's path below the mount point of the resource serving it."""
+    segments = [s.decode("utf-8", "replace") for s in request.postpath]
+    return "/" + "/".join(segments)
+
+
+def _check_url(request: Any) -> None:
+    """Klein would answer a URL that is not UTF-8 with a plain-text 400; say it in JSON."""
+    try:
+        request.path.decode("utf-8")
+        for segment in request.postpath:
+            segment.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest("the URL is not valid UTF-8") from None
+
+
+def _peek_body(request: Any) -> dict[str, Any] | None:
+    """The request body as a JSON object, leaving it in place for the route; None if it is not one."""
+    content = getattr(request, "content", None)
+    if content is None or getattr(request, "body_too_large", False):
+        return None
+    try:
+        content.seek(0)
+        raw = content.read()
+        content.seek(0)
+        body = json.loads(raw) if raw.strip() else None
+    except (ValueError, UnicodeDecodeError, OSError):
+        return None
+    return body if isinstance(body, dict) else None
+
+
+class Gate:
+    """The front door's policies; :meth:`reconfigure` swaps them without dropping requests."""
+
+    def __init__(
+        self,
+        config: Config,
+        lifecycle: Lifecycle,
+        clock: IReactorTime,
+        metrics: Metrics | None = None,
+        new_request_id: Callable[[], str] | None = None,
+    ) -> None:
+        self.lifecycle = lifecycle
+        self.clock = clock
+        self.metrics = metrics
+        self._new_id = new_request_id or (lambda: uuid.uuid4().hex)
+        self.streams = StreamLimiter()
+        self.reconfigure(config)
+
+    def reconfigure(self, config: Config) -> None:
+        ops = config.ops
+        self.authenticator = Authenticator(ops.auth)
+        self.origins = OriginPolicy(ops.cors.origins)
+        self.streams.reconfigure(ops.limits.max_streams_per_client, ops.limits.max_streams)
+        self.access_log = ops.log.access
+
+    def wrap(self, resource: IResource) -> "FrontDoor":
+        return FrontDoor(self, resource)
+
+    # -- one request ---------------------------------------------------------------
+    def _open(self, request: Any) -> RequestRecord:
+        asked = request.getHeader(b"x-request-id")
+        asked = asked.decode("latin-1") if isinstance(asked, bytes) else asked
+        request_id = asked if asked and _REQUEST_ID.match(asked) else self._new_id()
+        address = request.getClientAddress()
+        path = relative_path(request)
+        record = attach(
+            request,
+            RequestRecord(
+                request_id=request_id,
+                method=request.method.decode("ascii", "replace"),
+                path=path,
+                client=getattr(address, "host", None) or type(address).__name__.replace("Address", "").lower() or "-",
+                started=self.clock.seconds(),
+                endpoint=path if path in _KNOWN_PATHS else "other",
+            ),
+        )
+        request.setHeader(b"x-request-id", request_id.encode("latin-1"))
+        request.notifyFinish().addBoth(self._finished, request, record)
+        return record
+
+    def _finished(self, result: Any, request: Any, record: RequestRecord) -> None:
+        record.finished = self.clock.seconds()
+        # 499: the client closed the connection before the answer was complete.
+        record.status = 499 if isinstance(result, Failure) else (request.code or 200)
+        record.failed = record.failed or bool(getattr(request, "proxy_stream_failed", False))
+        record.run_finish_callbacks()
+        try:
+            if self.metrics is not None:
+                self.metrics.observe(record)
+            if self.access_log:
+                log_access(record)
+        except Exception:  # noqa: BLE001 - bookkeeping must never break a response
+            log.failure("recording request {request_id} failed", request_id=record.request_id)
+
+    def render(self, request: Any, inner: IResource) -> Any:
+        record = self._open(request)
+        try:
+            _check_url(request)
+            check_host(request)
+            if self.origins.apply(request):
+                request.setResponseCode(204)
+                return b""
+            if self.lifecycle.draining:
+                request.setHeader(b"connection", b"close")
+                raise ServiceUnavailable(SHUTTING_DOWN)
+            if record.path not in PUBLIC_PATHS:
+                record.principal = self.authenticator.authenticate(request.getHeader(b"authorization"))
+            self._check_body(request, record)
+        except ProxyError as error:
+            return write_error(request, error)
+        except Exception:  # noqa: BLE001 - never a traceback to the client
+            log.failure("front door failed for {path}", path=record.path)
+            return write_error(request, InternalError())
+        self.lifecycle.admit(request, record)
+        try:
+            return inner.render(request)
+        except Exception:  # noqa: BLE001 - Twisted would answer an HTML error page
+            log.failure("rendering {path} failed", path=record.path)
+            if getattr(request, "startedWriting", False):
+                request.finish()
+                return NOT_DONE_YET
+            return write_error(request, InternalError())
+
+    def _check_body(self, request: Any, record: RequestRecord) -> None:
+        """The token's model list and the stream limits, which both need the body."""
+        restricted = record.principal is not None and bool(record.principal.models)
+        streaming = self.streams.active_limits and record.path in STREAMING_ENDPOINTS
+        if request.method != b"POST" or not (restricted or streaming):
+            return
+        body = _peek_body(request)
+        if body is None:
+            return  # the route answers 400 for a body it cannot read
+        name = body.get("model") or body.get("name")
+        if isinstance(name, str) and name:
+            record.model = name
+            if restricted and not record.principal.may_use(name):
+                raise ModelNotAllowed(name)
+        if streaming and wants_stream(record.path, body):
+            client = record.principal.name if record.principal is not None else record.client
+            record.when_finished(self.streams.acquire(client))
+            record.stream = True
+
+
+class FrontDoor(Resource):
+    """A resource that puts the :class:`Gate` in front of another one."""
+
+    isLeaf = True
+
+    def __init__(self, gate: Gate, inner: IResource) -> None:
+        super().__init__()
+        self.gate = gate
+        self.inner = inner
+
+    def render(self, request: Any) -> Any:
+        return self.gate.render(request, self.inner)
+
+
+def visible_to(request: Any, name: str) -> bool:
+    """Whether the client's token may see model ``name`` (True without auth)."""
+    principal = record_of(request).principal
+    return principal is None or principal.may_use(name)

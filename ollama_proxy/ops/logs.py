@@ -1,0 +1,260 @@
+"""Logging: readable text or JSON lines, one access line per request, secrets blotted out.
+
+The daemon's log observer is built here (:func:`daemon_observer`) and handed to
+twistd as the application's ``ILogObserver``, so it honours ``--logfile``,
+``--syslog`` and ``--prefix`` the way twistd's own observer does. Every event
+goes through a :class:`RedactingObserver` first: configured secrets (API keys)
+and anything that looks like a bearer token or an API key are replaced in the
+message, its fields and its traceback before anything is written.
+A program that embeds the proxy wraps its own observer with
+:func:`redacting` to get the same protection.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Callable, Iterable
+from datetime import datetime, timezone
+from typing import IO, Any
+
+from twisted.logger import (
+    FileLogObserver,
+    FilteringLogObserver,
+    ILogObserver,
+    LegacyLogObserverWrapper,
+    Logger,
+    LogLevel,
+    PredicateResult,
+    formatEvent,
+    textFileLogObserver,
+)
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from ollama_proxy.front.record import RequestRecord
+
+REDACTED = "[REDACTED]"
+# Shapes of secrets worth hiding even when nobody configured them.
+_PATTERNS = (
+    re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{8,}"),
+    re.compile(r"\b(sk-)[A-Za-z0-9_-]{16,}"),
+)
+
+access_log = Logger(namespace="ollama_proxy.access")
+
+
+class Redactor:
+    """Replaces known secrets, and secret-looking strings, with ``[REDACTED]``."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        self._secrets: tuple[str, ...] = ()
+        self.update(secrets)
+
+    def update(self, secrets: Iterable[str]) -> None:
+        """The secrets to hide from now on (e.g. after a reload); short ones are ignored."""
+        # Longest first, so a key that contains another is hidden whole.
+        self._secrets = tuple(sorted({s for s in secrets if s and len(s) >= 6}, key=len, reverse=True))
+
+    def redact(self, text: str) -> str:
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, REDACTED)
+        for pattern in _PATTERNS:
+            text = pattern.sub(lambda m: m.group(1) + REDACTED, text)
+        return text
+
+    def found_in(self, text: str) -> bool:
+        """Whether ``text`` holds one of the configured secrets."""
+        return any(secret in text for secret in self._secrets)
+
+    def redact_value(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self.redact(value)
+        if isinstance(value, bytes):
+            return self.redact(value.decode("utf-8", "replace"))
+        if isinstance(value, BaseException):
+            return self.redact(f"{type(value).__name__}: {value}")
+        if isinstance(value, (list, tuple)):
+            return type(value)(self.redact_value(v) for v in value)
+        if isinstance(value, dict):
+            return {k: self.redact_value(v) for k, v in value.items()}
+        return value
+
+
+class _RedactedFailure(Failure):
+    """A failure whose rendered traceback has already been redacted."""
+
+    def __init__(self, original: Failure, redactor: Redactor) -> None:  # noqa: D107 - no Failure.__init__: no live traceback
+        self.__dict__.update(original.__dict__)
+        self._redacted_traceback = redactor.redact(original.getTraceback())
+        self._redacted_message = redactor.redact(original.getErrorMessage())
+        self.value = RuntimeError(self._redacted_message)  # the original message may hold the secret
+        self.type = original.type
+
+    def getTraceback(self, elideFrameworkCode: int = 0, detail: str = "default") -> str:  # noqa: N802 - Twisted's name
+        return self._redacted_traceback
+
+    def printTraceback(self, file: Any = None, elideFrameworkCode: bool = False, detail: str = "default") -> None:  # noqa: N802
+        (file or sys.stderr).write(self._redacted_traceback)
+
+    def getErrorMessage(self) -> str:  # noqa: N802
+        return self._redacted_message
+
+
+# Keys of an event that hold Twisted's bookkeeping, not text worth redacting.
+_KEEP = {"log_logger", "log_source", "log_level", "log_namespace", "log_time", "log_observer", "log_trace", "log_io", "log_system"}
+
+
+@implementer(ILogObserver)
+class RedactingObserver:
+    """Passes a redacted copy of every event to ``observer``."""
+
+    def __init__(self, observer: ILogObserver, redactor: Redactor) -> None:
+        self.observer = observer
+        self.redactor = redactor
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        clean: dict[str, Any] = {}
+        for key, value in event.items():
+            if key in _KEEP:
+                clean[key] = value
+            elif key == "log_failure" and isinstance(value, Failure):
+                clean[key] = _RedactedFailure(value, self.redactor)
+            elif key == "log_format" and isinstance(value, str):
+                clean[key] = self.redactor.redact(value)
+            else:
+                clean[key] = self.redactor.redact_value(value)
+        if "log_format" in event and "log_text" not in event:
+            # Render once with the original fields, then redact the text: a secret
+            # assembled from several fields is still caught.
+            text = formatEvent(event)
+            if self.redactor.found_in(text):
+                clean["log_format"] = "{log_text}"
+                clean["log_text"] = self.redactor.redact(text)
+        self.observer(clean)
+
+
+def redacting(observer: ILogObserver, secrets: Iterable[str]) -> RedactingObserver:
+    """Wrap an observer so that ``secrets`` never reach it (for embedding programs)."""
+    return RedactingObserver(observer, Redactor(secrets))
+
+
+# -- JSON lines -----------------------------------------------------------------------
+# Keys of events from twisted.python.log that the message already renders.
+_LEGACY_KEYS = frozenset({"message", "format", "system", "time", "isError", "why", "failure"})
+
+def _plain(value: Any) -> Any:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return str(value)
+
+
+def event_as_json(event: dict[str, Any]) -> str:
+    """One event as one JSON object: time, level, namespace, message, its own fields."""
+    level = event.get("log_level")
+    when = event.get("log_time")
+    record: dict[str, Any] = {
+        "time": datetime.fromtimestamp(when, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z") if when else None,
+        "level": getattr(level, "name", "info"),
+        "namespace": event.get("log_namespace") or event.get("system") or "-",
+        "message": formatEvent(event),
+    }
+    for key, value in event.items():
+        if key.startswith("log_") or key.endswith("_text") or key in _LEGACY_KEYS:
+            continue
+        record.setdefault(key, _plain(value))
+    failure = event.get("log_failure")
+    if isinstance(failure, Failure):
+        record["traceback"] = failure.getTraceback()
+    return json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
+
+
+def jsonLinesObserver(out: IO[str]) -> FileLogObserver:  # noqa: N802 - named like Twisted's textFileLogObserver
+    """An observer writing one JSON object per line to ``out``."""
+    return FileLogObserver(out, event_as_json)
+
+
+# -- the daemon's observer ------------------------------------------------------------
+def _not_noise(event: dict[str, Any]) -> PredicateResult:
+    """Drop Twisted's "Starting factory"/"Stopping factory" lines for every upstream
+    connection: two lines per request tell an operator nothing."""
+    if (
+        event.get("log_level") == LogLevel.info
+        and str(event.get("log_namespace", "")).startswith("twisted.web.client")
+        and str(event.get("log_format", "")).startswith(("Starting factory", "Stopping factory"))
+    ):
+        return PredicateResult.no
+    return PredicateResult.maybe
+
+
+def daemon_observer(
+    *,
+    log_format: str,
+    redactor: Redactor,
+    logfile: str | None = None,
+    syslog: bool = False,
+    prefix: str = "ollama-proxy",
+    nodaemon: bool = True,
+    install_rotation: Callable[[Any], None] | None = None,
+) -> RedactingObserver:
+    """What twistd's own observer would be for these options, in ``log_format``, redacted.
+
+    ``--syslog`` keeps text (syslog lines carry their own time and level);
+    ``--logfile -`` and ``-n`` without ``--logfile`` write to stdout, which is
+    what journald collects under systemd.
+    """
+    if syslog:
+        from twisted.python import syslog as twisted_syslog
+
+        inner: ILogObserver = LegacyLogObserverWrapper(twisted_syslog.SyslogObserver(prefix).emit)
+        return RedactingObserver(FilteringLogObserver(inner, [_not_noise]), redactor)
+    out: IO[str]
+    if logfile == "-" or (nodaemon and not logfile):
+        out = sys.stdout
+    else:
+        from twisted.python.logfile import LogFile
+
+        out = LogFile.fromFullPath(logfile or "twistd.log")  # type: ignore[assignment]
+        if install_rotation is not None:
+            install_rotation(out)
+    inner = jsonLinesObserver(out) if log_format == "json" else textFileLogObserver(out)
+    return RedactingObserver(FilteringLogObserver(inner, [_not_noise]), redactor)
+
+
+# -- access lines ---------------------------------------------------------------------
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000.0, 3)
+
+
+def log_access(record: RequestRecord) -> None:
+    """The access line for one finished request (structured: JSON lines keep every field)."""
+    principal = getattr(record.principal, "name", None)
+    access_log.info(
+        "{method} {path} {status} {duration_ms}ms id={request_id} model={model_text} provider={provider_text}"
+        " ttft_ms={ttft_text} tokens_in={tokens_in_text} tokens_out={tokens_out_text} client={client}",
+        request_id=record.request_id,
+        method=record.method,
+        path=record.path,
+        status=record.status,
+        model=record.model,
+        provider=record.provider,
+        duration_ms=_ms(record.duration),
+        ttft_ms=_ms(record.ttft),
+        upstream_ms=_ms(record.upstream_seconds) if record.upstream_seconds else None,
+        tokens_in=record.tokens_in,
+        tokens_out=record.tokens_out,
+        client=record.client,
+        principal=principal,
+        stream_failed=record.failed or None,
+        model_text=record.model or "-",
+        provider_text=record.provider or "-",
+        ttft_text=_ms(record.ttft) if record.ttft is not None else "-",
+        tokens_in_text=record.tokens_in if record.tokens_in is not None else "-",
+        tokens_out_text=record.tokens_out if record.tokens_out is not None else "-",
+    )

@@ -1,0 +1,54 @@
+"""The seams between parts, as zope.interface interfaces."""
+
+from __future__ import annotations
+
+from zope.interface import Attribute, Interface
+
+
+class IUpstreamStream(Interface):
+    """A streamed answer whose status and headers arrived and were a success."""
+
+    def deliver(on_event):  # type: ignore[no-untyped-def]
+        """Call ``on_event(dict)`` for each JSON event as it arrives.
+
+        Returns a Deferred that fires when the stream ended cleanly and fails with
+        :class:`~ollama_proxy.errors.UpstreamStreamError` when it did not. Cancelling
+        that Deferred closes the upstream connection.
+        """
+
+    def pauseProducing():  # type: ignore[no-untyped-def]
+        """Stop reading from the upstream (the client is not keeping up)."""
+
+    def resumeProducing():  # type: ignore[no-untyped-def]
+        """Read again."""
+
+    def stopProducing():  # type: ignore[no-untyped-def]
+        """Close the upstream connection now: the provider stops generating (and billing)."""
+
+
+class IProvider(Interface):
+    """One upstream that answers chat and embedding requests."""
+
+    name = Attribute("The provider's name, unique among the configured providers.")
+    type = Attribute("The wire protocol's name: openrouter, openai, ...")
+    label = Attribute("A human name for error messages, e.g. 'OpenRouter'.")
+    configured = Attribute("False when it cannot work (no key); requests then fail clearly.")
+
+    def list_models():  # type: ignore[no-untyped-def]
+        """Deferred list of :class:`~ollama_proxy.wire.models.UpstreamModel`."""
+
+    def open_chat(body):  # type: ignore[no-untyped-def]
+        """POST a streamed chat completion; Deferred :class:`IUpstreamStream`.
+
+        Fails with :class:`~ollama_proxy.errors.UpstreamError` when the provider
+        answers an error status or cannot be reached.
+        """
+
+    def embed(model, inputs, dimensions):  # type: ignore[no-untyped-def]
+        """Deferred ``(vectors, prompt_tokens)`` for a list of input strings."""
+
+    def check_health():  # type: ignore[no-untyped-def]
+        """Deferred that fires when the provider answers, fails when it does not."""
+
+    def close():  # type: ignore[no-untyped-def]
+        """Deferred that fires when the connection pool is closed."""

@@ -1,0 +1,214 @@
+"""Send a request along its route: retries, failover, breakers and concurrency limits.
+
+For each target of a :class:`~ollama_proxy.routing.router.Route` in turn, the
+:class:`Dispatcher` waits for a slot under the provider's concurrency limit, asks
+its circuit breaker, runs the attempt and sorts the outcome
+(:func:`~ollama_proxy.routing.retry.classify`): retry the same provider after a backoff,
+move on to the next target (the model's next provider, then the fallback
+models), or give the error to the client. All of that happens only before the
+first byte reached the client: an attempt that fails after its output began
+raises :class:`AnsweredWithError` and is never retried.
+
+A provider whose breaker is open is skipped; when every target's breaker is
+open, the one whose wait ends first is tried anyway rather than failing without
+trying.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from ollama_proxy.routing.breaker import Outcome
+from ollama_proxy.errors import ProxyError, ServiceUnavailable, UpstreamError
+from ollama_proxy.routing.limiter import Busy
+from ollama_proxy.routing.retry import RetryPolicy, classify
+from ollama_proxy.routing.router import Route, Target
+
+log = Logger()
+
+T = TypeVar("T")
+
+
+class AnsweredWithError(Exception):
+    """The attempt failed after its output had begun; the client was told in-band.
+
+    ``result`` is what the request handler returns (nothing more to write)."""
+
+    def __init__(self, message: str, result: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.result = result
+
+
+class Held:
+    """An attempt's result whose work goes on after the attempt returned (a stream
+    handed to someone else to read): the provider's slot stays taken, and the
+    outcome is recorded, when ``done`` fires."""
+
+    def __init__(self, result: Any, done: "Deferred[Any]") -> None:
+        self.result = result
+        self.done = done
+
+
+class _Run:
+    """The bookkeeping of one request's way along its route."""
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.error: BaseException | None = None  # the most telling error so far
+        self.tried: list[str] = []
+        self.busy: Busy | None = None
+        self.attempted = False
+
+    def failed(self, target: Target, error: BaseException) -> None:
+        self.attempted = True
+        status = getattr(error, "upstream_status", None)
+        label = f"{target.slot.name}" + (f" ({target.model.id})" if target.fallback else "")
+        summary = f"{status}" if status else "no answer"
+        entry = f"{label}: {summary}"
+        if entry not in self.tried:
+            self.tried.append(entry)
+        # A 403/404 from a later provider says less than an outage of an earlier one.
+        if self.error is None or status not in (403, 404):
+            self.error = error
+
+
+class Dispatcher:
+    """Runs attempts along routes; one per proxy, shared by every request."""
+
+    def __init__(self, policy: RetryPolicy, clock: IReactorTime) -> None:
+        self.policy = policy
+        self._clock = clock
+
+    async def run(self, route: Route, attempt: Callable[[Target], Awaitable[T]]) -> T:
+        """The result of the first attempt that succeeds (or that failed after its
+        output began); otherwise the most telling error, naming what was tried."""
+        run = _Run(self._clock.seconds() + self.policy.settings.deadline)
+        targets = [t for t in route.targets if t.slot.provider.configured]
+        if not targets:
+            slot = route.targets[0].slot
+            raise UpstreamError(slot.label, slot.type, None, f"no API key is configured for {slot.label}", status=503)
+
+        pending = list(targets)
+        deferred: set[int] = set()
+        open_targets: list[Target] = []
+        index = 0
+        while index < len(pending):
+            target = pending[index]
+            index += 1
+            slot = target.slot
+            if not slot.breaker.allows():
+                open_targets.append(target)
+                continue
+            if not slot.limiter.has_room() and id(target) not in deferred and self._free_later(pending[index:]):
+                # Full here while a later target has room: come back to this one last.
+                deferred.add(id(target))
+                pending.append(target)
+                continue
+            found, result = await self._target(target, attempt, run, force=False)
+            if found:
+                return result
+        if not run.attempted and open_targets:
+            soonest = min(open_targets, key=lambda t: t.slot.breaker.open_remaining())
+            log.info("every provider for {model} has an open breaker; trying {provider}, whose wait ends first", model=route.name, provider=soonest.slot.name)
+            found, result = await self._target(soonest, attempt, run, force=True)
+            if found:
+                return result
+        raise self._final_error(route, run)
+
+    @staticmethod
+    def _free_later(targets: list[Target]) -> bool:
+        return any(t.slot.limiter.has_room() and t.slot.breaker.allows() for t in targets)
+
+    async def _target(self, target: Target, attempt: Callable[[Target], Awaitable[T]], run: _Run, force: bool) -> tuple[bool, Any]:
+        """Try one target, with retries. ``(True, result)`` when it answered."""
+        slot = target.slot
+        retry = 0
+        while True:
+            try:
+                await slot.limiter.acquire()
+            except Busy as busy:
+                slot.stats.rejected_requests += 1
+                run.busy = busy
+                return False, None
+            call = slot.breaker.begin(force=force and retry == 0)
+            if call is None:
+                slot.limiter.release()
+                return False, None
+            started = self._clock.seconds()
+
+            def elapsed() -> float:
+                return (self._clock.seconds() - started) * 1000.0
+
+            try:
+                result = await attempt(target)
+            except AnsweredWithError as error:
+                call.finish(Outcome.FAILURE)
+                slot.stats.add(elapsed(), False, error.message)
+                slot.limiter.release()
+                return True, error.result
+            except CancelledError:
+                call.finish(Outcome.IGNORED)
+                slot.stats.add(elapsed(), None)
+                slot.limiter.release()
+                raise
+            except Exception as error:  # noqa: BLE001 - sorted by classify; unknown kinds re-raised
+                verdict = classify(error)
+                call.finish(verdict.outcome, verdict.retry_after)
+                slot.stats.add(elapsed(), False, getattr(error, "message", None) or str(error))
+                slot.limiter.release()
+                if not verdict.retry and not verdict.fail_over:
+                    raise
+                run.failed(target, error)
+                if verdict.retry:
+                    retry += 1
+                    delay = self.policy.delay(retry, verdict.retry_after)
+                    now = self._clock.seconds()
+                    if delay is not None and slot.breaker.allows() and now + delay <= run.deadline:
+                        slot.stats.retries += 1
+                        log.info("{provider}: retry {n} in {delay:.2f}s after: {error}", provider=slot.name, n=retry, delay=delay, error=getattr(error, "message", error))
+                        if delay > 0:
+                            await deferLater(self._clock, delay, lambda: None)
+                        continue
+                slot.stats.fallbacks += 1
+                return False, None
+            else:
+                if isinstance(result, Held):
+                    result.done.addBoth(self._held_ended, call, slot, elapsed)
+                    return True, result.result
+                call.finish(Outcome.SUCCESS)
+                slot.stats.add(elapsed(), True)
+                slot.limiter.release()
+                return True, result
+
+    @staticmethod
+    def _held_ended(outcome: Any, call: Any, slot: Any, elapsed: Callable[[], float]) -> None:
+        """A held attempt ended: record it as its stream went, free the slot."""
+        if not isinstance(outcome, Failure):
+            call.finish(Outcome.SUCCESS)
+            slot.stats.add(elapsed(), True)
+        elif outcome.check(CancelledError):
+            call.finish(Outcome.IGNORED)
+            slot.stats.add(elapsed(), None)
+        else:
+            call.finish(Outcome.FAILURE)
+            slot.stats.add(elapsed(), False, getattr(outcome.value, "message", None) or str(outcome.value))
+        slot.limiter.release()
+
+    def _final_error(self, route: Route, run: _Run) -> BaseException:
+        error = run.error
+        if error is None:
+            if run.busy is not None:
+                return run.busy
+            names = ", ".join(dict.fromkeys(t.slot.name for t in route.targets))
+            return ServiceUnavailable(f"no provider can answer '{route.name}' now: the circuit breaker of {names} is open")
+        if isinstance(error, ProxyError) and len(run.tried) > 1:
+            error.message = f"{error.message} (tried {'; '.join(run.tried)})"
+        return error
