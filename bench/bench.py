@@ -42,12 +42,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
-import twisted  # noqa: E402
+from loadclient import EventCounter, LatencyResult, LoadClient  # noqa: E402
+from processes import Child, Children, cpu_seconds, free_port, rss_kib  # noqa: E402
 from twisted.internet import task  # noqa: E402
 from twisted.internet.defer import Deferred, gatherResults  # noqa: E402
 
-from loadclient import EventCounter, LatencyResult, LoadClient  # noqa: E402
-from processes import Child, Children, cpu_seconds, free_port, rss_kib  # noqa: E402
+import twisted  # noqa: E402
 from tests.simulator import API_KEY  # noqa: E402
 
 MODEL = "google/gemini-pro"
@@ -111,7 +111,9 @@ def _chat(model: str, content: str, stream: bool, openai: bool) -> bytes:
 class Bench:
     """The three measurements, run in the load client's reactor."""
 
-    def __init__(self, reactor: Any, plan: Plan, proxy: Child, simulator: Child, proxy_url: str, simulator_url: str) -> None:
+    def __init__(
+        self, reactor: Any, plan: Plan, proxy: Child, simulator: Child, proxy_url: str, simulator_url: str
+    ) -> None:
         self.reactor = reactor
         self.plan = plan
         self.proxy = proxy
@@ -125,7 +127,7 @@ class Bench:
         self.direct_headers = {"Content-Type": "application/json", "Authorization": f"Bearer {API_KEY}"}
         self.proxy_headers = {"Content-Type": "application/json"}
 
-    def sleep(self, seconds: float) -> "Deferred[None]":
+    def sleep(self, seconds: float) -> Deferred[None]:
         return task.deferLater(self.reactor, seconds, lambda: None)
 
     async def sim_stats(self) -> dict[str, int]:
@@ -188,7 +190,9 @@ class Bench:
             if target == "proxy":
                 count = max(1, len(result.latencies) + result.errors)
                 self.results.cpu_per_request[concurrency] = (cpu_seconds(self.proxy.pid) - cpu_before) / count
-                self.results.new_upstream_connections[concurrency] = (await self.sim_stats())["connections_opened"] - opened_before
+                self.results.new_upstream_connections[concurrency] = (await self.sim_stats())[
+                    "connections_opened"
+                ] - opened_before
             if result.errors:
                 self.results.notes.append(f"{result.errors} failed {target} requests at concurrency {concurrency}")
             if not result.latencies:
@@ -202,9 +206,21 @@ class Bench:
         self.results.stream_tokens = plan.stream_words + 1  # the simulator answers "Echo:" first
         targets = {
             # Direct: one SSE event per token, then the finish and usage chunks and [DONE].
-            "direct": (self.sim_url + "/chat/completions", _chat(MODEL, content, True, True), self.direct_headers, b"data: ", b"data: [DONE]"),
+            "direct": (
+                self.sim_url + "/chat/completions",
+                _chat(MODEL, content, True, True),
+                self.direct_headers,
+                b"data: ",
+                b"data: [DONE]",
+            ),
             # Proxy: one NDJSON line per token, then the final "done" line.
-            "proxy": (self.proxy_url + "/api/chat", _chat(MODEL, content, True, False), self.proxy_headers, b"\n", b'"done":true'),
+            "proxy": (
+                self.proxy_url + "/api/chat",
+                _chat(MODEL, content, True, False),
+                self.proxy_headers,
+                b"\n",
+                b'"done":true',
+            ),
         }
         for target, (url, body, headers, marker, end) in targets.items():
             seconds: list[float] = []
@@ -217,12 +233,16 @@ class Bench:
                 await counter.finished
                 assert counter.ended_at is not None
                 if not counter.clean or end not in counter.tail or counter.events < self.results.stream_tokens:
-                    raise RuntimeError(f"{target} stream incomplete: {counter.events} events, ends {counter.tail[-120:]!r}")
+                    raise RuntimeError(
+                        f"{target} stream incomplete: {counter.events} events, ends {counter.tail[-120:]!r}"
+                    )
                 if run:
                     seconds.append(counter.ended_at - started)
             self.results.stream_seconds[target] = seconds
             if target == "proxy":
-                self.results.cpu_per_token = (cpu_seconds(self.proxy.pid) - cpu_before) / (self.results.stream_tokens * plan.stream_runs)
+                self.results.cpu_per_token = (cpu_seconds(self.proxy.pid) - cpu_before) / (
+                    self.results.stream_tokens * plan.stream_runs
+                )
 
     # -- 3. memory with many streams open --------------------------------------------------
     async def hold_streams(self) -> None:
@@ -237,7 +257,9 @@ class Bench:
         await self.client.open_many(count, self.proxy_url + "/api/chat", body, self.proxy_headers, b"\n", self.held)
         results.open_seconds = time.perf_counter() - started
         during = await self.sim_stats()
-        results.upstream_open_while_held = (during["streams_started"] - before["streams_started"]) - (during["streams_aborted"] - before["streams_aborted"])
+        results.upstream_open_while_held = (during["streams_started"] - before["streams_started"]) - (
+            during["streams_aborted"] - before["streams_aborted"]
+        )
         results.simulator_rss["streams open"] = rss_kib(self.simulator.pid)
 
         lines_before = sum(c.events for c in self.held)
@@ -246,7 +268,9 @@ class Bench:
         for _ in range(max(1, round(plan.hold_seconds / 0.25))):
             await self.sleep(0.25)
             peak = max(peak, rss_kib(self.proxy.pid))
-        results.held_lines_per_second = (sum(c.events for c in self.held) - lines_before) / (time.perf_counter() - held_from)
+        results.held_lines_per_second = (sum(c.events for c in self.held) - lines_before) / (
+            time.perf_counter() - held_from
+        )
         results.rss["streams open (peak)"] = peak
         ended = [c for c in self.held if c.ended_at is not None]
         if ended:
@@ -283,9 +307,13 @@ def render(plan: Plan, results: Results, proxy: Child, simulator: Child, load: f
     add = lines.append
     uname = platform.uname()
     add(f"ollama-proxy benchmark: {plan.name} run")
-    add(f"machine: {os.cpu_count()} CPUs, {uname.system} {uname.release} {uname.machine}; Python {platform.python_version()}, Twisted {twisted.__version__}; load average {load:.2f} at start")
+    add(
+        f"machine: {os.cpu_count()} CPUs, {uname.system} {uname.release} {uname.machine}; Python {platform.python_version()}, Twisted {twisted.__version__}; load average {load:.2f} at start"
+    )
     config = f"--config {proxy_config}" if proxy_config else "default configuration"
-    add(f"proxy: twistd -n ollama-proxy (pid {proxy.pid}, {config}); upstream: bench/run_simulator.py (pid {simulator.pid})")
+    add(
+        f"proxy: twistd -n ollama-proxy (pid {proxy.pid}, {config}); upstream: bench/run_simulator.py (pid {simulator.pid})"
+    )
     add("client: this process; everything on 127.0.0.1")
     add("")
 
@@ -312,7 +340,9 @@ def render(plan: Plan, results: Results, proxy: Child, simulator: Child, load: f
     proxy_s = statistics.median(results.stream_seconds["proxy"])
     tokens = results.stream_tokens
     add(f"{f'2. one streamed answer of {tokens} tokens':<{width}}{'direct':>10}{'proxy':>10}{'ratio':>10}")
-    add(f"{f'   (median of {plan.stream_runs} runs)':<{width - 12}}{'tokens/s':>12}{tokens / direct_s:>10.0f}{tokens / proxy_s:>10.0f}{direct_s / proxy_s:>10.2f}")
+    add(
+        f"{f'   (median of {plan.stream_runs} runs)':<{width - 12}}{'tokens/s':>12}{tokens / direct_s:>10.0f}{tokens / proxy_s:>10.0f}{direct_s / proxy_s:>10.2f}"
+    )
     add(f"{'':<{width - 12}}{'seconds':>12}{direct_s:>10.3f}{proxy_s:>10.3f}")
     add(f"   proxy CPU per relayed token: {results.cpu_per_token * 1e6:.1f} µs")
     add("")
@@ -331,7 +361,9 @@ def render(plan: Plan, results: Results, proxy: Child, simulator: Child, load: f
         f"   after the clients hung up: {results.upstream_closed}/{results.held} upstream streams closed by the proxy, "
         f"proxy active_streams {results.proxy_active_after}, in {results.close_seconds:.2f}s"
     )
-    add(f"   simulator VmRSS MiB for reference: idle {results.simulator_rss['idle'] / 1024:.1f}, streams open {results.simulator_rss['streams open'] / 1024:.1f}")
+    add(
+        f"   simulator VmRSS MiB for reference: idle {results.simulator_rss['idle'] / 1024:.1f}, streams open {results.simulator_rss['streams open'] / 1024:.1f}"
+    )
     for note in results.notes:
         add(f"NOTE: {note}")
     return "\n".join(lines)
@@ -357,8 +389,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Benchmark ollama-proxy against its upstream simulator.")
     parser.add_argument("--quick", action="store_true", help="a fast run with fewer requests and streams")
     parser.add_argument("--streams", type=int, default=None, help="streams held open for the memory measurement")
-    parser.add_argument("--proxy-config", metavar="FILE", default=None, help="a TOML file for the proxy (default: its built-in defaults)")
-    parser.add_argument("--keep-logs", action="store_true", help="keep the proxy's and the simulator's logs and print where")
+    parser.add_argument(
+        "--proxy-config",
+        metavar="FILE",
+        default=None,
+        help="a TOML file for the proxy (default: its built-in defaults)",
+    )
+    parser.add_argument(
+        "--keep-logs", action="store_true", help="keep the proxy's and the simulator's logs and print where"
+    )
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
     if args.streams is not None:

@@ -30,7 +30,7 @@ class BytesBody:
         self._data = data
         self.length = len(data)
 
-    def startProducing(self, consumer: Any) -> "Deferred[None]":
+    def startProducing(self, consumer: Any) -> Deferred[None]:
         consumer.write(self._data)
         return succeed(None)
 
@@ -120,15 +120,19 @@ class LoadClient:
         self.pool.retryAutomatically = False
         self.agent = Agent(reactor, pool=self.pool, connectTimeout=10)
 
-    def close(self) -> "Deferred[None]":
+    def close(self) -> Deferred[None]:
         return self.pool.closeCachedConnections()
 
-    def request_within(self, timeout: float, method: str, url: str, body: bytes | None = None) -> "Deferred[tuple[int, bytes]]":
+    def request_within(
+        self, timeout: float, method: str, url: str, body: bytes | None = None
+    ) -> Deferred[tuple[int, bytes]]:
         """:meth:`request`, cancelled after ``timeout`` seconds (for control calls)."""
         d = Deferred.fromCoroutine(self.request(method, url, body))
         return d.addTimeout(timeout, self.reactor)
 
-    async def request(self, method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    async def request(
+        self, method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, bytes]:
         hdrs = Headers({k.encode(): [v.encode()] for k, v in (headers or {}).items()})
         producer = BytesBody(body) if body is not None else None
         response = await self.agent.request(method.encode(), url.encode(), hdrs, producer)
@@ -152,7 +156,9 @@ class LoadClient:
         response.deliverBody(counter)
         return counter
 
-    async def latency_run(self, url: str, body: bytes, headers: dict[str, str], expect: bytes, concurrency: int, per_worker: int) -> LatencyResult:
+    async def latency_run(
+        self, url: str, body: bytes, headers: dict[str, str], expect: bytes, concurrency: int, per_worker: int
+    ) -> LatencyResult:
         """``concurrency`` workers, each sending ``per_worker`` requests one after the other."""
         result = LatencyResult(concurrency)
 
@@ -175,7 +181,16 @@ class LoadClient:
         result.wall = time.perf_counter() - started
         return result
 
-    async def open_many(self, count: int, url: str, body: bytes, headers: dict[str, str], marker: bytes, into: list[EventCounter], parallel: int = 50) -> None:
+    async def open_many(
+        self,
+        count: int,
+        url: str,
+        body: bytes,
+        headers: dict[str, str],
+        marker: bytes,
+        into: list[EventCounter],
+        parallel: int = 50,
+    ) -> None:
         """Open ``count`` streams, ``parallel`` at a time, each appended to ``into``
         (so the caller can close them even if a later one fails); returns once every
         stream has sent an event. Opening in waves keeps under the listen backlog."""

@@ -128,7 +128,11 @@ class Children:
     def start_proxy(self, upstream_url: str, api_key: str, port: int, config_file: str | None = None) -> Child:
         """Start the proxy the way it is deployed: ``twistd -n ollama-proxy``
         (with ``--config config_file`` when given; defaults otherwise)."""
-        env = {k: v for k, v in os.environ.items() if k not in ("OLLAMA_HOST", "OLLAMA_PROXY_CONFIG", "OLLAMA_PROXY_LISTEN")}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("OLLAMA_HOST", "OLLAMA_PROXY_CONFIG", "OLLAMA_PROXY_LISTEN")
+        }
         env.update(
             OPENROUTER_BASE_URL=upstream_url,
             OPENROUTER_API_KEY=api_key,

@@ -52,7 +52,9 @@ class StatsResource(Resource):
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--slow-interval", type=float, default=0.02, help="seconds between tokens of sim/slow and sim/endless")
+    parser.add_argument(
+        "--slow-interval", type=float, default=0.02, help="seconds between tokens of sim/slow and sim/endless"
+    )
     args = parser.parse_args(argv)
 
     sim = UpstreamSimulator(reactor, slow_interval=args.slow_interval)

@@ -10,29 +10,29 @@ import random
 from collections.abc import Mapping
 from typing import Any
 
-from twisted.internet import endpoints
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
+from twisted.internet import endpoints
 from twisted.internet.defer import Deferred, ensureDeferred, gatherResults, maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ollama_proxy.api.native import HealthState, OllamaAPI
 from ollama_proxy.config.settings import Config
-from ollama_proxy.routing.dispatch import Dispatcher
 from ollama_proxy.front.door import Gate
-from ollama_proxy.routing.healthcheck import HealthChecker
-from ollama_proxy.providers.interfaces import IProvider
 from ollama_proxy.front.lifecycle import Lifecycle
+from ollama_proxy.front.site import make_site
 from ollama_proxy.ops.logs import Redactor
 from ollama_proxy.ops.metrics import Metrics
+from ollama_proxy.ops.stats import Stats
+from ollama_proxy.providers.interfaces import IProvider
+from ollama_proxy.routing.dispatch import Dispatcher
+from ollama_proxy.routing.healthcheck import HealthChecker
 from ollama_proxy.routing.modelfilter import ModelFilter
 from ollama_proxy.routing.retry import RetryPolicy
 from ollama_proxy.routing.routed import RoutedProvider
 from ollama_proxy.routing.router import Router
-from ollama_proxy.ops.stats import Stats
 from ollama_proxy.routing.slots import build_slots
-from ollama_proxy.front.site import make_site
 
 log = Logger()
 
@@ -77,9 +77,14 @@ class ListenerService(Service):
     def _bound(self, port: Any) -> None:
         self.port = port
         host = port.getHost()
-        log.info("listening on {host}:{port} ({description})", host=getattr(host, "host", host), port=getattr(host, "port", ""), description=self.description)
+        log.info(
+            "listening on {host}:{port} ({description})",
+            host=getattr(host, "host", host),
+            port=getattr(host, "port", ""),
+            description=self.description,
+        )
 
-    def stopService(self) -> "Deferred[None] | None":
+    def stopService(self) -> Deferred[None] | None:
         super().stopService()
         self._listening = False
         if self.port is None:
@@ -118,10 +123,20 @@ class ProxyService(MultiService):
         )
         self.gate = Gate(config, self.lifecycle, reactor, self.metrics)
         self.api = OllamaAPI(
-            config, self.provider, self.catalogue, self.stats, self.health, clock,
-            gate=self.gate, metrics=self.metrics, router=self.router, dispatcher=self.dispatcher,
+            config,
+            self.provider,
+            self.catalogue,
+            self.stats,
+            self.health,
+            clock,
+            gate=self.gate,
+            metrics=self.metrics,
+            router=self.router,
+            dispatcher=self.dispatcher,
         )
-        self.site = make_site(self.api.resource(), config.max_body_bytes, config.ops.limits.max_header_bytes, reactor=reactor)
+        self.site = make_site(
+            self.api.resource(), config.max_body_bytes, config.ops.limits.max_header_bytes, reactor=reactor
+        )
 
         for index, description in enumerate(config.listen):
             listener = ListenerService(description, self.site, reactor)
@@ -130,13 +145,17 @@ class ProxyService(MultiService):
 
         # Late-bound lambdas: a reload may replace the router.
         self._periodic: set[Deferred[Any]] = set()
-        self.refresh_timer = TimerService(config.model_refresh_interval, self._tracked(lambda: self.router.refresh_quietly()))
+        self.refresh_timer = TimerService(
+            config.model_refresh_interval, self._tracked(lambda: self.router.refresh_quietly())
+        )
         self.refresh_timer.clock = clock
         self.refresh_timer.setName("model-refresh")
         self.refresh_timer.setServiceParent(self)
 
         self.health_checker = HealthChecker(self.router, self.health, clock)
-        self.health_timer = TimerService(config.health_check_interval, self._tracked(lambda: self.health_checker.check()))
+        self.health_timer = TimerService(
+            config.health_check_interval, self._tracked(lambda: self.health_checker.check())
+        )
         self.health_timer.clock = clock
         self.health_timer.setName("health-check")
         self.health_timer.setServiceParent(self)
@@ -161,7 +180,7 @@ class ProxyService(MultiService):
         """A timer's call whose run in progress the stop can cancel (a TimerService
         waits for it, and a provider that never answers would hold the stop)."""
 
-        def call() -> "Deferred[Any]":
+        def call() -> Deferred[Any]:
             d = ensureDeferred(job())
             self._periodic.add(d)
             d.addBoth(lambda result: (self._periodic.discard(d), result)[1])
@@ -181,7 +200,7 @@ class ProxyService(MultiService):
         super().startService()
 
     # -- stopping: drain first ------------------------------------------------------
-    def stopService(self) -> "Deferred[None]":
+    def stopService(self) -> Deferred[None]:
         return ensureDeferred(self._stop())
 
     async def _stop(self) -> None:
@@ -212,7 +231,10 @@ class ProxyService(MultiService):
         self.site.set_limits(config.max_body_bytes, config.ops.limits.max_header_bytes)
         self.gate.reconfigure(config)
         self.lifecycle.drain_timeout = config.ops.shutdown.drain_timeout
-        for timer, step in ((self.refresh_timer, config.model_refresh_interval), (self.health_timer, config.health_check_interval)):
+        for timer, step in (
+            (self.refresh_timer, config.model_refresh_interval),
+            (self.health_timer, config.health_check_interval),
+        ):
             timer.step = step
             # TimerService copies its step into its LoopingCall when started; the next tick follows the new one.
             loop = getattr(timer, "_loop", None)
@@ -227,15 +249,30 @@ class ProxyService(MultiService):
         dispatcher take the new requests; the old providers' idle connections are
         closed now, and their streams in flight go on over the connections they hold.
         """
+
         def provider_settings(c: Config) -> tuple[Any, ...]:
-            return (c.openrouter, c.providers, c.routing, c.retry, c.breaker, c.timeouts, c.max_connections_per_provider, c.demo)
+            return (
+                c.openrouter,
+                c.providers,
+                c.routing,
+                c.retry,
+                c.breaker,
+                c.timeouts,
+                c.max_connections_per_provider,
+                c.demo,
+            )
 
         if provider_settings(old) == provider_settings(new):
             return
         retired = self.providers
         self._build_routing(new)
         api = self.api
-        api.provider, api.router, api.catalogue, api.dispatcher = self.provider, self.router, self.catalogue, self.dispatcher
+        api.provider, api.router, api.catalogue, api.dispatcher = (
+            self.provider,
+            self.router,
+            self.catalogue,
+            self.dispatcher,
+        )
         self.health_checker.router = self.router
         self._retired.extend(retired)
         for provider in retired:
@@ -259,12 +296,14 @@ class ProviderPoolsService(Service):
     def __init__(self, tree: ProxyService) -> None:
         self.tree = tree
 
-    def stopService(self) -> "Deferred[Any]":
+    def stopService(self) -> Deferred[Any]:
         super().stopService()
         return gatherResults([maybeDeferred(p.close) for p in self.tree.all_providers()], consumeErrors=True)
 
 
-def makeService(config: Config, reactor: Any = None, clock: Any = None, rng: random.Random | None = None) -> ProxyService:
+def makeService(
+    config: Config, reactor: Any = None, clock: Any = None, rng: random.Random | None = None
+) -> ProxyService:
     """Build the daemon's service tree for ``config`` on ``reactor`` (timers on
     ``clock``, by default the reactor; jitter from ``rng``)."""
     if reactor is None:

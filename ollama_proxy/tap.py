@@ -88,7 +88,9 @@ def tac_observer(config: Any, redactor: Any, reactor: Any, argv: list[str] | Non
 
 def makeService(options: Any) -> DaemonService:
     # The same loader serves start-up and every SIGHUP reload (so --demo survives a reload).
-    load = functools.partial(load_config, config_file=options["config"], listen=options["listen"], demo=bool(options["demo"]))
+    load = functools.partial(
+        load_config, config_file=options["config"], listen=options["listen"], demo=bool(options["demo"])
+    )
     try:
         config = load()
     except ConfigError as error:

@@ -30,8 +30,18 @@ from .simbase import SimulatorBase, last_user_text
 
 API_KEY = "sk-ant-simulator-secret-0123456789"
 MODELS = [
-    {"type": "model", "id": "claude-sonnet-4-5", "display_name": "Claude Sonnet 4.5", "created_at": "2025-09-29T00:00:00Z"},
-    {"type": "model", "id": "claude-3-5-haiku-latest", "display_name": "Claude Haiku 3.5", "created_at": "2024-10-22T00:00:00Z"},
+    {
+        "type": "model",
+        "id": "claude-sonnet-4-5",
+        "display_name": "Claude Sonnet 4.5",
+        "created_at": "2025-09-29T00:00:00Z",
+    },
+    {
+        "type": "model",
+        "id": "claude-3-5-haiku-latest",
+        "display_name": "Claude Haiku 3.5",
+        "created_at": "2024-10-22T00:00:00Z",
+    },
     {"type": "model", "id": "claude-opus-4-1", "display_name": "Claude Opus 4.1", "created_at": "2025-08-05T00:00:00Z"},
 ]
 
@@ -66,7 +76,9 @@ class AnthropicSimulator(SimulatorBase):
         if injected is not None:
             if injected.retry_after:
                 request.setHeader(b"retry-after", injected.retry_after.encode())
-            kind = {429: "rate_limit_error", 529: "overloaded_error", 401: "authentication_error"}.get(injected.status, "api_error")
+            kind = {429: "rate_limit_error", 529: "overloaded_error", 401: "authentication_error"}.get(
+                injected.status, "api_error"
+            )
             return self._error(request, injected.status, kind, f"injected failure {injected.status}")
         if self.behaviour == "overloaded":
             return self._error(request, 529, "overloaded_error", "Overloaded")
@@ -86,7 +98,12 @@ class AnthropicSimulator(SimulatorBase):
         page = self.models[start : start + limit]
         return self.json(
             request,
-            {"data": page, "has_more": start + limit < len(ids), "first_id": page[0]["id"] if page else None, "last_id": page[-1]["id"] if page else None},
+            {
+                "data": page,
+                "has_more": start + limit < len(ids),
+                "first_id": page[0]["id"] if page else None,
+                "last_id": page[-1]["id"] if page else None,
+            },
         )
 
     @staticmethod
@@ -161,29 +178,96 @@ class _MessageStream:
                 words, stop = words[: body["max_tokens"]], "max_tokens"
             blocks.append(("text", words))
         input_tokens = sum(len(json.dumps(m["content"]).split()) for m in messages)
-        self._add("message_start", {"type": "message_start", "message": {"id": "msg_sim", "type": "message", "role": "assistant", "content": [], "model": body["model"], "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": input_tokens, "output_tokens": 1}}})
+        self._add(
+            "message_start",
+            {
+                "type": "message_start",
+                "message": {
+                    "id": "msg_sim",
+                    "type": "message",
+                    "role": "assistant",
+                    "content": [],
+                    "model": body["model"],
+                    "stop_reason": None,
+                    "stop_sequence": None,
+                    "usage": {"input_tokens": input_tokens, "output_tokens": 1},
+                },
+            },
+        )
         output = 0
         for index, (kind, value) in enumerate(blocks):
             if kind == "thinking":
-                self._add("content_block_start", {"type": "content_block_start", "index": index, "content_block": {"type": "thinking", "thinking": ""}})
+                self._add(
+                    "content_block_start",
+                    {
+                        "type": "content_block_start",
+                        "index": index,
+                        "content_block": {"type": "thinking", "thinking": ""},
+                    },
+                )
                 for piece in value.split(" "):
-                    self._add("content_block_delta", {"type": "content_block_delta", "index": index, "delta": {"type": "thinking_delta", "thinking": piece + " "}})
-                self._add("content_block_delta", {"type": "content_block_delta", "index": index, "delta": {"type": "signature_delta", "signature": "sig=="}})
+                    self._add(
+                        "content_block_delta",
+                        {
+                            "type": "content_block_delta",
+                            "index": index,
+                            "delta": {"type": "thinking_delta", "thinking": piece + " "},
+                        },
+                    )
+                self._add(
+                    "content_block_delta",
+                    {
+                        "type": "content_block_delta",
+                        "index": index,
+                        "delta": {"type": "signature_delta", "signature": "sig=="},
+                    },
+                )
             elif kind == "tool_use":
-                self._add("content_block_start", {"type": "content_block_start", "index": index, "content_block": {"type": "tool_use", "id": value["id"], "name": value["name"], "input": {}}})
+                self._add(
+                    "content_block_start",
+                    {
+                        "type": "content_block_start",
+                        "index": index,
+                        "content_block": {"type": "tool_use", "id": value["id"], "name": value["name"], "input": {}},
+                    },
+                )
                 raw = json.dumps(value["input"])
                 for start in range(0, len(raw), 7):
-                    self._add("content_block_delta", {"type": "content_block_delta", "index": index, "delta": {"type": "input_json_delta", "partial_json": raw[start : start + 7]}})
+                    self._add(
+                        "content_block_delta",
+                        {
+                            "type": "content_block_delta",
+                            "index": index,
+                            "delta": {"type": "input_json_delta", "partial_json": raw[start : start + 7]},
+                        },
+                    )
                 output += 10
             else:
-                self._add("content_block_start", {"type": "content_block_start", "index": index, "content_block": {"type": "text", "text": ""}})
+                self._add(
+                    "content_block_start",
+                    {"type": "content_block_start", "index": index, "content_block": {"type": "text", "text": ""}},
+                )
                 if index == 0:
                     self._add("ping", {"type": "ping"})
                 for position, word in enumerate(value):
-                    self._add("content_block_delta", {"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": word if position == 0 else " " + word}})
+                    self._add(
+                        "content_block_delta",
+                        {
+                            "type": "content_block_delta",
+                            "index": index,
+                            "delta": {"type": "text_delta", "text": word if position == 0 else " " + word},
+                        },
+                    )
                 output += len(value)
             self._add("content_block_stop", {"type": "content_block_stop", "index": index})
-        self._add("message_delta", {"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": None}, "usage": {"output_tokens": output}})
+        self._add(
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": stop, "stop_sequence": None},
+                "usage": {"output_tokens": output},
+            },
+        )
         self._add("message_stop", {"type": "message_stop"})
         self._run()
         return NOT_DONE_YET
@@ -211,7 +295,9 @@ class _MessageStream:
                 if behaviour == "stall" and text_deltas == 1:
                     return
                 if behaviour == "midstream-error" and text_deltas == 2:
-                    self._write("error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})
+                    self._write(
+                        "error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+                    )
                     break
         self.done = True
         self.request.finish()

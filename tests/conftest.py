@@ -14,8 +14,8 @@ from twisted.internet import threads
 from twisted.internet.defer import Deferred
 from twisted.logger import globalLogPublisher
 
-from ollama_proxy.config.settings import Config, OpenRouterConfig, Timeouts, load_config
 from ollama_proxy.config.providers import RetryConfig
+from ollama_proxy.config.settings import Config, OpenRouterConfig, Timeouts, load_config
 from ollama_proxy.service import ProxyService, makeService
 
 from .simulator import API_KEY, UpstreamSimulator
@@ -115,7 +115,9 @@ class RawResponse:
         return [json.loads(line) for line in self.body.splitlines()]
 
 
-async def http(method: str, url: str, body: Any = None, *, raw: bytes | None = None, headers: dict[str, str] | None = None) -> RawResponse:
+async def http(
+    method: str, url: str, body: Any = None, *, raw: bytes | None = None, headers: dict[str, str] | None = None
+) -> RawResponse:
     """A plain HTTP exchange (treq on a non-persistent pool), for statuses and headers."""
     import treq
     from treq.client import HTTPClient

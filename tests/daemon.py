@@ -39,7 +39,11 @@ class Daemon(ProcessProtocol):
         signal_number = getattr(reason.value, "signal", None)
         code = reason.value.exitCode if reason.value.exitCode is not None else -(signal_number or 0)
         for _, waiter in self._patterns:
-            waiter.errback(AssertionError(f"process ended ({code}) before the pattern appeared:\n{self.output.decode(errors='replace')}"))
+            waiter.errback(
+                AssertionError(
+                    f"process ended ({code}) before the pattern appeared:\n{self.output.decode(errors='replace')}"
+                )
+            )
         self._patterns = []
         self.exited.callback(code)
 
@@ -62,7 +66,9 @@ class Daemon(ProcessProtocol):
     def _give_up(self, pattern: re.Pattern[bytes], waiter: Deferred[Any]) -> None:
         if (pattern, waiter) in self._patterns:
             self._patterns.remove((pattern, waiter))
-            waiter.errback(AssertionError(f"{pattern.pattern!r} did not appear:\n{self.output.decode(errors='replace')}"))
+            waiter.errback(
+                AssertionError(f"{pattern.pattern!r} did not appear:\n{self.output.decode(errors='replace')}")
+            )
 
     async def port(self) -> int:
         match = await self.wait_for(rb"ready: listening on [\d.]+:(\d+)")
@@ -84,7 +90,11 @@ class Daemon(ProcessProtocol):
 def start(args: list[str], env: dict[str, str] | None = None, cwd: str = ROOT) -> Daemon:
     """Start ``twistd -n --pidfile= ARGS`` with the checkout on the Python path."""
     daemon = Daemon()
-    environment = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": ROOT, "HOME": os.environ.get("HOME", "/tmp")}
+    environment = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "PYTHONPATH": ROOT,
+        "HOME": os.environ.get("HOME", "/tmp"),
+    }
     environment.update(env or {})
     reactor.spawnProcess(daemon, TWISTD, [TWISTD, "-n", "--pidfile=", *args], env=environment, path=cwd)
     return daemon

@@ -95,10 +95,15 @@ class Daemon(ProcessProtocol):
         self._line_waiters: list[tuple[bytes, Deferred[None]]] = []
 
     @classmethod
-    def spawn(cls, args: list[str], env: dict[str, str], cwd: Path, command: list[str] | None = None) -> "Daemon":
+    def spawn(cls, args: list[str], env: dict[str, str], cwd: Path, command: list[str] | None = None) -> Daemon:
         daemon = cls()
         argv = (command or twistd_command()) + args
-        full_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **env}
+        full_env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "PYTHONPATH": str(ROOT),
+            "PYTHONUNBUFFERED": "1",
+            **env,
+        }
         daemon.process = reactor.spawnProcess(daemon, argv[0], argv, env=full_env, path=str(cwd))
         daemon.pid = daemon.process.pid
         return daemon
@@ -198,7 +203,9 @@ class StreamClient:
         self._waiters: list[tuple[int, Deferred[None]]] = []
 
     @classmethod
-    async def open(cls, url: str, body: Any, *, pool: Any = None, headers: dict[str, str] | None = None) -> "StreamClient":
+    async def open(
+        cls, url: str, body: Any, *, pool: Any = None, headers: dict[str, str] | None = None
+    ) -> StreamClient:
         import json
 
         import treq
@@ -208,7 +215,13 @@ class StreamClient:
         client_pool = pool or HTTPConnectionPool(reactor, persistent=False)
         http = HTTPClient(Agent(reactor, pool=client_pool))
         stream = cls()
-        response = await http.request("POST", url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json", **(headers or {})}, unbuffered=True)
+        response = await http.request(
+            "POST",
+            url,
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json", **(headers or {})},
+            unbuffered=True,
+        )
         stream.code = response.code
         stream.headers = response.headers
         treq.collect(response, stream._data).addBoth(stream._end)

@@ -20,8 +20,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock, deferLater
 
-from ollama_proxy.config.settings import Config, OpenRouterConfig, Timeouts, load_config
 from ollama_proxy.config.providers import BreakerConfig, ProviderConfig, ProviderTimeouts, RetryConfig
+from ollama_proxy.config.settings import Config, OpenRouterConfig, Timeouts, load_config
 from ollama_proxy.service import makeService
 
 from .anthropic_simulator import API_KEY as ANTHROPIC_KEY
@@ -37,14 +37,18 @@ QUIET_BREAKER = BreakerConfig(consecutive_failures=1000, minimum_calls=1000)
 
 def provider(name: str, type: str, url: str, key: str | None = None, **settings: Any) -> ProviderConfig:
     timeouts = settings.pop("timeouts", None)
-    return ProviderConfig(name=name, type=type, base_url=url, api_key=key, timeouts=timeouts or ProviderTimeouts(), **settings)
+    return ProviderConfig(
+        name=name, type=type, base_url=url, api_key=key, timeouts=timeouts or ProviderTimeouts(), **settings
+    )
 
 
 def multi_config(openrouter_url: str | None, providers: list[ProviderConfig], **overrides: Any) -> Config:
     config = load_config(environ={}, listen=["tcp:0:interface=127.0.0.1"])
     config = replace(
         config,
-        openrouter=OpenRouterConfig(api_key=API_KEY if openrouter_url else None, base_url=openrouter_url or "http://127.0.0.1:9/api/v1"),
+        openrouter=OpenRouterConfig(
+            api_key=API_KEY if openrouter_url else None, base_url=openrouter_url or "http://127.0.0.1:9/api/v1"
+        ),
         timeouts=Timeouts(connect=5, response=10, idle=10),
         providers=tuple(providers),
         retry=FAST_RETRY,
@@ -58,7 +62,9 @@ def make_multi(simulator: UpstreamSimulator) -> Any:
     """``make_multi(providers, openrouter=True, clock=None, seed=0, **config)``."""
     started: list[RunningProxy] = []
 
-    def make(providers: list[ProviderConfig], openrouter: bool = True, clock: Any = None, seed: int = 0, **overrides: Any) -> RunningProxy:
+    def make(
+        providers: list[ProviderConfig], openrouter: bool = True, clock: Any = None, seed: int = 0, **overrides: Any
+    ) -> RunningProxy:
         config = multi_config(simulator.base_url if openrouter else None, providers, **overrides)
         service = makeService(config, global_reactor, clock=clock, rng=random.Random(seed))
         service.startService()
@@ -118,7 +124,7 @@ async def turn() -> None:
     await deferLater(global_reactor, 0, lambda: None)
 
 
-async def pump(clock: Clock, d: "Deferred[Any]", step: float = 0.25, limit: int = 20000) -> Any:
+async def pump(clock: Clock, d: Deferred[Any], step: float = 0.25, limit: int = 20000) -> Any:
     """Advance ``clock`` by ``step`` on each reactor turn until ``d`` fires."""
     for _ in range(limit):
         if d.called:

@@ -28,7 +28,14 @@ def _tag(name: str, family: str, size: int, parameter_size: str, quantization: s
         "modified_at": "2025-05-01T10:20:30.123456789+02:00",
         "size": size,
         "digest": hashlib.sha256(name.encode()).hexdigest(),
-        "details": {"parent_model": "", "format": "gguf", "family": family, "families": [family], "parameter_size": parameter_size, "quantization_level": quantization},
+        "details": {
+            "parent_model": "",
+            "format": "gguf",
+            "family": family,
+            "families": [family],
+            "parameter_size": parameter_size,
+            "quantization_level": quantization,
+        },
     }
 
 
@@ -90,7 +97,14 @@ class OllamaSimulator(SimulatorBase):
         if path == "/api/embed":
             inputs = body.get("input")
             texts = [inputs] if isinstance(inputs, str) else list(inputs or [])
-            return self.json(request, {"model": model, "embeddings": [vector_of(t) for t in texts], "prompt_eval_count": sum(len(t.split()) for t in texts)})
+            return self.json(
+                request,
+                {
+                    "model": model,
+                    "embeddings": [vector_of(t) for t in texts],
+                    "prompt_eval_count": sum(len(t.split()) for t in texts),
+                },
+            )
         return self._chat(request, body)
 
     def _show(self, request: Request, body: Any) -> Any:
@@ -99,7 +113,17 @@ class OllamaSimulator(SimulatorBase):
             return self.json(request, {"error": f"model '{name}' not found"}, 404)
         entry = next(e for e in self.models if e["name"] in (name, f"{name}:latest"))
         family = entry["details"]["family"]
-        return self.json(request, {"details": entry["details"], "model_info": {"general.architecture": family, f"{family}.context_length": CONTEXT.get(entry["name"], 4096)}, "capabilities": CAPABILITIES.get(entry["name"], ["completion"])})
+        return self.json(
+            request,
+            {
+                "details": entry["details"],
+                "model_info": {
+                    "general.architecture": family,
+                    f"{family}.context_length": CONTEXT.get(entry["name"], 4096),
+                },
+                "capabilities": CAPABILITIES.get(entry["name"], ["completion"]),
+            },
+        )
 
     def _chat(self, request: Request, body: dict[str, Any]) -> Any:
         messages = body.get("messages") or []
@@ -109,12 +133,28 @@ class OllamaSimulator(SimulatorBase):
         head = {"model": model, "created_at": "2025-05-01T10:20:30.123Z"}
         last = messages[-1] if messages else {}
         if body.get("think"):
-            lines.append({**head, "message": {"role": "assistant", "content": "", "thinking": f"Thinking about: {text}"}, "done": False})
+            lines.append(
+                {
+                    **head,
+                    "message": {"role": "assistant", "content": "", "thinking": f"Thinking about: {text}"},
+                    "done": False,
+                }
+            )
         if last.get("role") == "tool":
             words = f"Tool said: {last.get('content', '')}".split(" ")
         elif body.get("tools"):
             tool = body["tools"][0]["function"]["name"]
-            lines.append({**head, "message": {"role": "assistant", "content": "", "tool_calls": [{"function": {"name": tool, "arguments": {"query": text}}}]}, "done": False})
+            lines.append(
+                {
+                    **head,
+                    "message": {
+                        "role": "assistant",
+                        "content": "",
+                        "tool_calls": [{"function": {"name": tool, "arguments": {"query": text}}}],
+                    },
+                    "done": False,
+                }
+            )
             words = []
         else:
             words = ["Echo:"] + text.split()
@@ -123,8 +163,23 @@ class OllamaSimulator(SimulatorBase):
         if isinstance(limit, int) and 0 <= limit < len(words):
             words, reason = words[:limit], "length"
         for index, word in enumerate(words):
-            lines.append({**head, "message": {"role": "assistant", "content": word if index == 0 else " " + word}, "done": False})
-        lines.append({**head, "message": {"role": "assistant", "content": ""}, "done": True, "done_reason": reason, "total_duration": 1000, "load_duration": 10, "prompt_eval_count": len(json.dumps(messages).split()), "prompt_eval_duration": 100, "eval_count": len(words), "eval_duration": 500})
+            lines.append(
+                {**head, "message": {"role": "assistant", "content": word if index == 0 else " " + word}, "done": False}
+            )
+        lines.append(
+            {
+                **head,
+                "message": {"role": "assistant", "content": ""},
+                "done": True,
+                "done_reason": reason,
+                "total_duration": 1000,
+                "load_duration": 10,
+                "prompt_eval_count": len(json.dumps(messages).split()),
+                "prompt_eval_duration": 100,
+                "eval_count": len(words),
+                "eval_duration": 500,
+            }
+        )
         if body.get("stream") is False:
             final = dict(lines[-1])
             final["message"] = {"role": "assistant", "content": "".join(l["message"]["content"] for l in lines)}

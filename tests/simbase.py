@@ -60,12 +60,12 @@ class SimulatorBase(Resource):
         """Answer the next ``count`` POST requests with ``status``."""
         self._injected.append(Injected(status, count, retry_after))
 
-    def wait_for_request(self) -> "Deferred[RecordedRequest]":
+    def wait_for_request(self) -> Deferred[RecordedRequest]:
         d: Deferred[RecordedRequest] = Deferred()
         self._request_waiters.append(d)
         return d
 
-    def wait_for_abort(self) -> "Deferred[None]":
+    def wait_for_abort(self) -> Deferred[None]:
         d: Deferred[None] = Deferred()
         self._abort_waiters.append(d)
         return d
@@ -122,7 +122,9 @@ def last_user_text(messages: list[Any]) -> str:
             continue
         content = message.get("content")
         if isinstance(content, list):
-            content = " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict) and p.get("type") == "text")
+            content = " ".join(
+                str(p.get("text", "")) for p in content if isinstance(p, dict) and p.get("type") == "text"
+            )
         if isinstance(content, str) and content:
             text = content
     return text

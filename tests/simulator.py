@@ -50,7 +50,14 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 API_KEY = "sk-or-v1-simulator-secret-0123456789abcdef"
 
 
-def _model(id: str, *, context: int = 8192, modalities: tuple[str, ...] = ("text",), params: tuple[str, ...] = ("temperature", "top_p", "max_tokens", "stop"), created: int = 1_700_000_000) -> dict[str, Any]:
+def _model(
+    id: str,
+    *,
+    context: int = 8192,
+    modalities: tuple[str, ...] = ("text",),
+    params: tuple[str, ...] = ("temperature", "top_p", "max_tokens", "stop"),
+    created: int = 1_700_000_000,
+) -> dict[str, Any]:
     return {
         "id": id,
         "name": id.split("/")[-1].replace("-", " ").title(),
@@ -63,10 +70,28 @@ def _model(id: str, *, context: int = 8192, modalities: tuple[str, ...] = ("text
 
 
 CHAT_MODELS: list[dict[str, Any]] = [
-    _model("openai/gpt-4o-mini", context=128000, modalities=("text", "image"), params=("tools", "tool_choice", "temperature", "top_p", "max_tokens", "response_format", "structured_outputs", "seed", "stop"), created=1_721_260_800),
+    _model(
+        "openai/gpt-4o-mini",
+        context=128000,
+        modalities=("text", "image"),
+        params=(
+            "tools",
+            "tool_choice",
+            "temperature",
+            "top_p",
+            "max_tokens",
+            "response_format",
+            "structured_outputs",
+            "seed",
+            "stop",
+        ),
+        created=1_721_260_800,
+    ),
     _model("google/gemini-pro", context=32768),
     _model("meta-llama/llama-3.1-8b-instruct:free", context=131072),
-    _model("deepseek/deepseek-r1", context=65536, params=("reasoning", "include_reasoning", "temperature", "max_tokens")),
+    _model(
+        "deepseek/deepseek-r1", context=65536, params=("reasoning", "include_reasoning", "temperature", "max_tokens")
+    ),
     _model("sim/tools-oneshot", params=("tools", "tool_choice", "temperature")),
     _model("sim/reasoning-details", params=("reasoning", "temperature")),
     _model("sim/slow"),
@@ -92,7 +117,10 @@ CHAT_MODELS: list[dict[str, Any]] = [
     _model("sim/fail-leak"),
 ]
 EMBEDDING_MODELS: list[dict[str, Any]] = [
-    {**_model("openai/text-embedding-3-small", context=8192), "architecture": {"input_modalities": ["text"], "output_modalities": ["embeddings"]}},
+    {
+        **_model("openai/text-embedding-3-small", context=8192),
+        "architecture": {"input_modalities": ["text"], "output_modalities": ["embeddings"]},
+    },
 ]
 
 
@@ -109,7 +137,9 @@ def reply_words(messages: list[dict[str, Any]]) -> list[str]:
         if message.get("role") == "user":
             content = message.get("content")
             if isinstance(content, list):
-                content = " ".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+                content = " ".join(
+                    p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"
+                )
             last = content or ""
     words = ["Echo:"] + last.split()
     return [words[0]] + [" " + w for w in words[1:]]
@@ -227,7 +257,7 @@ def abort_all(protocols: set[Any]) -> None:
 
 
 class _CountingSite(Site):
-    def __init__(self, resource: Resource, simulator: "UpstreamSimulator", **kwargs: Any) -> None:
+    def __init__(self, resource: Resource, simulator: UpstreamSimulator, **kwargs: Any) -> None:
         super().__init__(resource, **kwargs)
         self.simulator = simulator
 
@@ -309,7 +339,7 @@ class UpstreamSimulator(Resource):
         self.port = self.reactor.listenTCP(0, self.site, interface="127.0.0.1")
         return f"http://127.0.0.1:{self.port.getHost().port}{prefix}"
 
-    def wait_for_request(self) -> "Deferred[RecordedRequest]":
+    def wait_for_request(self) -> Deferred[RecordedRequest]:
         """Fires with the next chat or embedding request this simulator receives."""
         d: Deferred[RecordedRequest] = Deferred()
         self._next_request_waiters.append(d)
@@ -328,13 +358,13 @@ class UpstreamSimulator(Resource):
         """Answer the next ``count`` chat/embedding requests with ``status``."""
         self._injected.append(_Injected(status, count, retry_after))
 
-    def wait_for_abort(self) -> "Deferred[None]":
+    def wait_for_abort(self) -> Deferred[None]:
         """Fires when a stream is cut off by the proxy before it ended."""
         d: Deferred[None] = Deferred()
         self._abort_waiters.append(d)
         return d
 
-    def wait_for_token(self) -> "Deferred[None]":
+    def wait_for_token(self) -> Deferred[None]:
         """Fires when the simulator sends its next token."""
         d: Deferred[None] = Deferred()
         self._token_waiters.append(d)
@@ -346,7 +376,7 @@ class UpstreamSimulator(Resource):
         for d in waiters:
             d.callback(None)
 
-    def wait_for_requests(self, count: int) -> "Deferred[None]":
+    def wait_for_requests(self, count: int) -> Deferred[None]:
         """Fires once ``count`` requests have arrived in all."""
         d: Deferred[None] = Deferred()
         if len(self.requests) >= count:
@@ -355,7 +385,7 @@ class UpstreamSimulator(Resource):
             self._request_waiters.append((count, d))
         return d
 
-    def wait_for_hold(self) -> "Deferred[None]":
+    def wait_for_hold(self) -> Deferred[None]:
         """Fires when a ``sim/hold`` stream has sent its first token and waits."""
         d: Deferred[None] = Deferred()
         if self.held:
@@ -370,14 +400,14 @@ class UpstreamSimulator(Resource):
         for stream in held:
             stream._next()
 
-    def wait_for_flood_pause(self) -> "Deferred[None]":
+    def wait_for_flood_pause(self) -> Deferred[None]:
         """Fires at the next push-back on a ``sim/flood`` stream (its socket buffer is
         full), or when the flood has sent everything (``flood_done``)."""
         d: Deferred[None] = Deferred()
         self._pause_waiters.append(d)
         return d
 
-    def _held(self, stream: "_Stream") -> None:
+    def _held(self, stream: _Stream) -> None:
         self.held.append(stream)
         waiters, self._hold_waiters = self._hold_waiters, []
         for d in waiters:
@@ -448,7 +478,9 @@ class UpstreamSimulator(Resource):
         return json.dumps(obj).encode()
 
     def _error(self, request: Request, status: int, message: str) -> bytes:
-        return self._json(request, {"error": {"code": status, "message": message, "metadata": {"provider_name": "sim"}}}, status)
+        return self._json(
+            request, {"error": {"code": status, "message": message, "metadata": {"provider_name": "sim"}}}, status
+        )
 
     def _embeddings(self, request: Request, body: dict[str, Any]) -> bytes:
         model = body.get("model")
@@ -460,22 +492,40 @@ class UpstreamSimulator(Resource):
         for text in texts:
             # A rough tokenizer for the length limit: three characters a token.
             if math.ceil(len(text) / 3) > context:
-                return self._error(request, 400, f"This model's maximum context length is {context} tokens, however you requested {math.ceil(len(text) / 3)} tokens")
+                return self._error(
+                    request,
+                    400,
+                    f"This model's maximum context length is {context} tokens, however you requested {math.ceil(len(text) / 3)} tokens",
+                )
         size = int(body.get("dimensions") or 8)
         data = [{"object": "embedding", "index": i, "embedding": fake_vector(t, size)} for i, t in enumerate(texts)]
         tokens = sum(len(t.split()) for t in texts)
-        return self._json(request, {"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+        return self._json(
+            request,
+            {
+                "object": "list",
+                "data": data,
+                "model": model,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            },
+        )
 
     def _chat(self, request: Request, body: dict[str, Any]) -> Any:
         model = str(body.get("model"))
         if model == "sim/fail-leak":
             # A careless upstream that echoes the caller's credentials in its error.
-            return self._error(request, 500, f"upstream exploded handling {request.getHeader(b'authorization').decode()}")
+            return self._error(
+                request, 500, f"upstream exploded handling {request.getHeader(b'authorization').decode()}"
+            )
         if model.startswith("sim/fail-"):
             status = int(model.rsplit("-", 1)[1])
             if status == 429:
                 request.setHeader(b"retry-after", b"7")
-            return self._error(request, status, f"simulated {status} (key {self.api_key[:6]}... rejected)" if status == 401 else f"simulated {status}")
+            return self._error(
+                request,
+                status,
+                f"simulated {status} (key {self.api_key[:6]}... rejected)" if status == 401 else f"simulated {status}",
+            )
         if model == "sim/leaky-error":
             # Some upstreams echo the credentials they rejected: the proxy must not.
             auth = request.getHeader(b"authorization") or b""
@@ -497,17 +547,33 @@ class UpstreamSimulator(Resource):
             return self._error(request, 404, "No endpoints found that support image input")
         words = reply_words(messages)
         last = messages[-1] if messages else {}
-        calls = requested_calls(_text_of(last.get("content"))) if body.get("tools") and last.get("role") == "user" else []
+        calls = (
+            requested_calls(_text_of(last.get("content"))) if body.get("tools") and last.get("role") == "user" else []
+        )
         if last.get("role") == "tool":
             words = ["Tool", " said:"] + [" " + w for w in _text_of(last.get("content")).split()]
         words += [f" [{t}]" for t in images]
         fmt = body.get("response_format") or {}
         if fmt.get("type") in ("json_object", "json_schema"):
-            value = schema_example(fmt.get("json_schema", {}).get("schema")) if fmt.get("type") == "json_schema" else {"echo": "".join(words)}
+            value = (
+                schema_example(fmt.get("json_schema", {}).get("schema"))
+                if fmt.get("type") == "json_schema"
+                else {"echo": "".join(words)}
+            )
             text = json.dumps(value)
             words = [text[i : i + 7] for i in range(0, len(text), 7)]
         reasoning = self._reasons(entry, body)
-        thoughts = ["Thinking", " about:"] + [" " + w for w in _text_of(next((m.get("content") for m in reversed(messages) if m.get("role") == "user"), "")).split()] if reasoning else []
+        thoughts = (
+            ["Thinking", " about:"]
+            + [
+                " " + w
+                for w in _text_of(
+                    next((m.get("content") for m in reversed(messages) if m.get("role") == "user"), "")
+                ).split()
+            ]
+            if reasoning
+            else []
+        )
         max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
         finish = "tool_calls" if calls else "stop"
         if calls:
@@ -515,7 +581,12 @@ class UpstreamSimulator(Resource):
         if isinstance(max_tokens, int) and max_tokens < len(words):
             words = words[:max_tokens]
             finish = "length"
-        usage = {"prompt_tokens": prompt_tokens(messages), "completion_tokens": len(words) + len(thoughts), "total_tokens": prompt_tokens(messages) + len(words) + len(thoughts), "cost": 0.00001}
+        usage = {
+            "prompt_tokens": prompt_tokens(messages),
+            "completion_tokens": len(words) + len(thoughts),
+            "total_tokens": prompt_tokens(messages) + len(words) + len(thoughts),
+            "cost": 0.00001,
+        }
         if not body.get("stream"):
             return self._json(
                 request,
@@ -524,7 +595,13 @@ class UpstreamSimulator(Resource):
                     "object": "chat.completion",
                     "created": int(time.time()),
                     "model": model,
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(words)}, "finish_reason": finish}],
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": "".join(words)},
+                            "finish_reason": finish,
+                        }
+                    ],
                     "usage": usage,
                 },
             )
@@ -548,12 +625,21 @@ class UpstreamSimulator(Resource):
 
 
 def _logprob(word: str, rank: int, top: int) -> dict[str, Any]:
-    entry: dict[str, Any] = {"token": word, "logprob": round(-0.25 * (rank % 4), 4), "bytes": list(word.encode("utf-8"))}
-    entry["top_logprobs"] = [{"token": word if i == 0 else f"{word.strip()}~{i}", "logprob": round(-0.25 * (rank % 4) - i, 4), "bytes": None} for i in range(top)]
+    entry: dict[str, Any] = {
+        "token": word,
+        "logprob": round(-0.25 * (rank % 4), 4),
+        "bytes": list(word.encode("utf-8")),
+    }
+    entry["top_logprobs"] = [
+        {"token": word if i == 0 else f"{word.strip()}~{i}", "logprob": round(-0.25 * (rank % 4) - i, 4), "bytes": None}
+        for i in range(top)
+    ]
     return entry
 
 
-def _events(model: str, words: list[str], thoughts: list[str], calls: list[tuple[str, str]], body: dict[str, Any]) -> list[dict[str, Any]]:
+def _events(
+    model: str, words: list[str], thoughts: list[str], calls: list[tuple[str, str]], body: dict[str, Any]
+) -> list[dict[str, Any]]:
     """The choice deltas of a stream, in order: reasoning, then text, then tool calls."""
     events: list[dict[str, Any]] = []
     for thought in thoughts:
@@ -570,13 +656,29 @@ def _events(model: str, words: list[str], thoughts: list[str], calls: list[tuple
         events.append(event)
     for index, (name, arguments) in enumerate(calls):
         if model == "sim/tools-oneshot":
-            events.append({"delta": {"tool_calls": [{"type": "function", "function": {"name": name, "arguments": arguments}}]}})
+            events.append(
+                {"delta": {"tool_calls": [{"type": "function", "function": {"name": name, "arguments": arguments}}]}}
+            )
             continue
         call_id = f"call_sim_{index}_{hashlib.sha256(arguments.encode()).hexdigest()[:6]}"
-        events.append({"delta": {"tool_calls": [{"index": index, "id": call_id, "type": "function", "function": {"name": name, "arguments": ""}}]}})
+        events.append(
+            {
+                "delta": {
+                    "tool_calls": [
+                        {"index": index, "id": call_id, "type": "function", "function": {"name": name, "arguments": ""}}
+                    ]
+                }
+            }
+        )
         third = max(1, len(arguments) // 3)
         for start in range(0, len(arguments), third):
-            events.append({"delta": {"tool_calls": [{"index": index, "function": {"arguments": arguments[start : start + third]}}]}})
+            events.append(
+                {
+                    "delta": {
+                        "tool_calls": [{"index": index, "function": {"arguments": arguments[start : start + third]}}]
+                    }
+                }
+            )
     return events
 
 
@@ -620,7 +722,15 @@ class _Stream:
         if self.model == "sim/silent":
             return NOT_DONE_YET  # headers, a keep-alive, then nothing: stalls before any token
         if self.model == "sim/error-first":
-            self._event({"id": "gen-sim", "object": "chat.completion.chunk", "model": self.model, "error": {"code": 502, "message": "Provider returned error"}, "choices": [{"index": 0, "delta": {"content": ""}, "finish_reason": "error"}]})
+            self._event(
+                {
+                    "id": "gen-sim",
+                    "object": "chat.completion.chunk",
+                    "model": self.model,
+                    "error": {"code": 502, "message": "Provider returned error"},
+                    "choices": [{"index": 0, "delta": {"content": ""}, "finish_reason": "error"}],
+                }
+            )
             self._end()
             return NOT_DONE_YET
         self._next()
@@ -638,7 +748,13 @@ class _Stream:
         choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish}
         if logprobs is not None:
             choice["logprobs"] = logprobs
-        return {"id": "gen-sim", "object": "chat.completion.chunk", "created": 1_700_000_000, "model": self.model, "choices": [choice]}
+        return {
+            "id": "gen-sim",
+            "object": "chat.completion.chunk",
+            "created": 1_700_000_000,
+            "model": self.model,
+            "choices": [choice],
+        }
 
     def _event(self, obj: Any) -> None:
         payload = obj if isinstance(obj, str) else json.dumps(obj)
@@ -684,11 +800,21 @@ class _Stream:
             if self.position == 2 and model == "sim/midstream-leak":
                 # An upstream that echoes the credentials it was sent, after output began.
                 auth = self.request.getHeader(b"authorization") or b""
-                self._event({**self._chunk({"content": ""}, "error"), "error": {"code": 500, "message": f"internal error for {auth.decode()}"}})
+                self._event(
+                    {
+                        **self._chunk({"content": ""}, "error"),
+                        "error": {"code": 500, "message": f"internal error for {auth.decode()}"},
+                    }
+                )
                 self._end()
                 return False
             if self.position == 2 and model == "sim/midstream-error":
-                self._event({**self._chunk({"content": ""}, "error"), "error": {"code": 502, "message": "Upstream provider crashed mid-stream"}})
+                self._event(
+                    {
+                        **self._chunk({"content": ""}, "error"),
+                        "error": {"code": 502, "message": "Upstream provider crashed mid-stream"},
+                    }
+                )
                 self._end()
                 return False
             if self.position == 2 and model == "sim/disconnect":

@@ -6,8 +6,8 @@ import random
 
 from twisted.internet.task import Clock
 
-from ollama_proxy.routing.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker, Outcome
 from ollama_proxy.config.providers import BreakerConfig
+from ollama_proxy.routing.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker, Outcome
 
 S, F = Outcome.SUCCESS, Outcome.FAILURE
 
@@ -99,7 +99,9 @@ def test_jitter_spreads_the_wait_within_bounds():
     clock = Clock()
     waits = set()
     for seed in range(20):
-        breaker = CircuitBreaker(BreakerConfig(consecutive_failures=1, open_wait=10, jitter=0.2), clock, random.Random(seed))
+        breaker = CircuitBreaker(
+            BreakerConfig(consecutive_failures=1, open_wait=10, jitter=0.2), clock, random.Random(seed)
+        )
         call(breaker, F)
         waits.add(round(breaker.open_remaining(), 6))
     assert len(waits) > 10

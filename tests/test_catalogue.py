@@ -5,8 +5,8 @@ import pytest_twisted
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 
-from ollama_proxy.routing.catalogue import ModelCatalogue
 from ollama_proxy.errors import ModelForbidden, ModelNotFound
+from ollama_proxy.routing.catalogue import ModelCatalogue
 from ollama_proxy.routing.modelfilter import ModelFilter
 from ollama_proxy.wire.models import (
     UpstreamModel,
@@ -43,7 +43,9 @@ def test_family_and_size(model_id, family, size):
 
 
 def test_tag_entry_has_what_clients_need():
-    model = from_openrouter({"id": "google/gemini-pro", "created": 1_700_000_000, "context_length": 32768}, "openrouter")
+    model = from_openrouter(
+        {"id": "google/gemini-pro", "created": 1_700_000_000, "context_length": 32768}, "openrouter"
+    )
     entry = tag_entry(model)
     assert entry["name"] == entry["model"] == "google/gemini-pro:latest"
     assert entry["modified_at"] == "2023-11-14T22:13:20.000000Z"

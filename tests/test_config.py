@@ -40,7 +40,9 @@ http_referer = "https://example.org"
 x_title = "Gateway"
 """,
     )
-    config = load_config(environ={"OPENROUTER_API_KEY": "from-env", "OPENROUTER_BASE_URL": "http://up/v1/"}, config_file=path)
+    config = load_config(
+        environ={"OPENROUTER_API_KEY": "from-env", "OPENROUTER_BASE_URL": "http://up/v1/"}, config_file=path
+    )
     assert config.openrouter.api_key == "from-env"
     assert config.openrouter.base_url == "http://up/v1"
     assert config.openrouter.http_referer == "https://example.org" and config.openrouter.x_title == "Gateway"
@@ -61,7 +63,7 @@ def test_file_named_by_environment(tmp_path):
         ("colour = 1\n", "unknown key 'colour'"),
         ("[timeouts]\nidel = 3\n", "unknown key 'timeouts.idel'"),
         ('[timeouts]\nidle = "soon"\n', "'timeouts.idle' must be a number"),
-        ("[filter]\nallow = \"x\"\n", "'filter.allow' must be a list of strings"),
+        ('[filter]\nallow = "x"\n', "'filter.allow' must be a list of strings"),
         ("[filter]\nallow = [1]\n", "'filter.allow' must be a list of strings"),
         ("max_body_bytes = true\n", "'max_body_bytes' must be an integer"),
         ("[timeouts]\nidle = 0\n", "greater than 0"),
@@ -81,7 +83,9 @@ def test_missing_file_is_a_clear_error(tmp_path):
 def test_listen_precedence(tmp_path):
     path = write(tmp_path, 'listen = ["tcp:1"]\n')
     assert load_config(environ={"OLLAMA_HOST": "0.0.0.0:9000"}, config_file=path, listen=["tcp:2"]).listen == ("tcp:2",)
-    assert load_config(environ={"OLLAMA_HOST": "0.0.0.0:9000"}, config_file=path).listen == ("tcp:9000:interface=0.0.0.0",)
+    assert load_config(environ={"OLLAMA_HOST": "0.0.0.0:9000"}, config_file=path).listen == (
+        "tcp:9000:interface=0.0.0.0",
+    )
     assert load_config(environ={}, config_file=path).listen == ("tcp:1",)
 
 
@@ -113,7 +117,10 @@ def test_a_pin_to_an_unknown_provider_is_refused(tmp_path):
 def test_a_key_file_that_is_not_utf8_is_a_config_error(tmp_path):
     key = tmp_path / "key"
     key.write_bytes(b"\xff\xfe\x00bad")
-    path = write(tmp_path, f'[[providers]]\nname = "local"\ntype = "openai"\nbase_url = "http://127.0.0.1:9/v1"\nkey_file = "{key}"\n')
+    path = write(
+        tmp_path,
+        f'[[providers]]\nname = "local"\ntype = "openai"\nbase_url = "http://127.0.0.1:9/v1"\nkey_file = "{key}"\n',
+    )
     with pytest.raises(ConfigError, match="not valid UTF-8"):
         load_config(environ={}, config_file=path)
 

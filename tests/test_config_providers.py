@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from ollama_proxy.config.providers import BreakerConfig, RetryConfig
 from ollama_proxy.config.settings import ConfigError, load_config
 from ollama_proxy.routing.modelfilter import ModelFilter, parse_filter_lines
 from ollama_proxy.wire.models import UpstreamModel
-from ollama_proxy.config.providers import BreakerConfig, RetryConfig
 
 
 def write(tmp_path, text: str) -> str:
@@ -17,7 +17,9 @@ def write(tmp_path, text: str) -> str:
 
 
 def test_environment_adds_openai_and_anthropic():
-    config = load_config(environ={"OPENAI_API_KEY": "sk-o", "OPENAI_BASE_URL": "http://x/v1", "ANTHROPIC_API_KEY": "sk-a"})
+    config = load_config(
+        environ={"OPENAI_API_KEY": "sk-o", "OPENAI_BASE_URL": "http://x/v1", "ANTHROPIC_API_KEY": "sk-a"}
+    )
     by_name = {p.name: p for p in config.providers}
     assert by_name["openai"].type == "openai" and by_name["openai"].url == "http://x/v1"
     assert by_name["openai"].api_key == "sk-o" and by_name["openai"].priority == 2
@@ -74,7 +76,11 @@ key = "sk-inline"
     config = load_config(environ={"GROQ_KEY": "sk-groq", "OPENAI_API_KEY": "sk-env"}, config_file=path)
     by_name = {p.name: p for p in config.providers}
     assert [p.name for p in config.providers] == ["openai", "groq", "local", "claude", "inline"]
-    assert by_name["openai"].api_key == "sk-env" and by_name["openai"].priority == 7 and by_name["openai"].url == "http://openai.local/v1"
+    assert (
+        by_name["openai"].api_key == "sk-env"
+        and by_name["openai"].priority == 7
+        and by_name["openai"].url == "http://openai.local/v1"
+    )
     groq = by_name["groq"]
     assert groq.api_key == "sk-groq" and groq.key_source == "environment variable GROQ_KEY"
     assert groq.max_in_flight == 3 and groq.max_queue == 0 and groq.queue_timeout == 2.5
@@ -128,7 +134,11 @@ open_wait = 1.5
     assert dict(config.routing.pins) == {"gpt-4o-mini": ("openai",), "both": ("a", "b")}
     assert dict(config.routing.fallbacks) == {"gpt-4o": ("gpt-4o-mini", "google/gemini-pro"), "*": ("echo",)}
     assert config.retry == RetryConfig(max_retries=0, base_delay=0.1, deadline=5)
-    assert config.breaker.failure_rate == 0.25 and config.breaker.consecutive_failures == 3 and config.breaker.open_wait == 1.5
+    assert (
+        config.breaker.failure_rate == 0.25
+        and config.breaker.consecutive_failures == 3
+        and config.breaker.open_wait == 1.5
+    )
     assert config.breaker.minimum_calls == BreakerConfig().minimum_calls
 
 
@@ -162,14 +172,24 @@ def test_bad_sections_name_the_key(tmp_path, text, message):
 
 
 def test_openrouter_routing_settings(tmp_path):
-    path = write(tmp_path, "[openrouter]\npriority = 5\nenabled = false\nmax_in_flight = 2\nmax_queue = 1\nqueue_timeout = 3\n")
+    path = write(
+        tmp_path, "[openrouter]\npriority = 5\nenabled = false\nmax_in_flight = 2\nmax_queue = 1\nqueue_timeout = 3\n"
+    )
     router = load_config(environ={}, config_file=path).openrouter
-    assert (router.priority, router.enabled, router.max_in_flight, router.max_queue, router.queue_timeout) == (5, False, 2, 1, 3.0)
+    assert (router.priority, router.enabled, router.max_in_flight, router.max_queue, router.queue_timeout) == (
+        5,
+        False,
+        2,
+        1,
+        3.0,
+    )
 
 
 def test_filter_file_lines_merge_with_lists(tmp_path):
     listing = tmp_path / "models.txt"
-    listing.write_text("# the models we pay for\nopenai/*\n\n  google/gemini-pro   # inline comment\n!openai/gpt-4-32k*\n")
+    listing.write_text(
+        "# the models we pay for\nopenai/*\n\n  google/gemini-pro   # inline comment\n!openai/gpt-4-32k*\n"
+    )
     path = write(tmp_path, f'[filter]\nallow = ["anthropic/*"]\ndeny = ["*:free"]\nfile = "{listing}"\n')
     config = load_config(environ={}, config_file=path)
     assert config.filter.allow == ("anthropic/*", "openai/*", "google/gemini-pro")

@@ -43,7 +43,9 @@ async def test_twistd_plugin_serves_the_api_and_stops_on_sigterm(simulator, runn
     port = await proc.port()
     url = f"http://127.0.0.1:{port}"
     assert (await http("GET", url + "/")).body == b"Ollama is running"
-    answer = await in_thread(ollama.Client(host=url).chat, model="google/gemini-pro", messages=[{"role": "user", "content": "hi"}])
+    answer = await in_thread(
+        ollama.Client(host=url).chat, model="google/gemini-pro", messages=[{"role": "user", "content": "hi"}]
+    )
     assert answer.message.content == "Echo: hi"
     proc.signal("TERM")
     assert await proc.exited in (0, -15)
@@ -90,7 +92,11 @@ async def test_tac_file_logs_through_the_redacting_observer(simulator, running):
     proc = daemon.start(["-y", "proxy.tac"], env=env)
     running.append(proc)
     port = await proc.port()
-    r = await http("POST", f"http://127.0.0.1:{port}/api/chat", {"model": "sim/leaky-error", "messages": [{"role": "user", "content": "x"}], "stream": False})
+    r = await http(
+        "POST",
+        f"http://127.0.0.1:{port}/api/chat",
+        {"model": "sim/leaky-error", "messages": [{"role": "user", "content": "x"}], "stream": False},
+    )
     assert r.code == 400
     await proc.wait_for(rb'"namespace":"ollama_proxy.access"')
     proc.signal("TERM")
@@ -105,7 +111,9 @@ async def test_a_port_in_use_stops_start_up(simulator, running):
     taken = reactor.listenTCP(0, Site(Resource()), interface="127.0.0.1")
     try:
         port = taken.getHost().port
-        proc = daemon.start(["ollama-proxy", "--listen", f"tcp:{port}:interface=127.0.0.1"], env=upstream_env(simulator))
+        proc = daemon.start(
+            ["ollama-proxy", "--listen", f"tcp:{port}:interface=127.0.0.1"], env=upstream_env(simulator)
+        )
         running.append(proc)
         assert await proc.exited != 0
         assert f"Couldn't listen on 127.0.0.1:{port}".encode() in proc.output
@@ -174,7 +182,9 @@ async def test_the_api_mounts_in_another_site(simulator):
         url = f"http://127.0.0.1:{theirs.getHost().port}"
         assert (await http("GET", url + "/hello")).body == b"their resource"
         assert (await http("GET", url + "/ollama/")).body == b"Ollama is running"
-        answer = await in_thread(ollama.Client(host=url + "/ollama").generate, model="google/gemini-pro", prompt="mounted")
+        answer = await in_thread(
+            ollama.Client(host=url + "/ollama").generate, model="google/gemini-pro", prompt="mounted"
+        )
         assert answer.response == "Echo: mounted"
     finally:
         await theirs.stopListening()

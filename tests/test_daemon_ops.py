@@ -76,12 +76,19 @@ async def start(
 ) -> tuple[Daemon, int, dict[str, str]]:
     config_file = workdir / "proxy.toml"
     config_file.write_text(config)
-    environment = {"OPENROUTER_API_KEY": API_KEY, "OPENROUTER_BASE_URL": simulator.base_url, "NOTIFY_SOCKET": str(notify.path), **(env or {})}
+    environment = {
+        "OPENROUTER_API_KEY": API_KEY,
+        "OPENROUTER_BASE_URL": simulator.base_url,
+        "NOTIFY_SOCKET": str(notify.path),
+        **(env or {}),
+    }
     argv = [*twistd_args, "ollama-proxy", "--listen", listen, "-c", str(config_file), *args]
     daemon = Daemon.spawn(argv, environment, workdir, command=command)
     daemons.append(daemon)
     daemonizes = "-n" not in twistd_args  # then the process we started exits once the daemon forked
-    ready = await (notify.wait_for("READY", "1") if daemonizes else first_of(notify.wait_for("READY", "1"), _died(daemon)))
+    ready = await (
+        notify.wait_for("READY", "1") if daemonizes else first_of(notify.wait_for("READY", "1"), _died(daemon))
+    )
     return daemon, port_from_status(ready), ready
 
 
@@ -145,7 +152,10 @@ async def test_sighup_reloads_without_dropping_a_stream_and_refuses_a_broken_fil
     reloaded = await notify.wait_for("READY", "1", after=mark)
     assert reloaded["STATUS"] == "configuration reloaded"
     assert (await http("GET", url + "/api/tags")).code == 401
-    names = [m["name"] for m in (await http("GET", url + "/api/tags", headers={"Authorization": "Bearer test"})).json()["models"]]
+    names = [
+        m["name"]
+        for m in (await http("GET", url + "/api/tags", headers={"Authorization": "Bearer test"})).json()["models"]
+    ]
     assert "google/gemini-pro:latest" in names and "openai/gpt-4o-mini:latest" not in names
 
     # A broken file is refused; the running configuration stays.
@@ -249,14 +259,21 @@ def _wait_for_exit(pid: int, timeout: float) -> bool:
 async def test_daemonizes_with_pidfile_and_json_logfile(simulator, notify, workdir, daemons):
     pidfile, logfile = workdir / "proxy.pid", workdir / "proxy.log"
     launcher, port, ready = await start(
-        daemons, simulator, notify, workdir, twistd_args=(f"--pidfile={pidfile}", f"--logfile={logfile}"), args=("--log-format", "json")
+        daemons,
+        simulator,
+        notify,
+        workdir,
+        twistd_args=(f"--pidfile={pidfile}", f"--logfile={logfile}"),
+        args=("--log-format", "json"),
     )
     pid = int(ready["MAINPID"])
     assert pid != launcher.pid  # it forked away from the process we started
     assert await launcher.wait_ended() == 0
     assert int(pidfile.read_text()) == pid
 
-    r = await http("POST", f"http://127.0.0.1:{port}/api/chat", chat_body("openai/gpt-4o-mini", "count these words", stream=False))
+    r = await http(
+        "POST", f"http://127.0.0.1:{port}/api/chat", chat_body("openai/gpt-4o-mini", "count these words", stream=False)
+    )
     assert r.code == 200
     bad = await http("POST", f"http://127.0.0.1:{port}/api/chat", chat_body("sim/fail-401", stream=False))
     assert bad.code == 502 and API_KEY not in bad.body.decode()
@@ -281,9 +298,13 @@ async def test_drops_privileges_after_binding_a_privileged_port(simulator, notif
     port = _free_privileged_port()
     args: tuple[str, ...] = ("-n", "--pidfile=", f"--gid={nobody.pw_gid}")
     # The interpreter must stay readable once the uid is gone (a pyenv under /root is not).
-    if _world_readable(Path(os.path.realpath(twistd_command()[0]))) and _world_readable(Path(os.path.realpath(sys.executable))):
+    if _world_readable(Path(os.path.realpath(twistd_command()[0]))) and _world_readable(
+        Path(os.path.realpath(sys.executable))
+    ):
         args += (f"--uid={nobody.pw_uid}",)
-    daemon, bound, _ = await start(daemons, simulator, notify, workdir, twistd_args=args, listen=f"tcp:{port}:interface=127.0.0.1")
+    daemon, bound, _ = await start(
+        daemons, simulator, notify, workdir, twistd_args=args, listen=f"tcp:{port}:interface=127.0.0.1"
+    )
     assert bound == port
     status = Path(f"/proc/{daemon.pid}/status").read_text()
     gids = next(l for l in status.splitlines() if l.startswith("Gid:")).split()[1:]
@@ -324,13 +345,35 @@ async def test_socket_activation_uses_the_inherited_listener(simulator, notify, 
     (workdir / "proxy.toml").write_text("")
     # What systemd does: the socket as fd 3, LISTEN_FDS=1, LISTEN_FDNAMES and LISTEN_PID naming the service.
     inner = " ".join(
-        f"'{a}'" for a in [*twistd_command(), "-n", "--pidfile=", "ollama-proxy", "--listen", "systemd:domain=INET:index=0", "-c", str(workdir / "proxy.toml")]
+        f"'{a}'"
+        for a in [
+            *twistd_command(),
+            "-n",
+            "--pidfile=",
+            "ollama-proxy",
+            "--listen",
+            "systemd:domain=INET:index=0",
+            "-c",
+            str(workdir / "proxy.toml"),
+        ]
     )
     script = f"export LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=ollama-proxy.socket; exec {inner} 3<&0 </dev/null"
     env = {"OPENROUTER_API_KEY": API_KEY, "OPENROUTER_BASE_URL": simulator.base_url, "NOTIFY_SOCKET": str(notify.path)}
     daemon = Daemon()
-    full_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **env}
-    daemon.process = reactor.spawnProcess(daemon, "/bin/sh", ["/bin/sh", "-c", script], env=full_env, path=str(workdir), childFDs={0: listener.fileno(), 1: "r", 2: "r"})
+    full_env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "PYTHONPATH": str(ROOT),
+        "PYTHONUNBUFFERED": "1",
+        **env,
+    }
+    daemon.process = reactor.spawnProcess(
+        daemon,
+        "/bin/sh",
+        ["/bin/sh", "-c", script],
+        env=full_env,
+        path=str(workdir),
+        childFDs={0: listener.fileno(), 1: "r", 2: "r"},
+    )
     daemon.pid = daemon.process.pid
     daemons.append(daemon)
     listener.close()  # the daemon holds it now

@@ -9,21 +9,29 @@ import pytest
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, fail, succeed
 from twisted.internet.task import Clock
 
+from ollama_proxy.config.providers import BreakerConfig, RetryConfig
+from ollama_proxy.errors import UpstreamError
+from ollama_proxy.providers.echo import EchoProvider
 from ollama_proxy.routing.breaker import CLOSED, OPEN, CircuitBreaker, Outcome
 from ollama_proxy.routing.catalogue import ModelCatalogue
 from ollama_proxy.routing.dispatch import AnsweredWithError, Dispatcher
-from ollama_proxy.errors import UpstreamError
 from ollama_proxy.routing.limiter import BUSY_MESSAGE, Busy, ConcurrencyLimiter
 from ollama_proxy.routing.modelfilter import ModelFilter
-from ollama_proxy.wire.models import UpstreamModel
-from ollama_proxy.config.providers import BreakerConfig, RetryConfig
-from ollama_proxy.providers.echo import EchoProvider
 from ollama_proxy.routing.retry import RetryPolicy
 from ollama_proxy.routing.router import Route, Target
 from ollama_proxy.routing.slots import ProviderSlot
+from ollama_proxy.wire.models import UpstreamModel
 
 
-def slot(name: str, clock: Clock, *, breaker: BreakerConfig | None = None, in_flight: int = 8, queue: int = 8, queue_timeout: float = 30) -> ProviderSlot:
+def slot(
+    name: str,
+    clock: Clock,
+    *,
+    breaker: BreakerConfig | None = None,
+    in_flight: int = 8,
+    queue: int = 8,
+    queue_timeout: float = 30,
+) -> ProviderSlot:
     provider = EchoProvider(clock, name=name)
     return ProviderSlot(
         provider=provider,
@@ -70,7 +78,7 @@ def dispatcher(clock: Clock, **retry: Any) -> Dispatcher:
     return Dispatcher(RetryPolicy(RetryConfig(**settings), random.Random(0)), clock)
 
 
-def run(d: Dispatcher, r: Route, script: Script) -> "Deferred[Any]":
+def run(d: Dispatcher, r: Route, script: Script) -> Deferred[Any]:
     return ensureDeferred(d.run(r, script))
 
 

@@ -8,9 +8,9 @@ from twisted.internet import reactor as global_reactor
 from twisted.internet.defer import CancelledError
 from twisted.internet.task import Clock
 
+from ollama_proxy.config.providers import ProviderConfig
 from ollama_proxy.config.settings import load_config
 from ollama_proxy.errors import UpstreamError
-from ollama_proxy.config.providers import ProviderConfig
 from ollama_proxy.providers.echo import EchoProvider, echo_words, embed_text
 from ollama_proxy.providers.registry import provider_configs
 from ollama_proxy.service import makeService
@@ -21,23 +21,33 @@ from .multi import make_multi, provider  # noqa: F401
 
 
 def test_echo_words_and_vectors_are_deterministic():
-    messages = [{"role": "user", "content": "first"}, {"role": "assistant", "content": "x"}, {"role": "user", "content": [{"type": "text", "text": "the  last one"}]}]
+    messages = [
+        {"role": "user", "content": "first"},
+        {"role": "assistant", "content": "x"},
+        {"role": "user", "content": [{"type": "text", "text": "the  last one"}]},
+    ]
     assert echo_words(messages) == ["the", " last", " one"]
     assert echo_words([]) == []
     a, b = embed_text("red apple"), embed_text("red apple")
     assert a == b and len(a) == 16 and abs(sum(v * v for v in a) - 1) < 1e-4
     assert embed_text("red apple", 4) != embed_text("green pear", 4)
     assert embed_text("") == [0.0] * 16
+
     # texts sharing words point more the same way than texts sharing none
     def cosine(x, y):
         return sum(p * q for p, q in zip(x, y))
-    assert cosine(embed_text("red apple pie"), embed_text("red apple tart")) > cosine(embed_text("red apple pie"), embed_text("blue ocean wave"))
+
+    assert cosine(embed_text("red apple pie"), embed_text("red apple tart")) > cosine(
+        embed_text("red apple pie"), embed_text("blue ocean wave")
+    )
 
 
 def test_echo_stream_is_paced_by_the_clock_and_can_be_stopped():
     clock = Clock()
     provider = EchoProvider(clock, delay=1.0)
-    stream = provider.open_chat({"model": "echo", "messages": [{"role": "user", "content": "a b c"}], "max_tokens": 2}).result
+    stream = provider.open_chat(
+        {"model": "echo", "messages": [{"role": "user", "content": "a b c"}], "max_tokens": 2}
+    ).result
     chunks = []
     done = stream.deliver(chunks.append)
     texts = lambda: [c["choices"][0]["delta"].get("content") for c in chunks if c["choices"]]  # noqa: E731
@@ -74,7 +84,10 @@ def test_echo_is_never_on_by_itself(tmp_path):
     assert [p.type for p in provider_configs(load_config(environ={"OPENROUTER_API_KEY": "k"}))] == ["openrouter"]
     demo = provider_configs(load_config(environ={}, demo=True))
     assert [p.type for p in demo] == ["echo"]  # no key and a demo: OpenRouter stays out of the way
-    assert [p.type for p in provider_configs(load_config(environ={"OPENROUTER_API_KEY": "k"}, demo=True))] == ["openrouter", "echo"]
+    assert [p.type for p in provider_configs(load_config(environ={"OPENROUTER_API_KEY": "k"}, demo=True))] == [
+        "openrouter",
+        "echo",
+    ]
     path = tmp_path / "p.toml"
     path.write_text('[[providers]]\nname = "canned"\ntype = "echo"\n')
     assert [p.name for p in provider_configs(load_config(environ={}, config_file=str(path), demo=True))] == ["canned"]
@@ -99,9 +112,13 @@ async def test_demo_proxy_works_offline_with_the_ollama_client():
         client = ollama.Client(host=url)
         listing = await in_thread(client.list)
         assert sorted(m.model for m in listing.models) == ["echo-embed:latest", "echo:latest"]
-        answer = await in_thread(client.chat, model="echo", messages=[{"role": "user", "content": "hello offline world"}])
+        answer = await in_thread(
+            client.chat, model="echo", messages=[{"role": "user", "content": "hello offline world"}]
+        )
         assert answer.message.content == "hello offline world"
-        words = await in_thread(lambda: [c.response for c in client.generate(model="echo", prompt="one two three", stream=True)])
+        words = await in_thread(
+            lambda: [c.response for c in client.generate(model="echo", prompt="one two three", stream=True)]
+        )
         assert "".join(w or "" for w in words) == "one two three"
         vectors = await in_thread(client.embed, model="echo-embed", input="hello")
         assert vectors.embeddings[0] == embed_text("hello")
@@ -126,9 +143,9 @@ async def test_the_api_mounted_alone_over_one_provider():
     from twisted.web.server import Site
 
     from ollama_proxy.api.native import HealthState, OllamaAPI
+    from ollama_proxy.ops.stats import Stats
     from ollama_proxy.routing.catalogue import ModelCatalogue
     from ollama_proxy.routing.modelfilter import ModelFilter
-    from ollama_proxy.ops.stats import Stats
 
     config = load_config(environ={})
     echo = EchoProvider(global_reactor)
@@ -137,7 +154,11 @@ async def test_the_api_mounted_alone_over_one_provider():
     port = global_reactor.listenTCP(0, Site(api.resource()), interface="127.0.0.1")
     try:
         url = f"http://127.0.0.1:{port.getHost().port}"
-        r = await http("POST", url + "/api/chat", {"model": "echo", "messages": [{"role": "user", "content": "just one"}], "stream": False})
+        r = await http(
+            "POST",
+            url + "/api/chat",
+            {"model": "echo", "messages": [{"role": "user", "content": "just one"}], "stream": False},
+        )
         assert r.code == 200 and r.json()["message"]["content"] == "just one"
         assert [e["name"] for e in (await http("GET", url + "/api/tags")).json()["models"]] == ["echo:latest"]
         r = await http("POST", url + "/api/embed", {"model": "echo-embed", "input": "x"})

@@ -65,15 +65,26 @@ async def test_mounted_under_a_prefix_next_to_another_resource(simulator):
         client = ollama.Client(host=base + "/ollama")
         listing = await in_thread(client.list)
         assert "google/gemini-pro:latest" in [m.model for m in listing.models]
-        parts = await in_thread(lambda: [c.message.content for c in client.chat(model="google/gemini-pro", messages=[{"role": "user", "content": "mounted"}], stream=True)])
+        parts = await in_thread(
+            lambda: [
+                c.message.content
+                for c in client.chat(
+                    model="google/gemini-pro", messages=[{"role": "user", "content": "mounted"}], stream=True
+                )
+            ]
+        )
         assert "".join(parts) == "Echo: mounted"
 
         metrics = await http("GET", base + "/ollama/metrics?format=prometheus", headers={"X-Request-Id": "host-1"})
         assert metrics.header("x-request-id") == "host-1"
-        assert 'ollama_proxy_requests_total{endpoint="/api/chat",method="POST",status="200"} 1.0' in metrics.body.decode()
+        assert (
+            'ollama_proxy_requests_total{endpoint="/api/chat",method="POST",status="200"} 1.0' in metrics.body.decode()
+        )
 
         # Stopping the host's tree drains the proxy's streams, then stops its timers and pools.
-        stream = await StreamClient.open(base + "/ollama/api/chat", {"model": "sim/hold", "messages": [{"role": "user", "content": "bye now"}]})
+        stream = await StreamClient.open(
+            base + "/ollama/api/chat", {"model": "sim/hold", "messages": [{"role": "user", "content": "bye now"}]}
+        )
         await stream.wait_lines(1)
         stopped = host.stopService()
         assert not stopped.called and proxy.lifecycle.draining

@@ -8,14 +8,14 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from ollama_proxy.api.native import HealthState, OllamaAPI
-from ollama_proxy.routing.catalogue import ModelCatalogue
 from ollama_proxy.config.settings import Config
+from ollama_proxy.front.site import make_site
+from ollama_proxy.ops.stats import Stats
 from ollama_proxy.providers.interfaces import IProvider, IUpstreamStream
+from ollama_proxy.providers.openai_compat import OpenAICompatibleProvider
+from ollama_proxy.routing.catalogue import ModelCatalogue
 from ollama_proxy.routing.modelfilter import ModelFilter
 from ollama_proxy.wire.models import UpstreamModel
-from ollama_proxy.providers.openai_compat import OpenAICompatibleProvider
-from ollama_proxy.ops.stats import Stats
-from ollama_proxy.front.site import make_site
 
 from .conftest import http
 
@@ -29,7 +29,9 @@ class BrokenProvider:
     configured = True
 
     def list_models(self):
-        return succeed([UpstreamModel(id="b/m", provider="broken"), UpstreamModel(id="b/e", provider="broken", embedding=True)])
+        return succeed(
+            [UpstreamModel(id="b/m", provider="broken"), UpstreamModel(id="b/e", provider="broken", embedding=True)]
+        )
 
     async def open_chat(self, body):
         raise RuntimeError("internal detail 42")
@@ -46,7 +48,18 @@ class BrokenProvider:
 
 def test_providers_provide_the_interface():
     verifyObject(IProvider, BrokenProvider())
-    verifyObject(IProvider, OpenAICompatibleProvider(name="o", type="openrouter", label="OpenRouter", base_url="http://127.0.0.1:9", api_key=None, reactor=reactor, timeouts=Config().timeouts))
+    verifyObject(
+        IProvider,
+        OpenAICompatibleProvider(
+            name="o",
+            type="openrouter",
+            label="OpenRouter",
+            base_url="http://127.0.0.1:9",
+            api_key=None,
+            reactor=reactor,
+            timeouts=Config().timeouts,
+        ),
+    )
     assert IProvider.implementedBy(OpenAICompatibleProvider)
 
 
@@ -60,7 +73,10 @@ async def test_unexpected_errors_are_a_generic_500_with_the_detail_logged():
     globalLogPublisher.addObserver(events.append)
     try:
         url = f"http://127.0.0.1:{port.getHost().port}"
-        for path, body in [("/api/chat", {"model": "b/m", "messages": [{"role": "user", "content": "x"}]}), ("/api/embed", {"model": "b/e", "input": "x"})]:
+        for path, body in [
+            ("/api/chat", {"model": "b/m", "messages": [{"role": "user", "content": "x"}]}),
+            ("/api/embed", {"model": "b/e", "input": "x"}),
+        ]:
             r = await http("POST", url + path, {**body, "stream": False})
             assert r.code == 500
             assert r.json() == {"error": "Internal server error", "type": "internal_error"}
@@ -76,7 +92,9 @@ class StreamThatBreaks:
     """One token, then a bug in our own code path (not an upstream error)."""
 
     def deliver(self, on_event):
-        on_event({"choices": [{"index": 0, "delta": {"role": "assistant", "content": "partial"}, "finish_reason": None}]})
+        on_event(
+            {"choices": [{"index": 0, "delta": {"role": "assistant", "content": "partial"}, "finish_reason": None}]}
+        )
         return fail(RuntimeError("bug after output"))
 
     def pauseProducing(self):

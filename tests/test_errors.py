@@ -27,7 +27,10 @@ def chat(model, stream=False, content="hi"):
         (b'{"model": "google/gemini-pro", "stream": "yes"}', "'stream'"),
         (b'{"model": "google/gemini-pro", "messages": "hi"}', "'messages' must be an array"),
         (b'{"model": "google/gemini-pro", "messages": [{"role": "user", "content": 1}]}', "content must be a string"),
-        (b'{"model": "google/gemini-pro", "messages": [{"role": "user", "content": "x"}], "options": {"temperature": "hot"}}', "option 'temperature'"),
+        (
+            b'{"model": "google/gemini-pro", "messages": [{"role": "user", "content": "x"}], "options": {"temperature": "hot"}}',
+            "option 'temperature'",
+        ),
     ],
 )
 @pytest_twisted.ensureDeferred
@@ -49,7 +52,9 @@ async def test_model_required_everywhere(proxy, path):
 @pytest_twisted.ensureDeferred
 async def test_unknown_model_is_404_for_the_client(proxy):
     with pytest.raises(ollama.ResponseError) as caught:
-        await in_thread(ollama.Client(host=proxy.url).chat, model="no/such-model", messages=[{"role": "user", "content": "x"}])
+        await in_thread(
+            ollama.Client(host=proxy.url).chat, model="no/such-model", messages=[{"role": "user", "content": "x"}]
+        )
     assert caught.value.status_code == 404
     assert caught.value.error == "model 'no/such-model' not found"
     r = await http("POST", proxy.url + "/api/show", {"model": "no/such-model"})
@@ -111,7 +116,11 @@ async def test_mid_stream_error_ends_the_stream_with_an_error_line(proxy):
 @pytest_twisted.ensureDeferred
 async def test_mid_stream_error_raises_in_the_ollama_client(proxy):
     def run():
-        return list(ollama.Client(host=proxy.url).chat(model="sim/midstream-error", messages=[{"role": "user", "content": "a b"}], stream=True))
+        return list(
+            ollama.Client(host=proxy.url).chat(
+                model="sim/midstream-error", messages=[{"role": "user", "content": "a b"}], stream=True
+            )
+        )
 
     with pytest.raises(ollama.ResponseError, match="crashed mid-stream"):
         await in_thread(run)

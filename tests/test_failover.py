@@ -18,8 +18,8 @@ from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.internet.task import Clock
 from twisted.web.client import ResponseNeverReceived
 
-from ollama_proxy.routing.limiter import BUSY_MESSAGE
 from ollama_proxy.config.providers import BreakerConfig, ProviderTimeouts, RetryConfig
+from ollama_proxy.routing.limiter import BUSY_MESSAGE
 
 from .conftest import http, in_thread
 from .multi import make_multi, openai_sim, provider, pump, turn  # noqa: F401
@@ -60,7 +60,7 @@ async def take_down(sim: UpstreamSimulator) -> None:
     # read the request and hand the connection out.
 
 
-async def hang_up(answer: "Deferred[Any]") -> None:
+async def hang_up(answer: Deferred[Any]) -> None:
     """The client of ``answer`` goes away before it got a response, and nothing is left unhandled."""
     answer.cancel()
     try:
@@ -86,7 +86,7 @@ def text_of(lines: list[dict[str, Any]]) -> str:
     return "".join(line.get("message", {}).get("content", "") for line in lines)
 
 
-def send(proxy: Any, body: dict[str, Any]) -> "Deferred[Any]":
+def send(proxy: Any, body: dict[str, Any]) -> Deferred[Any]:
     """Start a chat request now; its Deferred fires with the response."""
     return ensureDeferred(http("POST", proxy.url + CHAT, body))
 
@@ -103,10 +103,14 @@ async def test_refused_connections_fall_over_to_the_backup(make_multi, primary_s
     await loaded(proxy)  # the primary's models are known...
     await take_down(primary_sim)  # ...then it goes away
     client = ollama.Client(host=proxy.url)
-    parts = await in_thread(lambda: [c.message.content for c in client.chat(model="google/gemini-pro", messages=HELLO, stream=True)])
+    parts = await in_thread(
+        lambda: [c.message.content for c in client.chat(model="google/gemini-pro", messages=HELLO, stream=True)]
+    )
     assert "".join(parts) == COMPLETE
     r = await http("POST", proxy.url + CHAT, chat_body(False))
-    assert r.code == 200 and r.json()["message"]["content"] == COMPLETE and r.header("x-ollama-proxy-provider") == "backup"
+    assert (
+        r.code == 200 and r.json()["message"]["content"] == COMPLETE and r.header("x-ollama-proxy-provider") == "backup"
+    )
     stats = (await http("GET", proxy.url + "/api/providers/primary/stats")).json()
     assert stats["failed_requests"] >= 2 and "cannot reach" in stats["last_error"]
 
@@ -118,7 +122,11 @@ async def test_refused_connections_without_a_fallback_are_a_clear_error(make_mul
     await take_down(primary_sim)
     r = await http("POST", proxy.url + CHAT, chat_body(True))
     assert r.code == 502
-    assert r.json()["type"] == "openai_error" and "cannot reach" in r.json()["error"] and "ConnectionRefused" in r.json()["error"]
+    assert (
+        r.json()["type"] == "openai_error"
+        and "cannot reach" in r.json()["error"]
+        and "ConnectionRefused" in r.json()["error"]
+    )
     client = ollama.Client(host=proxy.url)
     with pytest.raises(ollama.ResponseError) as caught:
         await in_thread(client.chat, model="google/gemini-pro", messages=HELLO)
@@ -132,7 +140,9 @@ async def test_500s_are_retried_then_the_backup_answers(make_multi, primary_sim,
     await loaded(proxy)
     primary_sim.fail_next(500, count=10)
     client = ollama.Client(host=proxy.url)
-    parts = await in_thread(lambda: [c.message.content for c in client.chat(model="google/gemini-pro", messages=HELLO, stream=True)])
+    parts = await in_thread(
+        lambda: [c.message.content for c in client.chat(model="google/gemini-pro", messages=HELLO, stream=True)]
+    )
     assert "".join(parts) == COMPLETE
     assert len(primary_sim.chat_requests()) == 2  # the first attempt and one retry (FAST_RETRY)
     assert len(openai_sim.chat_requests()) == 1
@@ -202,7 +212,12 @@ async def test_429_without_a_fallback_passes_retry_after_on(make_multi, primary_
 @pytest_twisted.ensureDeferred
 async def test_stall_before_any_token_falls_over(make_multi, primary_sim, openai_sim):
     clock = Clock()
-    proxy = make_multi(pair(primary_sim, openai_sim, {"timeouts": ProviderTimeouts(idle=5)}), openrouter=False, clock=clock, retry=RetryConfig(max_retries=0))
+    proxy = make_multi(
+        pair(primary_sim, openai_sim, {"timeouts": ProviderTimeouts(idle=5)}),
+        openrouter=False,
+        clock=clock,
+        retry=RetryConfig(max_retries=0),
+    )
     await loaded(proxy)
     primary_sim.behaviour = "silent"  # headers and a keep-alive, then nothing
     answer = send(proxy, chat_body(True))
@@ -215,7 +230,12 @@ async def test_stall_before_any_token_falls_over(make_multi, primary_sim, openai
 @pytest_twisted.ensureDeferred
 async def test_no_response_headers_in_time_falls_over(make_multi, primary_sim, openai_sim):
     clock = Clock()
-    proxy = make_multi(pair(primary_sim, openai_sim, {"timeouts": ProviderTimeouts(response=4)}), openrouter=False, clock=clock, retry=RetryConfig(max_retries=0))
+    proxy = make_multi(
+        pair(primary_sim, openai_sim, {"timeouts": ProviderTimeouts(response=4)}),
+        openrouter=False,
+        clock=clock,
+        retry=RetryConfig(max_retries=0),
+    )
     await loaded(proxy)
     primary_sim.behaviour = "no-headers"
     answer = send(proxy, chat_body(False))
@@ -228,7 +248,9 @@ async def test_no_response_headers_in_time_falls_over(make_multi, primary_sim, o
 @pytest_twisted.ensureDeferred
 async def test_stall_after_output_ends_the_stream_with_an_error_line(make_multi, primary_sim, openai_sim):
     clock = Clock()
-    proxy = make_multi(pair(primary_sim, openai_sim, {"timeouts": ProviderTimeouts(idle=5)}), openrouter=False, clock=clock)
+    proxy = make_multi(
+        pair(primary_sim, openai_sim, {"timeouts": ProviderTimeouts(idle=5)}), openrouter=False, clock=clock
+    )
     await loaded(proxy)
     primary_sim.behaviour = "stall"  # one token, then silence
     answer = send(proxy, chat_body(True))
@@ -310,7 +332,9 @@ async def test_fallback_model_answers_when_the_model_fails_everywhere(make_multi
     proxy = make_multi(pair(primary_sim, openai_sim), openrouter=False, routing=routing)
     await loaded(proxy)
     client = ollama.Client(host=proxy.url)
-    parts = await in_thread(lambda: [c.message.content for c in client.chat(model="sim/fail-503", messages=HELLO, stream=True)])
+    parts = await in_thread(
+        lambda: [c.message.content for c in client.chat(model="sim/fail-503", messages=HELLO, stream=True)]
+    )
     assert "".join(parts) == COMPLETE
     r = await http("POST", proxy.url + CHAT, chat_body(False, model="sim/fail-503"))
     assert r.code == 200 and r.json()["model"] == "sim/fail-503"  # the client's name, whoever answered
@@ -325,7 +349,10 @@ async def test_no_fallback_model_is_a_clear_error(make_multi, primary_sim, opena
     with pytest.raises(ollama.ResponseError) as caught:
         await in_thread(client.chat, model="sim/fail-503", messages=HELLO)
     assert caught.value.status_code == 503
-    assert "503 Service Unavailable: simulated 503" in caught.value.error and "tried primary: 503; backup: 503" in caught.value.error
+    assert (
+        "503 Service Unavailable: simulated 503" in caught.value.error
+        and "tried primary: 503; backup: 503" in caught.value.error
+    )
 
 
 # -- statuses that do not retry ---------------------------------------------------------------
@@ -367,7 +394,9 @@ async def test_401_opens_the_breaker_for_long_and_falls_over(make_multi, primary
 @pytest_twisted.ensureDeferred
 async def test_breaker_opens_then_the_failing_provider_is_skipped(make_multi, primary_sim, openai_sim):
     breaker = BreakerConfig(consecutive_failures=2, open_wait=30, jitter=0)
-    proxy = make_multi(pair(primary_sim, openai_sim), openrouter=False, breaker=breaker, retry=RetryConfig(max_retries=0))
+    proxy = make_multi(
+        pair(primary_sim, openai_sim), openrouter=False, breaker=breaker, retry=RetryConfig(max_retries=0)
+    )
     await loaded(proxy)
     primary_sim.fail_next(500, count=100)
     for _ in range(4):
@@ -385,7 +414,9 @@ async def test_breaker_opens_then_the_failing_provider_is_skipped(make_multi, pr
 async def test_half_open_probe_closes_the_breaker_after_the_wait(make_multi, primary_sim, openai_sim):
     clock = Clock()
     breaker = BreakerConfig(consecutive_failures=1, open_wait=10, jitter=0)
-    proxy = make_multi(pair(primary_sim, openai_sim), openrouter=False, breaker=breaker, retry=RetryConfig(max_retries=0), clock=clock)
+    proxy = make_multi(
+        pair(primary_sim, openai_sim), openrouter=False, breaker=breaker, retry=RetryConfig(max_retries=0), clock=clock
+    )
     await loaded(proxy)
     primary_sim.fail_next(500)
     r = await http("POST", proxy.url + CHAT, chat_body(False))
@@ -402,7 +433,12 @@ async def test_half_open_probe_closes_the_breaker_after_the_wait(make_multi, pri
 @pytest_twisted.ensureDeferred
 async def test_when_every_breaker_is_open_one_is_tried_anyway(make_multi, primary_sim, openai_sim):
     breaker = BreakerConfig(consecutive_failures=1, open_wait=300, jitter=0)
-    proxy = make_multi(pair(primary_sim, openai_sim, with_backup=False), openrouter=False, breaker=breaker, retry=RetryConfig(max_retries=0))
+    proxy = make_multi(
+        pair(primary_sim, openai_sim, with_backup=False),
+        openrouter=False,
+        breaker=breaker,
+        retry=RetryConfig(max_retries=0),
+    )
     await loaded(proxy)
     primary_sim.fail_next(500)
     r = await http("POST", proxy.url + CHAT, chat_body(False))
@@ -417,7 +453,9 @@ async def test_when_every_breaker_is_open_one_is_tried_anyway(make_multi, primar
 # -- concurrency limit ---------------------------------------------------------------------------
 @pytest_twisted.ensureDeferred
 async def test_busy_provider_answers_503_like_ollama(make_multi, primary_sim, openai_sim):
-    proxy = make_multi(pair(primary_sim, openai_sim, {"max_in_flight": 1, "max_queue": 0}, with_backup=False), openrouter=False)
+    proxy = make_multi(
+        pair(primary_sim, openai_sim, {"max_in_flight": 1, "max_queue": 0}, with_backup=False), openrouter=False
+    )
     await loaded(proxy)
     primary_sim.behaviour = "silent"  # holds its slot
     started = primary_sim.wait_for_request()

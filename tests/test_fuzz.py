@@ -26,10 +26,25 @@ from ollama_proxy.providers.sse import SSEParser, SSEProtocolError
 from .conftest import http
 from .daemonproc import within
 
-FUZZ = settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=40,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
-scalars = st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=12)
-json_values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3), max_leaves=8)
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**40), 2**40)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=12)
+)
+json_values = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=8,
+)
 models = st.sampled_from(
     [
         "google/gemini-pro",
@@ -46,8 +61,26 @@ models = st.sampled_from(
     ]
 )
 roles = st.sampled_from(["user", "assistant", "system", "tool", ""]) | json_values
-messages = st.lists(st.fixed_dictionaries({}, optional={"role": roles, "content": st.text(max_size=30) | json_values, "images": json_values, "tool_calls": json_values}) | json_values, max_size=3)
-options = st.dictionaries(st.sampled_from(["temperature", "top_p", "top_k", "seed", "num_predict", "stop", "num_ctx", "repeat_penalty", "min_p"]), json_values, max_size=4)
+messages = st.lists(
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "role": roles,
+            "content": st.text(max_size=30) | json_values,
+            "images": json_values,
+            "tool_calls": json_values,
+        },
+    )
+    | json_values,
+    max_size=3,
+)
+options = st.dictionaries(
+    st.sampled_from(
+        ["temperature", "top_p", "top_k", "seed", "num_predict", "stop", "num_ctx", "repeat_penalty", "min_p"]
+    ),
+    json_values,
+    max_size=4,
+)
 FIELDS: dict[str, Any] = {
     "model": models | json_values,
     "name": models | json_values,
@@ -67,7 +100,11 @@ FIELDS: dict[str, Any] = {
     "suffix": json_values,
 }
 bodies = st.fixed_dictionaries({}, optional=FIELDS)
-raw_bodies = st.binary(max_size=64) | json_values.map(lambda v: json.dumps(v).encode()) | bodies.map(lambda b: json.dumps(b).encode())
+raw_bodies = (
+    st.binary(max_size=64)
+    | json_values.map(lambda v: json.dumps(v).encode())
+    | bodies.map(lambda b: json.dumps(b).encode())
+)
 
 ENDPOINTS = [
     ("POST", "/api/chat"),
@@ -87,7 +124,9 @@ UNSUPPORTED = {"/api/create", "/api/copy", "/api/pull", "/api/push", "/api/delet
 
 def exchange(method: str, url: str, raw: bytes, headers: dict[str, str] | None = None) -> Any:
     """One real HTTP exchange made on the reactor, from hypothesis's thread; a hang fails it."""
-    return blockingCallFromThread(reactor, lambda: within(ensureDeferred(http(method, url, raw=raw, headers=headers)), f"{method} {url}", 30))
+    return blockingCallFromThread(
+        reactor, lambda: within(ensureDeferred(http(method, url, raw=raw, headers=headers)), f"{method} {url}", 30)
+    )
 
 
 JSON = "application/json; charset=utf-8"
@@ -142,7 +181,9 @@ async def test_blob_uploads_are_501_whatever_the_digest_or_body(proxy, method):
     @given(digest=digests | st.text(max_size=80), raw=st.binary(max_size=64) | raw_bodies)
     def fuzz(digest: str, raw: bytes) -> None:
         # Every character quoted, "/" too: the digest stays one path segment.
-        response = exchange(method, proxy.url + "/api/blobs/" + quote(digest, safe=""), b"" if method == "HEAD" else raw)
+        response = exchange(
+            method, proxy.url + "/api/blobs/" + quote(digest, safe=""), b"" if method == "HEAD" else raw
+        )
         assert_no_500(response)
         assert response.header("content-type") == JSON
         # An empty digest leaves no segment to match: no such endpoint.
@@ -160,7 +201,16 @@ PNG_URI = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAA
 content_parts = st.lists(
     st.fixed_dictionaries(
         {"type": st.sampled_from(["text", "image_url", "input_audio"]) | json_values},
-        optional={"text": st.text(max_size=10) | json_values, "image_url": st.fixed_dictionaries({"url": st.sampled_from([PNG_URI, "http://127.0.0.1:9/x.png", "data:image/png;base64,!!", ""]) | json_values}) | json_values},
+        optional={
+            "text": st.text(max_size=10) | json_values,
+            "image_url": st.fixed_dictionaries(
+                {
+                    "url": st.sampled_from([PNG_URI, "http://127.0.0.1:9/x.png", "data:image/png;base64,!!", ""])
+                    | json_values
+                }
+            )
+            | json_values,
+        },
     )
     | json_values,
     max_size=2,
@@ -168,7 +218,13 @@ content_parts = st.lists(
 v1_messages = st.lists(
     st.fixed_dictionaries(
         {},
-        optional={"role": roles, "content": st.text(max_size=30) | content_parts | json_values, "tool_calls": json_values, "tool_call_id": json_values, "name": json_values},
+        optional={
+            "role": roles,
+            "content": st.text(max_size=30) | content_parts | json_values,
+            "tool_calls": json_values,
+            "tool_call_id": json_values,
+            "name": json_values,
+        },
     )
     | json_values,
     max_size=3,
@@ -191,9 +247,22 @@ V1_TYPED: dict[str, Any] = {
     "seed": st.integers(-1, 2**40),
     "frequency_penalty": st.floats(-2, 2),
     "presence_penalty": st.floats(-2, 2),
-    "tools": st.lists(st.fixed_dictionaries({"type": st.just("function"), "function": st.fixed_dictionaries({"name": st.text(max_size=8)}, optional={"parameters": json_values})}), max_size=2),
+    "tools": st.lists(
+        st.fixed_dictionaries(
+            {
+                "type": st.just("function"),
+                "function": st.fixed_dictionaries({"name": st.text(max_size=8)}, optional={"parameters": json_values}),
+            }
+        ),
+        max_size=2,
+    ),
     "tool_choice": st.sampled_from(["auto", "none", "required"]),
-    "response_format": st.fixed_dictionaries({"type": st.sampled_from(["text", "json_object", "json_schema"])}, optional={"json_schema": st.fixed_dictionaries({"name": st.text(max_size=5)}, optional={"schema": json_values})}),
+    "response_format": st.fixed_dictionaries(
+        {"type": st.sampled_from(["text", "json_object", "json_schema"])},
+        optional={
+            "json_schema": st.fixed_dictionaries({"name": st.text(max_size=5)}, optional={"schema": json_values})
+        },
+    ),
     "logprobs": st.booleans() | st.integers(-1, 6),
     "top_logprobs": st.integers(-1, 25),
     "reasoning_effort": st.sampled_from(["low", "medium", "high", "none", "max"]),
@@ -208,21 +277,48 @@ V1_FIELDS: dict[str, Any] = {k: v | json_values for k, v in V1_TYPED.items()}
 def _requests_mostly_valid(required: dict[str, Any]) -> Any:
     """Bodies that pass the first checks (a real model, a real message, typed fields), fuzzed
     in their values: with any JSON anywhere nearly every example stops at the first 400."""
-    return st.fixed_dictionaries(required, optional={k: v for k, v in V1_TYPED.items() if k not in required}).map(lambda b: json.dumps(b).encode())
+    return st.fixed_dictionaries(required, optional={k: v for k, v in V1_TYPED.items() if k not in required}).map(
+        lambda b: json.dumps(b).encode()
+    )
 
 
-V1_CHAT_MODELS = st.sampled_from(["google/gemini-pro", "openai/gpt-4o-mini", "deepseek/deepseek-r1", "sim/midstream-error", "sim/error-first", "sim/crlf-split", "sim/fail-429"])
+V1_CHAT_MODELS = st.sampled_from(
+    [
+        "google/gemini-pro",
+        "openai/gpt-4o-mini",
+        "deepseek/deepseek-r1",
+        "sim/midstream-error",
+        "sim/error-first",
+        "sim/crlf-split",
+        "sim/fail-429",
+    ]
+)
 HELLO_V1 = [{"role": "user", "content": "hello there"}]
-good_messages = st.lists(st.fixed_dictionaries({"role": st.sampled_from(["user", "system", "assistant"]), "content": st.text(max_size=30) | content_parts}), min_size=1, max_size=3)
+good_messages = st.lists(
+    st.fixed_dictionaries(
+        {"role": st.sampled_from(["user", "system", "assistant"]), "content": st.text(max_size=30) | content_parts}
+    ),
+    min_size=1,
+    max_size=3,
+)
 V1_ENDPOINTS: dict[str, Any] = {
-    "/v1/chat/completions": _requests_mostly_valid({"model": V1_CHAT_MODELS, "messages": good_messages, "stream": st.sampled_from([True, False])}),
-    "/v1/completions": _requests_mostly_valid({"model": V1_CHAT_MODELS, "prompt": st.text(max_size=20), "stream": st.sampled_from([True, False])}),
-    "/v1/embeddings": _requests_mostly_valid({"model": st.sampled_from(["openai/text-embedding-3-small", "google/gemini-pro"]), "input": V1_TYPED["input"]}),
+    "/v1/chat/completions": _requests_mostly_valid(
+        {"model": V1_CHAT_MODELS, "messages": good_messages, "stream": st.sampled_from([True, False])}
+    ),
+    "/v1/completions": _requests_mostly_valid(
+        {"model": V1_CHAT_MODELS, "prompt": st.text(max_size=20), "stream": st.sampled_from([True, False])}
+    ),
+    "/v1/embeddings": _requests_mostly_valid(
+        {"model": st.sampled_from(["openai/text-embedding-3-small", "google/gemini-pro"]), "input": V1_TYPED["input"]}
+    ),
 }
 # Always tried (besides hypothesis's own examples): one good streamed and one good plain
 # request per endpoint, so the SSE and JSON success paths are checked whatever is drawn.
 V1_GOOD: dict[str, list[dict[str, Any]]] = {
-    "/v1/chat/completions": [{"model": "google/gemini-pro", "messages": HELLO_V1, "stream": s, "stream_options": {"include_usage": True}} for s in (True, False)],
+    "/v1/chat/completions": [
+        {"model": "google/gemini-pro", "messages": HELLO_V1, "stream": s, "stream_options": {"include_usage": True}}
+        for s in (True, False)
+    ],
     "/v1/completions": [{"model": "google/gemini-pro", "prompt": "hello there", "stream": s} for s in (True, False)],
     "/v1/embeddings": [{"model": "openai/text-embedding-3-small", "input": i} for i in ("hello", ["a", "b c"])],
 }
@@ -275,7 +371,9 @@ def assert_v1_well_formed(response: Any) -> str:
         return "sse"
     assert content_type == JSON, content_type
     body = response.json()
-    assert isinstance(body, dict) and body.get("object") in ("chat.completion", "text_completion", "list", "model"), body
+    assert isinstance(body, dict) and body.get("object") in ("chat.completion", "text_completion", "list", "model"), (
+        body
+    )
     return "json"
 
 
@@ -286,7 +384,9 @@ async def test_v1_request_bodies_never_cause_a_500(proxy, path):
 
     @FUZZ
     # Half the examples near-valid (they reach translation and the upstream), half anything.
-    @given(raw=st.integers(0, 3).flatmap(lambda i: V1_ENDPOINTS[path] if i < 2 else raw_bodies if i == 2 else v1_bodies))
+    @given(
+        raw=st.integers(0, 3).flatmap(lambda i: V1_ENDPOINTS[path] if i < 2 else raw_bodies if i == 2 else v1_bodies)
+    )
     def fuzz(raw: bytes) -> None:
         seen.add(assert_v1_well_formed(exchange("POST", proxy.url + path, raw, {"Content-Type": "application/json"})))
 
@@ -337,7 +437,20 @@ async def test_v1_paths_with_a_line_feed_get_openai_errors(proxy, path):
 
 # -- the SSE parser ---------------------------------------------------------------------------
 sse_lines = st.lists(
-    st.sampled_from([b"data: {}", b"data: [DONE]", b": OPENROUTER PROCESSING", b"event: x", b"id: 1", b"retry: 5", b"", b"data:", b"data:x", b"\xff\xfe"])
+    st.sampled_from(
+        [
+            b"data: {}",
+            b"data: [DONE]",
+            b": OPENROUTER PROCESSING",
+            b"event: x",
+            b"id: 1",
+            b"retry: 5",
+            b"",
+            b"data:",
+            b"data:x",
+            b"\xff\xfe",
+        ]
+    )
     | st.binary(max_size=20),
     max_size=12,
 )
@@ -371,12 +484,20 @@ chunk_objects = st.fixed_dictionaries(
     {},
     optional={
         "choices": st.lists(
-            st.fixed_dictionaries({}, optional={"delta": st.fixed_dictionaries({}, optional={"content": st.text(max_size=8) | json_values}) | json_values, "finish_reason": st.sampled_from(["stop", "length", None, "error"]) | json_values})
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "delta": st.fixed_dictionaries({}, optional={"content": st.text(max_size=8) | json_values})
+                    | json_values,
+                    "finish_reason": st.sampled_from(["stop", "length", None, "error"]) | json_values,
+                },
+            )
             | json_values,
             max_size=2,
         )
         | json_values,
-        "usage": st.fixed_dictionaries({}, optional={"prompt_tokens": json_values, "completion_tokens": json_values}) | json_values,
+        "usage": st.fixed_dictionaries({}, optional={"prompt_tokens": json_values, "completion_tokens": json_values})
+        | json_values,
         "error": json_values,
     },
 )
@@ -412,7 +533,9 @@ async def test_whatever_the_upstream_streams_a_v1_client_gets_sse_or_json(proxy,
     @given(events=sse_events)
     def fuzz(events: list[bytes]) -> None:
         simulator.raw_stream = b"".join(events)
-        kind = assert_v1_well_formed(exchange("POST", proxy.url + "/v1/chat/completions", body, {"Content-Type": "application/json"}))
+        kind = assert_v1_well_formed(
+            exchange("POST", proxy.url + "/v1/chat/completions", body, {"Content-Type": "application/json"})
+        )
         assert kind in (("sse", "error") if stream else ("json", "error")), kind
 
     await threads.deferToThread(fuzz)

@@ -15,7 +15,13 @@ from .multi import ANTHROPIC_KEY, anthropic_sim, make_multi, openai_sim, provide
 async def test_failed_probes_open_the_breaker_and_a_good_one_lets_calls_probe(make_multi, openai_sim):
     clock = Clock()
     breaker = BreakerConfig(consecutive_failures=2, open_wait=120, jitter=0)
-    proxy = make_multi([provider("backup", "openai", openai_sim.base_url, "sk-openai-simulator-key")], openrouter=False, clock=clock, breaker=breaker, health_check_interval=60)
+    proxy = make_multi(
+        [provider("backup", "openai", openai_sim.base_url, "sk-openai-simulator-key")],
+        openrouter=False,
+        clock=clock,
+        breaker=breaker,
+        health_check_interval=60,
+    )
     service = proxy.service
     timer = service.getServiceNamed("health-check")
     assert timer.step == 60 and timer.clock is clock
@@ -29,12 +35,20 @@ async def test_failed_probes_open_the_breaker_and_a_good_one_lets_calls_probe(ma
     await service.health_checker.check()
     assert slot.breaker.state == "open" and "2 failures in a row" in slot.breaker.last_trip_reason
     stats = (await http("GET", proxy.url + "/api/providers/backup/stats")).json()
-    assert stats["healthy"] is False and "503" in stats["last_health_error"] and stats["last_health_check"].startswith("1970-01-01T00:00:00")
+    assert (
+        stats["healthy"] is False
+        and "503" in stats["last_health_error"]
+        and stats["last_health_check"].startswith("1970-01-01T00:00:00")
+    )
     openai_sim.models_status = None
     clock.advance(1)
     await service.health_checker.check()
     assert slot.health.healthy is True and slot.breaker.state == "half_open"  # calls may probe now, long before 120s
-    r = await http("POST", proxy.url + "/api/chat", {"model": "google/gemini-pro", "messages": [{"role": "user", "content": "x"}], "stream": False})
+    r = await http(
+        "POST",
+        proxy.url + "/api/chat",
+        {"model": "google/gemini-pro", "messages": [{"role": "user", "content": "x"}], "stream": False},
+    )
     assert r.code == 200 and r.header("x-ollama-proxy-provider") == "backup"
     assert slot.breaker.state == "closed"
     assert service.health.healthy is True and service.health.last_check == 1

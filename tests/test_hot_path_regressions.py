@@ -13,7 +13,7 @@ from twisted.logger import globalLogPublisher
 
 from ollama_proxy.config.settings import Timeouts
 
-from .conftest import LineReader, http
+from .conftest import LineReader
 from .daemonproc import within
 from .multi import make_multi, turn  # noqa: F401
 from .test_limits import _reading, raw
@@ -51,7 +51,10 @@ async def test_a_stream_paused_by_a_slow_client_is_not_called_stalled(make_multi
     clock = Clock()
     proxy = make_multi([], clock=clock, timeouts=Timeouts(connect=5, response=10, idle=1))
     body = json.dumps(chat("sim/flood")).encode()
-    request = b"POST /api/chat HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    request = (
+        b"POST /api/chat HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+        % (len(body), body)
+    )
     client = await raw(proxy.port, request, read=False)
     # Wait until the proxy stops reading the upstream because its client reads nothing.
     while True:
@@ -80,8 +83,15 @@ async def test_a_body_that_stalls_after_its_headers_is_a_504_within_the_response
 
     clock = Clock()
     provider = OpenAICompatibleProvider(
-        name="openrouter", type="openrouter", label="OpenRouter", base_url=simulator.base_url, api_key=None,
-        reactor=real_reactor, timeouts=Timeouts(connect=5, response=3, idle=10), requires_key=False, clock=clock,
+        name="openrouter",
+        type="openrouter",
+        label="OpenRouter",
+        base_url=simulator.base_url,
+        api_key=None,
+        reactor=real_reactor,
+        timeouts=Timeouts(connect=5, response=3, idle=10),
+        requires_key=False,
+        clock=clock,
     )
     simulator.models_behaviour = "stall-body"
     try:

@@ -83,8 +83,18 @@ async def test_vscode_copilot(proxy, simulator):
         assert shown.code == 200, model
         info = shown.json()
         context = info["model_info"].get(f"{info['model_info']['general.architecture']}.context_length", 4096)
-        known[model] = {"context": context, "name": info["model_info"]["general.basename"], "tools": "tools" in info["capabilities"], "vision": "vision" in info["capabilities"]}
-    assert known["openai/gpt-4o-mini:latest"] == {"context": 128000, "name": "gpt-4o-mini", "tools": True, "vision": True}
+        known[model] = {
+            "context": context,
+            "name": info["model_info"]["general.basename"],
+            "tools": "tools" in info["capabilities"],
+            "vision": "vision" in info["capabilities"],
+        }
+    assert known["openai/gpt-4o-mini:latest"] == {
+        "context": 128000,
+        "name": "gpt-4o-mini",
+        "tools": True,
+        "vision": True,
+    }
     assert known["google/gemini-pro:latest"]["tools"] is False
 
     body = {
@@ -115,7 +125,17 @@ async def test_vscode_copilot(proxy, simulator):
     assert simulator.chat_requests()[-1].headers["authorization"] == f"Bearer {API_KEY}"
 
     body["messages"] += [
-        {"role": "assistant", "content": "", "tool_calls": [{"id": calls[0]["id"], "type": "function", "function": {"name": "get_weather", "arguments": calls[0]["arguments"]}}]},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [
+                {
+                    "id": calls[0]["id"],
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": calls[0]["arguments"]},
+                }
+            ],
+        },
         {"role": "tool", "tool_call_id": calls[0]["id"], "content": "snow"},
     ]
     answer = await http("POST", proxy.url + "/v1/chat/completions", body, headers=COPILOT_CHAT)
@@ -134,7 +154,13 @@ async def test_open_webui(proxy, simulator):
     assert ps.json() == {"models": []}
 
     # Open WebUI appends ":latest" and leaves "stream" out: the server default (true) applies.
-    body = {"model": "deepseek/deepseek-r1:latest", "messages": [{"role": "user", "content": "why is the sky blue"}], "options": {"temperature": 0.7, "num_ctx": 4096}, "think": True, "keep_alive": "10m"}
+    body = {
+        "model": "deepseek/deepseek-r1:latest",
+        "messages": [{"role": "user", "content": "why is the sky blue"}],
+        "options": {"temperature": 0.7, "num_ctx": 4096},
+        "think": True,
+        "keep_alive": "10m",
+    }
     chat = await http("POST", proxy.url + "/api/chat", body, headers={**OPEN_WEBUI, "Content-Type": "application/json"})
     assert chat.code == 200 and chat.header("content-type") == "application/x-ndjson"
     lines = chat.lines()
@@ -159,12 +185,22 @@ async def test_jetbrains_ai_assistant(proxy):
     tags = await http("GET", proxy.url + "/api/tags", headers=JETBRAINS)
     assert tags.code == 200
     name = next(m["name"] for m in tags.json()["models"] if m["name"].startswith("google/gemini-pro"))
-    shown = await http("POST", proxy.url + "/api/show", {"name": name}, headers={**JETBRAINS, "Content-Type": "application/json"})
+    shown = await http(
+        "POST", proxy.url + "/api/show", {"name": name}, headers={**JETBRAINS, "Content-Type": "application/json"}
+    )
     assert shown.code == 200 and shown.json()["details"]["family"] == "gemini"
     chat = await http(
         "POST",
         proxy.url + "/api/chat",
-        {"model": name, "messages": [{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": "explain this code"}], "stream": True, "options": {"temperature": 0.2}},
+        {
+            "model": name,
+            "messages": [
+                {"role": "system", "content": "You are a helpful assistant."},
+                {"role": "user", "content": "explain this code"},
+            ],
+            "stream": True,
+            "options": {"temperature": 0.2},
+        },
         headers={**JETBRAINS, "Content-Type": "application/json"},
     )
     lines = chat.lines()

@@ -9,20 +9,20 @@ from twisted.internet import reactor as global_reactor
 from twisted.internet.task import Clock
 from zope.interface.verify import verifyObject
 
-from ollama_proxy.config.settings import Timeouts, load_config
-from ollama_proxy.routing.dispatch import Dispatcher
-from ollama_proxy.providers.interfaces import IProvider, IUpstreamStream
-from ollama_proxy.routing.modelfilter import ModelFilter
 from ollama_proxy.config.providers import ProviderConfig, RetryConfig, RoutingConfig
+from ollama_proxy.config.settings import Timeouts, load_config
 from ollama_proxy.providers.anthropic import AnthropicProvider
 from ollama_proxy.providers.echo import EchoProvider, EchoStream
+from ollama_proxy.providers.interfaces import IProvider, IUpstreamStream
 from ollama_proxy.providers.ollama import OllamaProvider
 from ollama_proxy.providers.openai_compat import OpenAICompatibleProvider
 from ollama_proxy.providers.registry import build_provider
+from ollama_proxy.providers.stream import NDJSONParser, SSEStream
+from ollama_proxy.routing.dispatch import Dispatcher
+from ollama_proxy.routing.modelfilter import ModelFilter
 from ollama_proxy.routing.retry import RetryPolicy
 from ollama_proxy.routing.routed import RoutedProvider, RoutedStream
 from ollama_proxy.routing.router import Router
-from ollama_proxy.providers.stream import NDJSONParser, SSEStream
 
 
 @pytest_twisted.ensureDeferred
@@ -34,9 +34,18 @@ async def test_every_provider_type_provides_IProvider():
         assert verifyObject(IProvider, provider)
         assert provider.type == kind and provider.name == f"my-{kind}"
         built.append(provider)
-    assert [type(p) for p in built] == [OpenAICompatibleProvider, OpenAICompatibleProvider, AnthropicProvider, OllamaProvider, EchoProvider]
+    assert [type(p) for p in built] == [
+        OpenAICompatibleProvider,
+        OpenAICompatibleProvider,
+        AnthropicProvider,
+        OllamaProvider,
+        EchoProvider,
+    ]
     assert built[0].label == "OpenRouter (my-openrouter)"
-    routed = RoutedProvider(Router([], ModelFilter(), RoutingConfig(), Clock()), Dispatcher(RetryPolicy(RetryConfig(), random.Random(0)), Clock()))
+    routed = RoutedProvider(
+        Router([], ModelFilter(), RoutingConfig(), Clock()),
+        Dispatcher(RetryPolicy(RetryConfig(), random.Random(0)), Clock()),
+    )
     assert verifyObject(IProvider, routed)
     for provider in built:
         await provider.close()
@@ -54,7 +63,13 @@ def test_every_stream_provides_IUpstreamStream():
 def test_keys_where_needed():
     config = load_config(environ={})
     timeouts = Timeouts()
-    assert not build_provider(ProviderConfig(name="openai", type="openai"), config, global_reactor).configured  # the real OpenAI needs its key
-    assert build_provider(ProviderConfig(name="vllm", type="openai", base_url="http://gpu:8000/v1"), config, global_reactor).configured  # a local server does not
+    assert not build_provider(
+        ProviderConfig(name="openai", type="openai"), config, global_reactor
+    ).configured  # the real OpenAI needs its key
+    assert build_provider(
+        ProviderConfig(name="vllm", type="openai", base_url="http://gpu:8000/v1"), config, global_reactor
+    ).configured  # a local server does not
     assert build_provider(ProviderConfig(name="local", type="ollama"), config, global_reactor).configured
-    assert not AnthropicProvider(name="a", base_url="http://x/v1", api_key=None, reactor=global_reactor, timeouts=timeouts).configured
+    assert not AnthropicProvider(
+        name="a", base_url="http://x/v1", api_key=None, reactor=global_reactor, timeouts=timeouts
+    ).configured

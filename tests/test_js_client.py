@@ -41,6 +41,19 @@ async def test_ollama_js_client_smoke(proxy):
     results = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     assert done.returncode == 0, done.stdout + done.stderr
     assert [r["check"] for r in results if r["ok"]] == [
-        "version", "list", "show", "chat", "chatStream", "tools", "images", "format",
-        "think", "generate", "generateStream", "embed", "embeddings", "ps", "notFound",
+        "version",
+        "list",
+        "show",
+        "chat",
+        "chatStream",
+        "tools",
+        "images",
+        "format",
+        "think",
+        "generate",
+        "generateStream",
+        "embed",
+        "embeddings",
+        "ps",
+        "notFound",
     ]

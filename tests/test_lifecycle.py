@@ -77,7 +77,10 @@ async def test_the_deadline_cuts_streams_with_an_error_line_and_others_with_503(
     assert stream.objects()[-1] == {"error": "the server is shutting down: drain deadline of 5 s passed"}
     answer = await waiting
     assert answer.code == 503
-    assert answer.json() == {"error": "the server is shutting down: drain deadline of 5 s passed", "type": "service_unavailable"}
+    assert answer.json() == {
+        "error": "the server is shutting down: drain deadline of 5 s passed",
+        "type": "service_unavailable",
+    }
     await aborted
     await within(stopped, "the stop")
     assert proxy.service.lifecycle.in_flight == 0

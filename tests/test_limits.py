@@ -63,11 +63,16 @@ async def raw(port: int, request: bytes, read: bool = True) -> RawClient:
 @pytest_twisted.ensureDeferred
 async def test_oversized_headers_get_431_json(make_proxy):
     proxy = make_proxy(ops=limits(max_header_bytes=4096))
-    client = await raw(proxy.port, b"GET /api/version HTTP/1.1\r\nHost: localhost\r\nX-Big: " + b"a" * 5000 + b"\r\n\r\n")
+    client = await raw(
+        proxy.port, b"GET /api/version HTTP/1.1\r\nHost: localhost\r\nX-Big: " + b"a" * 5000 + b"\r\n\r\n"
+    )
     await client.closed
     head, _, body = client.received.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 431 ")
-    assert json.loads(body) == {"error": "request headers are larger than the limit of 4096 bytes", "type": "headers_too_large"}
+    assert json.loads(body) == {
+        "error": "request headers are larger than the limit of 4096 bytes",
+        "type": "headers_too_large",
+    }
     # Many small headers add up the same way.
     many = b"".join(b"X-H%d: %s\r\n" % (i, b"v" * 100) for i in range(60))
     client = await raw(proxy.port, b"GET /api/version HTTP/1.1\r\nHost: localhost\r\n" + many + b"\r\n")
@@ -127,7 +132,10 @@ def _reading(port: int) -> bool:
 async def test_a_slow_reader_pauses_the_upstream_instead_of_filling_memory(make_proxy, simulator):
     proxy = make_proxy()
     body = json.dumps(chat("sim/flood")).encode()
-    request = b"POST /api/chat HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    request = (
+        b"POST /api/chat HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+        % (len(body), body)
+    )
     client = await raw(proxy.port, request, read=False)
     # The upstream pushes back many times while the buffers between fill up; the
     # question is whether the proxy stops reading it (the reactor no longer reads

@@ -8,11 +8,18 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.logger import FilteringLogObserver, LegacyLogObserverWrapper, Logger, LogLevel, globalLogPublisher, textFileLogObserver
+from twisted.logger import (
+    FilteringLogObserver,
+    LegacyLogObserverWrapper,
+    Logger,
+    LogLevel,
+    globalLogPublisher,
+    textFileLogObserver,
+)
 from twisted.python.logfile import LogFile
 
-from ollama_proxy.ops.logs import REDACTED, RedactingObserver, Redactor, daemon_observer, jsonLinesObserver, redacting
 from ollama_proxy.config.ops import LogConfig, OpsConfig
+from ollama_proxy.ops.logs import REDACTED, RedactingObserver, Redactor, daemon_observer, jsonLinesObserver, redacting
 
 from .conftest import http
 from .simulator import API_KEY
@@ -58,7 +65,9 @@ def test_json_lines_are_one_object_per_line_with_fields_and_a_redacted_traceback
     lines = [json.loads(line) for line in out.getvalue().splitlines()]
     assert len(lines) == 3
     assert lines[0]["message"] == "hello world" and lines[0]["name"] == "world" and lines[0]["count"] == 3
-    assert lines[0]["level"] == "info" and lines[0]["namespace"] == "ollama_proxy.test" and lines[0]["time"].endswith("Z")
+    assert (
+        lines[0]["level"] == "info" and lines[0]["namespace"] == "ollama_proxy.test" and lines[0]["time"].endswith("Z")
+    )
     assert lines[1]["level"] == "warn" and lines[1]["key"] == REDACTED
     assert lines[2]["level"] == "critical" and "ValueError" in lines[2]["traceback"]
     assert SECRET not in out.getvalue()
@@ -76,14 +85,18 @@ def test_daemon_observer_follows_twistd_options(tmp_path):
     assert isinstance(syslog, LegacyLogObserverWrapper)
     logfile = tmp_path / "proxy.log"
     rotations: list[Any] = []
-    observer = daemon_observer(log_format="json", redactor=redactor, logfile=str(logfile), nodaemon=False, install_rotation=rotations.append)
+    observer = daemon_observer(
+        log_format="json", redactor=redactor, logfile=str(logfile), nodaemon=False, install_rotation=rotations.append
+    )
     assert isinstance(rotations[0], LogFile)
     Logger(observer=observer, namespace="t").info("to the file {secret}", secret=SECRET)
     rotations[0].flush()
     [line] = [json.loads(l) for l in logfile.read_text().splitlines()]
     assert line["message"] == f"to the file {REDACTED}"
     # Twisted's two lines per upstream connection are left out.
-    Logger(observer=observer, namespace="twisted.web.client._HTTP11ClientFactory").info("Starting factory {factory!r}", factory="f")
+    Logger(observer=observer, namespace="twisted.web.client._HTTP11ClientFactory").info(
+        "Starting factory {factory!r}", factory="f"
+    )
     rotations[0].flush()
     assert len(logfile.read_text().splitlines()) == 1
     rotations[0].close()
@@ -99,7 +112,11 @@ def events() -> Any:
 
 @pytest_twisted.ensureDeferred
 async def test_an_upstream_error_echoing_the_key_reaches_neither_client_nor_log(proxy, events):
-    r = await http("POST", proxy.url + "/api/chat", {"model": "sim/fail-leak", "messages": [{"role": "user", "content": "x"}], "stream": False})
+    r = await http(
+        "POST",
+        proxy.url + "/api/chat",
+        {"model": "sim/fail-leak", "messages": [{"role": "user", "content": "x"}], "stream": False},
+    )
     assert r.code == 502 and API_KEY not in r.body.decode() and "[REDACTED]" in r.json()["error"]
     observer_out = io.StringIO()
     observer = RedactingObserver(textFileLogObserver(observer_out), proxy.service.redactor)
@@ -111,7 +128,12 @@ async def test_an_upstream_error_echoing_the_key_reaches_neither_client_nor_log(
 
 @pytest_twisted.ensureDeferred
 async def test_access_line_for_a_stream_carries_model_provider_ttft_and_tokens(proxy, events):
-    r = await http("POST", proxy.url + "/api/chat", {"model": "google/gemini-pro:latest", "messages": [{"role": "user", "content": "a b c d"}]}, headers={"X-Request-Id": "rid-1"})
+    r = await http(
+        "POST",
+        proxy.url + "/api/chat",
+        {"model": "google/gemini-pro:latest", "messages": [{"role": "user", "content": "a b c d"}]},
+        headers={"X-Request-Id": "rid-1"},
+    )
     assert r.code == 200
     [line] = [e for e in events if e.get("log_namespace") == "ollama_proxy.access" and e["request_id"] == "rid-1"]
     assert line["log_level"] == LogLevel.info
@@ -121,7 +143,10 @@ async def test_access_line_for_a_stream_carries_model_provider_ttft_and_tokens(p
     assert line["ttft_ms"] is not None and 0 <= line["ttft_ms"] <= line["duration_ms"]
     text = io.StringIO()
     textFileLogObserver(text)(line)
-    assert "POST /api/chat 200" in text.getvalue() and "id=rid-1 model=google/gemini-pro:latest provider=openrouter" in text.getvalue()
+    assert (
+        "POST /api/chat 200" in text.getvalue()
+        and "id=rid-1 model=google/gemini-pro:latest provider=openrouter" in text.getvalue()
+    )
     assert "tokens_in=4 tokens_out=5 client=127.0.0.1" in text.getvalue()
 
 

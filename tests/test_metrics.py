@@ -29,7 +29,12 @@ def chat(model: str, stream: bool = True, text: str = "one two three") -> dict:
 
 @pytest_twisted.ensureDeferred
 async def test_json_stays_the_default(proxy):
-    for headers in ({}, {"Accept": "application/json"}, {"Accept": "*/*"}, {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}):
+    for headers in (
+        {},
+        {"Accept": "application/json"},
+        {"Accept": "*/*"},
+        {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"},
+    ):
         r = await http("GET", proxy.url + "/metrics", headers=headers)
         assert r.code == 200 and r.header("content-type") == "application/json; charset=utf-8"
         assert set(r.json()) == {"metrics", "statistics", "timestamp"}
@@ -39,7 +44,9 @@ async def test_json_stays_the_default(proxy):
 async def test_prometheus_text_counts_requests_latency_ttft_tokens_and_overhead(proxy):
     assert (await http("POST", proxy.url + "/api/chat", chat("google/gemini-pro"))).code == 200
     assert (await http("POST", proxy.url + "/api/chat", chat("openai/gpt-4o-mini", stream=False))).code == 200
-    assert (await http("POST", proxy.url + "/api/embed", {"model": "openai/text-embedding-3-small", "input": ["a b", "c"]})).code == 200
+    assert (
+        await http("POST", proxy.url + "/api/embed", {"model": "openai/text-embedding-3-small", "input": ["a b", "c"]})
+    ).code == 200
     assert (await http("POST", proxy.url + "/api/chat", chat("nobody/nothing"))).code == 404
     r = await http("GET", proxy.url + "/metrics", headers={"Accept": "text/plain;version=0.0.4"})
     assert r.code == 200 and r.header("content-type").startswith("text/plain; version=0.0.4")
@@ -48,9 +55,15 @@ async def test_prometheus_text_counts_requests_latency_ttft_tokens_and_overhead(
     assert sample(text, "ollama_proxy_requests_total", endpoint="/api/chat", method="POST", status="404") == 1
     assert sample(text, "ollama_proxy_requests_total", endpoint="/api/embed", method="POST", status="200") == 1
     assert sample(text, "ollama_proxy_request_duration_seconds_count", endpoint="/api/chat") == 3
-    assert sample(text, "ollama_proxy_time_to_first_token_seconds_count", endpoint="/api/chat", provider="openrouter") == 2
-    assert sample(text, "ollama_proxy_upstream_duration_seconds_count", provider="openrouter", endpoint="/api/chat") == 2
-    assert sample(text, "ollama_proxy_upstream_duration_seconds_count", provider="openrouter", endpoint="/api/embed") == 1
+    assert (
+        sample(text, "ollama_proxy_time_to_first_token_seconds_count", endpoint="/api/chat", provider="openrouter") == 2
+    )
+    assert (
+        sample(text, "ollama_proxy_upstream_duration_seconds_count", provider="openrouter", endpoint="/api/chat") == 2
+    )
+    assert (
+        sample(text, "ollama_proxy_upstream_duration_seconds_count", provider="openrouter", endpoint="/api/embed") == 1
+    )
     assert sample(text, "ollama_proxy_overhead_seconds_count", endpoint="/api/chat") == 3
     # The simulator counts words: 3 prompt tokens and 4 answer tokens per chat, 3 for the embeddings.
     assert sample(text, "ollama_proxy_tokens_total", provider="openrouter", kind="prompt") == 3 + 3 + 3
@@ -63,7 +76,11 @@ async def test_prometheus_text_counts_requests_latency_ttft_tokens_and_overhead(
 
 @pytest_twisted.ensureDeferred
 async def test_openmetrics_and_the_format_parameter(proxy):
-    r = await http("GET", proxy.url + "/metrics", headers={"Accept": "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"})
+    r = await http(
+        "GET",
+        proxy.url + "/metrics",
+        headers={"Accept": "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"},
+    )
     assert r.header("content-type").startswith("application/openmetrics-text") and r.body.endswith(b"# EOF\n")
     r = await http("GET", proxy.url + "/metrics?format=prometheus")
     assert r.header("content-type").startswith("text/plain") and b"ollama_proxy_requests_total" in r.body
@@ -98,5 +115,9 @@ async def test_made_up_methods_share_one_label(proxy):
         assert (await http(method, proxy.url + "/api/tags")).code in (404, 405, 501)
     text = (await http("GET", proxy.url + "/metrics?format=prometheus")).body.decode()
     assert "FOO" not in text and "BAR" not in text
-    total = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("ollama_proxy_requests_total{") and 'method="OTHER"' in line)
+    total = sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("ollama_proxy_requests_total{") and 'method="OTHER"' in line
+    )
     assert total == 3

@@ -41,7 +41,14 @@ async def test_tags_with_the_ollama_client(proxy):
     raw = (await http("GET", proxy.url + "/api/tags")).json()
     entry = next(m for m in raw["models"] if m["model"] == "google/gemini-pro:latest")
     assert entry["name"] == entry["model"]
-    assert set(entry["details"]) == {"parent_model", "format", "family", "families", "parameter_size", "quantization_level"}
+    assert set(entry["details"]) == {
+        "parent_model",
+        "format",
+        "family",
+        "families",
+        "parameter_size",
+        "quantization_level",
+    }
 
 
 @pytest_twisted.ensureDeferred
@@ -68,7 +75,12 @@ async def test_show_with_model_or_legacy_name(proxy):
 @pytest_twisted.ensureDeferred
 async def test_chat_non_streamed(proxy, simulator):
     client = ollama.Client(host=proxy.url)
-    answer = await in_thread(client.chat, model="google/gemini-pro:latest", messages=[{"role": "user", "content": "why is the sky blue"}], stream=False)
+    answer = await in_thread(
+        client.chat,
+        model="google/gemini-pro:latest",
+        messages=[{"role": "user", "content": "why is the sky blue"}],
+        stream=False,
+    )
     assert answer.message.role == "assistant"
     assert answer.message.content == "Echo: why is the sky blue"
     assert answer.model == "google/gemini-pro:latest"
@@ -83,7 +95,9 @@ async def test_chat_streamed_token_by_token(proxy):
     client = ollama.Client(host=proxy.url)
 
     def run():
-        return list(client.chat(model="google/gemini-pro", messages=[{"role": "user", "content": "one two three"}], stream=True))
+        return list(
+            client.chat(model="google/gemini-pro", messages=[{"role": "user", "content": "one two three"}], stream=True)
+        )
 
     parts = await in_thread(run)
     assert [p.message.content for p in parts[:-1]] == ["Echo:", " one", " two", " three"]
@@ -96,7 +110,11 @@ async def test_chat_streamed_token_by_token(proxy):
 
 @pytest_twisted.ensureDeferred
 async def test_stream_defaults_to_true_on_the_wire(proxy):
-    r = await http("POST", proxy.url + "/api/chat", {"model": "google/gemini-pro", "messages": [{"role": "user", "content": "a b"}]})
+    r = await http(
+        "POST",
+        proxy.url + "/api/chat",
+        {"model": "google/gemini-pro", "messages": [{"role": "user", "content": "a b"}]},
+    )
     assert r.code == 200
     assert r.header("content-type") == "application/x-ndjson"
     lines = r.lines()
@@ -113,12 +131,35 @@ async def test_options_and_system_reach_the_upstream(proxy, simulator):
         model="google/gemini-pro",
         prompt="tell me",
         system="be brief",
-        options={"temperature": 0.2, "top_p": 0.8, "top_k": 20, "min_p": 0.1, "seed": 7, "num_predict": 50, "stop": ["\n"], "presence_penalty": 0.3, "frequency_penalty": 0.4, "repeat_penalty": 1.2, "num_ctx": 8192},
+        options={
+            "temperature": 0.2,
+            "top_p": 0.8,
+            "top_k": 20,
+            "min_p": 0.1,
+            "seed": 7,
+            "num_predict": 50,
+            "stop": ["\n"],
+            "presence_penalty": 0.3,
+            "frequency_penalty": 0.4,
+            "repeat_penalty": 1.2,
+            "num_ctx": 8192,
+        },
         stream=False,
     )
     sent = simulator.chat_requests()[-1]
     assert sent.body["messages"] == [{"role": "system", "content": "be brief"}, {"role": "user", "content": "tell me"}]
-    for key, value in {"temperature": 0.2, "top_p": 0.8, "top_k": 20, "min_p": 0.1, "seed": 7, "max_tokens": 50, "stop": ["\n"], "presence_penalty": 0.3, "frequency_penalty": 0.4, "repetition_penalty": 1.2}.items():
+    for key, value in {
+        "temperature": 0.2,
+        "top_p": 0.8,
+        "top_k": 20,
+        "min_p": 0.1,
+        "seed": 7,
+        "max_tokens": 50,
+        "stop": ["\n"],
+        "presence_penalty": 0.3,
+        "frequency_penalty": 0.4,
+        "repetition_penalty": 1.2,
+    }.items():
         assert sent.body[key] == value, key
     assert "num_ctx" not in sent.body
     assert sent.headers["authorization"].startswith("Bearer ")
@@ -137,7 +178,13 @@ async def test_generate_non_streamed_and_streamed(proxy):
 
 @pytest_twisted.ensureDeferred
 async def test_num_predict_limit_gives_done_reason_length(proxy):
-    answer = await in_thread(ollama.Client(host=proxy.url).generate, model="google/gemini-pro", prompt="a b c d e", options={"num_predict": 2}, stream=False)
+    answer = await in_thread(
+        ollama.Client(host=proxy.url).generate,
+        model="google/gemini-pro",
+        prompt="a b c d e",
+        options={"num_predict": 2},
+        stream=False,
+    )
     assert answer.response == "Echo: a" and answer.done_reason == "length" and answer.eval_count == 2
 
 
@@ -149,13 +196,17 @@ async def test_embed_string_and_list(proxy):
     assert one.prompt_eval_count == 2 and one.model == "openai/text-embedding-3-small"
     many = await in_thread(client.embed, model="openai/text-embedding-3-small:latest", input=["a", "b c"])
     assert many.embeddings == [fake_vector("a"), fake_vector("b c")]
-    raw = (await http("POST", proxy.url + "/api/embed", {"model": "openai/text-embedding-3-small", "input": "x"})).json()
+    raw = (
+        await http("POST", proxy.url + "/api/embed", {"model": "openai/text-embedding-3-small", "input": "x"})
+    ).json()
     assert set(raw) == {"model", "embeddings", "total_duration", "load_duration", "prompt_eval_count"}
 
 
 @pytest_twisted.ensureDeferred
 async def test_legacy_embeddings(proxy):
-    answer = await in_thread(ollama.Client(host=proxy.url).embeddings, model="openai/text-embedding-3-small", prompt="hello")
+    answer = await in_thread(
+        ollama.Client(host=proxy.url).embeddings, model="openai/text-embedding-3-small", prompt="hello"
+    )
     assert list(answer.embedding) == fake_vector("hello")
 
 
@@ -195,9 +246,17 @@ async def test_pull_through_the_client_raises_a_response_error(proxy):
 @pytest_twisted.ensureDeferred
 async def test_health_and_metrics_are_measured(proxy):
     await http("GET", proxy.url + "/api/tags")
-    await http("POST", proxy.url + "/api/chat", {"model": "google/gemini-pro", "messages": [{"role": "user", "content": "x"}], "stream": False})
+    await http(
+        "POST",
+        proxy.url + "/api/chat",
+        {"model": "google/gemini-pro", "messages": [{"role": "user", "content": "x"}], "stream": False},
+    )
     await http("POST", proxy.url + "/api/chat", {"model": "nope/nope"})
-    await http("POST", proxy.url + "/api/chat", {"model": "sim/fail-500", "messages": [{"role": "user", "content": "x"}], "stream": False})
+    await http(
+        "POST",
+        proxy.url + "/api/chat",
+        {"model": "sim/fail-500", "messages": [{"role": "user", "content": "x"}], "stream": False},
+    )
     health = (await http("GET", proxy.url + "/health")).json()
     assert health["status"] == "healthy" and health["reasons"] == []
     assert health["request_count"] == 4 and health["error_count"] == 1
@@ -219,7 +278,9 @@ async def test_ps_uses_the_configured_default_keep_alive(make_multi):
     from twisted.internet.task import Clock
 
     proxy = make_multi([], clock=Clock(), default_keep_alive=90.0)
-    await in_thread(ollama.Client(host=proxy.url).chat, model="google/gemini-pro", messages=[{"role": "user", "content": "x"}])
+    await in_thread(
+        ollama.Client(host=proxy.url).chat, model="google/gemini-pro", messages=[{"role": "user", "content": "x"}]
+    )
     [running] = (await http("GET", proxy.url + "/api/ps")).json()["models"]
     assert running["model"] == "google/gemini-pro:latest"
     assert running["expires_at"].startswith("1970-01-01T00:01:30")  # the clock's 0 s + 90 s

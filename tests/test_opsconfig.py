@@ -6,9 +6,9 @@ import hashlib
 
 import pytest
 
-from ollama_proxy.config.settings import ConfigError, load_config
 from ollama_proxy.config.credentials import ClientToken, parse_token_lines, token_digest
 from ollama_proxy.config.ops import DEFAULT_ORIGINS
+from ollama_proxy.config.settings import ConfigError, load_config
 
 
 def write(tmp_path, text: str) -> str:
@@ -56,7 +56,11 @@ drain_timeout = 12.5
     ops = load_config(environ={"OLLAMA_ORIGINS": "chrome-extension://*, https://a.example"}, config_file=path).ops
     assert ops.auth.enabled and ops.auth.tokens == (ClientToken(digest, "alice", ("openai/*",)),)
     assert ops.cors.origins[: len(DEFAULT_ORIGINS)] == DEFAULT_ORIGINS
-    assert ops.cors.origins[len(DEFAULT_ORIGINS) :] == ("chrome-extension://*", "https://a.example", "https://chat.example.org")
+    assert ops.cors.origins[len(DEFAULT_ORIGINS) :] == (
+        "chrome-extension://*",
+        "https://a.example",
+        "https://chat.example.org",
+    )
     assert (ops.limits.max_header_bytes, ops.limits.max_streams_per_client, ops.limits.max_streams) == (8192, 2, 50)
     assert (ops.log.format, ops.log.access) == ("json", False)
     assert ops.shutdown.drain_timeout == 12.5
@@ -94,7 +98,9 @@ def test_tokens_file_and_credentials(tmp_path):
     (credentials / "carol").write_text("carol-secret\n")
     tokens_file = tmp_path / "tokens"
     tokens_file.write_text(f"# clients\n\nplain-token\nsha256:{token_digest('hashed')} name=hashed  # comment\n")
-    path = write(tmp_path, f'[auth]\ntokens_file = "{tokens_file}"\n[[auth.tokens]]\ncredential = "carol"\nname = "carol"\n')
+    path = write(
+        tmp_path, f'[auth]\ntokens_file = "{tokens_file}"\n[[auth.tokens]]\ncredential = "carol"\nname = "carol"\n'
+    )
     config = load_config(environ={"CREDENTIALS_DIRECTORY": str(credentials)}, config_file=path)
     assert config.openrouter.api_key == "sk-or-from-credential"
     tokens = {t.name: t for t in config.ops.auth.tokens}

@@ -34,7 +34,11 @@ async def test_tags_merge_every_provider(make_multi, openai_sim, anthropic_sim, 
     local = entries["llama3.2:latest"]
     assert local["provider"] == "local"
     # an Ollama upstream's entries keep their real size, digest and details
-    assert local["size"] == 2019393189 and local["details"]["quantization_level"] == "Q4_K_M" and len(local["digest"]) == 64
+    assert (
+        local["size"] == 2019393189
+        and local["details"]["quantization_level"] == "Q4_K_M"
+        and len(local["digest"]) == 64
+    )
     assert entries["qwen3:8b"]["provider"] == "local"
     for entry in r.json()["models"]:
         assert entry["name"] == entry["model"] and entry["modified_at"].endswith("Z")
@@ -69,12 +73,19 @@ async def test_every_provider_type_answers_through_the_ollama_client(make_multi,
         answer = await in_thread(client.chat, model=model, messages=[{"role": "user", "content": "one two three"}])
         assert answer.message.content == expected, model
         assert answer.done and answer.done_reason == "stop"
-        parts = await in_thread(lambda: [c.message.content for c in client.chat(model=model, messages=[{"role": "user", "content": "one two three"}], stream=True)])
+        parts = await in_thread(
+            lambda: [
+                c.message.content
+                for c in client.chat(model=model, messages=[{"role": "user", "content": "one two three"}], stream=True)
+            ]
+        )
         assert "".join(parts) == expected and len(parts) > 2, model
     generated = await in_thread(client.generate, model="claude-sonnet-4-5", prompt="tell me", system="be brief")
     assert generated.response == "Echo: tell me"
     sent = anthropic_sim.posts("/v1/messages")[-1].body
-    assert sent["system"] == "be brief" and sent["messages"] == [{"role": "user", "content": [{"type": "text", "text": "tell me"}]}]
+    assert sent["system"] == "be brief" and sent["messages"] == [
+        {"role": "user", "content": [{"type": "text", "text": "tell me"}]}
+    ]
 
 
 @pytest_twisted.ensureDeferred
@@ -90,7 +101,9 @@ async def test_embeddings_from_ollama_upstream_and_echo(make_multi, openai_sim, 
     assert abs(sum(v * v for v in echo.embeddings[0]) - 1) < 1e-4
     legacy = await in_thread(client.embeddings, model="echo-embed", prompt="hello world")
     assert list(legacy.embedding) == echo.embeddings[0]
-    r = await http("POST", proxy.url + "/api/chat", {"model": "nomic-embed-text", "messages": [{"role": "user", "content": "x"}]})
+    r = await http(
+        "POST", proxy.url + "/api/chat", {"model": "nomic-embed-text", "messages": [{"role": "user", "content": "x"}]}
+    )
     assert r.code == 400 and "does not support chat" in r.json()["error"]
 
 
@@ -98,10 +111,18 @@ async def test_embeddings_from_ollama_upstream_and_echo(make_multi, openai_sim, 
 async def test_provider_reports_are_measured(make_multi, openai_sim, anthropic_sim, ollama_sim):
     proxy = make_multi(everything(openai_sim, anthropic_sim, ollama_sim))
     for _ in range(3):
-        r = await http("POST", proxy.url + "/api/chat", {"model": "claude-sonnet-4-5", "messages": [{"role": "user", "content": "hi"}], "stream": False})
+        r = await http(
+            "POST",
+            proxy.url + "/api/chat",
+            {"model": "claude-sonnet-4-5", "messages": [{"role": "user", "content": "hi"}], "stream": False},
+        )
         assert r.code == 200 and r.header("x-ollama-proxy-provider") == "claude"
     anthropic_sim.fail_next(400)
-    r = await http("POST", proxy.url + "/api/chat", {"model": "claude-sonnet-4-5", "messages": [{"role": "user", "content": "hi"}], "stream": False})
+    r = await http(
+        "POST",
+        proxy.url + "/api/chat",
+        {"model": "claude-sonnet-4-5", "messages": [{"role": "user", "content": "hi"}], "stream": False},
+    )
     assert r.code == 400
     r = await http("GET", proxy.url + "/api/providers")
     assert r.code == 200
@@ -119,7 +140,15 @@ async def test_provider_reports_are_measured(make_multi, openai_sim, anthropic_s
     assert stats["circuit_breaker_state"] == "closed" and stats["models_available"] == 3
     assert stats["last_health_check"] is None or stats["last_health_check"].endswith("Z")
     assert ANTHROPIC_KEY not in r.body.decode()
-    for key in ("enabled", "healthy", "priority", "error_rate", "avg_response_time_ms", "max_response_time_ms", "last_health_check"):
+    for key in (
+        "enabled",
+        "healthy",
+        "priority",
+        "error_rate",
+        "avg_response_time_ms",
+        "max_response_time_ms",
+        "last_health_check",
+    ):
         assert key in stats
 
 
@@ -137,22 +166,31 @@ async def test_health_check_probes_every_provider(make_multi, openai_sim, anthro
     assert r.json()["healthy"] is False and "cannot reach" in r.json()["last_health_error"]
     r = await http("GET", proxy.url + "/health")
     body = r.json()
-    assert body["status"] == "degraded" and body["providers"]["local"] == "unhealthy" and body["providers"]["claude"] == "healthy"
+    assert (
+        body["status"] == "degraded"
+        and body["providers"]["local"] == "unhealthy"
+        and body["providers"]["claude"] == "healthy"
+    )
     assert any("health check of Ollama (local)" in reason for reason in body["reasons"])
 
 
 @pytest_twisted.ensureDeferred
 async def test_filters_aliases_and_explicit_names_through_the_proxy(make_multi, openai_sim, ollama_sim, tmp_path):
+    from ollama_proxy.config.providers import RoutingConfig
     from ollama_proxy.config.settings import FilterConfig
     from ollama_proxy.routing.modelfilter import parse_filter_file
-    from ollama_proxy.config.providers import RoutingConfig
 
     listing = tmp_path / "models.txt"
     listing.write_text("# what we offer\ngoogle/*\nllama3.2*\nopenai/gpt-4o-mini\n!local/qwen*\n")
     allow, deny = parse_filter_file(str(listing))
-    routing = RoutingConfig(aliases=(("gemini", "google/gemini-pro"), ("llama-cloud", "meta-llama/llama-3.1-8b-instruct:free")))
+    routing = RoutingConfig(
+        aliases=(("gemini", "google/gemini-pro"), ("llama-cloud", "meta-llama/llama-3.1-8b-instruct:free"))
+    )
     proxy = make_multi(
-        [provider("openai", "openai", openai_sim.base_url, "sk-openai-simulator-key", priority=2), provider("local", "ollama", ollama_sim.base_url, priority=3)],
+        [
+            provider("openai", "openai", openai_sim.base_url, "sk-openai-simulator-key", priority=2),
+            provider("local", "ollama", ollama_sim.base_url, priority=3),
+        ],
         filter=FilterConfig(allow=allow, deny=deny, file=str(listing)),
         routing=routing,
     )
@@ -160,20 +198,35 @@ async def test_filters_aliases_and_explicit_names_through_the_proxy(make_multi, 
     names = sorted(m.model for m in (await in_thread(client.list)).models)
     assert names == ["gemini:latest", "google/gemini-pro:latest", "llama3.2:latest", "openai/gpt-4o-mini:latest"]
     # filtered models answer 403 model_forbidden; the client sees the status
-    r = await http("POST", proxy.url + "/api/chat", {"model": "qwen3:8b", "messages": [{"role": "user", "content": "x"}]})
-    assert r.code == 403 and r.json() == {"error": "model 'qwen3:8b' is not allowed by the filter", "type": "model_forbidden"}
+    r = await http(
+        "POST", proxy.url + "/api/chat", {"model": "qwen3:8b", "messages": [{"role": "user", "content": "x"}]}
+    )
+    assert r.code == 403 and r.json() == {
+        "error": "model 'qwen3:8b' is not allowed by the filter",
+        "type": "model_forbidden",
+    }
     with pytest.raises(ollama.ResponseError) as caught:
         await in_thread(client.chat, model="llama-cloud", messages=[{"role": "user", "content": "x"}])
     assert caught.value.status_code == 403
     health = (await http("GET", proxy.url + "/health")).json()
-    assert health["filtered_model_count"] == health["model_count"] - 5  # gemini and gpt-4o-mini twice (two providers), llama3.2
+    assert (
+        health["filtered_model_count"] == health["model_count"] - 5
+    )  # gemini and gpt-4o-mini twice (two providers), llama3.2
     # an alias reaches its cloud model; the client's name comes back
     answer = await in_thread(client.chat, model="gemini", messages=[{"role": "user", "content": "hello"}])
     assert answer.message.content == "Echo: hello" and answer.model == "gemini"
     # provider/model picks one provider among several offering the model
-    r = await http("POST", proxy.url + "/api/chat", {"model": "openai/google/gemini-pro", "messages": [{"role": "user", "content": "x"}], "stream": False})
+    r = await http(
+        "POST",
+        proxy.url + "/api/chat",
+        {"model": "openai/google/gemini-pro", "messages": [{"role": "user", "content": "x"}], "stream": False},
+    )
     assert r.code == 200 and r.header("x-ollama-proxy-provider") == "openai"
-    r = await http("POST", proxy.url + "/api/chat", {"model": "google/gemini-pro", "messages": [{"role": "user", "content": "x"}], "stream": False})
+    r = await http(
+        "POST",
+        proxy.url + "/api/chat",
+        {"model": "google/gemini-pro", "messages": [{"role": "user", "content": "x"}], "stream": False},
+    )
     assert r.header("x-ollama-proxy-provider") == "openrouter"
     shown = await in_thread(client.show, "gemini")
     assert shown.modelinfo["general.name"] == "Gemini Pro"
@@ -204,20 +257,38 @@ enabled = false
 """
     )
     env = {"OPENAI_API_KEY": "sk-openai-simulator-key", "OPENAI_BASE_URL": openai_sim.base_url}
-    service = makeService(load_config(environ=env, config_file=str(path), listen=["tcp:0:interface=127.0.0.1"]), reactor)
+    service = makeService(
+        load_config(environ=env, config_file=str(path), listen=["tcp:0:interface=127.0.0.1"]), reactor
+    )
     service.startService()
     try:
         url = f"http://127.0.0.1:{service.listening_ports()[0].getHost().port}"
         listed = (await http("GET", url + "/api/providers")).json()["providers"]
-        assert [(p["name"], p["priority"], p["enabled"]) for p in listed] == [("openai", 2, True), ("local", 10, True), ("off", 11, False)]
+        assert [(p["name"], p["priority"], p["enabled"]) for p in listed] == [
+            ("openai", 2, True),
+            ("local", 10, True),
+            ("off", 11, False),
+        ]
         assert listed[2]["healthy"] is False and listed[2]["models_available"] == 0
-        r = await http("POST", url + "/api/chat", {"model": "google/gemini-pro", "messages": [{"role": "user", "content": "x"}], "stream": False})
+        r = await http(
+            "POST",
+            url + "/api/chat",
+            {"model": "google/gemini-pro", "messages": [{"role": "user", "content": "x"}], "stream": False},
+        )
         assert r.code == 200 and r.header("x-ollama-proxy-provider") == "openai"
         assert openai_sim.chat_requests()[-1].headers["authorization"] == "Bearer sk-openai-simulator-key"
-        r = await http("POST", url + "/api/chat", {"model": "llama3.2", "messages": [{"role": "user", "content": "x"}], "stream": False})
+        r = await http(
+            "POST",
+            url + "/api/chat",
+            {"model": "llama3.2", "messages": [{"role": "user", "content": "x"}], "stream": False},
+        )
         assert r.code == 200 and ollama_sim.posts("/api/chat")[-1].headers["x-team"] == "blue"
         assert "authorization" not in ollama_sim.posts("/api/chat")[-1].headers
-        r = await http("POST", url + "/api/chat", {"model": "off/google/gemini-pro", "messages": [{"role": "user", "content": "x"}]})
+        r = await http(
+            "POST",
+            url + "/api/chat",
+            {"model": "off/google/gemini-pro", "messages": [{"role": "user", "content": "x"}]},
+        )
         assert r.code == 404  # a disabled provider offers nothing
         assert (await http("GET", url + "/api/tags/off")).json() == {"models": []}
         health = (await http("GET", url + "/health")).json()

@@ -34,9 +34,13 @@ def daemon(simulator, tmp_path) -> Any:
     config_file = tmp_path / "proxy.toml"
     config_file.write_text("")
     env = {"OPENROUTER_API_KEY": API_KEY, "OPENROUTER_BASE_URL": simulator.base_url}
-    load = functools.partial(load_config, environ=env, config_file=str(config_file), listen=["tcp:0:interface=127.0.0.1"])
+    load = functools.partial(
+        load_config, environ=env, config_file=str(config_file), listen=["tcp:0:interface=127.0.0.1"]
+    )
     sent: list[str] = []
-    notifier = SystemdNotifier(reactor, {"NOTIFY_SOCKET": "/fake"}, send=lambda message, env: sent.append(message) or True)
+    notifier = SystemdNotifier(
+        reactor, {"NOTIFY_SOCKET": "/fake"}, send=lambda message, env: sent.append(message) or True
+    )
     service = DaemonService(makeService(load(), reactor), reactor, load, notifier=notifier, handle_signals=False)
     service.startService()
     service.sent = sent  # type: ignore[attr-defined]
@@ -73,7 +77,11 @@ drain_timeout = 7
     )
     assert daemon.reload() is True
     assert "google/gemini-pro:latest" not in await names(url)
-    big = await http("POST", url + "/api/chat", {"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "x" * 3000}]})
+    big = await http(
+        "POST",
+        url + "/api/chat",
+        {"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "x" * 3000}]},
+    )
     assert big.code == 413
     assert (await http("GET", url + "/api/version", headers={"Origin": "https://chat.example.org"})).code == 200
     proxy = daemon.proxy
@@ -99,7 +107,9 @@ async def test_an_invalid_file_is_refused_and_the_running_config_stays(daemon):
 
 @pytest_twisted.ensureDeferred
 async def test_enabling_auth_keeps_a_running_stream(daemon, simulator):
-    stream = await StreamClient.open(daemon.url + "/api/chat", {"model": "sim/hold", "messages": [{"role": "user", "content": "still here"}]})
+    stream = await StreamClient.open(
+        daemon.url + "/api/chat", {"model": "sim/hold", "messages": [{"role": "user", "content": "still here"}]}
+    )
     await stream.wait_lines(1)
     daemon.write('[[auth.tokens]]\nsha256 = "' + "ab" * 32 + '"\n')
     assert daemon.reload() is True
@@ -111,15 +121,26 @@ async def test_enabling_auth_keeps_a_running_stream(daemon, simulator):
 
 @pytest_twisted.ensureDeferred
 async def test_provider_settings_move_new_requests_and_keep_old_streams(daemon, simulator, second_simulator):
-    stream = await StreamClient.open(daemon.url + "/api/chat", {"model": "sim/hold", "messages": [{"role": "user", "content": "old upstream"}]})
+    stream = await StreamClient.open(
+        daemon.url + "/api/chat", {"model": "sim/hold", "messages": [{"role": "user", "content": "old upstream"}]}
+    )
     await stream.wait_lines(1)
     old_provider = daemon.proxy.provider
     daemon.write(f'[openrouter]\nbase_url = "{second_simulator.base_url}"\n')
     # The environment wins over the file, as at start-up: move it in the environment.
-    daemon._load_config = functools.partial(load_config, environ={"OPENROUTER_API_KEY": API_KEY}, config_file=str(daemon.config_path), listen=["tcp:0:interface=127.0.0.1"])
+    daemon._load_config = functools.partial(
+        load_config,
+        environ={"OPENROUTER_API_KEY": API_KEY},
+        config_file=str(daemon.config_path),
+        listen=["tcp:0:interface=127.0.0.1"],
+    )
     assert daemon.reload() is True
     assert daemon.proxy.provider is not old_provider
-    r = await http("POST", daemon.url + "/api/chat", {"model": "google/gemini-pro", "messages": [{"role": "user", "content": "new"}], "stream": False})
+    r = await http(
+        "POST",
+        daemon.url + "/api/chat",
+        {"model": "google/gemini-pro", "messages": [{"role": "user", "content": "new"}], "stream": False},
+    )
     assert r.code == 200
     assert len(second_simulator.chat_requests()) == 1
     simulator.release_holds()

@@ -8,10 +8,10 @@ import pytest
 from twisted.internet.defer import CancelledError
 from twisted.internet.task import Clock
 
-from ollama_proxy.routing.breaker import Outcome
-from ollama_proxy.errors import BadRequest, UpstreamError, UpstreamStreamError
-from ollama_proxy.routing.limiter import BUSY_MESSAGE, Busy, ConcurrencyLimiter
 from ollama_proxy.config.providers import RetryConfig
+from ollama_proxy.errors import BadRequest, UpstreamError, UpstreamStreamError
+from ollama_proxy.routing.breaker import Outcome
+from ollama_proxy.routing.limiter import BUSY_MESSAGE, Busy, ConcurrencyLimiter
 from ollama_proxy.routing.retry import RetryPolicy, classify
 
 

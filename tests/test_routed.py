@@ -108,14 +108,38 @@ async def test_embeddings_fail_over_through_it(make_multi, primary_sim, openai_s
 def test_openai_dialect_drops_openrouter_fields():
     from ollama_proxy.providers.openai_compat import openai_dialect
 
-    body = {"model": "o3", "messages": [], "top_k": 40, "min_p": 0.1, "repetition_penalty": 1.1, "temperature": 0.2, "reasoning": {"effort": "low"}, "max_tokens": 50}
-    assert openai_dialect(body) == {"model": "o3", "messages": [], "temperature": 0.2, "reasoning_effort": "low", "max_completion_tokens": 50}
+    body = {
+        "model": "o3",
+        "messages": [],
+        "top_k": 40,
+        "min_p": 0.1,
+        "repetition_penalty": 1.1,
+        "temperature": 0.2,
+        "reasoning": {"effort": "low"},
+        "max_tokens": 50,
+    }
+    assert openai_dialect(body) == {
+        "model": "o3",
+        "messages": [],
+        "temperature": 0.2,
+        "reasoning_effort": "low",
+        "max_completion_tokens": 50,
+    }
 
 
 @pytest_twisted.ensureDeferred
 async def test_the_openai_provider_is_sent_openai_fields_only(make_multi, openai_sim):
     proxy = make_multi([provider("openai", "openai", openai_sim.base_url, "sk-openai-simulator-key")], openrouter=False)
-    r = await http("POST", proxy.url + "/api/chat", {"model": "google/gemini-pro", "messages": [{"role": "user", "content": "x"}], "stream": False, "options": {"top_k": 20, "min_p": 0.1, "repeat_penalty": 1.2, "temperature": 0.3}})
+    r = await http(
+        "POST",
+        proxy.url + "/api/chat",
+        {
+            "model": "google/gemini-pro",
+            "messages": [{"role": "user", "content": "x"}],
+            "stream": False,
+            "options": {"top_k": 20, "min_p": 0.1, "repeat_penalty": 1.2, "temperature": 0.3},
+        },
+    )
     assert r.code == 200
     sent = openai_sim.chat_requests()[-1].body
     assert sent["temperature"] == 0.3

@@ -10,19 +10,25 @@ import pytest
 from twisted.internet.defer import ensureDeferred, succeed
 from twisted.internet.task import Clock
 
+from ollama_proxy.config.providers import BreakerConfig, RoutingConfig
+from ollama_proxy.errors import BadRequest, ModelForbidden, ModelNotFound
+from ollama_proxy.providers.echo import EchoProvider
 from ollama_proxy.routing.breaker import CircuitBreaker
 from ollama_proxy.routing.catalogue import ModelCatalogue
-from ollama_proxy.errors import BadRequest, ModelForbidden, ModelNotFound
 from ollama_proxy.routing.limiter import ConcurrencyLimiter
 from ollama_proxy.routing.modelfilter import ModelFilter
-from ollama_proxy.wire.models import UpstreamModel
-from ollama_proxy.config.providers import BreakerConfig, RoutingConfig
-from ollama_proxy.providers.echo import EchoProvider
 from ollama_proxy.routing.router import ProviderNotFound, Router
 from ollama_proxy.routing.slots import ProviderSlot
+from ollama_proxy.wire.models import UpstreamModel
 
 LISTS = {
-    "openrouter": ["openai/gpt-4o-mini", "google/gemini-pro", "meta-llama/llama-3.2-3b-instruct", "shared-model", "openai/text-embedding-3-small"],
+    "openrouter": [
+        "openai/gpt-4o-mini",
+        "google/gemini-pro",
+        "meta-llama/llama-3.2-3b-instruct",
+        "shared-model",
+        "openai/text-embedding-3-small",
+    ],
     "openai": ["gpt-4o-mini", "gpt-4o", "shared-model", "text-embedding-3-small"],
     "azure": ["gpt-4o-mini"],
     "local": ["llama3.2", "qwen3:8b", "shared-model"],
@@ -61,7 +67,11 @@ def providers(route) -> list[tuple[str, str]]:
 
 
 def test_a_name_goes_to_every_provider_offering_it_in_priority_order():
-    assert providers(router().route_now("shared-model")) == [("openrouter", "shared-model"), ("openai", "shared-model"), ("local", "shared-model")]
+    assert providers(router().route_now("shared-model")) == [
+        ("openrouter", "shared-model"),
+        ("openai", "shared-model"),
+        ("local", "shared-model"),
+    ]
     flipped = router(priority={"local": 0})
     assert providers(flipped.route_now("shared-model"))[0] == ("local", "shared-model")
 
@@ -93,9 +103,20 @@ def test_explicit_provider_form_picks_one_provider():
 
 
 def test_aliases_reach_cloud_models():
-    r = router(RoutingConfig(aliases=(("llama3.2-cloud", "meta-llama/llama-3.2-3b-instruct"), ("mini", "azure/gpt-4o-mini"), ("llama3.2", "meta-llama/llama-3.2-3b-instruct"))))
+    r = router(
+        RoutingConfig(
+            aliases=(
+                ("llama3.2-cloud", "meta-llama/llama-3.2-3b-instruct"),
+                ("mini", "azure/gpt-4o-mini"),
+                ("llama3.2", "meta-llama/llama-3.2-3b-instruct"),
+            )
+        )
+    )
     route = r.route_now("llama3.2-cloud:latest")
-    assert providers(route) == [("openrouter", "meta-llama/llama-3.2-3b-instruct")] and route.name == "llama3.2-cloud:latest"
+    assert (
+        providers(route) == [("openrouter", "meta-llama/llama-3.2-3b-instruct")]
+        and route.name == "llama3.2-cloud:latest"
+    )
     assert providers(r.route_now("mini")) == [("azure", "gpt-4o-mini")]  # an alias may name a provider
     # an alias wins over a model of the same name: that is what aliases are for
     assert providers(r.route_now("llama3.2")) == [("openrouter", "meta-llama/llama-3.2-3b-instruct")]
@@ -154,7 +175,12 @@ def test_alias_to_a_forbidden_model_is_forbidden():
 
 
 def test_fallbacks_follow_the_models_own_providers():
-    routing = RoutingConfig(fallbacks=(("gpt-4o", ("azure/gpt-4o-mini", "google/gemini-pro", "missing", "openai/text-embedding-3-small")), ("*", ("llama3.2",))))
+    routing = RoutingConfig(
+        fallbacks=(
+            ("gpt-4o", ("azure/gpt-4o-mini", "google/gemini-pro", "missing", "openai/text-embedding-3-small")),
+            ("*", ("llama3.2",)),
+        )
+    )
     r = router(routing)
     route = r.route_now("gpt-4o")
     assert providers(route) == [("openai", "gpt-4o"), ("azure", "gpt-4o-mini"), ("openrouter", "google/gemini-pro")]
@@ -177,13 +203,19 @@ def test_embedding_models_cannot_chat():
 
 
 def test_merged_catalogue_one_entry_per_name():
-    r = router(RoutingConfig(aliases=(("llama3.2-cloud", "meta-llama/llama-3.2-3b-instruct"), ("ghost", "nowhere"))), deny=("qwen3*",))
+    r = router(
+        RoutingConfig(aliases=(("llama3.2-cloud", "meta-llama/llama-3.2-3b-instruct"), ("ghost", "nowhere"))),
+        deny=("qwen3*",),
+    )
     entries = {e["name"]: e for e in r.tag_entries()}
     assert entries["shared-model:latest"]["provider"] == "openrouter"
     assert entries["gpt-4o-mini:latest"]["provider"] == "openai"  # before azure
     assert "qwen3:8b" not in entries and "ghost:latest" not in entries
     alias = entries["llama3.2-cloud:latest"]
-    assert alias["provider"] == "openrouter" and alias["details"]["parent_model"] == "meta-llama/llama-3.2-3b-instruct:latest"
+    assert (
+        alias["provider"] == "openrouter"
+        and alias["details"]["parent_model"] == "meta-llama/llama-3.2-3b-instruct:latest"
+    )
     assert len({e["digest"] for e in entries.values()}) == len(entries)
     assert [e["name"] for e in r.tag_entries("azure")] == ["gpt-4o-mini:latest"]
     assert r.model_count == sum(len(ids) for ids in LISTS.values())

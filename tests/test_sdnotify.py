@@ -54,7 +54,12 @@ def test_watchdog_interval_is_half_the_timeout_for_this_process_only():
 def test_notifier_messages_and_watchdog_on_a_clock():
     sent: list[str] = []
     clock = Clock()
-    notifier = SystemdNotifier(clock, {"NOTIFY_SOCKET": "/run/x", "WATCHDOG_USEC": "2000000"}, send=lambda m, env: sent.append(m) or True, pid=99)
+    notifier = SystemdNotifier(
+        clock,
+        {"NOTIFY_SOCKET": "/run/x", "WATCHDOG_USEC": "2000000"},
+        send=lambda m, env: sent.append(m) or True,
+        pid=99,
+    )
     notifier.startService()
     assert sent == ["WATCHDOG=1"]  # at once, then every second
     clock.advance(1.0)

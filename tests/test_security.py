@@ -9,11 +9,11 @@ import ollama
 import pytest
 import pytest_twisted
 
+from ollama_proxy.config.credentials import ClientToken
+from ollama_proxy.config.ops import DEFAULT_ORIGINS, AuthConfig, CorsConfig, OpsConfig
+from ollama_proxy.errors import Unauthorized
 from ollama_proxy.front import auth
 from ollama_proxy.front.auth import Authenticator
-from ollama_proxy.config.credentials import ClientToken
-from ollama_proxy.errors import Unauthorized
-from ollama_proxy.config.ops import DEFAULT_ORIGINS, AuthConfig, CorsConfig, OpsConfig
 
 from .conftest import http, in_thread
 
@@ -51,14 +51,22 @@ async def test_without_a_token_only_liveness_and_version_answer(make_proxy):
     ]:
         r = await http(method, proxy.url + path, body)
         assert r.code == 401, path
-        assert r.json() == {"error": "authentication required: send 'Authorization: Bearer <token>'", "type": "unauthorized"}
+        assert r.json() == {
+            "error": "authentication required: send 'Authorization: Bearer <token>'",
+            "type": "unauthorized",
+        }
         assert r.header("www-authenticate") == 'Bearer realm="ollama-proxy"'
 
 
 @pytest_twisted.ensureDeferred
 async def test_a_wrong_token_or_scheme_is_refused(make_proxy):
     proxy = make_proxy(ops=tokens_config())
-    for headers in (bearer("nope"), {"Authorization": f"Basic {ALICE}"}, {"Authorization": "Bearer"}, bearer(ALICE + "x")):
+    for headers in (
+        bearer("nope"),
+        {"Authorization": f"Basic {ALICE}"},
+        {"Authorization": "Bearer"},
+        bearer(ALICE + "x"),
+    ):
         r = await http("GET", proxy.url + "/api/tags", headers=headers)
         assert r.code == 401 and r.json()["type"] == "unauthorized"
 
@@ -69,7 +77,9 @@ async def test_a_valid_token_works_with_the_ollama_client(make_proxy, access_eve
     client = ollama.Client(host=proxy.url, headers=bearer(ALICE))
     listing = await in_thread(client.list)
     assert "openai/gpt-4o-mini:latest" in [m.model for m in listing.models]
-    answer = await in_thread(client.chat, model="openai/gpt-4o-mini", messages=[{"role": "user", "content": "hi there"}])
+    answer = await in_thread(
+        client.chat, model="openai/gpt-4o-mini", messages=[{"role": "user", "content": "hi there"}]
+    )
     assert answer.message.content == "Echo: hi there"
     chat_lines = [e for e in access_events if e["path"] == "/api/chat"]
     assert chat_lines[-1]["principal"] == "alice" and chat_lines[-1]["status"] == 200
@@ -84,16 +94,26 @@ async def test_a_token_limited_to_some_models(make_proxy, simulator):
     tags = (await http("GET", proxy.url + "/api/tags", headers=bearer(BOB))).json()["models"]
     assert tags and all(m["name"].startswith("google/") for m in tags)
     before = len(simulator.chat_requests())
-    r = await http("POST", proxy.url + "/api/chat", {"model": "openai/gpt-4o-mini", "messages": [], "stream": False}, headers=bearer(BOB))
+    r = await http(
+        "POST",
+        proxy.url + "/api/chat",
+        {"model": "openai/gpt-4o-mini", "messages": [], "stream": False},
+        headers=bearer(BOB),
+    )
     assert r.code == 403
     assert r.json() == {"error": "model 'openai/gpt-4o-mini' is not allowed for this client token", "type": "forbidden"}
     assert len(simulator.chat_requests()) == before  # refused before any upstream call
     r = await http("POST", proxy.url + "/api/show", {"name": "openai/gpt-4o-mini"}, headers=bearer(BOB))
     assert r.code == 403
-    r = await http("POST", proxy.url + "/api/embed", {"model": "openai/text-embedding-3-small", "input": "x"}, headers=bearer(BOB))
+    r = await http(
+        "POST", proxy.url + "/api/embed", {"model": "openai/text-embedding-3-small", "input": "x"}, headers=bearer(BOB)
+    )
     assert r.code == 403
     r = await http(
-        "POST", proxy.url + "/api/chat", {"model": "google/gemini-pro:latest", "messages": [{"role": "user", "content": "ok"}], "stream": False}, headers=bearer(BOB)
+        "POST",
+        proxy.url + "/api/chat",
+        {"model": "google/gemini-pro:latest", "messages": [{"role": "user", "content": "ok"}], "stream": False},
+        headers=bearer(BOB),
     )
     assert r.code == 200 and r.json()["message"]["content"] == "Echo: ok"
 
@@ -123,9 +143,18 @@ async def test_cors_allows_local_origins_and_refuses_foreign_ones(make_proxy):
     assert local.header("vary") == "Origin" and local.header("access-control-expose-headers") == "X-Request-Id"
     app = await http("GET", proxy.url + "/api/tags", headers={"Origin": "tauri://localhost"})
     assert app.code == 200
-    foreign = await http("POST", proxy.url + "/api/chat", {"model": "google/gemini-pro", "messages": []}, headers={"Origin": "https://evil.example"})
+    foreign = await http(
+        "POST",
+        proxy.url + "/api/chat",
+        {"model": "google/gemini-pro", "messages": []},
+        headers={"Origin": "https://evil.example"},
+    )
     assert foreign.code == 403 and foreign.json()["type"] == "origin_forbidden"
-    same = await http("GET", proxy.url + "/api/version", headers={"Origin": "http://proxy.internal:8080", "Host": "proxy.internal:8080"})
+    same = await http(
+        "GET",
+        proxy.url + "/api/version",
+        headers={"Origin": "http://proxy.internal:8080", "Host": "proxy.internal:8080"},
+    )
     assert same.code == 200
 
 
@@ -135,7 +164,11 @@ async def test_configured_origins_and_preflight_without_a_token(make_proxy):
     preflight = await http(
         "OPTIONS",
         proxy.url + "/api/chat",
-        headers={"Origin": "https://chat.example.org", "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization, content-type"},
+        headers={
+            "Origin": "https://chat.example.org",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type",
+        },
     )
     assert preflight.code == 204
     assert preflight.header("access-control-allow-origin") == "https://chat.example.org"
@@ -144,10 +177,18 @@ async def test_configured_origins_and_preflight_without_a_token(make_proxy):
     assert preflight.header("access-control-max-age") == "43200"
     actual = await http("GET", proxy.url + "/api/tags", headers={"Origin": "https://chat.example.org", **bearer(ALICE)})
     assert actual.code == 200 and actual.header("access-control-allow-origin") == "https://chat.example.org"
-    refused = await http("OPTIONS", proxy.url + "/api/chat", headers={"Origin": "https://other.example.org", "Access-Control-Request-Method": "POST"})
+    refused = await http(
+        "OPTIONS",
+        proxy.url + "/api/chat",
+        headers={"Origin": "https://other.example.org", "Access-Control-Request-Method": "POST"},
+    )
     assert refused.code == 403
     # Local origins stay allowed next to the configured ones, as with OLLAMA_ORIGINS.
-    local = await http("OPTIONS", proxy.url + "/api/chat", headers={"Origin": "http://127.0.0.1:5173", "Access-Control-Request-Method": "POST"})
+    local = await http(
+        "OPTIONS",
+        proxy.url + "/api/chat",
+        headers={"Origin": "http://127.0.0.1:5173", "Access-Control-Request-Method": "POST"},
+    )
     assert local.code == 204
 
 
@@ -164,7 +205,9 @@ async def test_request_ids_are_echoed_or_made_and_logged(proxy, access_events):
     ids = [e["request_id"] for e in access_events]
     assert generated in ids and "trace-42:abc" in ids
     tags = next(e for e in access_events if e["request_id"] == "trace-42:abc")
-    assert tags["method"] == "GET" and tags["path"] == "/api/tags" and tags["status"] == 200 and tags["duration_ms"] >= 0
+    assert (
+        tags["method"] == "GET" and tags["path"] == "/api/tags" and tags["status"] == 200 and tags["duration_ms"] >= 0
+    )
 
 
 @pytest_twisted.ensureDeferred

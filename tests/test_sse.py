@@ -3,10 +3,7 @@
 from ollama_proxy.providers.sse import SSEEvent, SSEParser
 
 STREAM = (
-    b": OPENROUTER PROCESSING\n\n"
-    b'data: {"a":1}\n\n'
-    b"event: custom\ndata: line one\ndata: line two\n\n"
-    b"data: [DONE]\n\n"
+    b': OPENROUTER PROCESSING\n\ndata: {"a":1}\n\nevent: custom\ndata: line one\ndata: line two\n\ndata: [DONE]\n\n'
 )
 EXPECTED = [SSEEvent('{"a":1}'), SSEEvent("line one\nline two", "custom"), SSEEvent("[DONE]")]
 

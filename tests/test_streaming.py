@@ -63,7 +63,9 @@ async def test_events_split_across_reads_with_crlf(proxy):
 
 @pytest_twisted.ensureDeferred
 async def test_comment_lines_never_become_output(proxy):
-    r = await http("POST", proxy.url + "/api/chat", chat("google/gemini-pro", content="one two three four five six seven"))
+    r = await http(
+        "POST", proxy.url + "/api/chat", chat("google/gemini-pro", content="one two three four five six seven")
+    )
     assert b"OPENROUTER" not in r.body
     assert all(line for line in r.body.split(b"\n")[:-1])
     assert len(r.lines()) == 9

@@ -23,7 +23,9 @@ def directives(name: str) -> dict[str, list[str]]:
     return found
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed (.ci/run installs it)")
+@pytest.mark.skipif(
+    shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed (.ci/run installs it)"
+)
 def test_units_verify(tmp_path):
     # As installed: the unit names /opt/ollama-proxy/bin/twistd; here, the twistd of this environment.
     twistd = twistd_command()[0]
@@ -33,7 +35,13 @@ def test_units_verify(tmp_path):
         text = (UNITS / name).read_text().replace(INSTALLED_TWISTD, twistd)
         (tmp_path / name).write_text(text)
     result = subprocess.run(
-        ["systemd-analyze", "verify", "--man=no", str(tmp_path / "ollama-proxy.socket"), str(tmp_path / "ollama-proxy.service")],
+        [
+            "systemd-analyze",
+            "verify",
+            "--man=no",
+            str(tmp_path / "ollama-proxy.socket"),
+            str(tmp_path / "ollama-proxy.service"),
+        ],
         capture_output=True,
         text=True,
         timeout=120,

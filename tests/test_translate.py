@@ -9,11 +9,11 @@ from ollama_proxy.wire.models import UpstreamModel
 from ollama_proxy.wire.ollama_chat import (
     ChatTranslator,
     embed_inputs,
-    plan_chat,
-    plan_generate,
     model_name,
     ndjson,
     parse_body,
+    plan_chat,
+    plan_generate,
     sampling_options,
     wants_stream,
 )
@@ -112,7 +112,13 @@ def test_options_must_be_an_object():
 
 
 def test_chat_request_shape():
-    body = chat_request({"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "hi"}], "options": {"temperature": 0}}, "up/model")
+    body = chat_request(
+        {
+            "messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "hi"}],
+            "options": {"temperature": 0},
+        },
+        "up/model",
+    )
     assert body == {
         "model": "up/model",
         "messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "hi"}],
@@ -136,7 +142,9 @@ def test_generate_request_puts_system_first():
 
 
 def chunk(content=None, finish=None, usage=None):
-    obj = {"choices": [{"index": 0, "delta": {"content": content} if content is not None else {}, "finish_reason": finish}]}
+    obj = {
+        "choices": [{"index": 0, "delta": {"content": content} if content is not None else {}, "finish_reason": finish}]
+    }
     if usage is not None:
         obj = {"choices": [], "usage": usage}
     return obj
@@ -149,7 +157,14 @@ def test_stream_translation_and_final_object_with_measured_durations():
     translator.timings.upstream_headers = clock()
     clock.now += 0.25
     out = translator.feed(chunk("Hel"))
-    assert out == [{"model": "m:latest", "created_at": out[0]["created_at"], "message": {"role": "assistant", "content": "Hel"}, "done": False}]
+    assert out == [
+        {
+            "model": "m:latest",
+            "created_at": out[0]["created_at"],
+            "message": {"role": "assistant", "content": "Hel"},
+            "done": False,
+        }
+    ]
     assert translator.feed(chunk("")) == []
     clock.now += 1.0
     translator.feed(chunk("lo", finish="length"))

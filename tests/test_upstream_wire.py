@@ -34,9 +34,13 @@ async def some_traffic(proxy: Any) -> None:
     """A chat (plain and streamed, native and /v1), an embedding, the model list."""
     assert (await http("GET", proxy.url + "/api/tags")).code == 200
     for stream in (False, True):
-        r = await http("POST", proxy.url + "/api/chat", {"model": "google/gemini-pro", "messages": HELLO, "stream": stream})
+        r = await http(
+            "POST", proxy.url + "/api/chat", {"model": "google/gemini-pro", "messages": HELLO, "stream": stream}
+        )
         assert r.code == 200, r.body
-    r = await http("POST", proxy.url + "/v1/chat/completions", {"model": "google/gemini-pro", "messages": HELLO, "stream": True})
+    r = await http(
+        "POST", proxy.url + "/v1/chat/completions", {"model": "google/gemini-pro", "messages": HELLO, "stream": True}
+    )
     assert r.code == 200 and r.body.endswith(b"data: [DONE]\n\n"), r.body[-200:]
     r = await http("POST", proxy.url + "/api/embed", {"model": "openai/text-embedding-3-small", "input": ["a", "b"]})
     assert r.code == 200, r.body
@@ -49,10 +53,17 @@ async def test_attribution_headers_reach_openrouter_on_every_request(make_proxy,
     proxy = make_proxy(openrouter=router)
     await some_traffic(proxy)
     client = ollama.Client(host=proxy.url)
-    assert (await in_thread(client.chat, model="google/gemini-pro", messages=HELLO)).message.content == "Echo: hello there"
+    assert (
+        await in_thread(client.chat, model="google/gemini-pro", messages=HELLO)
+    ).message.content == "Echo: hello there"
     paths = {(r.method, r.path) for r in simulator.requests}
     # Every kind of upstream call happened: both model lists, chats, embeddings.
-    assert {("GET", "/api/v1/models"), ("GET", "/api/v1/embeddings/models"), ("POST", "/api/v1/chat/completions"), ("POST", "/api/v1/embeddings")} <= paths, paths
+    assert {
+        ("GET", "/api/v1/models"),
+        ("GET", "/api/v1/embeddings/models"),
+        ("POST", "/api/v1/chat/completions"),
+        ("POST", "/api/v1/embeddings"),
+    } <= paths, paths
     for request in simulator.requests:
         assert request.headers.get("http-referer") == REFERER, (request.method, request.path, request.headers)
         assert request.headers.get("x-title") == TITLE, (request.method, request.path, request.headers)
@@ -63,7 +74,10 @@ async def test_no_attribution_headers_unless_configured(proxy, simulator):
     await some_traffic(proxy)
     assert {r.path for r in simulator.requests} >= {"/api/v1/models", "/api/v1/chat/completions"}
     for request in simulator.requests:
-        assert "http-referer" not in request.headers and "x-title" not in request.headers, (request.path, request.headers)
+        assert "http-referer" not in request.headers and "x-title" not in request.headers, (
+            request.path,
+            request.headers,
+        )
         assert request.headers.get("authorization") == f"Bearer {API_KEY}"  # the headers were recorded at all
 
 
@@ -130,7 +144,9 @@ async def streams_at_once(proxy: Any, simulator: UpstreamSimulator, count: int) 
     simulator.release_holds()
     for reader in readers:
         lines = [json.loads(line) for line in await reader.wait_for_lines(4)]
-        assert "".join(line["message"]["content"] for line in lines) == "Echo: hello there" and lines[-1]["done"] is True, lines
+        assert (
+            "".join(line["message"]["content"] for line in lines) == "Echo: hello there" and lines[-1]["done"] is True
+        ), lines
         reader.hang_up()
 
 
@@ -139,7 +155,10 @@ async def test_stopping_closes_every_upstream_connection(proxy, simulator):
     await some_traffic(proxy)
     await streams_at_once(proxy, simulator, 3)
     # Three connections were needed at once, and the pool keeps them for the next requests.
-    assert simulator.connections_opened - simulator.connections_closed >= 3, (simulator.connections_opened, simulator.connections_closed)
+    assert simulator.connections_opened - simulator.connections_closed >= 3, (
+        simulator.connections_opened,
+        simulator.connections_closed,
+    )
     await proxy.service.stopService()
     await all_closed(simulator)
 

@@ -8,23 +8,42 @@ import json
 import pytest
 from twisted.internet.task import Clock
 
-from ollama_proxy.wire.chunks import ChunkReader
 from ollama_proxy.errors import BadRequest, UpstreamStreamError
+from ollama_proxy.routing.running import FOREVER, RunningModels, parse_keep_alive
+from ollama_proxy.wire.chunks import ChunkReader
 from ollama_proxy.wire.images import image_data_uri, sniff_media_type
 from ollama_proxy.wire.models import UpstreamModel
-from ollama_proxy.routing.running import FOREVER, RunningModels, parse_keep_alive
 from ollama_proxy.wire.ollama_chat import ChatTranslator, chat_messages, plan_chat, plan_generate, response_format
 from ollama_proxy.wire.ollama_generate import decode_context, encode_context
 
 from .wire import JPEG, PNG, b64
 
-MODEL = UpstreamModel(id="acme/model", context_length=4096, supported_parameters=("tools", "reasoning"), input_modalities=("text", "image"))
+MODEL = UpstreamModel(
+    id="acme/model",
+    context_length=4096,
+    supported_parameters=("tools", "reasoning"),
+    input_modalities=("text", "image"),
+)
 PLAIN = UpstreamModel(id="acme/plain")
 
 
 @pytest.mark.parametrize(
     "value,seconds",
-    [(None, None), (0, 0.0), (30, 30.0), (1.5, 1.5), (-1, FOREVER), ("0", 0.0), ("5m", 300.0), ("1h30m", 5400.0), ("1.5h", 5400.0), ("300ms", 0.3), ("2us", 2e-6), ("-5m", FOREVER), ("+10s", 10.0)],
+    [
+        (None, None),
+        (0, 0.0),
+        (30, 30.0),
+        (1.5, 1.5),
+        (-1, FOREVER),
+        ("0", 0.0),
+        ("5m", 300.0),
+        ("1h30m", 5400.0),
+        ("1.5h", 5400.0),
+        ("300ms", 0.3),
+        ("2us", 2e-6),
+        ("-5m", FOREVER),
+        ("+10s", 10.0),
+    ],
 )
 def test_keep_alive_accepts_what_ollama_accepts(value, seconds):
     assert parse_keep_alive(value) == pytest.approx(seconds) if seconds is not None else parse_keep_alive(value) is None
@@ -32,7 +51,14 @@ def test_keep_alive_accepts_what_ollama_accepts(value, seconds):
 
 @pytest.mark.parametrize(
     "value,message",
-    [("10", 'time: missing unit in duration "10"'), ("5x", 'time: unknown unit "x" in duration "5x"'), ("", 'time: invalid duration ""'), ("m", 'time: invalid duration "m"'), (True, "Unsupported type: 'bool'"), ([1], "Unsupported type: '[]interface {}'")],
+    [
+        ("10", 'time: missing unit in duration "10"'),
+        ("5x", 'time: unknown unit "x" in duration "5x"'),
+        ("", 'time: invalid duration ""'),
+        ("m", 'time: invalid duration "m"'),
+        (True, "Unsupported type: 'bool'"),
+        ([1], "Unsupported type: '[]interface {}'"),
+    ],
 )
 def test_keep_alive_refuses_in_gos_words(value, message):
     with pytest.raises(BadRequest) as refused:
@@ -48,7 +74,11 @@ def test_running_models_expire_on_the_clock():
     running.use(PLAIN, 60)
     listing = running.listing()
     assert [m["name"] for m in listing] == ["acme/model:latest", "acme/plain:latest"]
-    assert listing[0]["expires_at"] == "1970-01-01T00:21:40.000000Z" and listing[0]["context_length"] == 4096 and listing[0]["size_vram"] == 0
+    assert (
+        listing[0]["expires_at"] == "1970-01-01T00:21:40.000000Z"
+        and listing[0]["context_length"] == 4096
+        and listing[0]["size_vram"] == 0
+    )
     clock.advance(61)
     assert [m["name"] for m in running.listing()] == ["acme/model:latest"]
     running.use(MODEL, FOREVER)
@@ -75,22 +105,53 @@ def test_tool_call_deltas_assembled_across_events():
         assert reader.feed(chunk(delta)) == []  # nothing leaves before the turn is finished
     pieces = reader.feed(chunk({}, "tool_calls"))
     calls = pieces[0].tool_calls
-    assert [(c.index, c.id, c.name, json.loads(c.arguments)) for c in calls] == [(0, "call_a", "f", {"x": 1}), (1, "call_b", "g", {"y": 2})]
+    assert [(c.index, c.id, c.name, json.loads(c.arguments)) for c in calls] == [
+        (0, "call_a", "f", {"x": 1}),
+        (1, "call_b", "g", {"y": 2}),
+    ]
     assert reader.finish_reason == "tool_calls" and reader.close() == []
 
 
 def test_calls_without_ids_or_index_and_calls_left_open_at_the_end():
     reader = ChunkReader(new_id=iter(["id1", "id2"]).__next__)
-    reader.feed({"choices": [{"delta": {"tool_calls": [{"function": {"name": "f", "arguments": "{}"}}, {"id": "x", "function": {"name": "g", "arguments": {"a": 1}}}]}}]})
+    reader.feed(
+        {
+            "choices": [
+                {
+                    "delta": {
+                        "tool_calls": [
+                            {"function": {"name": "f", "arguments": "{}"}},
+                            {"id": "x", "function": {"name": "g", "arguments": {"a": 1}}},
+                        ]
+                    }
+                }
+            ]
+        }
+    )
     calls = reader.close()[0].tool_calls
     assert [(c.id, c.name, c.arguments) for c in calls] == [("id1", "f", "{}"), ("x", "g", '{"a": 1}')]
 
 
 def test_reasoning_string_wins_over_details_and_details_alone_count():
     reader = ChunkReader()
-    both = reader.feed({"choices": [{"delta": {"reasoning": "abc", "reasoning_details": [{"type": "reasoning.text", "text": "abc"}]}}]})
+    both = reader.feed(
+        {"choices": [{"delta": {"reasoning": "abc", "reasoning_details": [{"type": "reasoning.text", "text": "abc"}]}}]}
+    )
     assert both[0].thinking == "abc"
-    alone = reader.feed({"choices": [{"delta": {"reasoning_details": [{"type": "reasoning.summary", "summary": "sum"}, {"type": "reasoning.encrypted", "data": "xx"}]}}]})
+    alone = reader.feed(
+        {
+            "choices": [
+                {
+                    "delta": {
+                        "reasoning_details": [
+                            {"type": "reasoning.summary", "summary": "sum"},
+                            {"type": "reasoning.encrypted", "data": "xx"},
+                        ]
+                    }
+                }
+            ]
+        }
+    )
     assert alone[0].thinking == "sum"
     assert reader.feed({"choices": [{"delta": {"reasoning_content": "deep"}}]})[0].thinking == "deep"
 
@@ -100,12 +161,20 @@ def test_usage_and_error_events():
     reader.feed({"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 5}})
     assert (reader.prompt_tokens, reader.completion_tokens) == (3, 5)
     with pytest.raises(UpstreamStreamError, match="crashed"):
-        reader.feed({"error": {"message": "crashed", "code": 502}, "choices": [{"delta": {}, "finish_reason": "error"}]})
+        reader.feed(
+            {"error": {"message": "crashed", "code": 502}, "choices": [{"delta": {}, "finish_reason": "error"}]}
+        )
 
 
 def test_arguments_that_are_not_json_end_the_stream():
     translator = ChatTranslator(model="m", kind="chat", clock=lambda: 0.0)
-    translator.feed({"choices": [{"delta": {"tool_calls": [{"index": 0, "id": "c", "function": {"name": "f", "arguments": "{oops"}}]}}]})
+    translator.feed(
+        {
+            "choices": [
+                {"delta": {"tool_calls": [{"index": 0, "id": "c", "function": {"name": "f", "arguments": "{oops"}}]}}
+            ]
+        }
+    )
     with pytest.raises(UpstreamStreamError, match="not JSON"):
         translator.feed({"choices": [{"delta": {}, "finish_reason": "tool_calls"}]})
 
@@ -128,7 +197,13 @@ def test_history_pairs_results_with_calls_and_keeps_ids():
     messages = chat_messages(
         [
             {"role": "user", "content": "go"},
-            {"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": {"a": 1}}}, {"id": "kept", "function": {"name": "g", "arguments": {}}}]},
+            {
+                "role": "assistant",
+                "tool_calls": [
+                    {"function": {"name": "f", "arguments": {"a": 1}}},
+                    {"id": "kept", "function": {"name": "g", "arguments": {}}},
+                ],
+            },
             {"role": "tool", "content": "G", "tool_name": "g"},
             {"role": "tool", "content": "F", "tool_name": "f"},
             {"role": "tool", "content": "late", "tool_name": "h"},
@@ -136,7 +211,10 @@ def test_history_pairs_results_with_calls_and_keeps_ids():
         ]
     )
     calls = messages[1]["tool_calls"]
-    assert calls[0] == {"id": "call_m1_0", "type": "function", "function": {"name": "f", "arguments": '{"a": 1}'}} and calls[1]["id"] == "kept"
+    assert (
+        calls[0] == {"id": "call_m1_0", "type": "function", "function": {"name": "f", "arguments": '{"a": 1}'}}
+        and calls[1]["id"] == "kept"
+    )
     assert messages[1]["content"] is None
     assert [m.get("tool_call_id") for m in messages[2:4]] == ["kept", "call_m1_0"]
     assert messages[4] == {"role": "user", "content": "Result of h: late"}
@@ -152,15 +230,33 @@ def test_plans_follow_ollamas_order_of_checks():
         plan_chat({"messages": [], "think": "extreme"}, MODEL, "m")
     with pytest.raises(BadRequest, match="raw mode does not support"):
         plan_generate({"prompt": "x", "raw": True, "context": [1]}, PLAIN, "p")
-    assert plan_generate({"prompt": "", "raw": True, "system": "s", "keep_alive": "0s"}, PLAIN, "p").done_reason == "unload"
-    plan = plan_chat({"messages": [{"role": "user", "content": "q"}], "think": "max", "options": {"num_ctx": 8192, "temperature": 0.2}}, MODEL, "m")
-    assert plan.upstream["reasoning"] == {"effort": "xhigh"} and plan.upstream["temperature"] == 0.2 and "num_ctx" not in plan.upstream
+    assert (
+        plan_generate({"prompt": "", "raw": True, "system": "s", "keep_alive": "0s"}, PLAIN, "p").done_reason
+        == "unload"
+    )
+    plan = plan_chat(
+        {
+            "messages": [{"role": "user", "content": "q"}],
+            "think": "max",
+            "options": {"num_ctx": 8192, "temperature": 0.2},
+        },
+        MODEL,
+        "m",
+    )
+    assert (
+        plan.upstream["reasoning"] == {"effort": "xhigh"}
+        and plan.upstream["temperature"] == 0.2
+        and "num_ctx" not in plan.upstream
+    )
 
 
 def test_format_values():
     assert response_format("") is None and response_format(None) is None
     assert response_format("json") == {"type": "json_object"}
-    assert response_format({"type": "object"}) == {"type": "json_schema", "json_schema": {"name": "response", "schema": {"type": "object"}}}
+    assert response_format({"type": "object"}) == {
+        "type": "json_schema",
+        "json_schema": {"name": "response", "schema": {"type": "object"}},
+    }
     for bad in ("yaml", 3, ["json"]):
         with pytest.raises(BadRequest, match="invalid format"):
             response_format(bad)

@@ -47,7 +47,13 @@ def client_error(request: IRequest, failure: Failure) -> ProxyError | None:
         return None
     if isinstance(value, ProxyError):
         if value.status >= 500:
-            log.warn("{method} {path}: {status} {message}", method=request.method.decode(), path=_path(request), status=value.status, message=value.message)
+            log.warn(
+                "{method} {path}: {status} {message}",
+                method=request.method.decode(),
+                path=_path(request),
+                status=value.status,
+                message=value.message,
+            )
         retry_after = getattr(value, "retry_after", None)
         if value.status == 429 and retry_after:
             request.setHeader(b"retry-after", str(int(retry_after + 0.999)).encode())

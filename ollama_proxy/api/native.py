@@ -17,25 +17,24 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 
-from ollama_proxy.routing.catalogue import ModelCatalogue
+from ollama_proxy.api.funnel import error_response, json_response
+from ollama_proxy.api.observing import observed
+from ollama_proxy.api.relay import ChatRelay
+from ollama_proxy.api.v1 import OpenAICompatAPI
 from ollama_proxy.config.settings import Config
-from ollama_proxy.front.record import record_of, record_translation
-from ollama_proxy.routing.dispatch import AnsweredWithError, Dispatcher
-from ollama_proxy.routing.embeddings import embed
 from ollama_proxy.errors import BadRequest, NotImplementedByProxy, ProxyError, RequestTooLarge
 from ollama_proxy.front.door import Gate, relative_path, visible_to
-from ollama_proxy.api.funnel import error_response, json_response
-from ollama_proxy.providers.interfaces import IProvider
+from ollama_proxy.front.record import record_of, record_translation
 from ollama_proxy.ops.metrics import Metrics, wants_prometheus
-from ollama_proxy.wire.models import show_response
-from ollama_proxy.api.observing import observed
-from ollama_proxy.api.v1 import OpenAICompatAPI
-from ollama_proxy.wire.openai_chat import error_body
-from ollama_proxy.api.relay import ChatRelay
+from ollama_proxy.ops.stats import Stats
+from ollama_proxy.providers.interfaces import IProvider
+from ollama_proxy.routing.catalogue import ModelCatalogue
+from ollama_proxy.routing.dispatch import AnsweredWithError, Dispatcher
+from ollama_proxy.routing.embeddings import embed
 from ollama_proxy.routing.retry import RetryPolicy
 from ollama_proxy.routing.router import Route, Router, Target
 from ollama_proxy.routing.running import RunningModels
-from ollama_proxy.ops.stats import Stats
+from ollama_proxy.wire.models import show_response
 from ollama_proxy.wire.ollama_chat import (
     ChatPlan,
     ChatTranslator,
@@ -50,9 +49,9 @@ from ollama_proxy.wire.ollama_chat import (
     plan_generate,
     wants_stream,
 )
+from ollama_proxy.wire.openai_chat import error_body
 
 log = Logger()
-
 
 
 class HealthState:
@@ -172,7 +171,10 @@ class OllamaAPI:
                 "last_health_check": self.health.last_check,
                 "environment": self.config.environment,
                 "version": self.config.ollama_version,
-                "providers": {s.name: ("healthy" if s.healthy else "unhealthy" if s.enabled else "disabled") for s in self.router.slots},
+                "providers": {
+                    s.name: ("healthy" if s.healthy else "unhealthy" if s.enabled else "disabled")
+                    for s in self.router.slots
+                },
             },
         )
 
@@ -194,14 +196,18 @@ class OllamaAPI:
     @observed("/api/tags")
     async def tags(self, request: IRequest) -> bytes:
         await self.router.ensure_loaded()
-        return json_response(request, {"models": [e for e in self.router.tag_entries() if visible_to(request, e["name"])]})
+        return json_response(
+            request, {"models": [e for e in self.router.tag_entries() if visible_to(request, e["name"])]}
+        )
 
     @app.route("/api/tags/<provider>", methods=["GET"])
     @observed("/api/tags/{provider}")
     async def provider_tags(self, request: IRequest, provider: str) -> bytes:
         self.router.slot(provider)
         await self.router.ensure_loaded()
-        return json_response(request, {"models": [e for e in self.router.tag_entries(provider) if visible_to(request, e["name"])]})
+        return json_response(
+            request, {"models": [e for e in self.router.tag_entries(provider) if visible_to(request, e["name"])]}
+        )
 
     # -- providers ----------------------------------------------------------------
     @app.route("/api/providers", methods=["GET"])
@@ -271,7 +277,9 @@ class OllamaAPI:
         plan = plan_generate(body, route.model, name)
         return await self._answer(request, route, name, "generate", plan, stream)
 
-    async def _answer(self, request: IRequest, route: Route, name: str, kind: str, plan: ChatPlan, stream: bool) -> bytes | None:
+    async def _answer(
+        self, request: IRequest, route: Route, name: str, kind: str, plan: ChatPlan, stream: bool
+    ) -> bytes | None:
         model = route.model
         if plan.upstream is None:
             # An empty prompt loads the model (or, with keep_alive 0, unloads it): nothing to ask.
@@ -360,7 +368,13 @@ class OllamaAPI:
         self.stats.add_tokens(tokens, 0)
         return json_response(
             request,
-            {"model": name, "embeddings": vectors, "total_duration": elapsed, "load_duration": 0, "prompt_eval_count": tokens},
+            {
+                "model": name,
+                "embeddings": vectors,
+                "total_duration": elapsed,
+                "load_duration": 0,
+                "prompt_eval_count": tokens,
+            },
         )
 
     @app.route("/api/embeddings", methods=["POST"])
@@ -395,7 +409,9 @@ class OllamaAPI:
     # -- local model management: not for a cloud proxy --------------------------------
     def _unsupported(self, request: IRequest) -> bytes:
         path = request.path.decode("utf-8", "replace")
-        raise NotImplementedByProxy(f"{path} is not supported: ollama-proxy serves cloud models and manages no local ones")
+        raise NotImplementedByProxy(
+            f"{path} is not supported: ollama-proxy serves cloud models and manages no local ones"
+        )
 
     @app.route("/api/create", methods=["POST"])
     @app.route("/api/copy", methods=["POST"])

@@ -18,11 +18,11 @@ from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from zope.interface import implementer
 
-from ollama_proxy.front.record import record_of
-from ollama_proxy.errors import UpstreamError, UpstreamStreamError
 from ollama_proxy.api.funnel import JSON
-from ollama_proxy.providers.interfaces import IProvider, IUpstreamStream
+from ollama_proxy.errors import UpstreamError, UpstreamStreamError
+from ollama_proxy.front.record import record_of
 from ollama_proxy.ops.logs import Redactor
+from ollama_proxy.providers.interfaces import IProvider, IUpstreamStream
 from ollama_proxy.wire.ollama_chat import ChatTranslator, ndjson
 
 log = Logger()

@@ -20,10 +20,14 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 
-from ollama_proxy.front.record import record_of
+from ollama_proxy.api.funnel import error_response, json_response
+from ollama_proxy.api.observing import observed
+from ollama_proxy.api.relay import ChatRelay
 from ollama_proxy.errors import BadRequest, ModelNotFound, NotImplementedByProxy
 from ollama_proxy.front.door import visible_to
-from ollama_proxy.api.funnel import error_response, json_response
+from ollama_proxy.front.record import record_of
+from ollama_proxy.routing.router import Route
+from ollama_proxy.wire.ollama_chat import model_name
 from ollama_proxy.wire.openai_chat import (
     OpenAIPlan,
     OpenAIRenderer,
@@ -37,10 +41,6 @@ from ollama_proxy.wire.openai_chat import (
     plan_chat_completion,
     plan_completion,
 )
-from ollama_proxy.api.observing import observed
-from ollama_proxy.api.relay import ChatRelay
-from ollama_proxy.routing.router import Route
-from ollama_proxy.wire.ollama_chat import model_name
 
 if TYPE_CHECKING:
     from ollama_proxy.api.native import OllamaAPI
@@ -76,7 +76,7 @@ class OpenAICompatAPI:
 
     app = Klein()
 
-    def __init__(self, native: "OllamaAPI", rng: random.Random | None = None) -> None:
+    def __init__(self, native: OllamaAPI, rng: random.Random | None = None) -> None:
         self.native = native
         self._rng = rng or random.Random()
 
@@ -97,7 +97,12 @@ class OpenAICompatAPI:
     # -- errors: the one funnel for /v1 ------------------------------------------------
     @app.handle_errors(Exception)
     def _error(self, request: IRequest, failure: Failure) -> bytes | None:
-        return error_response(request, failure, error_body, lambda message: _event({"error": {"message": message, "type": "api_error", "param": None, "code": None}}))
+        return error_response(
+            request,
+            failure,
+            error_body,
+            lambda message: _event({"error": {"message": message, "type": "api_error", "param": None, "code": None}}),
+        )
 
     # -- models -------------------------------------------------------------------------
     @app.route("/models", methods=["GET"])
@@ -143,18 +148,30 @@ class OpenAICompatAPI:
             return json_response(request, answers[0])
         return await self._complete(request, route, name, "completion", plan, response_id)
 
-    async def _complete(self, request: IRequest, route: Route, name: str, kind: str, plan: OpenAIPlan, response_id: str) -> bytes | None:
+    async def _complete(
+        self, request: IRequest, route: Route, name: str, kind: str, plan: OpenAIPlan, response_id: str
+    ) -> bytes | None:
         native = self.native
         assert plan.upstream is not None
 
         def renderer() -> OpenAIRenderer:
-            return OpenAIRenderer(kind=kind, model=name, response_id=response_id, clock=native.clock.seconds, keep_text=not plan.stream, include_usage=plan.include_usage, show_thinking=plan.show_thinking)
+            return OpenAIRenderer(
+                kind=kind,
+                model=name,
+                response_id=response_id,
+                clock=native.clock.seconds,
+                keep_text=not plan.stream,
+                include_usage=plan.include_usage,
+                show_thinking=plan.show_thinking,
+            )
 
         if plan.stream:
             request.setHeader(b"cache-control", b"no-cache")
         native.running.use(route.model)
         try:
-            return await native.dispatch_chat(request, route, plan.upstream, plan.stream, renderer, SSERelay if plan.stream else ChatRelay)
+            return await native.dispatch_chat(
+                request, route, plan.upstream, plan.stream, renderer, SSERelay if plan.stream else ChatRelay
+            )
         finally:
             native.running.use(route.model)
 
@@ -185,4 +202,3 @@ class OpenAICompatAPI:
     def unsupported(self, request: IRequest) -> bytes:
         path = request.path.decode("utf-8", "replace")
         raise NotImplementedByProxy(f"{path} is not supported by ollama-proxy; use /v1/chat/completions")
-

@@ -114,7 +114,9 @@ def parse_ops(table: Mapping[str, Any], environ: Mapping[str, str]) -> OpsConfig
     """
     auth = _section(table, "auth", {"enabled": (bool,), "tokens": (list,), "tokens_file": (str,)})
     cors = _section(table, "cors", {"origins": (list,)})
-    limits = _section(table, "limits", {"max_header_bytes": (int,), "max_streams_per_client": (int,), "max_streams": (int,)})
+    limits = _section(
+        table, "limits", {"max_header_bytes": (int,), "max_streams_per_client": (int,), "max_streams": (int,)}
+    )
     log = _section(table, "log", {"format": (str,), "access": (bool,)})
     shutdown = _section(table, "shutdown", {"drain_timeout": (int, float)})
 
@@ -148,7 +150,7 @@ def parse_ops(table: Mapping[str, Any], environ: Mapping[str, str]) -> OpsConfig
 
     log_format = log.get("format", "text")
     if log_format not in ("text", "json"):
-        raise OpsConfigError("'log.format' must be \"text\" or \"json\"")
+        raise OpsConfigError('\'log.format\' must be "text" or "json"')
     drain = float(shutdown.get("drain_timeout", ShutdownConfig.drain_timeout))
     if drain < 0:
         raise OpsConfigError("'shutdown.drain_timeout' must not be negative")

@@ -165,7 +165,15 @@ def _read_key(table: Mapping[str, Any], env: Mapping[str, str], where: str) -> t
         raise ProviderConfigError(f"'{where}.key_file': cannot read {value}: {error.strerror}") from None
 
 
-def parse_provider(table: Mapping[str, Any], env: Mapping[str, str], where: str, *, name: str | None = None, type: str | None = None, priority: int = 100) -> ProviderConfig:
+def parse_provider(
+    table: Mapping[str, Any],
+    env: Mapping[str, str],
+    where: str,
+    *,
+    name: str | None = None,
+    type: str | None = None,
+    priority: int = 100,
+) -> ProviderConfig:
     """One provider table (``[[providers]]`` entry or ``[openai]``) as a :class:`ProviderConfig`."""
     for key, value in table.items():
         if key not in _PROVIDER_KEYS or (name is not None and key in ("name", "type")):
@@ -216,7 +224,13 @@ def _settings(cls: type, table: Mapping[str, Any], section: str, kinds: Mapping[
     return cls(**{k: v for k, v in table.items() if k in known})
 
 
-_RETRY_KINDS = {"max_retries": "integer", "base_delay": "number", "max_delay": "number", "max_retry_after": "number", "deadline": "number"}
+_RETRY_KINDS = {
+    "max_retries": "integer",
+    "base_delay": "number",
+    "max_delay": "number",
+    "max_retry_after": "number",
+    "deadline": "number",
+}
 _BREAKER_KINDS = {
     "failure_rate": "fraction",
     "window": "number",
@@ -314,4 +328,3 @@ def parse_sections(table: Mapping[str, Any], env: Mapping[str, str]) -> Sections
         retry=retry_settings,
         breaker=_settings(BreakerConfig, breaker, "breaker", _BREAKER_KINDS),
     )
-

@@ -19,8 +19,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ollama_proxy.config.credentials import with_credentials
-from ollama_proxy.errors import BadRequest
-from ollama_proxy.routing.modelfilter import parse_filter_file
 from ollama_proxy.config.ops import SECTIONS as OPS_SECTIONS
 from ollama_proxy.config.ops import OpsConfig, OpsConfigError, parse_ops
 from ollama_proxy.config.providers import (
@@ -32,6 +30,8 @@ from ollama_proxy.config.providers import (
     RoutingConfig,
     parse_sections,
 )
+from ollama_proxy.errors import BadRequest
+from ollama_proxy.routing.modelfilter import parse_filter_file
 from ollama_proxy.routing.running import parse_keep_alive
 
 DEFAULT_LISTEN = "tcp:11434:interface=127.0.0.1"
@@ -114,7 +114,7 @@ _STRING = ((str,), "a string")
 _STRINGS = ((list,), "a list of strings")
 _SCHEMA: dict[str, tuple[tuple[type, ...], str]] = {
     "environment": _STRING,
-    "keep_alive": ((str, int, float), "a duration (seconds or a string such as \"5m\")"),
+    "keep_alive": ((str, int, float), 'a duration (seconds or a string such as "5m")'),
     "ollama_version": _STRING,
     "max_body_bytes": ((int,), "an integer"),
     "listen": _STRINGS,
@@ -201,7 +201,9 @@ def load_config(
     try:
         return _load_config(environ, config_file, listen, demo)
     except UnicodeDecodeError as error:
-        raise ConfigError(f"a configuration, key or filter file is not valid UTF-8: {error.reason} at byte {error.start}") from None
+        raise ConfigError(
+            f"a configuration, key or filter file is not valid UTF-8: {error.reason} at byte {error.start}"
+        ) from None
 
 
 def _load_config(
@@ -259,7 +261,9 @@ def _load_config(
 
     openrouter = OpenRouterConfig(
         api_key=env.get("OPENROUTER_API_KEY") or flat.get("openrouter.api_key"),
-        base_url=(env.get("OPENROUTER_BASE_URL") or flat.get("openrouter.base_url") or DEFAULT_OPENROUTER_URL).rstrip("/"),
+        base_url=(env.get("OPENROUTER_BASE_URL") or flat.get("openrouter.base_url") or DEFAULT_OPENROUTER_URL).rstrip(
+            "/"
+        ),
         http_referer=flat.get("openrouter.http_referer"),
         x_title=flat.get("openrouter.x_title"),
         priority=flat.get("openrouter.priority", 1),

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
 from ollama_proxy.config.credentials import ClientToken
-from ollama_proxy.errors import ProxyError, Unauthorized
 from ollama_proxy.config.ops import AuthConfig
+from ollama_proxy.errors import ProxyError, Unauthorized
 
 # Liveness probes (load balancers, VS Code's version check) work without a token.
 PUBLIC_PATHS = frozenset({"/", "/api/version"})

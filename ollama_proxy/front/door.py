@@ -25,12 +25,12 @@ from twisted.python.failure import Failure
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET
 
-from ollama_proxy.front.auth import PUBLIC_PATHS, Authenticator, ModelNotAllowed
 from ollama_proxy.config.settings import Config
-from ollama_proxy.front.record import RequestRecord, attach, record_of
-from ollama_proxy.front.cors import OriginPolicy, check_host
 from ollama_proxy.errors import BadRequest, InternalError, ProxyError, ServiceUnavailable
+from ollama_proxy.front.auth import PUBLIC_PATHS, Authenticator, ModelNotAllowed
+from ollama_proxy.front.cors import OriginPolicy, check_host
 from ollama_proxy.front.lifecycle import SHUTTING_DOWN, Lifecycle
+from ollama_proxy.front.record import RequestRecord, attach, record_of
 from ollama_proxy.front.stream_limits import STREAMING_ENDPOINTS, StreamLimiter, wants_stream
 from ollama_proxy.ops.logs import log_access
 from ollama_proxy.ops.metrics import Metrics
@@ -43,7 +43,19 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=@-]{1,128}$")
 # Known paths keep their name as the metrics label before a route claims them;
 # anything else is "other", so scanners cannot blow up the label set.
 _KNOWN_PATHS = frozenset(
-    {"/", "/api/version", "/api/tags", "/api/show", "/api/ps", "/api/chat", "/api/generate", "/api/embed", "/api/embeddings", "/health", "/metrics"}
+    {
+        "/",
+        "/api/version",
+        "/api/tags",
+        "/api/show",
+        "/api/ps",
+        "/api/chat",
+        "/api/generate",
+        "/api/embed",
+        "/api/embeddings",
+        "/health",
+        "/metrics",
+    }
 ) | frozenset(STREAMING_ENDPOINTS)
 
 
@@ -117,7 +129,7 @@ class Gate:
         self.streams.reconfigure(ops.limits.max_streams_per_client, ops.limits.max_streams)
         self.access_log = ops.log.access
 
-    def wrap(self, resource: IResource) -> "FrontDoor":
+    def wrap(self, resource: IResource) -> FrontDoor:
         return FrontDoor(self, resource)
 
     # -- one request ---------------------------------------------------------------

@@ -17,8 +17,8 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ollama_proxy.front.record import RequestRecord, record_of
 from ollama_proxy.errors import ServiceUnavailable
+from ollama_proxy.front.record import RequestRecord, record_of
 
 log = Logger()
 
@@ -62,7 +62,7 @@ class Lifecycle:
             for waiter in waiters:
                 waiter.callback(None)
 
-    def track_handler(self, request: Any, handler: "Deferred[Any]") -> "Deferred[Any]":
+    def track_handler(self, request: Any, handler: Deferred[Any]) -> Deferred[Any]:
         """Make a route's Deferred cuttable; a cut before any output becomes a 503."""
         record = record_of(request)
         record.on_cut(handler.cancel)
@@ -77,7 +77,7 @@ class Lifecycle:
         return handler.addErrback(cut_to_503)
 
     # -- draining ------------------------------------------------------------------
-    def when_idle(self) -> "Deferred[None]":
+    def when_idle(self) -> Deferred[None]:
         if not self._in_flight:
             return succeed(None)
         waiter: Deferred[None] = Deferred()
@@ -89,7 +89,11 @@ class Lifecycle:
         self.draining = True
         if not self._in_flight:
             return
-        log.info("draining {count} requests in flight (deadline {deadline:g} s)", count=self.in_flight, deadline=self.drain_timeout)
+        log.info(
+            "draining {count} requests in flight (deadline {deadline:g} s)",
+            count=self.in_flight,
+            deadline=self.drain_timeout,
+        )
         if await self._wait(self.drain_timeout):
             log.info("all requests finished; shutting down")
             return

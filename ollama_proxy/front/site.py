@@ -64,7 +64,12 @@ class LimitedChannel(HTTPChannel):
         self._refuse_headers()
 
     def _refuse_headers(self) -> None:
-        body = json.dumps({"error": f"request headers are larger than the limit of {self.totalHeadersSize} bytes", "type": "headers_too_large"}).encode()
+        body = json.dumps(
+            {
+                "error": f"request headers are larger than the limit of {self.totalHeadersSize} bytes",
+                "type": "headers_too_large",
+            }
+        ).encode()
         self.transport.write(
             b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json; charset=utf-8\r\n"
             b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
@@ -89,7 +94,9 @@ class ProxySite(Site):
         self.max_header_bytes = max_header_bytes
 
 
-def make_site(resource: IResource, max_body_bytes: int, max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES, **kwargs: Any) -> ProxySite:
+def make_site(
+    resource: IResource, max_body_bytes: int, max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES, **kwargs: Any
+) -> ProxySite:
     """A Site for ``resource`` whose requests stop storing bodies past the limit."""
     limited = type("LimitedRequest", (LimitedRequest,), {"max_body_bytes": max_body_bytes})
     site = ProxySite(resource, requestFactory=limited, **kwargs)

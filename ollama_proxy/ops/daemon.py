@@ -82,7 +82,11 @@ class DaemonService(MultiService):
         addresses = []
         for port in self.proxy.listening_ports():
             host = port.getHost()
-            addresses.append(f"{getattr(host, 'host', host)}:{getattr(host, 'port', '')}" if hasattr(host, "port") else str(getattr(host, "name", host)))
+            addresses.append(
+                f"{getattr(host, 'host', host)}:{getattr(host, 'port', '')}"
+                if hasattr(host, "port")
+                else str(getattr(host, "name", host))
+            )
         status = "listening on " + ", ".join(addresses) if addresses else "running (no listener of its own)"
         log.info("ready: {status}", status=status)
         self.notifier.ready(status)
@@ -136,7 +140,7 @@ class DaemonService(MultiService):
         except Exception:  # noqa: BLE001 - the reactor was already stopping
             pass
 
-    def stopService(self) -> "Deferred[None]":
+    def stopService(self) -> Deferred[None]:
         self.stopping = True
         in_flight = self.proxy.lifecycle.in_flight
         self.notifier.stopping(f"draining {in_flight} requests" if in_flight else "stopping")

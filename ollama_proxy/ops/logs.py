@@ -16,7 +16,7 @@ import json
 import re
 import sys
 from collections.abc import Callable, Iterable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import IO, Any
 
 from twisted.logger import (
@@ -104,7 +104,17 @@ class _RedactedFailure(Failure):
 
 
 # Keys of an event that hold Twisted's bookkeeping, not text worth redacting.
-_KEEP = {"log_logger", "log_source", "log_level", "log_namespace", "log_time", "log_observer", "log_trace", "log_io", "log_system"}
+_KEEP = {
+    "log_logger",
+    "log_source",
+    "log_level",
+    "log_namespace",
+    "log_time",
+    "log_observer",
+    "log_trace",
+    "log_io",
+    "log_system",
+}
 
 
 @implementer(ILogObserver)
@@ -145,6 +155,7 @@ def redacting(observer: ILogObserver, secrets: Iterable[str]) -> RedactingObserv
 # Keys of events from twisted.python.log that the message already renders.
 _LEGACY_KEYS = frozenset({"message", "format", "system", "time", "isError", "why", "failure"})
 
+
 def _plain(value: Any) -> Any:
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
@@ -160,7 +171,9 @@ def event_as_json(event: dict[str, Any]) -> str:
     level = event.get("log_level")
     when = event.get("log_time")
     record: dict[str, Any] = {
-        "time": datetime.fromtimestamp(when, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z") if when else None,
+        "time": datetime.fromtimestamp(when, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        if when
+        else None,
         "level": getattr(level, "name", "info"),
         "namespace": event.get("log_namespace") or event.get("system") or "-",
         "message": formatEvent(event),

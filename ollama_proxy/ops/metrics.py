@@ -42,7 +42,7 @@ def wants_prometheus(request: Any) -> bool:
 class _Gauges:
     """Gauges read at scrape time from whoever knows the current value."""
 
-    def __init__(self, gauges: "Metrics") -> None:
+    def __init__(self, gauges: Metrics) -> None:
         self._metrics = gauges
 
     def describe(self) -> Iterable[Any]:
@@ -52,9 +52,15 @@ class _Gauges:
         m = self._metrics
         yield _gauge("ollama_proxy_in_flight_requests", "Requests accepted and not yet answered.", m.in_flight())
         yield _gauge("ollama_proxy_streams_in_flight", "Streamed answers being relayed now.", m.streams())
-        yield _gauge("ollama_proxy_draining", "1 while the proxy is shutting down and refuses new requests.", 1 if m.draining() else 0)
+        yield _gauge(
+            "ollama_proxy_draining",
+            "1 while the proxy is shutting down and refuses new requests.",
+            1 if m.draining() else 0,
+        )
         offered, filtered = m.models()
-        family = GaugeMetricFamily("ollama_proxy_models", "Upstream models by whether the filter offers them.", labels=["state"])
+        family = GaugeMetricFamily(
+            "ollama_proxy_models", "Upstream models by whether the filter offers them.", labels=["state"]
+        )
         family.add_metric(["offered"], offered)
         family.add_metric(["filtered"], filtered)
         yield family
@@ -101,20 +107,58 @@ class Metrics:
         self.breaker_states = breaker_states
         self.registry = CollectorRegistry(auto_describe=False)
         r = self.registry
-        self.requests = Counter("ollama_proxy_requests", "Requests answered, by endpoint, method and status.", ["endpoint", "method", "status"], registry=r)
-        self.duration = Histogram("ollama_proxy_request_duration_seconds", "Time from a request's arrival to its last byte.", ["endpoint"], buckets=_LATENCY_BUCKETS, registry=r)
-        self.ttft = Histogram("ollama_proxy_time_to_first_token_seconds", "Time from a request's arrival to the first token from upstream.", ["endpoint", "provider"], buckets=_TTFT_BUCKETS, registry=r)
-        self.upstream = Histogram("ollama_proxy_upstream_duration_seconds", "Time spent waiting on the provider for one request.", ["provider", "endpoint"], buckets=_LATENCY_BUCKETS, registry=r)
-        self.overhead = Histogram("ollama_proxy_overhead_seconds", "The proxy's own time per request: total less upstream time.", ["endpoint"], buckets=_OVERHEAD_BUCKETS, registry=r)
+        self.requests = Counter(
+            "ollama_proxy_requests",
+            "Requests answered, by endpoint, method and status.",
+            ["endpoint", "method", "status"],
+            registry=r,
+        )
+        self.duration = Histogram(
+            "ollama_proxy_request_duration_seconds",
+            "Time from a request's arrival to its last byte.",
+            ["endpoint"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "ollama_proxy_time_to_first_token_seconds",
+            "Time from a request's arrival to the first token from upstream.",
+            ["endpoint", "provider"],
+            buckets=_TTFT_BUCKETS,
+            registry=r,
+        )
+        self.upstream = Histogram(
+            "ollama_proxy_upstream_duration_seconds",
+            "Time spent waiting on the provider for one request.",
+            ["provider", "endpoint"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.overhead = Histogram(
+            "ollama_proxy_overhead_seconds",
+            "The proxy's own time per request: total less upstream time.",
+            ["endpoint"],
+            buckets=_OVERHEAD_BUCKETS,
+            registry=r,
+        )
         self.tokens = Counter("ollama_proxy_tokens", "Tokens reported by providers.", ["provider", "kind"], registry=r)
-        self.stream_errors = Counter("ollama_proxy_stream_errors", "Streams that ended with an error line after output began.", ["endpoint"], registry=r)
-        self.reloads = Counter("ollama_proxy_config_reloads", "Configuration reloads (SIGHUP), by result.", ["result"], registry=r)
+        self.stream_errors = Counter(
+            "ollama_proxy_stream_errors",
+            "Streams that ended with an error line after output began.",
+            ["endpoint"],
+            registry=r,
+        )
+        self.reloads = Counter(
+            "ollama_proxy_config_reloads", "Configuration reloads (SIGHUP), by result.", ["result"], registry=r
+        )
         r.register(_Gauges(self))
 
     def observe(self, record: RequestRecord) -> None:
         """Account for one finished request."""
         endpoint = record.endpoint
-        method = record.method if record.method in _METHODS else "OTHER"  # clients choose methods: keep the label set finite
+        method = (
+            record.method if record.method in _METHODS else "OTHER"
+        )  # clients choose methods: keep the label set finite
         self.requests.labels(endpoint, method, str(record.status or 0)).inc()
         if record.duration is not None:
             self.duration.labels(endpoint).observe(record.duration)

@@ -26,15 +26,22 @@ from zope.interface import implementer
 from ollama_proxy import __version__
 from ollama_proxy.errors import BadRequest, UpstreamStreamError
 from ollama_proxy.providers.interfaces import IProvider, IUpstreamStream
-from ollama_proxy.wire.models import UpstreamModel
-from ollama_proxy.providers.stream import SSEStream
 from ollama_proxy.providers.openai_compat import OpenAICompatibleProvider
+from ollama_proxy.providers.stream import SSEStream
+from ollama_proxy.wire.models import UpstreamModel
 
 log = Logger()
 
 API_VERSION = "2023-06-01"
 DEFAULT_CONTEXT = 200_000
-STOP_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls", "pause_turn": "stop", "refusal": "content_filter"}
+STOP_REASONS = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "max_tokens": "length",
+    "tool_use": "tool_calls",
+    "pause_turn": "stop",
+    "refusal": "content_filter",
+}
 THINKING_BUDGETS = {"minimal": 1024, "low": 2048, "medium": 8192, "high": 24576}
 _THINKING_MODELS = re.compile(r"claude-(3-7|(opus|sonnet|haiku)-4|4)")
 _DATA_URL = re.compile(r"^data:(?P<type>[\w/+.-]+);base64,(?P<data>.*)$", re.DOTALL)
@@ -109,7 +116,11 @@ def _assistant_blocks(message: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def _tool_result(message: Mapping[str, Any]) -> dict[str, Any]:
-    block: dict[str, Any] = {"type": "tool_result", "tool_use_id": str(message.get("tool_call_id") or ""), "content": _text_of(message.get("content"))}
+    block: dict[str, Any] = {
+        "type": "tool_result",
+        "tool_use_id": str(message.get("tool_call_id") or ""),
+        "content": _text_of(message.get("content")),
+    }
     return block
 
 
@@ -170,7 +181,12 @@ def messages_request(body: Mapping[str, Any], default_max_tokens: int = 4096) ->
             add("user", _user_blocks(message.get("content")))
 
     max_tokens = body.get("max_tokens") or body.get("max_completion_tokens") or default_max_tokens
-    request: dict[str, Any] = {"model": body.get("model"), "max_tokens": int(max_tokens), "messages": turns, "stream": True}
+    request: dict[str, Any] = {
+        "model": body.get("model"),
+        "max_tokens": int(max_tokens),
+        "messages": turns,
+        "stream": True,
+    }
     if system:
         request["system"] = "\n\n".join(system)
     budget = _thinking_budget(body)
@@ -189,7 +205,10 @@ def messages_request(body: Mapping[str, Any], default_max_tokens: int = 4096) ->
         function = tool.get("function") if isinstance(tool, Mapping) else None
         if not isinstance(function, Mapping) or not function.get("name"):
             continue
-        entry: dict[str, Any] = {"name": function["name"], "input_schema": function.get("parameters") or {"type": "object", "properties": {}}}
+        entry: dict[str, Any] = {
+            "name": function["name"],
+            "input_schema": function.get("parameters") or {"type": "object", "properties": {}},
+        }
         if function.get("description"):
             entry["description"] = function["description"]
         tools.append(entry)
@@ -215,7 +234,12 @@ class AnthropicDecoder:
         self._output_tokens = 0
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-        return {"id": self.id, "object": "chat.completion.chunk", "model": self.model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+        return {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        }
 
     def __call__(self, event: Mapping[str, Any]) -> list[dict[str, Any]]:
         kind = event.get("type")
@@ -240,16 +264,24 @@ class AnthropicDecoder:
             return out
         if kind == "error":
             error = event.get("error") if isinstance(event.get("error"), Mapping) else {}
-            raise UpstreamStreamError(f"{self.label} stream error: {error.get('type', 'error')}: {error.get('message', '')}".rstrip(": "))
+            raise UpstreamStreamError(
+                f"{self.label} stream error: {error.get('type', 'error')}: {error.get('message', '')}".rstrip(": ")
+            )
         return []  # ping, content_block_stop, message_stop, and kinds added later
 
     def usage(self) -> dict[str, int]:
-        return {"prompt_tokens": self._input_tokens, "completion_tokens": self._output_tokens, "total_tokens": self._input_tokens + self._output_tokens}
+        return {
+            "prompt_tokens": self._input_tokens,
+            "completion_tokens": self._output_tokens,
+            "total_tokens": self._input_tokens + self._output_tokens,
+        }
 
     def _usage(self, usage: Any) -> None:
         if not isinstance(usage, Mapping):
             return
-        prompt = sum(int(usage.get(k) or 0) for k in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"))
+        prompt = sum(
+            int(usage.get(k) or 0) for k in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+        )
         if prompt:
             self._input_tokens = prompt
         if isinstance(usage.get("output_tokens"), int):
@@ -266,7 +298,12 @@ class AnthropicDecoder:
             self._tool_index[index] = position
             given = block.get("input")
             arguments = json.dumps(given) if isinstance(given, Mapping) and given else ""
-            call = {"index": position, "id": str(block.get("id") or ""), "type": "function", "function": {"name": str(block.get("name") or ""), "arguments": arguments}}
+            call = {
+                "index": position,
+                "id": str(block.get("id") or ""),
+                "type": "function",
+                "function": {"name": str(block.get("name") or ""), "arguments": arguments},
+            }
             return [self._chunk({"tool_calls": [call]})]
         return []
 
@@ -278,7 +315,11 @@ class AnthropicDecoder:
             return [self._chunk({"reasoning": str(delta["thinking"])})]
         if kind == "input_json_delta" and index in self._tool_index:
             partial = str(delta.get("partial_json") or "")
-            return [self._chunk({"tool_calls": [{"index": self._tool_index[index], "function": {"arguments": partial}}]})] if partial else []
+            return (
+                [self._chunk({"tool_calls": [{"index": self._tool_index[index], "function": {"arguments": partial}}]})]
+                if partial
+                else []
+            )
         return []  # signature_delta, citations_delta
 
 
@@ -322,7 +363,11 @@ class AnthropicProvider(OpenAICompatibleProvider):
         self.default_max_tokens = default_max_tokens
 
     def _headers(self, has_body: bool) -> dict[str, str]:
-        headers = {"Accept": "application/json, text/event-stream", "User-Agent": f"ollama-proxy/{__version__}", "anthropic-version": API_VERSION}
+        headers = {
+            "Accept": "application/json, text/event-stream",
+            "User-Agent": f"ollama-proxy/{__version__}",
+            "anthropic-version": API_VERSION,
+        }
         if has_body:
             headers["Content-Type"] = "application/json"
         if self._key:
@@ -351,5 +396,7 @@ class AnthropicProvider(OpenAICompatibleProvider):
         response = await self._request("POST", "messages", request)
         return SSEStream(response, self._clock, self.timeouts.idle, self.label, decode=AnthropicDecoder(self.label))
 
-    async def embed(self, model: str, inputs: Sequence[str], dimensions: int | None = None) -> tuple[list[list[float]], int]:
+    async def embed(
+        self, model: str, inputs: Sequence[str], dimensions: int | None = None
+    ) -> tuple[list[list[float]], int]:
         raise BadRequest(f"{self.label} offers no embeddings")

@@ -41,7 +41,9 @@ def last_user_text(messages: Sequence[Any]) -> str:
             continue
         content = message.get("content")
         if isinstance(content, list):
-            content = " ".join(str(p.get("text", "")) for p in content if isinstance(p, Mapping) and p.get("type") == "text")
+            content = " ".join(
+                str(p.get("text", "")) for p in content if isinstance(p, Mapping) and p.get("type") == "text"
+            )
         text = content if isinstance(content, str) else ""
     return text
 
@@ -76,13 +78,17 @@ def _count_words(messages: Sequence[Any]) -> int:
 class EchoStream:
     """The ``echo`` answer as OpenAI chunks, one word a chunk, paced by ``delay``."""
 
-    def __init__(self, model: str, words: list[str], finish: str, usage: dict[str, int], clock: IReactorTime, delay: float) -> None:
+    def __init__(
+        self, model: str, words: list[str], finish: str, usage: dict[str, int], clock: IReactorTime, delay: float
+    ) -> None:
         self._chunks: list[dict[str, Any]] = []
         for index, word in enumerate(words):
             delta = {"role": "assistant", "content": word} if index == 0 else {"content": word}
             self._chunks.append(self._chunk(model, delta))
         self._chunks.append(self._chunk(model, {}, finish))
-        self._chunks.append({"id": "echo", "object": "chat.completion.chunk", "model": model, "choices": [], "usage": usage})
+        self._chunks.append(
+            {"id": "echo", "object": "chat.completion.chunk", "model": model, "choices": [], "usage": usage}
+        )
         self._clock = clock
         self._delay = delay
         self._paused = False
@@ -93,9 +99,14 @@ class EchoStream:
 
     @staticmethod
     def _chunk(model: str, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-        return {"id": "echo", "object": "chat.completion.chunk", "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+        return {
+            "id": "echo",
+            "object": "chat.completion.chunk",
+            "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        }
 
-    def deliver(self, on_event: Any) -> "Deferred[None]":
+    def deliver(self, on_event: Any) -> Deferred[None]:
         self._sink = on_event
         self._done = Deferred(canceller=lambda _: self.stopProducing())
         self._pump()
@@ -158,15 +169,27 @@ class EchoProvider:
         self._clock = clock
         self.delay = delay
 
-    def list_models(self) -> "Deferred[list[UpstreamModel]]":
+    def list_models(self) -> Deferred[list[UpstreamModel]]:
         return succeed(
             [
-                UpstreamModel(id=CHAT_MODEL, provider=self.name, context_length=8192, supported_parameters=("temperature", "max_tokens", "stop", "seed"), name="Echo (demo)"),
-                UpstreamModel(id=EMBED_MODEL, provider=self.name, context_length=8192, embedding=True, name="Echo embeddings (demo)"),
+                UpstreamModel(
+                    id=CHAT_MODEL,
+                    provider=self.name,
+                    context_length=8192,
+                    supported_parameters=("temperature", "max_tokens", "stop", "seed"),
+                    name="Echo (demo)",
+                ),
+                UpstreamModel(
+                    id=EMBED_MODEL,
+                    provider=self.name,
+                    context_length=8192,
+                    embedding=True,
+                    name="Echo embeddings (demo)",
+                ),
             ]
         )
 
-    def open_chat(self, body: Mapping[str, Any]) -> "Deferred[IUpstreamStream]":
+    def open_chat(self, body: Mapping[str, Any]) -> Deferred[IUpstreamStream]:
         model = str(body.get("model") or CHAT_MODEL)
         if model != CHAT_MODEL:
             return fail(UpstreamError(self.label, self.type, 404, f"model '{model}' not found"))
@@ -180,16 +203,17 @@ class EchoProvider:
         usage = {"prompt_tokens": prompt, "completion_tokens": len(words), "total_tokens": prompt + len(words)}
         return succeed(EchoStream(model, words, finish, usage, self._clock, self.delay))
 
-    def embed(self, model: str, inputs: Sequence[str], dimensions: int | None = None) -> "Deferred[tuple[list[list[float]], int]]":
+    def embed(
+        self, model: str, inputs: Sequence[str], dimensions: int | None = None
+    ) -> Deferred[tuple[list[list[float]], int]]:
         if model != EMBED_MODEL:
             return fail(BadRequest(f"'{model}' is not an embedding model"))
         size = dimensions if isinstance(dimensions, int) and dimensions > 0 else EMBED_DIMENSIONS
         vectors = [embed_text(text, size) for text in inputs]
         return succeed((vectors, sum(len(t.split()) for t in inputs)))
 
-    def check_health(self) -> "Deferred[None]":
+    def check_health(self) -> Deferred[None]:
         return succeed(None)
 
-    def close(self) -> "Deferred[None]":
+    def close(self) -> Deferred[None]:
         return succeed(None)
-

@@ -22,10 +22,10 @@ from zope.interface import implementer
 
 from ollama_proxy.errors import UpstreamError, UpstreamStreamError
 from ollama_proxy.providers.interfaces import IProvider, IUpstreamStream
+from ollama_proxy.providers.openai_compat import OpenAICompatibleProvider
+from ollama_proxy.providers.stream import NDJSONParser, SSEStream
 from ollama_proxy.wire.models import UpstreamModel
 from ollama_proxy.wire.ollama_chat import NATIVE_KEY
-from ollama_proxy.providers.stream import NDJSONParser, SSEStream
-from ollama_proxy.providers.openai_compat import OpenAICompatibleProvider
 
 # OpenAI request field -> Ollama option.
 OPTIONS = {
@@ -77,7 +77,14 @@ def _message(message: Mapping[str, Any]) -> dict[str, Any]:
                 arguments = json.loads(arguments) if arguments.strip() else {}
             except ValueError:
                 arguments = {}
-        calls.append({"function": {"name": function.get("name", ""), "arguments": arguments if isinstance(arguments, dict) else {}}})
+        calls.append(
+            {
+                "function": {
+                    "name": function.get("name", ""),
+                    "arguments": arguments if isinstance(arguments, dict) else {},
+                }
+            }
+        )
     if calls:
         out["tool_calls"] = calls
     if message.get("role") == "tool" and message.get("name"):
@@ -132,7 +139,12 @@ class OllamaDecoder:
         self._tools = 0
 
     def _chunk(self, model: str, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-        return {"id": "ollama", "object": "chat.completion.chunk", "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+        return {
+            "id": "ollama",
+            "object": "chat.completion.chunk",
+            "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        }
 
     def __call__(self, line: Mapping[str, Any]) -> list[dict[str, Any]]:
         if line.get("error"):
@@ -155,7 +167,10 @@ class OllamaDecoder:
                     "index": self._tools,
                     "id": str(call.get("id") or f"call_{self._tools}"),
                     "type": "function",
-                    "function": {"name": str(function.get("name") or ""), "arguments": arguments if isinstance(arguments, str) else json.dumps(arguments or {})},
+                    "function": {
+                        "name": str(function.get("name") or ""),
+                        "arguments": arguments if isinstance(arguments, str) else json.dumps(arguments or {}),
+                    },
                 }
             )
             self._tools += 1
@@ -166,7 +181,19 @@ class OllamaDecoder:
             reason = "length" if line.get("done_reason") == "length" else ("tool_calls" if self._tools else "stop")
             prompt, completion = int(line.get("prompt_eval_count") or 0), int(line.get("eval_count") or 0)
             out.append(self._chunk(model, {}, reason))
-            out.append({"id": "ollama", "object": "chat.completion.chunk", "model": model, "choices": [], "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}})
+            out.append(
+                {
+                    "id": "ollama",
+                    "object": "chat.completion.chunk",
+                    "model": model,
+                    "choices": [],
+                    "usage": {
+                        "prompt_tokens": prompt,
+                        "completion_tokens": completion,
+                        "total_tokens": prompt + completion,
+                    },
+                }
+            )
         return out
 
 
@@ -184,7 +211,9 @@ def model_from(entry: Mapping[str, Any], provider: str) -> UpstreamModel | None:
     stamp = entry.get("modified_at")
     if isinstance(stamp, str):
         try:
-            created = int(datetime.fromisoformat(re.sub(r"(\.\d{6})\d+", r"\1", stamp.replace("Z", "+00:00"))).timestamp())
+            created = int(
+                datetime.fromisoformat(re.sub(r"(\.\d{6})\d+", r"\1", stamp.replace("Z", "+00:00"))).timestamp()
+            )
         except ValueError:
             created = 0
     tag = {key: entry[key] for key in ("size", "digest", "details") if key in entry}
@@ -210,7 +239,9 @@ def with_show(model: UpstreamModel, shown: Mapping[str, Any]) -> UpstreamModel:
     if "thinking" in capabilities:
         params.append("reasoning")
     info = shown.get("model_info") if isinstance(shown.get("model_info"), Mapping) else {}
-    context = next((v for k, v in info.items() if k.endswith(".context_length") and isinstance(v, int)), model.context_length)
+    context = next(
+        (v for k, v in info.items() if k.endswith(".context_length") and isinstance(v, int)), model.context_length
+    )
     return replace(
         model,
         supported_parameters=tuple(params),
@@ -246,15 +277,26 @@ class OllamaProvider(OpenAICompatibleProvider):
         try:
             answer = await self._json(await self._request("POST", "api/show", {"model": model.name or model.id}))
         except UpstreamError as error:
-            log.info("{provider}: no details for {model}: {error}", provider=self.name, model=model.id, error=error.message)
+            log.info(
+                "{provider}: no details for {model}: {error}", provider=self.name, model=model.id, error=error.message
+            )
             return model
         return with_show(model, answer) if isinstance(answer, dict) else model
 
     async def open_chat(self, body: Mapping[str, Any]) -> IUpstreamStream:
         response = await self._request("POST", "api/chat", chat_body(body))
-        return SSEStream(response, self._clock, self.timeouts.idle, self.label, parser=NDJSONParser(), decode=OllamaDecoder(self.label))
+        return SSEStream(
+            response,
+            self._clock,
+            self.timeouts.idle,
+            self.label,
+            parser=NDJSONParser(),
+            decode=OllamaDecoder(self.label),
+        )
 
-    async def embed(self, model: str, inputs: Sequence[str], dimensions: int | None = None) -> tuple[list[list[float]], int]:
+    async def embed(
+        self, model: str, inputs: Sequence[str], dimensions: int | None = None
+    ) -> tuple[list[list[float]], int]:
         request: dict[str, Any] = {"model": model, "input": list(inputs)}
         if dimensions:
             request["dimensions"] = dimensions

@@ -12,7 +12,8 @@ from typing import Any
 
 from treq.client import HTTPClient
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.error import ConnectError, DNSLookupError, TimeoutError as ConnectTimeout
+from twisted.internet.error import ConnectError, DNSLookupError
+from twisted.internet.error import TimeoutError as ConnectTimeout
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed, ResponseNeverReceived, _HTTP11ClientFactory
@@ -22,9 +23,9 @@ from ollama_proxy import __version__
 from ollama_proxy.config.settings import Timeouts
 from ollama_proxy.errors import UpstreamError
 from ollama_proxy.providers.interfaces import IProvider, IUpstreamStream
+from ollama_proxy.providers.stream import BodyTimeout, BodyTooLarge, SSEStream, read_body
 from ollama_proxy.wire.models import UpstreamModel, from_openrouter
 from ollama_proxy.wire.ollama_chat import NATIVE_KEY
-from ollama_proxy.providers.stream import BodyTimeout, BodyTooLarge, SSEStream, read_body
 
 log = Logger()
 
@@ -111,7 +112,9 @@ class OpenAICompatibleProvider:
             try:
                 extra = await self._get_json(self._embedding_models_path)
             except UpstreamError as error:
-                log.warn("{provider}: embedding model list unavailable: {error}", provider=self.name, error=error.message)
+                log.warn(
+                    "{provider}: embedding model list unavailable: {error}", provider=self.name, error=error.message
+                )
             else:
                 known = {m.id for m in models}
                 for entry in _entries(extra):
@@ -127,7 +130,9 @@ class OpenAICompatibleProvider:
         response = await self._request("POST", "chat/completions", body)
         return SSEStream(response, self._clock, self.timeouts.idle, self.label)
 
-    async def embed(self, model: str, inputs: Sequence[str], dimensions: int | None = None) -> tuple[list[list[float]], int]:
+    async def embed(
+        self, model: str, inputs: Sequence[str], dimensions: int | None = None
+    ) -> tuple[list[list[float]], int]:
         self._require_key()
         body: dict[str, Any] = {"model": model, "input": list(inputs)}
         if dimensions:
@@ -151,7 +156,7 @@ class OpenAICompatibleProvider:
         response = await self._request("GET", self.models_path, None)
         await self._read(response)
 
-    def close(self) -> "Deferred[None]":
+    def close(self) -> Deferred[None]:
         return self._pool.closeCachedConnections()
 
     # -- HTTP ------------------------------------------------------------------
@@ -186,11 +191,15 @@ class OpenAICompatibleProvider:
             response = await d
         except Exception as error:  # noqa: BLE001 - every way of not reaching it becomes one error
             if timed_out:
-                raise UpstreamError(self.label, self.type, None, f"no response within {self.timeouts.response:g} seconds", status=504) from None
+                raise UpstreamError(
+                    self.label, self.type, None, f"no response within {self.timeouts.response:g} seconds", status=504
+                ) from None
             if _cancelled(error):
                 # Our caller gave up (client gone, drain deadline): not the provider's fault.
                 raise CancelledError() from None
-            raise UpstreamError(self.label, self.type, None, f"cannot reach {self.label}: {self._describe(error)}") from None
+            raise UpstreamError(
+                self.label, self.type, None, f"cannot reach {self.label}: {self._describe(error)}"
+            ) from None
         finally:
             if timer.active():
                 timer.cancel()
@@ -231,7 +240,9 @@ class OpenAICompatibleProvider:
         except BodyTooLarge as error:
             raise UpstreamError(self.label, self.type, None, str(error)) from None
         except (ResponseFailed, ConnectError) as error:
-            raise UpstreamError(self.label, self.type, None, f"the answer was cut short: {self._describe(error)}") from None
+            raise UpstreamError(
+                self.label, self.type, None, f"the answer was cut short: {self._describe(error)}"
+            ) from None
 
     async def _json(self, response: Any) -> Any:
         raw = await self._read(response)
@@ -247,7 +258,9 @@ class OpenAICompatibleProvider:
         if isinstance(error, ConnectTimeout):
             return f"connection timed out after {self.timeouts.connect:g} seconds"
         if isinstance(error, (ConnectError, DNSLookupError)):
-            return self.redact(error.__class__.__name__ + (f": {error.osError}" if getattr(error, "osError", None) else ""))
+            return self.redact(
+                error.__class__.__name__ + (f": {error.osError}" if getattr(error, "osError", None) else "")
+            )
         return self.redact(str(error) or error.__class__.__name__)
 
 

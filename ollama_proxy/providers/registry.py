@@ -8,17 +8,23 @@ from typing import Any
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from ollama_proxy.config.settings import Config, Timeouts
-from ollama_proxy.providers.interfaces import IProvider
 from ollama_proxy.config.providers import ProviderConfig
+from ollama_proxy.config.settings import Config, Timeouts
 from ollama_proxy.providers.anthropic import AnthropicProvider
 from ollama_proxy.providers.echo import EchoProvider
+from ollama_proxy.providers.interfaces import IProvider
 from ollama_proxy.providers.ollama import OllamaProvider
 from ollama_proxy.providers.openai_compat import OpenAICompatibleProvider
 
 log = Logger()
 
-LABELS = {"openrouter": "OpenRouter", "openai": "OpenAI", "anthropic": "Anthropic", "ollama": "Ollama", "echo": "Echo (demo)"}
+LABELS = {
+    "openrouter": "OpenRouter",
+    "openai": "OpenAI",
+    "anthropic": "Anthropic",
+    "ollama": "Ollama",
+    "echo": "Echo (demo)",
+}
 
 
 def provider_configs(config: Config) -> list[ProviderConfig]:
@@ -31,7 +37,11 @@ def provider_configs(config: Config) -> list[ProviderConfig]:
     router = config.openrouter
     others = list(config.providers)
     if config.demo and not any(p.type == "echo" for p in others):
-        others.append(ProviderConfig(name="echo" if not any(p.name == "echo" for p in others) else "demo-echo", type="echo", priority=1000))
+        others.append(
+            ProviderConfig(
+                name="echo" if not any(p.name == "echo" for p in others) else "demo-echo", type="echo", priority=1000
+            )
+        )
     configs: list[ProviderConfig] = []
     if router.api_key or not others:
         headers: list[tuple[str, str]] = []
@@ -67,7 +77,9 @@ def timeouts_for(provider: ProviderConfig, defaults: Timeouts) -> Timeouts:
     )
 
 
-def build_provider(provider: ProviderConfig, config: Config, reactor: Any, clock: IReactorTime | None = None) -> IProvider:
+def build_provider(
+    provider: ProviderConfig, config: Config, reactor: Any, clock: IReactorTime | None = None
+) -> IProvider:
     """The provider object for one configuration entry."""
     timeouts = timeouts_for(provider, config.timeouts)
     label = provider.label or LABELS.get(provider.type, provider.name)

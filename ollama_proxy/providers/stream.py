@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol as TypingProtocol
+from typing import Any
+from typing import Protocol as TypingProtocol
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -40,7 +41,7 @@ class BodyParser(TypingProtocol):
 class _SSEBodyReader(Protocol):
     """Receives the response body from Twisted's HTTP client."""
 
-    def __init__(self, stream: "SSEStream") -> None:
+    def __init__(self, stream: SSEStream) -> None:
         self._stream = stream
 
     def dataReceived(self, data: bytes) -> None:
@@ -81,7 +82,7 @@ class SSEStream:
         self._pending: list[bytes] = []
 
     # -- IUpstreamStream ----------------------------------------------------
-    def deliver(self, on_event: EventSink) -> "Deferred[None]":
+    def deliver(self, on_event: EventSink) -> Deferred[None]:
         self._sink = on_event
         self._finished = Deferred(canceller=lambda _: self.stopProducing())
         self._reader = _SSEBodyReader(self)
@@ -286,7 +287,9 @@ class _BodyReader(Protocol):
             self.finished.errback(reason)
 
 
-def read_body(response: IResponse, clock: IReactorTime, timeout: float, limit: int, truncate: bool = False) -> "Deferred[bytes]":
+def read_body(
+    response: IResponse, clock: IReactorTime, timeout: float, limit: int, truncate: bool = False
+) -> Deferred[bytes]:
     """A whole response body, within ``timeout`` seconds and ``limit`` bytes.
 
     Unlike ``treq.content`` it can be cancelled, and it gives up on a body that
@@ -294,7 +297,9 @@ def read_body(response: IResponse, clock: IReactorTime, timeout: float, limit: i
     ``truncate`` a longer body is cut at ``limit`` rather than refused.
     """
     reader = _BodyReader(limit, truncate)
-    timer = clock.callLater(timeout, lambda: reader.fail(BodyTimeout(f"the answer did not arrive within {timeout:g} seconds")))
+    timer = clock.callLater(
+        timeout, lambda: reader.fail(BodyTimeout(f"the answer did not arrive within {timeout:g} seconds"))
+    )
 
     def done(result: Any) -> Any:
         if timer.active():

@@ -44,7 +44,7 @@ class Outcome(Enum):
 class BreakerCall:
     """A call the breaker let through; report how it ended exactly once."""
 
-    def __init__(self, breaker: "CircuitBreaker", probe: bool) -> None:
+    def __init__(self, breaker: CircuitBreaker, probe: bool) -> None:
         self._breaker = breaker
         self.probe = probe
         self._done = False
@@ -59,7 +59,9 @@ class BreakerCall:
 class CircuitBreaker:
     """The breaker of one provider."""
 
-    def __init__(self, settings: BreakerConfig, clock: IReactorTime, rng: random.Random | None = None, name: str = "") -> None:
+    def __init__(
+        self, settings: BreakerConfig, clock: IReactorTime, rng: random.Random | None = None, name: str = ""
+    ) -> None:
         self.settings = settings
         self.name = name
         self._clock = clock

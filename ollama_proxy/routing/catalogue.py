@@ -79,7 +79,7 @@ class ModelCatalogue:
         self.last_refresh = self._clock.seconds()
         self.last_error = None
 
-    def refresh(self) -> "Deferred[None]":
+    def refresh(self) -> Deferred[None]:
         """Fetch the list once; concurrent callers share one fetch. Fails when the fetch fails.
 
         Cancelling a caller's Deferred lets that caller go; when none is left
@@ -92,7 +92,7 @@ class ModelCatalogue:
             self._fetching.addBoth(self._deliver)
         return waiter
 
-    def _waiter_cancelled(self, waiter: "Deferred[None]") -> None:
+    def _waiter_cancelled(self, waiter: Deferred[None]) -> None:
         if waiter in self._waiters:
             self._waiters.remove(waiter)
         if not self._waiters and self._fetching is not None:
@@ -121,4 +121,8 @@ class ModelCatalogue:
         except CancelledError:
             return  # the daemon is stopping
         except Exception as error:  # noqa: BLE001 - a timer call must never raise
-            log.warn("model list refresh failed, keeping {count} cached models: {error}", count=len(self._models), error=str(error))
+            log.warn(
+                "model list refresh failed, keeping {count} cached models: {error}",
+                count=len(self._models),
+                error=str(error),
+            )

@@ -25,8 +25,8 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ollama_proxy.routing.breaker import Outcome
 from ollama_proxy.errors import ProxyError, ServiceUnavailable, UpstreamError
+from ollama_proxy.routing.breaker import Outcome
 from ollama_proxy.routing.limiter import Busy
 from ollama_proxy.routing.retry import RetryPolicy, classify
 from ollama_proxy.routing.router import Route, Target
@@ -52,7 +52,7 @@ class Held:
     handed to someone else to read): the provider's slot stays taken, and the
     outcome is recorded, when ``done`` fires."""
 
-    def __init__(self, result: Any, done: "Deferred[Any]") -> None:
+    def __init__(self, result: Any, done: Deferred[Any]) -> None:
         self.result = result
         self.done = done
 
@@ -117,7 +117,11 @@ class Dispatcher:
                 return result
         if not run.attempted and open_targets:
             soonest = min(open_targets, key=lambda t: t.slot.breaker.open_remaining())
-            log.info("every provider for {model} has an open breaker; trying {provider}, whose wait ends first", model=route.name, provider=soonest.slot.name)
+            log.info(
+                "every provider for {model} has an open breaker; trying {provider}, whose wait ends first",
+                model=route.name,
+                provider=soonest.slot.name,
+            )
             found, result = await self._target(soonest, attempt, run, force=True)
             if found:
                 return result
@@ -127,7 +131,9 @@ class Dispatcher:
     def _free_later(targets: list[Target]) -> bool:
         return any(t.slot.limiter.has_room() and t.slot.breaker.allows() for t in targets)
 
-    async def _target(self, target: Target, attempt: Callable[[Target], Awaitable[T]], run: _Run, force: bool) -> tuple[bool, Any]:
+    async def _target(
+        self, target: Target, attempt: Callable[[Target], Awaitable[T]], run: _Run, force: bool
+    ) -> tuple[bool, Any]:
         """Try one target, with retries. ``(True, result)`` when it answered."""
         slot = target.slot
         retry = 0
@@ -173,7 +179,13 @@ class Dispatcher:
                     now = self._clock.seconds()
                     if delay is not None and slot.breaker.allows() and now + delay <= run.deadline:
                         slot.stats.retries += 1
-                        log.info("{provider}: retry {n} in {delay:.2f}s after: {error}", provider=slot.name, n=retry, delay=delay, error=getattr(error, "message", error))
+                        log.info(
+                            "{provider}: retry {n} in {delay:.2f}s after: {error}",
+                            provider=slot.name,
+                            n=retry,
+                            delay=delay,
+                            error=getattr(error, "message", error),
+                        )
                         if delay > 0:
                             await deferLater(self._clock, delay, lambda: None)
                         continue
@@ -208,7 +220,9 @@ class Dispatcher:
             if run.busy is not None:
                 return run.busy
             names = ", ".join(dict.fromkeys(t.slot.name for t in route.targets))
-            return ServiceUnavailable(f"no provider can answer '{route.name}' now: the circuit breaker of {names} is open")
+            return ServiceUnavailable(
+                f"no provider can answer '{route.name}' now: the circuit breaker of {names} is open"
+            )
         if isinstance(error, ProxyError) and len(run.tried) > 1:
             error.message = f"{error.message} (tried {'; '.join(run.tried)})"
         return error

@@ -20,7 +20,9 @@ from ollama_proxy.wire.models import UpstreamModel
 CHARACTERS_PER_TOKEN = (4, 2, 1)
 
 
-async def embed(provider: IProvider, model: UpstreamModel, inputs: Sequence[str], dimensions: int | None, truncate: bool = True) -> tuple[list[list[float]], int]:
+async def embed(
+    provider: IProvider, model: UpstreamModel, inputs: Sequence[str], dimensions: int | None, truncate: bool = True
+) -> tuple[list[list[float]], int]:
     """``(vectors, prompt_tokens)`` for ``inputs``, cutting them if the provider says too long."""
     dimensions = dimensions if dimensions and dimensions > 0 else None
     texts = list(inputs)

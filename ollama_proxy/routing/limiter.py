@@ -29,7 +29,7 @@ class Busy(ServiceUnavailable):
 
 
 class _Waiter:
-    def __init__(self, deferred: "Deferred[None]", timer: IDelayedCall | None) -> None:
+    def __init__(self, deferred: Deferred[None], timer: IDelayedCall | None) -> None:
         self.deferred = deferred
         self.timer = timer
 
@@ -38,7 +38,9 @@ class ConcurrencyLimiter:
     """At most ``max_in_flight`` holders; at most ``max_queue`` waiting, each for
     at most ``queue_timeout`` seconds on ``clock``."""
 
-    def __init__(self, max_in_flight: int, max_queue: int, queue_timeout: float, clock: IReactorTime, name: str = "") -> None:
+    def __init__(
+        self, max_in_flight: int, max_queue: int, queue_timeout: float, clock: IReactorTime, name: str = ""
+    ) -> None:
         self.max_in_flight = max(1, max_in_flight)
         self.max_queue = max(0, max_queue)
         self.queue_timeout = queue_timeout
@@ -59,7 +61,7 @@ class ConcurrencyLimiter:
     def queue_has_room(self) -> bool:
         return self.has_room() or len(self._queue) < self.max_queue
 
-    def acquire(self) -> "Deferred[None]":
+    def acquire(self) -> Deferred[None]:
         """Fires once a slot is held (call :meth:`release` after); fails with :class:`Busy`.
 
         Cancelling the Deferred (the client went away) leaves the queue."""

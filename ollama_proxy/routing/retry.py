@@ -10,9 +10,9 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from ollama_proxy.routing.breaker import Outcome
-from ollama_proxy.errors import UpstreamError, UpstreamStreamError
 from ollama_proxy.config.providers import RetryConfig
+from ollama_proxy.errors import UpstreamError, UpstreamStreamError
+from ollama_proxy.routing.breaker import Outcome
 
 
 @dataclass(frozen=True)

@@ -21,11 +21,11 @@ from twisted.internet.defer import CancelledError, Deferred, DeferredList
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ollama_proxy.routing.dispatch import Dispatcher, Held
 from ollama_proxy.errors import UpstreamStreamError
 from ollama_proxy.providers.interfaces import IProvider, IUpstreamStream
-from ollama_proxy.wire.models import UpstreamModel
+from ollama_proxy.routing.dispatch import Dispatcher, Held
 from ollama_proxy.routing.router import Router, Target
+from ollama_proxy.wire.models import UpstreamModel
 
 
 @implementer(IUpstreamStream)
@@ -38,12 +38,14 @@ class RoutedStream:
         self._delivering = False
         self._error: Any = None
 
-    def deliver(self, on_event: Any) -> "Deferred[None]":
+    def deliver(self, on_event: Any) -> Deferred[None]:
         self._delivering = True
 
         def watch(chunk: dict[str, Any]) -> None:
             # OpenRouter reports a failure inside a 200 stream: an ``error`` chunk.
-            if chunk.get("error") or any(isinstance(c, dict) and c.get("finish_reason") == "error" for c in chunk.get("choices") or ()):
+            if chunk.get("error") or any(
+                isinstance(c, dict) and c.get("finish_reason") == "error" for c in chunk.get("choices") or ()
+            ):
                 self._error = chunk.get("error") or "the stream reported an error"
             on_event(chunk)
 
@@ -102,7 +104,9 @@ class RoutedProvider:
 
         return await self.dispatcher.run(route, attempt)  # type: ignore[no-any-return]
 
-    async def embed(self, model: str, inputs: Sequence[str], dimensions: int | None = None) -> tuple[list[list[float]], int]:
+    async def embed(
+        self, model: str, inputs: Sequence[str], dimensions: int | None = None
+    ) -> tuple[list[list[float]], int]:
         route = await self.router.route(model, "embed")
 
         async def attempt(target: Target) -> tuple[list[list[float]], int]:
@@ -122,6 +126,6 @@ class RoutedProvider:
         if errors:
             raise errors[0]
 
-    def close(self) -> "Deferred[Any]":
+    def close(self) -> Deferred[Any]:
         """Close every provider's connections (the service tree also does, one by one)."""
         return DeferredList([slot.provider.close() for slot in self.router.slots], consumeErrors=True)

@@ -34,11 +34,11 @@ from twisted.internet.defer import DeferredList, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from ollama_proxy.config.providers import RoutingConfig
 from ollama_proxy.errors import BadRequest, ModelForbidden, ModelNotFound, ProxyError
 from ollama_proxy.routing.modelfilter import ModelFilter
-from ollama_proxy.wire.models import UpstreamModel, candidate_ids, ollama_name, tag_entry
-from ollama_proxy.config.providers import RoutingConfig
 from ollama_proxy.routing.slots import ProviderSlot
+from ollama_proxy.wire.models import UpstreamModel, candidate_ids, ollama_name, tag_entry
 
 log = Logger()
 
@@ -100,7 +100,7 @@ class Router:
         self._load_tried: dict[str, float] = {}
 
     @classmethod
-    def single(cls, provider: Any, catalogue: Any, config: Any, clock: IReactorTime) -> "Router":
+    def single(cls, provider: Any, catalogue: Any, config: Any, clock: IReactorTime) -> Router:
         """A router over one provider and its catalogue (whose filter it takes over)."""
         from ollama_proxy.routing.breaker import CircuitBreaker
         from ollama_proxy.routing.limiter import ConcurrencyLimiter
@@ -259,7 +259,9 @@ class Router:
             try:
                 extra = self._targets(fallback, fallback=True)
             except ProxyError as error:
-                log.debug("fallback {fallback} of {name} skipped: {error}", fallback=fallback, name=name, error=error.message)
+                log.debug(
+                    "fallback {fallback} of {name} skipped: {error}", fallback=fallback, name=name, error=error.message
+                )
                 continue
             for target in extra:
                 key = (target.slot.name, target.model.id)
@@ -333,7 +335,10 @@ class Router:
                 reasons.append(f"no API key configured for {label}" + (f" (set {hint})" if hint else f" ({slot.name})"))
             catalogue = slot.catalogue
             if not catalogue.loaded:
-                reasons.append(f"the model list has not been fetched yet from {label}" + (f": {catalogue.last_error}" if catalogue.last_error else ""))
+                reasons.append(
+                    f"the model list has not been fetched yet from {label}"
+                    + (f": {catalogue.last_error}" if catalogue.last_error else "")
+                )
             elif catalogue.last_error:
                 reasons.append(f"the last model refresh failed for {label}: {catalogue.last_error}")
             if slot.health.healthy is False:

@@ -14,9 +14,9 @@ from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
 
+from ollama_proxy.providers.interfaces import IProvider
 from ollama_proxy.routing.breaker import OPEN, CircuitBreaker
 from ollama_proxy.routing.catalogue import ModelCatalogue
-from ollama_proxy.providers.interfaces import IProvider
 from ollama_proxy.routing.limiter import ConcurrencyLimiter
 from ollama_proxy.routing.modelfilter import ModelFilter
 from ollama_proxy.wire.models import rfc3339
@@ -170,7 +170,9 @@ class ProviderSlot:
             "last_health_check": rfc3339(self.health.last_check) if self.health.last_check is not None else None,
             "last_health_error": self.health.last_error,
             "models_available": models_available,
-            "last_model_refresh": rfc3339(self.catalogue.last_refresh) if self.catalogue.last_refresh is not None else None,
+            "last_model_refresh": rfc3339(self.catalogue.last_refresh)
+            if self.catalogue.last_refresh is not None
+            else None,
         }
 
 
@@ -190,7 +192,9 @@ def build_slots(config: Any, reactor: Any, clock: IReactorTime, rng: random.Rand
                 # Each provider keeps its own list; the router filters the merged view.
                 catalogue=ModelCatalogue(provider.list_models, ModelFilter(), clock),
                 breaker=CircuitBreaker(config.breaker, clock, rng, name=settings.name),
-                limiter=ConcurrencyLimiter(settings.max_in_flight, settings.max_queue, settings.queue_timeout, clock, name=settings.name),
+                limiter=ConcurrencyLimiter(
+                    settings.max_in_flight, settings.max_queue, settings.queue_timeout, clock, name=settings.name
+                ),
             )
         )
     return slots

@@ -193,7 +193,9 @@ class ChunkReader:
 
     def _finished_calls(self) -> list[ToolCall]:
         calls = [
-            ToolCall(index=self.tool_calls_sent + n, id=b.id or self._new_id(), name=b.name, arguments="".join(b.fragments))
+            ToolCall(
+                index=self.tool_calls_sent + n, id=b.id or self._new_id(), name=b.name, arguments="".join(b.fragments)
+            )
             for n, b in enumerate(sorted(self._calls.values(), key=lambda b: b.index))
         ]
         self._calls.clear()

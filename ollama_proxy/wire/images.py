@@ -71,4 +71,6 @@ def image_parts(images: Any, where: str) -> list[dict[str, Any]]:
         return []
     if not isinstance(images, list):
         raise BadRequest(f"{where} must be a list of base64 strings")
-    return [{"type": "image_url", "image_url": {"url": image_data_uri(v, f"{where}[{i}]")}} for i, v in enumerate(images)]
+    return [
+        {"type": "image_url", "image_url": {"url": image_data_uri(v, f"{where}[{i}]")}} for i, v in enumerate(images)
+    ]

@@ -14,11 +14,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ollama_proxy.wire.chunks import ChunkReader, Piece, ReadsChunks, new_call_id
 from ollama_proxy.errors import BadRequest
+from ollama_proxy.routing.running import parse_keep_alive
+from ollama_proxy.wire.chunks import ChunkReader, Piece, ReadsChunks, new_call_id
 from ollama_proxy.wire.images import image_parts
 from ollama_proxy.wire.models import UpstreamModel, rfc3339
-from ollama_proxy.routing.running import parse_keep_alive
 from ollama_proxy.wire.ollama_generate import FIM_INSTRUCTION, context_list, decode_context, encode_context, fim_message
 from ollama_proxy.wire.tools import CallLedger, ollama_tool_call, tools_request
 
@@ -73,7 +73,14 @@ def field_of(body: Mapping[str, Any], key: str, types: type | tuple[type, ...], 
 
 
 def _type_name(kind: type) -> str:
-    return {str: "a string", bool: "a boolean", int: "an integer", float: "a number", dict: "an object", list: "an array"}.get(kind, kind.__name__)
+    return {
+        str: "a string",
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        dict: "an object",
+        list: "an array",
+    }.get(kind, kind.__name__)
 
 
 def model_name(body: Mapping[str, Any]) -> str:
@@ -130,7 +137,9 @@ def think_value(body: Mapping[str, Any]) -> bool | str | None:
         return value
     if isinstance(value, str):
         if value not in THINK_LEVELS:
-            raise BadRequest(f'invalid think value: {json.dumps(value)} (must be "high", "medium", "low", "max", true, or false)')
+            raise BadRequest(
+                f'invalid think value: {json.dumps(value)} (must be "high", "medium", "low", "max", true, or false)'
+            )
         return value
     raise BadRequest('think must be a boolean or string ("high", "medium", "low", "max", true, or false)')
 
@@ -242,7 +251,9 @@ class ChatPlan:
     prompt: str = ""
 
 
-def _upstream_body(body: Mapping[str, Any], model: UpstreamModel, messages: list[dict[str, Any]], think: bool | str | None) -> dict[str, Any]:
+def _upstream_body(
+    body: Mapping[str, Any], model: UpstreamModel, messages: list[dict[str, Any]], think: bool | str | None
+) -> dict[str, Any]:
     request: dict[str, Any] = {
         "model": model.id,
         "messages": messages,
@@ -349,7 +360,14 @@ def instant_answer(kind: str, name: str, done_reason: str, now: float) -> dict[s
 
 # -- OpenAI -> Ollama -------------------------------------------------------------
 # Ollama ends a turn that called tools with "stop" too.
-FINISH_REASONS = {"stop": "stop", "length": "length", "tool_calls": "stop", "function_call": "stop", "content_filter": "stop", "eos": "stop"}
+FINISH_REASONS = {
+    "stop": "stop",
+    "length": "length",
+    "tool_calls": "stop",
+    "function_call": "stop",
+    "content_filter": "stop",
+    "eos": "stop",
+}
 
 
 @dataclass
@@ -407,8 +425,18 @@ class ChatTranslator(ReadsChunks):
         self.reader = ChunkReader(self.new_call_id)
 
     @classmethod
-    def for_plan(cls, plan: ChatPlan, model: str, kind: str, clock: Callable[[], float], keep_text: bool) -> "ChatTranslator":
-        return cls(model=model, kind=kind, clock=clock, keep_text=keep_text, show_thinking=plan.show_thinking, history=plan.history, prompt=plan.prompt)
+    def for_plan(
+        cls, plan: ChatPlan, model: str, kind: str, clock: Callable[[], float], keep_text: bool
+    ) -> ChatTranslator:
+        return cls(
+            model=model,
+            kind=kind,
+            clock=clock,
+            keep_text=keep_text,
+            show_thinking=plan.show_thinking,
+            history=plan.history,
+            prompt=plan.prompt,
+        )
 
     @property
     def finish_reason(self) -> str | None:
@@ -438,7 +466,9 @@ class ChatTranslator(ReadsChunks):
                 out.append(self._line(piece.content, piece.thinking, calls, piece.logprobs, done=False))
         return out
 
-    def _line(self, text: str, thinking: str, calls: list[dict[str, Any]], logprobs: list[dict[str, Any]], done: bool) -> dict[str, Any]:
+    def _line(
+        self, text: str, thinking: str, calls: list[dict[str, Any]], logprobs: list[dict[str, Any]], done: bool
+    ) -> dict[str, Any]:
         line: dict[str, Any] = {"model": self.model, "created_at": self._stamp()}
         if self.kind == "chat":
             message: dict[str, Any] = {"role": "assistant", "content": text}

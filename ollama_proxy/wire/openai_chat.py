@@ -15,21 +15,38 @@ import json
 import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
-from ollama_proxy.wire.chunks import ChunkReader, Piece, ReadsChunks, new_call_id
 from ollama_proxy.errors import BadRequest, ProxyError
+from ollama_proxy.wire.chunks import ChunkReader, Piece, ReadsChunks, new_call_id
 from ollama_proxy.wire.models import UpstreamModel
 from ollama_proxy.wire.ollama_chat import Timings, field_of, logprob_fields, require_capability
 from ollama_proxy.wire.ollama_generate import FIM_INSTRUCTION, fim_message
 from ollama_proxy.wire.tools import arguments_text, openai_tool_call, tools_request
 
 SYSTEM_FINGERPRINT = "fp_ollama"
-_PASSED_FIELDS = ("temperature", "top_p", "seed", "stop", "frequency_penalty", "presence_penalty", "tool_choice", "parallel_tool_calls")
+_PASSED_FIELDS = (
+    "temperature",
+    "top_p",
+    "seed",
+    "stop",
+    "frequency_penalty",
+    "presence_penalty",
+    "tool_choice",
+    "parallel_tool_calls",
+)
 _MESSAGE_FIELDS = ("role", "content", "name", "tool_calls", "tool_call_id")
 # OpenAI's reasoning_effort on OpenRouter's scale; Ollama clamps the same values.
-_EFFORTS = {"minimal": "minimal", "low": "low", "medium": "medium", "high": "high", "xhigh": "xhigh", "max": "xhigh", "ultra": "xhigh"}
+_EFFORTS = {
+    "minimal": "minimal",
+    "low": "low",
+    "medium": "medium",
+    "high": "high",
+    "xhigh": "xhigh",
+    "max": "xhigh",
+    "ultra": "xhigh",
+}
 _FINISH = {"stop": "stop", "length": "length", "tool_calls": "tool_calls", "content_filter": "content_filter"}
 
 
@@ -44,7 +61,11 @@ def model_entry_from_tag(tag: Mapping[str, Any]) -> dict[str, Any]:
     model_id = str(tag["name"])
     namespace = model_id.rsplit("/", 1)[0] if "/" in model_id else "library"
     try:
-        created = int(datetime.strptime(str(tag.get("modified_at", "")), "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc).timestamp())
+        created = int(
+            datetime.strptime(str(tag.get("modified_at", "")), "%Y-%m-%dT%H:%M:%S.%fZ")
+            .replace(tzinfo=UTC)
+            .timestamp()
+        )
     except ValueError:
         created = 0
     return {"id": model_id, "object": "model", "created": created, "owned_by": namespace}
@@ -68,7 +89,11 @@ def _sampling(body: Mapping[str, Any]) -> dict[str, Any]:
     for key in ("temperature", "top_p", "seed", "frequency_penalty", "presence_penalty"):
         _number(body, key)
     stop = body.get("stop")
-    if stop is not None and not isinstance(stop, str) and not (isinstance(stop, list) and all(isinstance(s, str) for s in stop)):
+    if (
+        stop is not None
+        and not isinstance(stop, str)
+        and not (isinstance(stop, list) and all(isinstance(s, str) for s in stop))
+    ):
         raise BadRequest("'stop' must be a string or a list of strings")
     for key in _PASSED_FIELDS:
         if body.get(key) is not None:
@@ -93,7 +118,9 @@ def reasoning_effort(body: Mapping[str, Any]) -> str | None:
     if effort == "none":
         return "none"
     if not isinstance(effort, str) or effort not in _EFFORTS:
-        raise BadRequest(f'invalid reasoning value: {json.dumps(effort)} (must be "minimal", "low", "medium", "high", "xhigh", "ultra", "max", or "none")')
+        raise BadRequest(
+            f'invalid reasoning value: {json.dumps(effort)} (must be "minimal", "low", "medium", "high", "xhigh", "ultra", "max", or "none")'
+        )
     return _EFFORTS[effort]
 
 
@@ -125,13 +152,24 @@ def _history_calls(calls: Any, where: str, message_index: int) -> list[dict[str,
         if not isinstance(call, dict) or not isinstance(call.get("function"), dict):
             raise BadRequest(f"{where}.tool_calls[{i}] must be an object with a 'function'")
         function = call["function"]
-        entry = {"id": call.get("id") or f"call_m{message_index}_{i}", "type": "function", "function": {"name": function.get("name"), "arguments": arguments_text(function.get("arguments"), f"{where}.tool_calls[{i}]")}}
+        entry = {
+            "id": call.get("id") or f"call_m{message_index}_{i}",
+            "type": "function",
+            "function": {
+                "name": function.get("name"),
+                "arguments": arguments_text(function.get("arguments"), f"{where}.tool_calls[{i}]"),
+            },
+        }
         converted.append(entry)
     return converted
 
 
 def _has_image_parts(messages: list[dict[str, Any]]) -> bool:
-    return any(isinstance(m.get("content"), list) and any(isinstance(p, dict) and p.get("type") == "image_url" for p in m["content"]) for m in messages)
+    return any(
+        isinstance(m.get("content"), list)
+        and any(isinstance(p, dict) and p.get("type") == "image_url" for p in m["content"])
+        for m in messages
+    )
 
 
 def _response_format(value: Any) -> dict[str, Any] | None:
@@ -169,7 +207,12 @@ class OpenAIPlan:
 
 
 def _upstream(model: UpstreamModel, messages: list[dict[str, Any]], body: Mapping[str, Any]) -> dict[str, Any]:
-    upstream: dict[str, Any] = {"model": model.id, "messages": messages, "stream": True, "stream_options": {"include_usage": True}}
+    upstream: dict[str, Any] = {
+        "model": model.id,
+        "messages": messages,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     upstream.update(_sampling(body))
     return upstream
 
@@ -217,7 +260,10 @@ def plan_completion(body: Mapping[str, Any], model: UpstreamModel, name: str) ->
     if not prompt:
         return OpenAIPlan(None, stream, _stream_options(body), done_reason="load")
     if suffix:
-        messages = [{"role": "system", "content": FIM_INSTRUCTION}, {"role": "user", "content": fim_message(prompt, suffix)}]
+        messages = [
+            {"role": "system", "content": FIM_INSTRUCTION},
+            {"role": "user", "content": fim_message(prompt, suffix)},
+        ]
     else:
         messages = [{"role": "user", "content": prompt}]
     upstream = _upstream(model, messages, body)
@@ -311,7 +357,13 @@ class OpenAIRenderer(ReadsChunks):
         kind = "chat.completion" if self.kind == "chat" else "text_completion"
         if self.kind == "chat" and not self.keep_text:
             kind = "chat.completion.chunk"
-        return {"id": self.response_id, "object": kind, "created": self.created, "model": self.model, "system_fingerprint": SYSTEM_FINGERPRINT}
+        return {
+            "id": self.response_id,
+            "object": kind,
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": SYSTEM_FINGERPRINT,
+        }
 
     def _render(self, pieces: list[Piece]) -> list[dict[str, Any]]:
         out = []
@@ -375,7 +427,10 @@ class OpenAIRenderer(ReadsChunks):
             if not self.role_sent:
                 # A wholly empty answer still opens with the role, as Ollama's does.
                 self.role_sent = True
-                first = {**self._head(), "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
+                first = {
+                    **self._head(),
+                    "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}],
+                }
             else:
                 first = None
             finish = {**self._head(), "choices": [{"index": 0, "delta": {}, "finish_reason": self.finish_reason()}]}
@@ -409,9 +464,14 @@ class OpenAIRenderer(ReadsChunks):
 
 def loaded_answer(kind: str, model: str, response_id: str, created: int, stream: bool) -> list[dict[str, Any]]:
     """What Ollama's ``/v1`` answers for an empty prompt: a finished, empty ``load``."""
-    head = {"id": response_id, "object": "text_completion", "created": created, "model": model, "system_fingerprint": SYSTEM_FINGERPRINT}
+    head = {
+        "id": response_id,
+        "object": "text_completion",
+        "created": created,
+        "model": model,
+        "system_fingerprint": SYSTEM_FINGERPRINT,
+    }
     choice = {"text": "", "index": 0, "finish_reason": "load"}
     if stream:
         return [{**head, "choices": [choice]}]
     return [{**head, "choices": [choice], "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}}]
-

@@ -13,8 +13,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ollama_proxy.wire.chunks import ToolCall
 from ollama_proxy.errors import BadRequest, UpstreamStreamError
+from ollama_proxy.wire.chunks import ToolCall
 
 
 def tools_request(value: Any) -> list[dict[str, Any]] | None:
@@ -56,7 +56,9 @@ def arguments_object(call: ToolCall) -> dict[str, Any]:
     try:
         value = json.loads(text)
     except ValueError:
-        raise UpstreamStreamError(f"the model called '{call.name}' with arguments that are not JSON: {text[:200]}") from None
+        raise UpstreamStreamError(
+            f"the model called '{call.name}' with arguments that are not JSON: {text[:200]}"
+        ) from None
     if not isinstance(value, dict):
         raise UpstreamStreamError(f"the model called '{call.name}' with arguments that are not a JSON object")
     return value
@@ -69,7 +71,12 @@ def ollama_tool_call(call: ToolCall) -> dict[str, Any]:
 
 def openai_tool_call(call: ToolCall) -> dict[str, Any]:
     """An assembled call in OpenAI's shape (arguments string), as Ollama's ``/v1`` sends it."""
-    return {"id": call.id, "index": call.index, "type": "function", "function": {"name": call.name, "arguments": call.arguments or "{}"}}
+    return {
+        "id": call.id,
+        "index": call.index,
+        "type": "function",
+        "function": {"name": call.name, "arguments": call.arguments or "{}"},
+    }
 
 
 class CallLedger:
@@ -97,7 +104,13 @@ class CallLedger:
             # Ids only need to be consistent within this one request.
             call_id = given if isinstance(given, str) and given else f"call_m{message_index}_{i}"
             self._pending.append((call_id, name))
-            converted.append({"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments_text(function.get("arguments"), here)}})
+            converted.append(
+                {
+                    "id": call_id,
+                    "type": "function",
+                    "function": {"name": name, "arguments": arguments_text(function.get("arguments"), here)},
+                }
+            )
         return converted
 
     def result_id(self, tool_call_id: Any, tool_name: Any) -> str | None:
