@@ -29,6 +29,8 @@ setup(
             "openai>=1.40",
             "hypothesis>=6",
         ],
+        # The gates .ci/run applies before the tests (configured in pyproject.toml).
+        "dev": ["ruff>=0.6", "mypy>=1.10", "mypy-zope>=1.0"],
     },
     entry_points={},
     classifiers=[

@@ -19,6 +19,7 @@ own signals and logging.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 from collections.abc import Callable
 from typing import Any
@@ -135,10 +136,8 @@ class DaemonService(MultiService):
             self.proxy.lifecycle.cut_all("the server is shutting down now")
             return
         self.stopping = True
-        try:
+        with contextlib.suppress(Exception):  # the reactor was already stopping
             self.reactor.stop()
-        except Exception:  # noqa: BLE001 - the reactor was already stopping
-            pass
 
     def stopService(self) -> Deferred[None]:
         self.stopping = True

@@ -150,7 +150,7 @@ class Dispatcher:
                 return False, None
             started = self._clock.seconds()
 
-            def elapsed() -> float:
+            def elapsed(started: float = started) -> float:
                 return (self._clock.seconds() - started) * 1000.0
 
             try:

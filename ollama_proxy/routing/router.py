@@ -180,7 +180,7 @@ class Router:
         if provider is not None:
             return entries
         listed = {e["name"] for e in entries}
-        for alias, target in self.aliases.items():
+        for alias in self.aliases:
             name = ollama_name(alias)
             if name in listed:
                 continue

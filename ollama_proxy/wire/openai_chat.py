@@ -62,9 +62,7 @@ def model_entry_from_tag(tag: Mapping[str, Any]) -> dict[str, Any]:
     namespace = model_id.rsplit("/", 1)[0] if "/" in model_id else "library"
     try:
         created = int(
-            datetime.strptime(str(tag.get("modified_at", "")), "%Y-%m-%dT%H:%M:%S.%fZ")
-            .replace(tzinfo=UTC)
-            .timestamp()
+            datetime.strptime(str(tag.get("modified_at", "")), "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
         )
     except ValueError:
         created = 0
@@ -119,7 +117,8 @@ def reasoning_effort(body: Mapping[str, Any]) -> str | None:
         return "none"
     if not isinstance(effort, str) or effort not in _EFFORTS:
         raise BadRequest(
-            f'invalid reasoning value: {json.dumps(effort)} (must be "minimal", "low", "medium", "high", "xhigh", "ultra", "max", or "none")'
+            f"invalid reasoning value: {json.dumps(effort)} "
+            '(must be "minimal", "low", "medium", "high", "xhigh", "ultra", "max", or "none")'
         )
     return _EFFORTS[effort]
 
