@@ -1,12 +1,37 @@
-"""Domain errors: each carries the HTTP status and the ``type`` of its JSON body.
+"""The one error funnel: the error types, and how each surface's dialect renders them.
 
-Routes raise these; one handler in :mod:`ollama_proxy.api.native` turns them into
-``{"error": ..., "type": ...}`` responses, so the routes read as the happy path.
+Routes raise a :class:`ProxyError` (each carries its HTTP status and ``type``) and
+read as the happy path; the front door raises them too. Whatever is raised ends in
+:func:`error_response` (a Klein app's error handler) or :func:`render_error` (the
+front door, the drain), which answer in the request's :class:`ErrorDialect`:
+
+- native (``/api``): ``{"error": message, "type": ...}``; a stream that began ends
+  with the NDJSON line ``{"error": message}``;
+- OpenAI (``/v1``): ``{"error": {"message", "type", "param", "code"}}``; a stream
+  ends with that object as a Server-Sent Event.
+
+A new surface adds one dialect (an object with ``body`` and ``stream_line``) and
+its path prefix in :data:`DIALECTS`; the status, content type, ``Retry-After``,
+``WWW-Authenticate`` and ``Allow`` headers are written here, once.
 """
 
 from __future__ import annotations
 
+import json
 from http import HTTPStatus
+from typing import Any, Protocol
+
+from twisted.internet.defer import CancelledError
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
+from werkzeug.exceptions import NotFound as WerkzeugNotFound
+
+from ollama_proxy.wire.framing import ndjson, sse_event
+
+log = Logger()
+
+JSON = b"application/json; charset=utf-8"
 
 
 class ProxyError(Exception):
@@ -14,6 +39,8 @@ class ProxyError(Exception):
 
     status: int = 500
     type: str = "internal_error"
+    # Seconds after which the client may try again (the Retry-After header), if known.
+    retry_after: float | None = None
 
     def __init__(self, message: str, *, status: int | None = None, type: str | None = None) -> None:
         super().__init__(message)
@@ -22,9 +49,6 @@ class ProxyError(Exception):
             self.status = status
         if type is not None:
             self.type = type
-
-    def body(self) -> dict[str, str]:
-        return {"error": self.message, "type": self.type}
 
 
 class BadRequest(ProxyError):
@@ -136,3 +160,123 @@ class UpstreamStreamError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+
+# -- dialects: the shape of an error on each surface ----------------------------------
+class ErrorDialect(Protocol):
+    """How one surface shapes an error: as a JSON body, and as the line that ends a stream."""
+
+    def body(self, error: ProxyError) -> Any:
+        """The JSON body of an error answered before any output."""
+        ...
+
+    def stream_line(self, message: str) -> bytes:
+        """The bytes that end a stream which already began, in the stream's own framing."""
+        ...
+
+
+class NativeDialect:
+    """Ollama's own shape."""
+
+    def body(self, error: ProxyError) -> Any:
+        return {"error": error.message, "type": error.type}
+
+    def stream_line(self, message: str) -> bytes:
+        return ndjson({"error": message})
+
+
+class OpenAIDialect:
+    """OpenAI's (and Ollama's ``/v1``) shape; ``code`` names the proxy's type."""
+
+    def body(self, error: ProxyError) -> Any:
+        kind = {400: "invalid_request_error", 404: "not_found_error"}.get(error.status, "api_error")
+        return {"error": {"message": error.message, "type": kind, "param": None, "code": error.type}}
+
+    def stream_line(self, message: str) -> bytes:
+        # The openai clients raise APIError on an event that carries "error".
+        return sse_event({"error": {"message": message, "type": "api_error", "param": None, "code": None}})
+
+
+NATIVE = NativeDialect()
+OPENAI = OpenAIDialect()
+
+# Path prefixes (below the API's mount point) and their dialect, most specific first;
+# everything else speaks Ollama's.
+DIALECTS: list[tuple[str, ErrorDialect]] = [("/v1/", OPENAI)]
+
+
+def dialect_for(path: str) -> ErrorDialect:
+    """The dialect of a request for ``path``."""
+    for prefix, dialect in DIALECTS:
+        if path.startswith(prefix):
+            return dialect
+    return NATIVE
+
+
+# -- rendering ------------------------------------------------------------------------
+def json_response(request: Any, obj: Any, status: int = 200) -> bytes:
+    """``obj`` as the JSON body of the answer, with ``status``."""
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", JSON)
+    return json.dumps(obj, ensure_ascii=False).encode("utf-8")
+
+
+def render_error(request: Any, error: ProxyError, dialect: ErrorDialect) -> bytes:
+    """Set the status and headers for ``error``; return its body in ``dialect``."""
+    if error.status == 401:
+        request.setHeader(b"www-authenticate", b'Bearer realm="ollama-proxy"')
+    # The proxy's own refusals say when to come back; of an upstream's errors only a
+    # 429 passes its wait on (a 503's wait was the upstream's, and another provider
+    # or a retry may answer sooner).
+    if error.retry_after and (error.status == 429 or not isinstance(error, UpstreamError)):
+        request.setHeader(b"retry-after", str(int(error.retry_after + 0.999)).encode())
+    return json_response(request, dialect.body(error), error.status)
+
+
+def _path(request: Any) -> str:
+    return request.path.decode("utf-8", "replace")
+
+
+def client_error(request: Any, failure: Failure) -> ProxyError | None:
+    """The :class:`ProxyError` a failure means for the client (``None``: it left).
+
+    Unexpected exceptions are logged with their traceback and become a bare 500:
+    the detail stays in the log.
+    """
+    value = failure.value
+    if failure.check(CancelledError):
+        return None
+    if isinstance(value, ProxyError):
+        if value.status >= 500:
+            log.warn(
+                "{method} {path}: {status} {message}",
+                method=request.method.decode(),
+                path=_path(request),
+                status=value.status,
+                message=value.message,
+            )
+        return value
+    if isinstance(value, WerkzeugNotFound):
+        return RouteNotFound(f"no such endpoint: {_path(request)}")
+    if isinstance(value, WerkzeugMethodNotAllowed):
+        allowed = ", ".join(getattr(value, "valid_methods", None) or [])
+        if allowed:
+            request.setHeader(b"allow", allowed.encode())
+        return MethodNotAllowed(f"method {request.method.decode('ascii', 'replace')} not allowed here")
+    log.failure("unexpected error answering {path}", failure, path=_path(request))
+    return InternalError()
+
+
+def error_response(request: Any, failure: Failure, dialect: ErrorDialect) -> bytes | None:
+    """The answer for ``failure`` in ``dialect``.
+
+    After output began the status is sent already: a stream then ends with the
+    dialect's stream line, never with a JSON body glued on.
+    """
+    error = client_error(request, failure)
+    if error is None:
+        return None  # the client went away; nothing to answer
+    if getattr(request, "startedWriting", False):
+        request.write(dialect.stream_line(error.message))
+        return None
+    return render_error(request, error, dialect)

@@ -225,7 +225,7 @@ class ProxyService(MultiService):
         if tuple(old.listen) != tuple(config.listen):
             log.warn("the listen endpoints changed; they take effect at the next restart")
         self.redactor.update(config.secrets())
-        self.api.config = config
+        self.api.pipeline.config = config
         self.api.running.default_keep_alive = config.default_keep_alive
         self.router.filter = ModelFilter(config.filter.allow, config.filter.deny)
         self.site.set_limits(config.max_body_bytes, config.ops.limits.max_header_bytes)
@@ -266,13 +266,9 @@ class ProxyService(MultiService):
             return
         retired = self.providers
         self._build_routing(new)
-        api = self.api
-        api.provider, api.router, api.catalogue, api.dispatcher = (
-            self.provider,
-            self.router,
-            self.catalogue,
-            self.dispatcher,
-        )
+        pipeline = self.api.pipeline
+        pipeline.router, pipeline.dispatcher = self.router, self.dispatcher
+        self.api.provider = self.provider
         self.health_checker.router = self.router
         self._retired.extend(retired)
         for provider in retired:

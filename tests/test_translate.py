@@ -5,12 +5,12 @@ import json
 import pytest
 
 from ollama_proxy.errors import BadRequest, UpstreamStreamError
+from ollama_proxy.wire.framing import ndjson
 from ollama_proxy.wire.models import UpstreamModel
 from ollama_proxy.wire.ollama_chat import (
     ChatTranslator,
     embed_inputs,
     model_name,
-    ndjson,
     parse_body,
     plan_chat,
     plan_generate,

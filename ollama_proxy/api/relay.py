@@ -1,16 +1,17 @@
-"""The hot path: relay an upstream stream to the client, one NDJSON line per event.
+"""The hot path: relay an upstream stream to the client, one line or event per upstream event.
 
 Nothing is buffered: each upstream event is translated and written as soon as it
 is parsed. The client's socket pushes back on the upstream (a registered
 producer), and a client that goes away closes the upstream connection at once.
 Until the first line is written the answer can still carry an error status;
-after that, an error becomes one last ``{"error": ...}`` line.
+after that, an error becomes one last line in the relay's error dialect.
+:class:`ChatRelay` frames Ollama's NDJSON, :class:`SSERelay` OpenAI's events.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet.defer import CancelledError
 from twisted.internet.interfaces import IPushProducer
@@ -18,19 +19,37 @@ from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from zope.interface import implementer
 
-from ollama_proxy.api.funnel import JSON
-from ollama_proxy.errors import UpstreamError, UpstreamStreamError
+from ollama_proxy.errors import JSON, NATIVE, OPENAI, ErrorDialect, UpstreamError, UpstreamStreamError
 from ollama_proxy.front.record import record_of
 from ollama_proxy.ops.logs import Redactor
 from ollama_proxy.providers.interfaces import IProvider, IUpstreamStream
-from ollama_proxy.wire.ollama_chat import ChatTranslator, ndjson
+from ollama_proxy.wire.framing import EVENT_STREAM, NDJSON, SSE_DONE, ndjson, sse_event
+from ollama_proxy.wire.ollama_chat import Timings
 
 log = Logger()
 
 # Secret-looking strings (bearer tokens, sk-... keys), whatever provider sent them.
 SECRET_PATTERNS = Redactor(())
 
-NDJSON = b"application/x-ndjson"
+
+class Translator(Protocol):
+    """Upstream (OpenAI) chunks in, a surface's objects out; one per attempt."""
+
+    timings: Timings
+    prompt_tokens: int | None
+    completion_tokens: int | None
+
+    def feed(self, chunk: dict[str, Any]) -> list[dict[str, Any]]:
+        """The objects one upstream chunk becomes (none, while it gathers)."""
+        ...
+
+    def close(self) -> list[dict[str, Any]]:
+        """The objects still owed when the upstream stream ended."""
+        ...
+
+    def final(self) -> dict[str, Any]:
+        """The whole answer (non-streamed) or the last object of a stream."""
+        ...
 
 
 @implementer(IPushProducer)
@@ -54,12 +73,13 @@ class ChatRelay:
     """One chat or generate request, from opening the upstream to the last line.
 
     The framing (NDJSON here) is in :meth:`_encode`, :meth:`_closing` and
-    :meth:`_error_line`, so a subclass can relay the same way in another format.
+    :attr:`dialect`, so a subclass can relay the same way in another format.
     """
 
     content_type = NDJSON
+    dialect: ErrorDialect = NATIVE
 
-    def __init__(self, request: IRequest, provider: IProvider, translator: ChatTranslator, clock: Any) -> None:
+    def __init__(self, request: IRequest, provider: IProvider, translator: Translator, clock: Any) -> None:
         self.request = request
         self.provider = provider
         self.translator = translator
@@ -149,7 +169,7 @@ class ChatRelay:
         return self._encode(self.translator.final())
 
     def _error_line(self, message: str) -> bytes:
-        return self._encode({"error": message})
+        return self.dialect.stream_line(message)
 
     def _write_all(self, chunk: dict[str, Any]) -> None:
         for obj in self.translator.feed(chunk):
@@ -162,3 +182,17 @@ class ChatRelay:
             self.started_output = True
             self.request.setHeader(b"content-type", self.content_type)
         self.request.write(line)
+
+
+class SSERelay(ChatRelay):
+    """The relay with OpenAI's framing: ``data:`` events, ``[DONE]``, errors as events."""
+
+    content_type = EVENT_STREAM
+    dialect = OPENAI
+
+    def _encode(self, obj: dict[str, Any]) -> bytes:
+        return sse_event(obj)
+
+    def _closing(self) -> bytes:
+        chunks = self.translator.closing_chunks()  # type: ignore[attr-defined]
+        return b"".join(sse_event(c) for c in chunks) + SSE_DONE

@@ -26,7 +26,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET
 
 from ollama_proxy.config.settings import Config
-from ollama_proxy.errors import BadRequest, InternalError, ProxyError, ServiceUnavailable
+from ollama_proxy.errors import BadRequest, InternalError, ProxyError, ServiceUnavailable, render_error
 from ollama_proxy.front.auth import PUBLIC_PATHS, Authenticator, ModelNotAllowed
 from ollama_proxy.front.cors import OriginPolicy, check_host
 from ollama_proxy.front.lifecycle import SHUTTING_DOWN, Lifecycle
@@ -34,11 +34,9 @@ from ollama_proxy.front.record import RequestRecord, attach, record_of
 from ollama_proxy.front.stream_limits import STREAMING_ENDPOINTS, StreamLimiter, wants_stream
 from ollama_proxy.ops.logs import log_access
 from ollama_proxy.ops.metrics import Metrics
-from ollama_proxy.wire.openai_chat import error_body
 
 log = Logger()
 
-JSON = b"application/json; charset=utf-8"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=@-]{1,128}$")
 # Known paths keep their name as the metrics label before a route claims them;
 # anything else is "other", so scanners cannot blow up the label set.
@@ -57,20 +55,6 @@ _KNOWN_PATHS = frozenset(
         "/metrics",
     }
 ) | frozenset(STREAMING_ENDPOINTS)
-
-
-def write_error(request: Any, error: ProxyError) -> bytes:
-    """Set the status and headers for ``error``; return its JSON body (OpenAI's
-    shape under ``/v1``, where OpenAI clients read it)."""
-    request.setResponseCode(error.status)
-    request.setHeader(b"content-type", JSON)
-    if error.status == 401:
-        request.setHeader(b"www-authenticate", b'Bearer realm="ollama-proxy"')
-    retry_after = getattr(error, "retry_after", None)
-    if retry_after:
-        request.setHeader(b"retry-after", str(int(retry_after + 0.999)).encode())
-    body = error_body(error) if relative_path(request).startswith("/v1/") else error.body()
-    return json.dumps(body, ensure_ascii=False).encode("utf-8")
 
 
 def relative_path(request: Any) -> str:
@@ -183,10 +167,10 @@ class Gate:
                 record.principal = self.authenticator.authenticate(request.getHeader(b"authorization"))
             self._check_body(request, record)
         except ProxyError as error:
-            return write_error(request, error)
+            return render_error(request, error, record.error_dialect())
         except Exception:  # noqa: BLE001 - never a traceback to the client
             log.failure("front door failed for {path}", path=record.path)
-            return write_error(request, InternalError())
+            return render_error(request, InternalError(), record.error_dialect())
         self.lifecycle.admit(request, record)
         try:
             return inner.render(request)
@@ -195,7 +179,7 @@ class Gate:
             if getattr(request, "startedWriting", False):
                 request.finish()
                 return NOT_DONE_YET
-            return write_error(request, InternalError())
+            return render_error(request, InternalError(), record.error_dialect())
 
     def _check_body(self, request: Any, record: RequestRecord) -> None:
         """The token's model list and the stream limits, which both need the body."""

@@ -17,7 +17,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ollama_proxy.errors import ServiceUnavailable
+from ollama_proxy.errors import ServiceUnavailable, render_error
 from ollama_proxy.front.record import RequestRecord, record_of
 
 log = Logger()
@@ -127,18 +127,16 @@ class Lifecycle:
             log.warn("cutting {count} requests: {reason}", count=len(entries), reason=reason)
         for request, record in entries:
             if not record.cut(reason):
-                _answer_unavailable(request, reason)
+                _answer_unavailable(request, record, reason)
         return len(entries)
 
 
-def _answer_unavailable(request: Any, reason: str) -> None:
+def _answer_unavailable(request: Any, record: RequestRecord, reason: str) -> None:
     """A request with no handler to cut: answer 503 if nothing was sent, else hang up."""
-    from ollama_proxy.front.door import write_error  # the front door owns the JSON error shape
-
     if getattr(request, "finished", False):
         return
     if not getattr(request, "startedWriting", False):
-        request.write(write_error(request, ServiceUnavailable(reason)))
+        request.write(render_error(request, ServiceUnavailable(reason), record.error_dialect()))
         request.finish()
     else:
         transport = getattr(getattr(request, "channel", None), "transport", None)

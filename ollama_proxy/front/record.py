@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ollama_proxy.errors import ErrorDialect, dialect_for
+
 _ATTRIBUTE = "_ollama_proxy_record"
 
 
@@ -37,6 +39,7 @@ class RequestRecord:
     upstream_seconds: float = 0.0
     finished: float | None = None
     cut_reason: str | None = None
+    dialect: ErrorDialect | None = None  # the route's, once one took the request
     _cancel: Callable[[], None] | None = field(default=None, repr=False)
     _on_finish: list[Callable[[], None]] = field(default_factory=list, repr=False)
 
@@ -54,6 +57,10 @@ class RequestRecord:
         """Seconds the proxy itself spent: the whole answer less the upstream's part."""
         duration = self.duration
         return None if duration is None else max(0.0, duration - self.upstream_seconds)
+
+    def error_dialect(self) -> ErrorDialect:
+        """The dialect errors about this request are answered in: the route's, else the path's."""
+        return self.dialect or dialect_for(self.path)
 
     def add_tokens(self, prompt: int | None, completion: int | None) -> None:
         if prompt is not None:

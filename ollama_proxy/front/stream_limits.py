@@ -61,7 +61,7 @@ class StreamLimiter:
         """Take a slot for ``client``; returns the function that gives it back."""
         if self.total and self.active >= self.total:
             error = ServiceUnavailable(f"the proxy is serving its maximum of {self.total} streams; try again shortly")
-            error.retry_after = 1.0  # type: ignore[attr-defined]
+            error.retry_after = 1.0
             raise error
         held = self._by_client.get(client, 0)
         if self.per_client and held >= self.per_client:

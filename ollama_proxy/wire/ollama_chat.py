@@ -511,11 +511,6 @@ class ChatTranslator(ReadsChunks):
         return answer
 
 
-def ndjson(obj: Mapping[str, Any]) -> bytes:
-    """One compact JSON object and a newline: never a blank line."""
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8") + b"\n"
-
-
 # -- embeddings -------------------------------------------------------------------
 def embed_inputs(body: Mapping[str, Any]) -> list[str]:
     """``input`` of ``/api/embed``: a string or a list of strings (Ollama drops an empty string)."""

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from ollama_proxy.errors import BadRequest, ProxyError
+from ollama_proxy.errors import BadRequest
 from ollama_proxy.wire.chunks import ChunkReader, Piece, ReadsChunks, new_call_id
 from ollama_proxy.wire.models import UpstreamModel
 from ollama_proxy.wire.ollama_chat import Timings, field_of, logprob_fields, require_capability
@@ -48,12 +48,6 @@ _EFFORTS = {
     "ultra": "xhigh",
 }
 _FINISH = {"stop": "stop", "length": "length", "tool_calls": "tool_calls", "content_filter": "content_filter"}
-
-
-def error_body(error: ProxyError) -> dict[str, Any]:
-    """An error as OpenAI (and Ollama's ``/v1``) shape it; ``code`` names the proxy's type."""
-    kind = {400: "invalid_request_error", 404: "not_found_error"}.get(error.status, "api_error")
-    return {"error": {"message": error.message, "type": kind, "param": None, "code": error.type}}
 
 
 def model_entry_from_tag(tag: Mapping[str, Any]) -> dict[str, Any]:

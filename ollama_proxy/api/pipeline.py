@@ -1,0 +1,231 @@
+"""The request pipeline: what every surface shares between parsing a request and writing its answer.
+
+Both Klein apps (native ``/api`` in :mod:`~ollama_proxy.api.native`, OpenAI's
+``/v1`` in :mod:`~ollama_proxy.api.v1`) receive the one :class:`Pipeline` of the
+server. It reads the body (with its size limit), resolves the model to a route
+(:class:`~ollama_proxy.routing.router.Router`), runs chat and embedding calls
+along it (:class:`~ollama_proxy.routing.dispatch.Dispatcher`: retries, failover,
+breakers, concurrency limits), keeps ``/api/ps`` (:attr:`Pipeline.running`) and
+counts what happened on the request's record. Auth, CORS, stream limits and the
+drain happened before, in the front door (:mod:`ollama_proxy.front.door`).
+
+Adding a surface (say ``POST /v1/messages``) is three pieces, none of them a copy
+of routing, retries, limits, auth or bookkeeping:
+
+1. **Parse** its body into the internal chat request: an OpenAI chat-completions
+   body (``upstream``) plus whether to stream, in a pure function in ``wire/``.
+2. **Render**: a translator class that turns upstream chunks into the surface's
+   objects (``feed``/``close``/``final``, tokens and timings: see
+   :class:`~ollama_proxy.api.relay.Translator`), and a relay subclass for the
+   framing (:class:`~ollama_proxy.api.relay.SSERelay` is OpenAI's) whose
+   ``dialect`` renders errors (add one to :mod:`ollama_proxy.errors`, with its
+   path prefix in ``DIALECTS`` so the front door answers in it too).
+3. **Declare** the Klein route with :class:`~ollama_proxy.api.routes.Routes` (path,
+   methods and the endpoint label for the statistics, once), and in it::
+
+       body = self.pipeline.body(request)
+       route = await self.pipeline.route(request, model_name(body), "chat")
+       return await self.pipeline.chat(request, route, ChatCall(upstream, stream, new_translator, MyRelay))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+
+from ollama_proxy.api.relay import ChatRelay, Translator
+from ollama_proxy.config.settings import Config
+from ollama_proxy.errors import BadRequest, ErrorDialect, RequestTooLarge, error_response
+from ollama_proxy.front.record import record_of, record_translation
+from ollama_proxy.ops.stats import Stats
+from ollama_proxy.routing.dispatch import AnsweredWithError, Dispatcher
+from ollama_proxy.routing.embeddings import embed
+from ollama_proxy.routing.router import Route, Router, Target
+from ollama_proxy.routing.running import RunningModels
+from ollama_proxy.wire.ollama_chat import parse_body
+
+
+@dataclass
+class ChatCall:
+    """One chat as a surface asks for it: the internal request, and how to render the answer.
+
+    ``upstream`` is the OpenAI chat-completions body (its ``model`` is set per
+    target); ``new_translator`` makes a fresh translator for each attempt, so one
+    that fails before any output leaves no trace in the next one's answer;
+    ``relay`` frames the stream (and its errors) on the wire.
+    """
+
+    upstream: dict[str, Any]
+    stream: bool
+    new_translator: Callable[[], Translator]
+    relay: type[ChatRelay] = ChatRelay
+    keep_alive: float | None = None  # how long /api/ps lists the model afterwards
+
+
+@dataclass
+class Embedded:
+    """An embedding call's result and how long the upstream took."""
+
+    vectors: list[list[float]]
+    tokens: int
+    seconds: float
+
+
+class Pipeline:
+    """Body, route, dispatch, ``/api/ps`` and counting: one per server, shared by every surface."""
+
+    def __init__(
+        self,
+        config: Config,
+        router: Router,
+        dispatcher: Dispatcher,
+        stats: Stats,
+        clock: Any,
+        gate: Any = None,
+    ) -> None:
+        self.config = config
+        self.router = router
+        self.dispatcher = dispatcher
+        self.stats = stats
+        self.clock = clock
+        self.gate = gate
+        self.running = RunningModels(clock, config.default_keep_alive)
+
+    # -- bookkeeping ------------------------------------------------------------------
+    def observe(self, request: IRequest, endpoint: str) -> None:
+        """Count the request for ``/health`` and ``/metrics`` under ``endpoint``, until it finishes."""
+        record_of(request).endpoint = endpoint
+        started = self.clock.seconds()
+        self.stats.in_flight += 1
+        method = request.method.decode("ascii", "replace")
+
+        def done(result: Any) -> None:
+            self.stats.in_flight -= 1
+            status = 499 if isinstance(result, Failure) else (request.code or 200)
+            failed = bool(getattr(request, "proxy_stream_failed", False))
+            self.stats.record(method, endpoint, status, self.clock.seconds() - started, failed)
+
+        request.notifyFinish().addBoth(done)
+
+    def track(self, request: IRequest, handler: Deferred[Any]) -> Deferred[Any]:
+        """Let a draining server cut the handler (a stream ends with an error line, else 503)."""
+        return self.gate.lifecycle.track_handler(request, handler) if self.gate is not None else handler
+
+    def fail(self, request: IRequest, failure: Failure, dialect: ErrorDialect) -> bytes | None:
+        """The error answer for whatever a route raised (the Klein apps' one error handler)."""
+        return error_response(request, failure, record_of(request).dialect or dialect)
+
+    # -- the request ----------------------------------------------------------------
+    def body(self, request: IRequest) -> dict[str, Any]:
+        """The request's JSON object; 413 past the body limit, 400 when it is not one."""
+        limit = self.config.max_body_bytes
+        content = request.content
+        if getattr(request, "body_too_large", False):
+            raise RequestTooLarge(f"request body is larger than the limit of {limit} bytes")
+        raw = content.read() if content is not None else b""
+        if len(raw) > limit:
+            raise RequestTooLarge(f"request body is larger than the limit of {limit} bytes")
+        return parse_body(raw)
+
+    async def route(self, request: IRequest, name: str, purpose: str) -> Route:
+        """Where a request for ``name`` goes; the request's record learns the model."""
+        record_of(request).model = name
+        route = await self.router.route(name, purpose)
+        record_of(request).provider = route.targets[0].slot.name if route.targets else None
+        if purpose == "embed" and not route.model.embedding:
+            raise BadRequest(f'"{name}" does not support embeddings')
+        return route
+
+    # -- answers --------------------------------------------------------------------
+    async def chat(self, request: IRequest, route: Route, call: ChatCall) -> bytes | None:
+        """Answer along ``route`` (retries, fallback, breakers: the dispatcher's job)."""
+        self.running.use(route.model, call.keep_alive)
+        try:
+            return await self._dispatch_chat(request, route, call)
+        finally:
+            self.running.use(route.model, call.keep_alive)
+
+    async def _dispatch_chat(self, request: IRequest, route: Route, call: ChatCall) -> bytes | None:
+        started = self.clock.seconds()
+        stream = call.stream
+        translators: list[Any] = []
+
+        async def attempt(target: Target) -> bytes | None:
+            translator = call.new_translator()
+            translator.timings.started = started
+            if not translators:
+                # The access line and metrics take tokens and timings from the last attempt.
+                record_translation(request, _LastAttempt(translators), self.clock, stream)
+            translators.append(translator)
+            relay = call.relay(request, target.provider, translator, self.clock)
+            _mark(request, target)
+            body = {**call.upstream, "model": target.model.id}
+            if not stream:
+                return await relay.answer(body)
+            try:
+                await relay.stream(body)
+            finally:
+                request.proxy_stream_failed = relay.failed  # type: ignore[attr-defined]
+            if relay.failed:
+                raise AnsweredWithError(relay.error or "the stream broke after output began")
+            return None
+
+        if stream:
+            self.stats.active_streams += 1
+        try:
+            result = await self.dispatcher.run(route, attempt)
+        finally:
+            if stream:
+                self.stats.active_streams -= 1
+        if translators:
+            self.stats.add_tokens(translators[-1].prompt_tokens, translators[-1].completion_tokens)
+        return result
+
+    async def embed(
+        self,
+        request: IRequest,
+        route: Route,
+        inputs: list[str],
+        dimensions: int | None,
+        truncate: bool = True,
+        keep_alive: float | None = None,
+    ) -> Embedded:
+        """Embeddings along ``route``, with the same retries and fallback as chat; counted on the record."""
+        started = self.clock.seconds()
+        self.running.use(route.model, keep_alive)
+        vectors: list[list[float]] = []
+        tokens = 0
+
+        async def attempt(target: Target) -> tuple[list[list[float]], int]:
+            _mark(request, target)
+            return await embed(target.provider, target.model, inputs, dimensions, truncate)
+
+        if inputs:
+            vectors, tokens = await self.dispatcher.run(route, attempt)
+        seconds = self.clock.seconds() - started
+        record_of(request).upstream_seconds += seconds
+        record_of(request).add_tokens(tokens, None)
+        self.stats.add_tokens(tokens, 0)
+        return Embedded(vectors, tokens, seconds)
+
+
+class _LastAttempt:
+    """Reads as the translator of the latest attempt (retries make several)."""
+
+    def __init__(self, translators: list[Any]) -> None:
+        self._translators = translators
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._translators[-1], name)
+
+
+def _mark(request: IRequest, target: Target) -> None:
+    """Say which provider and upstream model answer (set before the first byte)."""
+    record_of(request).provider = target.slot.name
+    request.setHeader(b"x-ollama-proxy-provider", target.slot.name.encode("utf-8"))
+    request.setHeader(b"x-ollama-proxy-model", target.model.id.encode("utf-8"))
