@@ -55,8 +55,8 @@ class AnthropicSimulator(SimulatorBase):
         self.models = list(MODELS)
         self.page_size = page_size
 
-    def start(self) -> str:  # type: ignore[override]
-        return super().start() + "/v1"
+    def start(self, prefix: str = "") -> str:
+        return super().start(prefix) + "/v1"
 
     def _error(self, request: Request, status: int, kind: str, message: str) -> bytes:
         return self.json(request, {"type": "error", "error": {"type": kind, "message": message}}, status)

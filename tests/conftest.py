@@ -1,8 +1,14 @@
-"""Fixtures: a real upstream simulator and a real proxy, both on loopback port 0."""
+"""Fixtures: real upstream simulators and real proxies, all on loopback port 0.
+
+``simulator`` is the OpenRouter upstream; ``openai_sim``, ``anthropic_sim`` and
+``ollama_sim`` are more upstreams of each kind. ``proxy``/``make_proxy`` start a
+proxy on ``simulator``; ``make_multi`` one with several providers (see multi.py).
+"""
 
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -18,6 +24,10 @@ from ollama_proxy.config.providers import RetryConfig
 from ollama_proxy.config.settings import Config, OpenRouterConfig, Timeouts, load_config
 from ollama_proxy.service import ProxyService, makeService
 
+from .anthropic_simulator import AnthropicSimulator
+from .multi import multi_config
+from .ollama_simulator import OllamaSimulator
+from .simbase import SimulatorBase
 from .simulator import API_KEY, UpstreamSimulator
 
 
@@ -47,22 +57,43 @@ def base_config(simulator: UpstreamSimulator, **overrides: Any) -> Config:
     return replace(config, **overrides)
 
 
-@pytest.fixture
-def simulator() -> Any:
-    sim = UpstreamSimulator(global_reactor)
-    sim.base_url = sim.start()  # type: ignore[attr-defined]
+def serving(sim: SimulatorBase, *args: Any) -> Any:
+    """Start ``sim`` (``args`` go to its ``start``), yield it, stop it after the test."""
+    sim.base_url = sim.start(*args)
     yield sim
     sim.close_connections()
     pytest_twisted.blockon(sim.stop())
 
 
 @pytest.fixture
-def make_proxy(simulator: UpstreamSimulator) -> Any:
-    """``make_proxy(**config_overrides)`` starts a proxy; all are stopped after the test."""
+def simulator() -> Any:
+    """The OpenRouter upstream (at ``/api/v1``)."""
+    yield from serving(UpstreamSimulator(global_reactor))
+
+
+@pytest.fixture
+def openai_sim() -> Any:
+    """A second OpenAI-style upstream at ``/v1``, with the same models as OpenRouter's."""
+    yield from serving(UpstreamSimulator(global_reactor, api_key="sk-openai-simulator-key"), "/v1")
+
+
+@pytest.fixture
+def anthropic_sim() -> Any:
+    yield from serving(AnthropicSimulator(global_reactor))
+
+
+@pytest.fixture
+def ollama_sim() -> Any:
+    yield from serving(OllamaSimulator(global_reactor))
+
+
+def starting(build: Callable[..., ProxyService]) -> Any:
+    """Yield ``make(...)``, which starts and returns ``RunningProxy(build(...))``; after the
+    test, stop every proxy it started."""
     started: list[RunningProxy] = []
 
-    def make(**overrides: Any) -> RunningProxy:
-        service = makeService(base_config(simulator, **overrides), global_reactor)
+    def make(*args: Any, **kwargs: Any) -> RunningProxy:
+        service = build(*args, **kwargs)
         service.startService()
         proxy = RunningProxy(service)
         started.append(proxy)
@@ -71,6 +102,30 @@ def make_proxy(simulator: UpstreamSimulator) -> Any:
     yield make
     for proxy in started:
         pytest_twisted.blockon(proxy.stop())
+
+
+@pytest.fixture
+def make_proxy(simulator: UpstreamSimulator) -> Any:
+    """``make_proxy(**config_overrides)`` starts a proxy; all are stopped after the test."""
+
+    def build(**overrides: Any) -> ProxyService:
+        return makeService(base_config(simulator, **overrides), global_reactor)
+
+    yield from starting(build)
+
+
+@pytest.fixture
+def make_multi(simulator: UpstreamSimulator) -> Any:
+    """``make_multi(providers, openrouter=True, clock=None, seed=0, **config)`` starts a proxy
+    with several providers; all are stopped after the test."""
+
+    def build(
+        providers: list[Any], openrouter: bool = True, clock: Any = None, seed: int = 0, **overrides: Any
+    ) -> ProxyService:
+        config = multi_config(simulator.base_url if openrouter else None, providers, **overrides)
+        return makeService(config, global_reactor, clock=clock, rng=random.Random(seed))
+
+    yield from starting(build)
 
 
 @pytest.fixture
@@ -111,7 +166,7 @@ class RawResponse:
         return json.loads(self.body)
 
     def lines(self) -> list[Any]:
-        assert not [l for l in self.body.split(b"\n")[:-1] if not l.strip()], "blank line in NDJSON"
+        assert not [line for line in self.body.split(b"\n")[:-1] if not line.strip()], "blank line in NDJSON"
         return [json.loads(line) for line in self.body.splitlines()]
 
 

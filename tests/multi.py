@@ -1,20 +1,18 @@
-"""Fixtures and helpers for proxies with several providers (import what you use).
+"""Helpers for proxies with several providers (the fixtures are in conftest.py).
 
-``make_multi(providers=[...], clock=..., **config)`` starts a proxy whose
-OpenRouter is the ``simulator`` fixture (unless told otherwise) and whose other
-providers are :class:`ProviderConfig` entries, typically pointing at the
-simulators below. ``pump(clock, d)`` drives a fake clock while real sockets run,
-until ``d`` fires: timeouts, backoffs and breaker waits then pass in an instant.
+The ``make_multi(providers=[...], clock=..., **config)`` fixture starts a proxy
+whose OpenRouter is the ``simulator`` fixture (unless told otherwise) and whose
+other providers are :func:`provider` entries, typically pointing at the
+``openai_sim``, ``anthropic_sim`` and ``ollama_sim`` fixtures. ``pump(clock, d)``
+drives a fake clock while real sockets run, until ``d`` fires: timeouts, backoffs
+and breaker waits then pass in an instant.
 """
 
 from __future__ import annotations
 
-import random
 from dataclasses import replace
 from typing import Any
 
-import pytest
-import pytest_twisted
 from twisted.internet import reactor as global_reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory
@@ -22,13 +20,9 @@ from twisted.internet.task import Clock, deferLater
 
 from ollama_proxy.config.providers import BreakerConfig, ProviderConfig, ProviderTimeouts, RetryConfig
 from ollama_proxy.config.settings import Config, OpenRouterConfig, Timeouts, load_config
-from ollama_proxy.service import makeService
 
 from .anthropic_simulator import API_KEY as ANTHROPIC_KEY
-from .anthropic_simulator import AnthropicSimulator
-from .conftest import RunningProxy
-from .ollama_simulator import OllamaSimulator
-from .simulator import API_KEY, UpstreamSimulator
+from .simulator import API_KEY
 
 # Retries without waiting and breakers that stay closed unless a test wants them.
 FAST_RETRY = RetryConfig(max_retries=1, base_delay=0.0, max_delay=0.0, max_retry_after=0.5, deadline=60)
@@ -55,60 +49,6 @@ def multi_config(openrouter_url: str | None, providers: list[ProviderConfig], **
         breaker=QUIET_BREAKER,
     )
     return replace(config, **overrides)
-
-
-@pytest.fixture
-def make_multi(simulator: UpstreamSimulator) -> Any:
-    """``make_multi(providers, openrouter=True, clock=None, seed=0, **config)``."""
-    started: list[RunningProxy] = []
-
-    def make(
-        providers: list[ProviderConfig], openrouter: bool = True, clock: Any = None, seed: int = 0, **overrides: Any
-    ) -> RunningProxy:
-        config = multi_config(simulator.base_url if openrouter else None, providers, **overrides)
-        service = makeService(config, global_reactor, clock=clock, rng=random.Random(seed))
-        service.startService()
-        proxy = RunningProxy(service)
-        started.append(proxy)
-        return proxy
-
-    yield make
-    for proxy in started:
-        pytest_twisted.blockon(proxy.stop())
-
-
-def _serve(sim: Any, *args: Any) -> Any:
-    sim.base_url = sim.start(*args)
-    return sim
-
-
-def _teardown(sim: Any) -> None:
-    sim.close_connections()
-    stopped = sim.stop()
-    if stopped is not None:
-        pytest_twisted.blockon(stopped)
-
-
-@pytest.fixture
-def openai_sim() -> Any:
-    """A second OpenAI-style upstream at ``/v1``, with the same models as OpenRouter's."""
-    sim = _serve(UpstreamSimulator(global_reactor, api_key="sk-openai-simulator-key"), "/v1")
-    yield sim
-    _teardown(sim)
-
-
-@pytest.fixture
-def anthropic_sim() -> Any:
-    sim = _serve(AnthropicSimulator(global_reactor))
-    yield sim
-    _teardown(sim)
-
-
-@pytest.fixture
-def ollama_sim() -> Any:
-    sim = _serve(OllamaSimulator(global_reactor))
-    yield sim
-    _teardown(sim)
 
 
 def closed_port_url(path: str = "/v1") -> str:
@@ -139,12 +79,8 @@ __all__ = [
     "API_KEY",
     "FAST_RETRY",
     "QUIET_BREAKER",
-    "anthropic_sim",
     "closed_port_url",
-    "make_multi",
     "multi_config",
-    "ollama_sim",
-    "openai_sim",
     "provider",
     "pump",
     "turn",

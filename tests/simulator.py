@@ -43,9 +43,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
-from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request, Site
+from twisted.internet.defer import Deferred
+from twisted.web.server import NOT_DONE_YET, Request
+
+from .simbase import RecordedRequest, SimulatorBase
 
 API_KEY = "sk-or-v1-simulator-secret-0123456789abcdef"
 
@@ -231,80 +232,23 @@ def prompt_tokens(messages: list[dict[str, Any]]) -> int:
     return count
 
 
-@dataclass
-class RecordedRequest:
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: Any
-
-
-@dataclass
-class _Injected:
-    status: int
-    count: int
-    retry_after: str | None = None
-
-
-def abort_all(protocols: set[Any]) -> None:
-    """Abort every connection of a :class:`_CountingSite` (test teardown)."""
-    for protocol in list(protocols):
-        # Site hands out a wrapper around the HTTPChannel: the transport is the channel's.
-        channel = getattr(protocol, "_channel", protocol)
-        transport = getattr(channel, "transport", None)
-        if transport is not None:
-            transport.abortConnection()
-
-
-class _CountingSite(Site):
-    def __init__(self, resource: Resource, simulator: UpstreamSimulator, **kwargs: Any) -> None:
-        super().__init__(resource, **kwargs)
-        self.simulator = simulator
-
-    def buildProtocol(self, addr: Any) -> Any:
-        protocol = super().buildProtocol(addr)
-        simulator = self.simulator
-        simulator.connections_opened += 1
-        simulator.open_protocols.add(protocol)
-        original = protocol.connectionLost
-
-        def connectionLost(reason: Any) -> None:
-            simulator.connections_closed += 1
-            simulator.open_protocols.discard(protocol)
-            original(reason)
-
-        protocol.connectionLost = connectionLost
-        return protocol
-
-
-class UpstreamSimulator(Resource):
+class UpstreamSimulator(SimulatorBase):
     """The simulated provider. Mount point: ``/api/v1`` (OpenRouter's path)."""
 
-    isLeaf = True
-
     def __init__(self, reactor: Any, *, api_key: str = API_KEY, slow_interval: float = 0.02) -> None:
-        super().__init__()
-        self.reactor = reactor
+        super().__init__(reactor)
         self.api_key = api_key
         self.slow_interval = slow_interval
-        self.requests: list[RecordedRequest] = []
         self.chat_models = list(CHAT_MODELS)
         self.embedding_models = list(EMBEDDING_MODELS)
-        self.connections_opened = 0
-        self.connections_closed = 0
         self.streams_started = 0
-        self.streams_aborted = 0
         self.tokens_sent = 0
-        self._abort_waiters: list[Deferred[None]] = []
         self._token_waiters: list[Deferred[None]] = []
-        self._injected: list[_Injected] = []
         self.models_status: int | None = None
         # "stall-body": /models sends its headers and a piece of the body, then nothing;
         # "no-headers": /models never answers at all.
         self.models_behaviour: str | None = None
         self.held_model_requests: list[Any] = []
-        self.port: Any = None
-        self.open_protocols: set[Any] = set()
         # sim/hold: streams that sent their first token and wait for release_holds().
         self.held: list[_Stream] = []
         self._hold_waiters: list[Deferred[None]] = []
@@ -316,53 +260,13 @@ class UpstreamSimulator(Resource):
         self._pause_waiters: list[Deferred[None]] = []
         # sim/raw: the exact bytes of the next SSE body.
         self.raw_stream = b""
-        self._request_waiters: list[tuple[int, Deferred[None]]] = []
-        # Every chat stream behaves like the model ``sim/<behaviour>`` (stall, silent, ...).
-        self.behaviour: str | None = None
         self.prefix = "/api/v1"
-        self._next_request_waiters: list[Deferred[RecordedRequest]] = []
 
     # -- control ------------------------------------------------------------------
     def start(self, prefix: str = "/api/v1") -> str:
         """Listen on a free loopback port; returns the base URL (``...<prefix>``):
         ``/api/v1`` as OpenRouter, ``/v1`` as OpenAI and most compatible servers."""
-        self.prefix = prefix
-        root = Resource()
-        parent = root
-        parts = [p.encode() for p in prefix.strip("/").split("/")]
-        for part in parts[:-1]:
-            child = Resource()
-            parent.putChild(part, child)
-            parent = child
-        parent.putChild(parts[-1], self)
-        self.site = _CountingSite(root, self)
-        self.port = self.reactor.listenTCP(0, self.site, interface="127.0.0.1")
-        return f"http://127.0.0.1:{self.port.getHost().port}{prefix}"
-
-    def wait_for_request(self) -> Deferred[RecordedRequest]:
-        """Fires with the next chat or embedding request this simulator receives."""
-        d: Deferred[RecordedRequest] = Deferred()
-        self._next_request_waiters.append(d)
-        return d
-
-    def stop(self) -> Any:
-        """Stop listening (idempotent); returns a Deferred."""
-        port, self.port = self.port, None
-        return maybeDeferred(port.stopListening) if port is not None else succeed(None)
-
-    def close_connections(self) -> None:
-        """Drop every open connection (test teardown)."""
-        abort_all(self.open_protocols)
-
-    def fail_next(self, status: int, count: int = 1, retry_after: str | None = None) -> None:
-        """Answer the next ``count`` chat/embedding requests with ``status``."""
-        self._injected.append(_Injected(status, count, retry_after))
-
-    def wait_for_abort(self) -> Deferred[None]:
-        """Fires when a stream is cut off by the proxy before it ended."""
-        d: Deferred[None] = Deferred()
-        self._abort_waiters.append(d)
-        return d
+        return super().start(prefix)
 
     def wait_for_token(self) -> Deferred[None]:
         """Fires when the simulator sends its next token."""
@@ -375,15 +279,6 @@ class UpstreamSimulator(Resource):
         waiters, self._token_waiters = self._token_waiters, []
         for d in waiters:
             d.callback(None)
-
-    def wait_for_requests(self, count: int) -> Deferred[None]:
-        """Fires once ``count`` requests have arrived in all."""
-        d: Deferred[None] = Deferred()
-        if len(self.requests) >= count:
-            d.callback(None)
-        else:
-            self._request_waiters.append((count, d))
-        return d
 
     def wait_for_hold(self) -> Deferred[None]:
         """Fires when a ``sim/hold`` stream has sent its first token and waits."""
@@ -425,23 +320,9 @@ class UpstreamSimulator(Resource):
 
     # -- HTTP -----------------------------------------------------------------------
     def render(self, request: Request) -> Any:
-        path = request.path.decode()
-        raw = request.content.read() if request.content else b""
-        try:
-            body = json.loads(raw) if raw else None
-        except ValueError:
-            body = None
-        headers = {k.decode().lower(): v[0].decode() for k, v in request.requestHeaders.getAllRawHeaders()}
-        recorded = RecordedRequest(request.method.decode(), path, headers, body)
-        self.requests.append(recorded)
-        for entry in [w for w in self._request_waiters if len(self.requests) >= w[0]]:
-            self._request_waiters.remove(entry)
-            entry[1].callback(None)
+        recorded = self.record(request)
+        path, headers, body = recorded.path, recorded.headers, recorded.body
         route = path[len(self.prefix) :]
-        if request.method == b"POST":
-            waiters, self._next_request_waiters = self._next_request_waiters, []
-            for waiter in waiters:
-                waiter.callback(recorded)
         if request.method == b"GET" and route == "/models":
             if self.models_status:
                 return self._error(request, self.models_status, "models unavailable")
@@ -451,20 +332,17 @@ class UpstreamSimulator(Resource):
                     request.setHeader(b"content-type", b"application/json")
                     request.write(b'{"data": [')
                 return NOT_DONE_YET
-            return self._json(request, {"data": self.chat_models})
+            return self.json(request, {"data": self.chat_models})
         if request.method == b"GET" and route == "/embeddings/models":
-            return self._json(request, {"data": self.embedding_models})
+            return self.json(request, {"data": self.embedding_models})
         if request.method != b"POST" or route not in ("/chat/completions", "/embeddings", "/completions"):
             return self._error(request, 404, f"no route {route}")
         if headers.get("authorization") != f"Bearer {self.api_key}":
             return self._error(request, 401, "No auth credentials found")
         if not isinstance(body, dict):
             return self._error(request, 400, "body must be JSON")
-        if self._injected:
-            injected = self._injected[0]
-            injected.count -= 1
-            if injected.count <= 0:
-                self._injected.pop(0)
+        injected = self.take_injected()
+        if injected is not None:
             if injected.retry_after:
                 request.setHeader(b"retry-after", injected.retry_after.encode())
             return self._error(request, injected.status, f"injected failure {injected.status}")
@@ -472,13 +350,8 @@ class UpstreamSimulator(Resource):
             return self._embeddings(request, body)
         return self._chat(request, body)
 
-    def _json(self, request: Request, obj: Any, status: int = 200) -> bytes:
-        request.setResponseCode(status)
-        request.setHeader(b"content-type", b"application/json")
-        return json.dumps(obj).encode()
-
     def _error(self, request: Request, status: int, message: str) -> bytes:
-        return self._json(
+        return self.json(
             request, {"error": {"code": status, "message": message, "metadata": {"provider_name": "sim"}}}, status
         )
 
@@ -500,7 +373,7 @@ class UpstreamSimulator(Resource):
         size = int(body.get("dimensions") or 8)
         data = [{"object": "embedding", "index": i, "embedding": fake_vector(t, size)} for i, t in enumerate(texts)]
         tokens = sum(len(t.split()) for t in texts)
-        return self._json(
+        return self.json(
             request,
             {
                 "object": "list",
@@ -588,7 +461,7 @@ class UpstreamSimulator(Resource):
             "cost": 0.00001,
         }
         if not body.get("stream"):
-            return self._json(
+            return self.json(
                 request,
                 {
                     "id": "gen-sim",
@@ -615,13 +488,6 @@ class UpstreamSimulator(Resource):
             return False
         setting = body.get("reasoning") or {}
         return not (setting.get("exclude") or setting.get("enabled") is False or setting.get("effort") == "none")
-
-    # -- stream bookkeeping -------------------------------------------------------------
-    def _aborted(self) -> None:
-        self.streams_aborted += 1
-        waiters, self._abort_waiters = self._abort_waiters, []
-        for d in waiters:
-            d.callback(None)
 
 
 def _logprob(word: str, rank: int, top: int) -> dict[str, Any]:
@@ -742,7 +608,7 @@ class _Stream:
             for call in self.calls:
                 if call.active():
                     call.cancel()
-            self.sim._aborted()
+            self.sim.aborted()
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None, logprobs: Any = None) -> dict[str, Any]:
         choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish}

@@ -17,7 +17,7 @@ from ollama_proxy.errors import UpstreamError, UpstreamStreamError
 from ollama_proxy.providers.anthropic import AnthropicDecoder, AnthropicProvider, messages_request, model_from
 
 from .conftest import http, in_thread
-from .multi import ANTHROPIC_KEY, anthropic_sim, make_multi, provider  # noqa: F401
+from .multi import ANTHROPIC_KEY, provider
 
 # -- OpenAI -> Anthropic ------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ import ollama
 import pytest_twisted
 
 from .conftest import http, in_thread
-from .multi import ANTHROPIC_KEY, anthropic_sim, make_multi, ollama_sim, provider  # noqa: F401
+from .multi import ANTHROPIC_KEY, provider
 
 TOOLS = [
     {

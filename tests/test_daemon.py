@@ -48,7 +48,7 @@ async def test_twistd_plugin_serves_the_api_and_stops_on_sigterm(simulator, runn
     )
     assert answer.message.content == "Echo: hi"
     proc.signal("TERM")
-    assert await proc.exited in (0, -15)
+    assert await proc.wait_ended() == 0
     assert b"Server Shut Down." in proc.output  # a clean stop, not a kill
     assert API_KEY.encode() not in proc.output
 
@@ -59,7 +59,7 @@ async def test_several_listen_options(simulator, running):
     running.append(proc)
     await proc.wait_for(rb"ready: listening on [\d.]+:\d+, [\d.]+:\d+")
     proc.signal("TERM")
-    assert await proc.exited in (0, -15)
+    assert await proc.wait_ended() == 0
 
 
 @pytest_twisted.ensureDeferred
@@ -72,7 +72,7 @@ async def test_ollama_host_is_honoured(simulator, running):
     running.append(proc)
     assert await proc.port() == port
     proc.signal("TERM")
-    await proc.exited
+    assert await proc.wait_ended() == 0
 
 
 @pytest_twisted.ensureDeferred
@@ -83,7 +83,7 @@ async def test_tac_file_runs_the_same_tree(simulator, running):
     r = await http("GET", f"http://127.0.0.1:{port}/api/tags")
     assert r.code == 200 and any(m["name"] == "google/gemini-pro:latest" for m in r.json()["models"])
     proc.signal("TERM")
-    assert await proc.exited in (0, -15)
+    assert await proc.wait_ended() == 0
 
 
 @pytest_twisted.ensureDeferred
@@ -100,7 +100,7 @@ async def test_tac_file_logs_through_the_redacting_observer(simulator, running):
     assert r.code == 400
     await proc.wait_for(rb'"namespace":"ollama_proxy.access"')
     proc.signal("TERM")
-    await proc.exited
+    assert await proc.wait_ended() == 0
     lines = [line for line in proc.output.decode().splitlines() if line.strip()]
     assert all(line.startswith("{") for line in lines)  # the proxy's observer, not twistd's default
     assert API_KEY not in proc.output.decode()
@@ -115,7 +115,7 @@ async def test_a_port_in_use_stops_start_up(simulator, running):
             ["ollama-proxy", "--listen", f"tcp:{port}:interface=127.0.0.1"], env=upstream_env(simulator)
         )
         running.append(proc)
-        assert await proc.exited != 0
+        assert await proc.wait_ended() == 1
         assert f"Couldn't listen on 127.0.0.1:{port}".encode() in proc.output
     finally:
         await taken.stopListening()
@@ -127,7 +127,7 @@ async def test_a_bad_config_file_stops_start_up_naming_the_key(tmp_path, running
     bad.write_text("[timeouts]\nidel = 3\n")
     proc = daemon.start(["ollama-proxy", "--config", str(bad), "--listen", LOOPBACK])
     running.append(proc)
-    assert await proc.exited == 1
+    assert await proc.wait_ended() == 1
     assert b"configuration error" in proc.output and b"unknown key 'timeouts.idel'" in proc.output
     assert b"Traceback" not in proc.output
 

@@ -28,7 +28,7 @@ from twisted.internet.defer import Deferred
 from twisted.web.client import HTTPConnectionPool
 
 from .conftest import http
-from .daemonproc import ROOT, Daemon, NotifySocket, StreamClient, first_of, port_from_status, twistd_command
+from .daemon import ROOT, Daemon, NotifySocket, StreamClient, first_of, port_from_status, twistd_command
 from .simulator import API_KEY
 
 pytestmark = pytest.mark.timeout(90)

@@ -17,7 +17,6 @@ from ollama_proxy.service import makeService
 from ollama_proxy.tap import Options
 
 from .conftest import http, in_thread
-from .multi import make_multi, provider  # noqa: F401
 
 
 def test_echo_words_and_vectors_are_deterministic():

@@ -17,7 +17,7 @@ from twisted.web.static import Data
 from ollama_proxy.service import makeService
 
 from .conftest import base_config, http, in_thread
-from .daemonproc import StreamClient
+from .daemon import StreamClient
 
 
 class HostListener(Service):

@@ -22,7 +22,7 @@ from ollama_proxy.config.providers import BreakerConfig, ProviderTimeouts, Retry
 from ollama_proxy.routing.limiter import BUSY_MESSAGE
 
 from .conftest import http, in_thread
-from .multi import make_multi, openai_sim, provider, pump, turn  # noqa: F401
+from .multi import provider, pump, turn
 from .simulator import API_KEY, EMBEDDING_MODELS, UpstreamSimulator
 
 CHAT = "/api/chat"

@@ -8,7 +8,7 @@ from twisted.internet.task import Clock
 from ollama_proxy.config.providers import BreakerConfig
 
 from .conftest import http
-from .multi import ANTHROPIC_KEY, anthropic_sim, make_multi, openai_sim, provider, turn  # noqa: F401
+from .multi import provider, turn
 
 
 @pytest_twisted.ensureDeferred

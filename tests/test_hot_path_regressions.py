@@ -14,8 +14,8 @@ from twisted.logger import globalLogPublisher
 from ollama_proxy.config.settings import Timeouts
 
 from .conftest import LineReader
-from .daemonproc import within
-from .multi import make_multi, turn  # noqa: F401
+from .daemon import within
+from .multi import turn
 from .test_limits import _reading, raw
 
 

@@ -13,7 +13,7 @@ from twisted.internet.task import Clock
 from ollama_proxy.config.ops import OpsConfig, ShutdownConfig
 
 from .conftest import http
-from .daemonproc import StreamClient, within
+from .daemon import StreamClient, within
 
 
 def drain(seconds: float) -> OpsConfig:

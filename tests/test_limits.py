@@ -14,7 +14,7 @@ from twisted.internet.protocol import Protocol
 from ollama_proxy.config.ops import LimitsConfig, OpsConfig
 
 from .conftest import http
-from .daemonproc import StreamClient
+from .daemon import StreamClient
 
 
 def limits(**values: int) -> OpsConfig:

@@ -6,7 +6,6 @@ import pytest
 import pytest_twisted
 
 from .conftest import http, in_thread
-from .multi import make_multi  # noqa: F401
 from .simulator import fake_vector
 
 

@@ -19,7 +19,7 @@ from ollama_proxy.providers.ollama import OllamaDecoder, OllamaProvider, chat_bo
 from ollama_proxy.providers.stream import NDJSONParser
 
 from .conftest import http, in_thread
-from .multi import make_multi, ollama_sim, provider, pump  # noqa: F401
+from .multi import provider, pump
 
 
 def test_openai_request_becomes_an_ollama_chat_body():

@@ -8,7 +8,7 @@ import pytest
 import pytest_twisted
 
 from .conftest import http, in_thread
-from .multi import ANTHROPIC_KEY, anthropic_sim, make_multi, ollama_sim, openai_sim, provider  # noqa: F401
+from .multi import ANTHROPIC_KEY, provider
 
 
 def everything(openai_sim, anthropic_sim, ollama_sim):

@@ -15,7 +15,7 @@ from ollama_proxy.ops.sdnotify import SystemdNotifier
 from ollama_proxy.service import makeService
 
 from .conftest import RunningProxy, http
-from .daemonproc import StreamClient
+from .daemon import StreamClient
 from .simulator import API_KEY, UpstreamSimulator
 
 

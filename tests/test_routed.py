@@ -11,7 +11,7 @@ from twisted.internet import reactor as global_reactor
 from ollama_proxy.config.providers import RoutingConfig
 
 from .conftest import http
-from .multi import make_multi, openai_sim, provider  # noqa: F401
+from .multi import provider
 from .simulator import API_KEY, UpstreamSimulator
 
 

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from .daemonproc import ROOT, twistd_command
+from .daemon import ROOT, twistd_command
 
 UNITS = ROOT / "systemd"
 INSTALLED_TWISTD = "/opt/ollama-proxy/bin/twistd"

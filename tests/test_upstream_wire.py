@@ -22,7 +22,7 @@ from twisted.internet.task import deferLater
 from ollama_proxy.config.settings import OpenRouterConfig
 
 from .conftest import LineReader, http, in_thread
-from .multi import make_multi, openai_sim, provider  # noqa: F401
+from .multi import provider
 from .simulator import API_KEY, UpstreamSimulator
 
 REFERER = "https://gateway.example.org/chat"
