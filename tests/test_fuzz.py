@@ -345,7 +345,7 @@ def assert_openai_error(response: Any) -> None:
 def sse_payloads(response: Any) -> list[Any]:
     """The data of every event of an SSE answer: JSON objects, then ``[DONE]`` unless an error
     event ended the stream early (the openai clients raise on an event carrying ``error``)."""
-    parser = SSEParser(max_line_bytes=len(response.body) + 1)
+    parser = SSEParser(max_event_bytes=len(response.body) + 1)
     events = parser.feed(response.body) + parser.close()
     assert response.body.endswith(b"\n\n"), response.body[-80:]  # the last event is complete
     data = [event.data for event in events]
@@ -467,7 +467,7 @@ def test_the_sse_parser_gives_the_same_events_however_the_bytes_are_split(lines,
     stream = ending.join(lines) + ending
 
     def parse(pieces: list[bytes]) -> list[Any]:
-        parser = SSEParser(max_line_bytes=1024)
+        parser = SSEParser(max_event_bytes=1024)
         events: list[Any] = []
         for piece in pieces:
             events.extend(parser.feed(piece))

@@ -61,7 +61,7 @@ def test_overlong_line_is_an_error():
 
     from ollama_proxy.providers.sse import SSEProtocolError
 
-    parser = SSEParser(max_line_bytes=10)
+    parser = SSEParser(max_event_bytes=10)
     with pytest.raises(SSEProtocolError):
         parser.feed(b"data: " + b"x" * 20)
 

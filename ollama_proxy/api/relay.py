@@ -39,6 +39,11 @@ class Translator(Protocol):
     prompt_tokens: int | None
     completion_tokens: int | None
 
+    @property
+    def answer_size(self) -> int:
+        """Characters gathered so far (content, thinking, tool arguments)."""
+        ...
+
     def feed(self, chunk: dict[str, Any]) -> list[dict[str, Any]]:
         """The objects one upstream chunk becomes (none, while it gathers)."""
         ...
@@ -50,6 +55,12 @@ class Translator(Protocol):
     def final(self) -> dict[str, Any]:
         """The whole answer (non-streamed) or the last object of a stream."""
         ...
+
+
+# The most a non-streamed answer may gather before it is sent (characters of
+# content, thinking and tool arguments): a misbehaving upstream must not grow
+# the proxy's memory without bound. Past it the request ends with a 502.
+MAX_ANSWER_CHARS = 32 * 1024 * 1024
 
 
 @implementer(IPushProducer)
@@ -78,6 +89,7 @@ class ChatRelay:
 
     content_type = NDJSON
     dialect: ErrorDialect = NATIVE
+    max_answer_chars = MAX_ANSWER_CHARS
 
     def __init__(self, request: IRequest, provider: IProvider, translator: Translator, clock: Any) -> None:
         self.request = request
@@ -121,7 +133,7 @@ class ChatRelay:
         """Non-streamed: gather the stream, answer one JSON object."""
         upstream = await self._open(body)
         try:
-            await upstream.deliver(self.translator.feed)
+            await upstream.deliver(self._gather)
             self.translator.close()
         except UpstreamStreamError as error:
             raise UpstreamError(self.provider.label, self.provider.type, None, self._clean(error.message)) from None
@@ -160,6 +172,12 @@ class ChatRelay:
             if self._connected:
                 self.request.unregisterProducer()
         self._write(self._closing())
+
+    def _gather(self, chunk: dict[str, Any]) -> None:
+        self.translator.feed(chunk)
+        if self.translator.answer_size > self.max_answer_chars:
+            # Raised inside the upstream reader's sink: it closes the connection.
+            raise UpstreamStreamError(f"the answer is larger than the limit of {self.max_answer_chars} characters")
 
     # -- framing ------------------------------------------------------------------
     def _encode(self, obj: dict[str, Any]) -> bytes:

@@ -4,6 +4,11 @@ Bytes go in as they arrive from the network, in pieces of any size; complete
 events come out. Lines may end in LF, CRLF or a lone CR, and a CRLF may be split
 across two reads. Comment lines (``: OPENROUTER PROCESSING``) are keep-alives and
 produce no event.
+
+What the parser holds is bounded per event, not per line: an event may be split
+into any number of ``data:`` lines, and they all wait in memory for its blank
+line. Past :data:`MAX_EVENT_BYTES` (the line being read and the data lines
+before it, together) the stream is refused.
 """
 
 from __future__ import annotations
@@ -12,6 +17,10 @@ import re
 from dataclasses import dataclass
 
 _LINE_END = re.compile(rb"\r\n|\r|\n")
+
+# The most one upstream event (or NDJSON line) may hold: a chat chunk is a few
+# hundred bytes, an image-bearing one a few megabytes.
+MAX_EVENT_BYTES = 16 * 1024 * 1024
 
 
 class SSEProtocolError(ValueError):
@@ -29,12 +38,13 @@ class SSEEvent:
 class SSEParser:
     """Turn a byte stream into :class:`SSEEvent` objects, one ``feed`` at a time."""
 
-    def __init__(self, max_line_bytes: int = 16 * 1024 * 1024) -> None:
+    def __init__(self, max_event_bytes: int = MAX_EVENT_BYTES) -> None:
         self._buffer = bytearray()
         self._scanned = 0  # bytes of the buffer already searched for a line end
         self._data: list[str] = []
+        self._data_bytes = 0  # what the data lines of the event being read hold
         self._event = ""
-        self._max_line = max_line_bytes
+        self._max_event = max_event_bytes
         self.comments = 0
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
@@ -60,13 +70,18 @@ class SSEParser:
             event = self._line(line)
             if event is not None:
                 events.append(event)
+            elif self._data_bytes > self._max_event:
+                raise self._too_large()
         if position:
             del buffer[:position]
         # Resume the next search where this one stopped (a trailing CR is searched again).
         self._scanned = max(0, len(buffer) - 1)
-        if len(buffer) > self._max_line:
-            raise SSEProtocolError(f"an SSE line exceeded {self._max_line} bytes")
+        if len(buffer) + self._data_bytes > self._max_event:
+            raise self._too_large()
         return events
+
+    def _too_large(self) -> SSEProtocolError:
+        return SSEProtocolError(f"an SSE event exceeded {self._max_event} bytes")
 
     def _line(self, raw: bytes) -> SSEEvent | None:
         if not raw:
@@ -80,6 +95,7 @@ class SSEParser:
             value = value[1:]
         if field == "data":
             self._data.append(value)
+            self._data_bytes += len(raw)
         elif field == "event":
             self._event = value
         # ``id`` and ``retry`` are legal but mean nothing to a one-shot stream.
@@ -91,6 +107,7 @@ class SSEParser:
             return None
         event = SSEEvent("\n".join(self._data), self._event or "message")
         self._data = []
+        self._data_bytes = 0
         self._event = ""
         return event
 

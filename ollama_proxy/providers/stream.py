@@ -22,7 +22,7 @@ from zope.interface import implementer
 
 from ollama_proxy.errors import UpstreamStreamError
 from ollama_proxy.providers.interfaces import IUpstreamStream
-from ollama_proxy.providers.sse import SSEEvent, SSEParser, SSEProtocolError
+from ollama_proxy.providers.sse import MAX_EVENT_BYTES, SSEEvent, SSEParser, SSEProtocolError
 
 EventSink = Callable[[dict[str, Any]], None]
 # Turns one upstream JSON object into the OpenAI chunks it means (maybe none):
@@ -211,7 +211,7 @@ class SSEStream:
 class NDJSONParser:
     """Newline-delimited JSON (Ollama's stream format) as records for :class:`SSEStream`."""
 
-    def __init__(self, max_line_bytes: int = 16 * 1024 * 1024) -> None:
+    def __init__(self, max_line_bytes: int = MAX_EVENT_BYTES) -> None:
         self._buffer = bytearray()
         self._scanned = 0
         self._max_line = max_line_bytes

@@ -121,6 +121,9 @@ class ChunkReader:
         self.prompt_tokens: int | None = None
         self.completion_tokens: int | None = None
         self.tool_calls_sent = 0
+        # Characters of content, thinking and tool arguments read so far: what a
+        # renderer that gathers the whole answer holds.
+        self.size = 0
 
     def feed(self, chunk: Mapping[str, Any]) -> list[Piece]:
         """The pieces one upstream chunk adds; raises :class:`UpstreamStreamError` on an error event."""
@@ -145,6 +148,7 @@ class ChunkReader:
                 thinking=_reasoning_text(delta),
                 logprobs=_logprobs(choice),
             )
+            self.size += len(piece.content) + len(piece.thinking)
             self._collect_calls(delta.get("tool_calls"))
             if reason:
                 self.finish_reason = reason
@@ -186,10 +190,11 @@ class ChunkReader:
             if isinstance(name, str) and name and not builder.name:
                 builder.name = name
             arguments = function.get("arguments")
+            if isinstance(arguments, dict):
+                arguments = json.dumps(arguments, ensure_ascii=False)
             if isinstance(arguments, str):
                 builder.fragments.append(arguments)
-            elif isinstance(arguments, dict):
-                builder.fragments.append(json.dumps(arguments, ensure_ascii=False))
+                self.size += len(arguments)
 
     def _finished_calls(self) -> list[ToolCall]:
         calls = [
@@ -216,6 +221,11 @@ class ReadsChunks:
     has ``reader``, a :class:`ChunkReader`, and renders pieces in ``_render``)."""
 
     reader: ChunkReader
+
+    @property
+    def answer_size(self) -> int:
+        """Characters of the answer read so far (content, thinking, tool arguments)."""
+        return self.reader.size
 
     @property
     def prompt_tokens(self) -> int | None:

@@ -1,0 +1,72 @@
+"""What a misbehaving upstream may make the proxy hold: one event, one gathered answer (issue 10, item 8)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import pytest_twisted
+
+from ollama_proxy.api.relay import ChatRelay
+from ollama_proxy.providers.sse import MAX_EVENT_BYTES, SSEEvent, SSEParser, SSEProtocolError
+
+from .conftest import http
+
+MIB = 1024 * 1024
+
+
+def chat(model: str, stream: bool) -> dict[str, object]:
+    return {"model": model, "messages": [{"role": "user", "content": "x"}], "stream": stream}
+
+
+def test_an_event_of_many_data_lines_is_bounded_as_a_whole():
+    parser = SSEParser(max_event_bytes=100)
+    assert parser.feed(b"data: " + b"a" * 40 + b"\n") == []
+    assert parser.feed(b"data: " + b"b" * 40 + b"\n") == []
+    with pytest.raises(SSEProtocolError, match="an SSE event exceeded 100 bytes"):
+        parser.feed(b"data: " + b"c" * 40 + b"\n")
+
+
+def test_the_line_being_read_counts_with_the_data_before_it():
+    parser = SSEParser(max_event_bytes=100)
+    parser.feed(b"data: " + b"a" * 60 + b"\n")
+    with pytest.raises(SSEProtocolError):
+        parser.feed(b"data: " + b"b" * 50)  # no line end yet: still held
+
+
+def test_the_count_starts_again_with_each_event():
+    parser = SSEParser(max_event_bytes=100)
+    for _ in range(10):
+        assert parser.feed(b"data: " + b"a" * 40 + b"\ndata: " + b"b" * 40 + b"\n\n") == [
+            SSEEvent("a" * 40 + "\n" + "b" * 40)
+        ]
+
+
+@pytest.mark.parametrize("path", ["/api/chat", "/v1/chat/completions"])
+@pytest_twisted.ensureDeferred
+async def test_an_upstream_event_past_the_cap_is_a_502(proxy, simulator, path):
+    # Data lines of 1 MiB with no blank line between them: one event growing past the cap.
+    line = b"data: " + b"x" * MIB + b"\n"
+    simulator.raw_stream = line * (MAX_EVENT_BYTES // MIB + 1)
+    r = await http("POST", proxy.url + path, chat("sim/raw", stream=False))
+    assert r.code == 502
+    assert f"an SSE event exceeded {MAX_EVENT_BYTES} bytes" in json.dumps(r.json())
+
+
+@pytest.mark.parametrize("path", ["/api/chat", "/api/generate", "/v1/chat/completions"])
+@pytest_twisted.ensureDeferred
+async def test_a_gathered_answer_past_the_cap_is_a_502(proxy, simulator, monkeypatch, path):
+    monkeypatch.setattr(ChatRelay, "max_answer_chars", 1000)
+    event = {"choices": [{"index": 0, "delta": {"content": "y" * 100}, "finish_reason": None}]}
+    simulator.raw_stream = b"".join(b"data: " + json.dumps(event).encode() + b"\n\n" for _ in range(20))
+    body = chat("sim/raw", stream=False)
+    if path == "/api/generate":
+        body = {"model": "sim/raw", "prompt": "x", "stream": False}
+    r = await http("POST", proxy.url + path, body)
+    assert r.code == 502
+    assert "the answer is larger than the limit of 1000 characters" in json.dumps(r.json())
+    # Under the cap the same answer is whole.
+    simulator.raw_stream = b"".join(b"data: " + json.dumps(event).encode() + b"\n\n" for _ in range(9))
+    simulator.raw_stream += b"data: [DONE]\n\n"
+    r = await http("POST", proxy.url + path, body)
+    assert r.code == 200
