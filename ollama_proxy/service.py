@@ -134,8 +134,15 @@ class ProxyService(MultiService):
             router=self.router,
             dispatcher=self.dispatcher,
         )
+        limits = config.ops.limits
         self.site = make_site(
-            self.api.resource(), config.max_body_bytes, config.ops.limits.max_header_bytes, reactor=reactor
+            self.api.resource(),
+            config.max_body_bytes,
+            limits.max_header_bytes,
+            header_timeout=limits.header_timeout,
+            max_connections=limits.max_connections,
+            reactor=reactor,
+            clock=clock,
         )
 
         for index, description in enumerate(config.listen):
@@ -228,7 +235,10 @@ class ProxyService(MultiService):
         self.api.pipeline.config = config
         self.api.running.default_keep_alive = config.default_keep_alive
         self.router.filter = ModelFilter(config.filter.allow, config.filter.deny)
-        self.site.set_limits(config.max_body_bytes, config.ops.limits.max_header_bytes)
+        limits = config.ops.limits
+        self.site.set_limits(
+            config.max_body_bytes, limits.max_header_bytes, limits.header_timeout, limits.max_connections
+        )
         self.gate.reconfigure(config)
         self.lifecycle.drain_timeout = config.ops.shutdown.drain_timeout
         for timer, step in (

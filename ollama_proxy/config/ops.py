@@ -54,6 +54,10 @@ class LimitsConfig:
     max_header_bytes: int = 16384
     max_streams_per_client: int = 0
     max_streams: int = 0
+    # Seconds a connection has to send a request's headers (not reset by each byte).
+    header_timeout: float = 30.0
+    # Open client connections; past it a new one gets 503 and is closed.
+    max_connections: int = 4096
 
 
 @dataclass(frozen=True)
@@ -115,7 +119,15 @@ def parse_ops(table: Mapping[str, Any], environ: Mapping[str, str]) -> OpsConfig
     auth = _section(table, "auth", {"enabled": (bool,), "tokens": (list,), "tokens_file": (str,)})
     cors = _section(table, "cors", {"origins": (list,)})
     limits = _section(
-        table, "limits", {"max_header_bytes": (int,), "max_streams_per_client": (int,), "max_streams": (int,)}
+        table,
+        "limits",
+        {
+            "max_header_bytes": (int,),
+            "max_streams_per_client": (int,),
+            "max_streams": (int,),
+            "header_timeout": (int, float),
+            "max_connections": (int,),
+        },
     )
     log = _section(table, "log", {"format": (str,), "access": (bool,)})
     shutdown = _section(table, "shutdown", {"drain_timeout": (int, float)})
@@ -151,6 +163,9 @@ def parse_ops(table: Mapping[str, Any], environ: Mapping[str, str]) -> OpsConfig
     log_format = log.get("format", "text")
     if log_format not in ("text", "json"):
         raise OpsConfigError('\'log.format\' must be "text" or "json"')
+    header_timeout = float(limits.get("header_timeout", LimitsConfig.header_timeout))
+    if header_timeout <= 0:
+        raise OpsConfigError("'limits.header_timeout' must be positive")
     drain = float(shutdown.get("drain_timeout", ShutdownConfig.drain_timeout))
     if drain < 0:
         raise OpsConfigError("'shutdown.drain_timeout' must not be negative")
@@ -162,6 +177,8 @@ def parse_ops(table: Mapping[str, Any], environ: Mapping[str, str]) -> OpsConfig
             max_header_bytes=_count(limits, "limits", "max_header_bytes", LimitsConfig.max_header_bytes, minimum=1024),
             max_streams_per_client=_count(limits, "limits", "max_streams_per_client", 0),
             max_streams=_count(limits, "limits", "max_streams", 0),
+            header_timeout=header_timeout,
+            max_connections=_count(limits, "limits", "max_connections", LimitsConfig.max_connections, minimum=1),
         ),
         log=LogConfig(format=log_format, access=log.get("access", True)),
         shutdown=ShutdownConfig(drain_timeout=drain),

@@ -26,7 +26,14 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET
 
 from ollama_proxy.config.settings import Config
-from ollama_proxy.errors import BadRequest, InternalError, ProxyError, ServiceUnavailable, render_error
+from ollama_proxy.errors import (
+    BadRequest,
+    InternalError,
+    ProxyError,
+    RequestTooLarge,
+    ServiceUnavailable,
+    render_error,
+)
 from ollama_proxy.front.auth import PUBLIC_PATHS, Authenticator, ModelNotAllowed
 from ollama_proxy.front.cors import OriginPolicy, check_host
 from ollama_proxy.front.lifecycle import SHUTTING_DOWN, Lifecycle
@@ -163,6 +170,11 @@ class Gate:
             if self.lifecycle.draining:
                 request.setHeader(b"connection", b"close")
                 raise ServiceUnavailable(SHUTTING_DOWN)
+            if getattr(request, "body_too_large", False):
+                # Whatever the route: a body it would not have kept (a declared
+                # length over the limit is answered before the body is read).
+                limit = getattr(request, "max_body_bytes", None)
+                raise RequestTooLarge(f"request body is larger than the limit of {limit} bytes")
             if record.path not in PUBLIC_PATHS:
                 record.principal = self.authenticator.authenticate(request.getHeader(b"authorization"))
             self._check_body(request, record)

@@ -1,11 +1,16 @@
-"""The HTTP server side: a Site that bounds what one request may make it hold.
+"""The HTTP server side: a Site that bounds what one request and one client may make it hold.
 
 Twisted reads a request body whole before dispatching it. This request class stops
 keeping the bytes once the configured limit is passed (so a huge upload cannot
-exhaust memory) and marks itself; the API then answers 413. Request headers are
-bounded too: past ``max_header_bytes`` the channel answers 431 with a JSON body
-and closes. When the resource is mounted in someone else's Site, the API still
-checks the body length itself, and the header limit is that Site's.
+exhaust memory) and marks itself; the API then answers 413. A declared
+``Content-Length`` over the limit is answered at once, before any of the body is
+read, and the connection closed. Request headers are bounded in size (past
+``max_header_bytes`` the channel answers 431 with a JSON body and closes) and in
+time: they must be complete within ``header_timeout`` seconds of the connection
+opening (or of the previous answer on a kept-alive connection), however slowly
+the bytes trickle in. The Site refuses connections past ``max_connections`` with
+a 503. When the resource is mounted in someone else's Site, the API still checks
+the body length itself, and the other limits are that Site's.
 """
 
 from __future__ import annotations
@@ -13,11 +18,30 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
 from twisted.web.http import HTTPChannel
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
+log = Logger()
+
 DEFAULT_MAX_HEADER_BYTES = 16384
+DEFAULT_HEADER_TIMEOUT = 30.0
+DEFAULT_MAX_CONNECTIONS = 4096
+
+
+def _json_answer(status: bytes, body: dict[str, Any], extra: bytes = b"") -> bytes:
+    """A whole HTTP/1.1 answer written by the channel itself (no request object exists)."""
+    data = json.dumps(body).encode()
+    return (
+        b"HTTP/1.1 "
+        + status
+        + b"\r\ncontent-type: application/json; charset=utf-8\r\nconnection: close\r\n"
+        + extra
+        + b"content-length: %d\r\n\r\n%s" % (len(data), data)
+    )
 
 
 class LimitedRequest(Request):
@@ -44,7 +68,10 @@ class LimitedRequest(Request):
 
 
 class LimitedChannel(HTTPChannel):
-    """An HTTP channel whose header limit comes from its site, answered with JSON."""
+    """An HTTP channel whose header limits (size and time) come from its site, answered with JSON."""
+
+    _header_timer: IDelayedCall | None = None
+    _partial_request = False  # bytes of a request whose headers are not complete yet
 
     def connectionMade(self) -> None:
         limit = getattr(self.site, "max_header_bytes", DEFAULT_MAX_HEADER_BYTES)
@@ -52,6 +79,72 @@ class LimitedChannel(HTTPChannel):
         # A single header line may be as long as all of them together.
         self.MAX_LENGTH = limit + 2
         super().connectionMade()
+        self.site.connection_opened()
+        self._await_headers()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self._headers_arrived()
+        self.site.connection_closed()
+        super().connectionLost(reason)
+
+    # -- the header deadline: it does not restart with each byte, as the idle timeout does --
+    def _await_headers(self) -> None:
+        self._headers_arrived()
+        self._partial_request = False
+        timeout = getattr(self.site, "header_timeout", DEFAULT_HEADER_TIMEOUT)
+        if timeout:
+            self._header_timer = self.site.clock.callLater(timeout, self._headers_too_slow)
+
+    def _headers_arrived(self) -> None:
+        if self._header_timer is not None and self._header_timer.active():
+            self._header_timer.cancel()
+        self._header_timer = None
+
+    def _headers_too_slow(self) -> None:
+        self._header_timer = None
+        if self._partial_request:
+            timeout = self.site.header_timeout
+            self.transport.write(
+                _json_answer(
+                    b"408 Request Timeout",
+                    {
+                        "error": f"the request headers did not arrive within {timeout:g} seconds",
+                        "type": "request_timeout",
+                    },
+                )
+            )
+        # Nothing of a next request came: an idle kept-alive connection, closed quietly.
+        self.dataReceived = self.lineReceived = lambda *args: None  # type: ignore[method-assign]
+        self.loseConnection()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._header_timer is not None:
+            self._partial_request = True
+        super().dataReceived(data)
+
+    def allHeadersReceived(self) -> None:
+        self._headers_arrived()
+        request = self.requests[-1]
+        declared = self.length
+        too_large = declared is not None and declared > getattr(request, "max_body_bytes", declared)
+        if too_large:
+            # Do not invite the body: no "100 Continue" for it.
+            request.requestHeaders.removeHeader(b"expect")
+        super().allHeadersReceived()
+        if too_large:
+            # Refuse at the headers: the request is answered now (413, by the API)
+            # as if its body had come, and the connection closes after the answer
+            # instead of reading what the client still sends.
+            self.persistent = False
+            request.setHeader(b"connection", b"close")
+            self.length = 0
+
+    def requestDone(self, request: Any) -> None:
+        if self.persistent:
+            # The next request's headers are due from now (set before the base
+            # class replays pipelined bytes, which may complete them at once).
+            self._await_headers()
+        super().requestDone(request)
 
     def lineReceived(self, line: bytes) -> None:
         # The same sum HTTPChannel keeps; checked first to answer 431 rather than a bare 400.
@@ -64,42 +157,106 @@ class LimitedChannel(HTTPChannel):
         self._refuse_headers()
 
     def _refuse_headers(self) -> None:
-        body = json.dumps(
-            {
-                "error": f"request headers are larger than the limit of {self.totalHeadersSize} bytes",
-                "type": "headers_too_large",
-            }
-        ).encode()
+        self._headers_arrived()
         self.transport.write(
-            b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json; charset=utf-8\r\n"
-            b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+            _json_answer(
+                b"431 Request Header Fields Too Large",
+                {
+                    "error": f"request headers are larger than the limit of {self.totalHeadersSize} bytes",
+                    "type": "headers_too_large",
+                },
+            )
         )
         self.dataReceived = self.lineReceived = lambda *args: None  # type: ignore[method-assign]
         self.loseConnection()
 
 
+class _Refused(Protocol):
+    """What a connection past ``max_connections`` gets: a 503 it can read, then the close."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.write(
+            _json_answer(
+                b"503 Service Unavailable",
+                {
+                    "error": f"the proxy is serving its maximum of {self.limit} connections; try again shortly",
+                    "type": "service_unavailable",
+                },
+                b"retry-after: 1\r\n",
+            )
+        )
+        self.transport.loseConnection()
+
+
 class ProxySite(Site):
-    """The daemon's Site: bounded requests, and no access log of its own (the front
-    door writes a richer one)."""
+    """The daemon's Site: bounded requests and connections, and no access log of its
+    own (the front door writes a richer one)."""
 
     protocol = LimitedChannel  # type: ignore[assignment]
     max_header_bytes = DEFAULT_MAX_HEADER_BYTES
+    header_timeout = DEFAULT_HEADER_TIMEOUT
+    max_connections = DEFAULT_MAX_CONNECTIONS
+    connections = 0
+    _refusals_logged = 0
+
+    def __init__(self, *args: Any, clock: IReactorTime | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # The header deadline runs on ``clock`` (tests drive it), sockets on the reactor.
+        self.clock: IReactorTime = clock if clock is not None else self.reactor
+
+    def buildProtocol(self, addr: Any) -> Any:
+        if self.max_connections and self.connections >= self.max_connections:
+            if not self._refusals_logged:
+                log.warn(
+                    "connection refused: {count} connections are open, the limit is {limit}",
+                    count=self.connections,
+                    limit=self.max_connections,
+                )
+            self._refusals_logged += 1
+            return _Refused(self.max_connections)
+        return super().buildProtocol(addr)
+
+    def connection_opened(self) -> None:
+        self.connections += 1
+
+    def connection_closed(self) -> None:
+        self.connections -= 1
+        if self.connections < self.max_connections:
+            self._refusals_logged = 0
 
     def log(self, request: Any) -> None:
         pass
 
-    def set_limits(self, max_body_bytes: int, max_header_bytes: int) -> None:
+    def set_limits(
+        self,
+        max_body_bytes: int,
+        max_header_bytes: int,
+        header_timeout: float = DEFAULT_HEADER_TIMEOUT,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    ) -> None:
         """New limits for requests and connections to come (a reload)."""
         self.requestFactory.max_body_bytes = max_body_bytes  # type: ignore[attr-defined]
         self.max_header_bytes = max_header_bytes
+        self.header_timeout = header_timeout
+        self.max_connections = max_connections
 
 
 def make_site(
-    resource: IResource, max_body_bytes: int, max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES, **kwargs: Any
+    resource: IResource,
+    max_body_bytes: int,
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+    *,
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    **kwargs: Any,
 ) -> ProxySite:
     """A Site for ``resource`` whose requests stop storing bodies past the limit."""
     limited = type("LimitedRequest", (LimitedRequest,), {"max_body_bytes": max_body_bytes})
     site = ProxySite(resource, requestFactory=limited, **kwargs)
     site.displayTracebacks = False
-    site.max_header_bytes = max_header_bytes
+    site.set_limits(max_body_bytes, max_header_bytes, header_timeout, max_connections)
     return site
