@@ -17,7 +17,6 @@ its path prefix in :data:`DIALECTS`; the status, content type, ``Retry-After``,
 
 from __future__ import annotations
 
-import json
 from http import HTTPStatus
 from typing import Any, Protocol
 
@@ -26,8 +25,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
 from werkzeug.exceptions import NotFound as WerkzeugNotFound
+from werkzeug.routing import RequestRedirect
 
-from ollama_proxy.wire.framing import ndjson, sse_event
+from ollama_proxy.wire.framing import dumps, ndjson, sse_event
 
 log = Logger()
 
@@ -207,6 +207,7 @@ DIALECTS: list[tuple[str, ErrorDialect]] = [("/v1/", OPENAI)]
 
 def dialect_for(path: str) -> ErrorDialect:
     """The dialect of a request for ``path``."""
+    path = "/" + path.lstrip("/")  # "//v1//models" is still a /v1 request
     for prefix, dialect in DIALECTS:
         if path.startswith(prefix):
             return dialect
@@ -218,7 +219,7 @@ def json_response(request: Any, obj: Any, status: int = 200) -> bytes:
     """``obj`` as the JSON body of the answer, with ``status``."""
     request.setResponseCode(status)
     request.setHeader(b"content-type", JSON)
-    return json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    return dumps(obj)
 
 
 def render_error(request: Any, error: ProxyError, dialect: ErrorDialect) -> bytes:
@@ -256,7 +257,8 @@ def client_error(request: Any, failure: Failure) -> ProxyError | None:
                 message=value.message,
             )
         return value
-    if isinstance(value, WerkzeugNotFound):
+    # Werkzeug would redirect "/api//tags" to "/api/tags"; Ollama's router answers 404.
+    if isinstance(value, (WerkzeugNotFound, RequestRedirect)):
         return RouteNotFound(f"no such endpoint: {_path(request)}")
     if isinstance(value, WerkzeugMethodNotAllowed):
         allowed = ", ".join(getattr(value, "valid_methods", None) or [])

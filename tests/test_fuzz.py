@@ -100,10 +100,29 @@ FIELDS: dict[str, Any] = {
     "suffix": json_values,
 }
 bodies = st.fixed_dictionaries({}, optional=FIELDS)
+# What Go's decoder refuses or repairs and Python's takes: non-finite and huge numbers,
+# nesting past any sane depth, and lone UTF-16 surrogates (json.dumps escapes them).
+with_surrogates = st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF) | st.characters()
+hostile_tokens = (
+    st.sampled_from([b"NaN", b"Infinity", b"-Infinity", b"1e400", b"-1e999", b"1" + b"0" * 400])
+    | st.integers(100, 3000).map(lambda depth: b"[" * depth + b"]" * depth)
+    | st.integers(100, 3000).map(lambda depth: b'{"a":' * depth + b"1" + b"}" * depth)
+    | st.text(with_surrogates, min_size=1, max_size=6).map(lambda t: json.dumps(t).encode())
+)
+hostile_bodies = st.builds(
+    lambda field, token, model: (
+        b'{"model": ' + json.dumps(model).encode() + b', "messages": [{"role": "user", "content": "x"}],'
+        b' "prompt": "x", "input": "x", ' + json.dumps(field).encode() + b": " + token + b"}"
+    ),
+    st.sampled_from(["model", "options", "temperature", "keep_alive", "messages", "seed", "max_tokens", "format"]),
+    hostile_tokens,
+    st.sampled_from(["google/gemini-pro", "openai/text-embedding-3-small"]) | st.text(with_surrogates, max_size=6),
+)
 raw_bodies = (
     st.binary(max_size=64)
     | json_values.map(lambda v: json.dumps(v).encode())
     | bodies.map(lambda b: json.dumps(b).encode())
+    | hostile_bodies
 )
 
 ENDPOINTS = [
@@ -439,6 +458,50 @@ async def test_v1_paths_with_a_line_feed_get_openai_errors(proxy, path):
     assert_openai_error(response)
 
 
+# Every route's path with empty segments put in: Ollama's router has no "/api//tags".
+ROUTE_PATHS = [
+    "/",
+    "/api/tags",
+    "/api/ps",
+    "/api/chat",
+    "/api/version",
+    "/api/providers/openrouter/stats",
+    "/api/tags/openrouter",
+    "/v1/models",
+    "/v1/chat/completions",
+    "/v1/models/google/gemini-pro",
+    "/health",
+]
+
+
+def _with_empty_segments(path: str, where: list[int]) -> str:
+    segments = path.strip("/").split("/")
+    for position in where:
+        segments.insert(position % (len(segments) + 1), "")
+    return "/" + "/".join(segments) + ("/" if where and where[0] % 3 == 0 else "")
+
+
+@pytest_twisted.ensureDeferred
+async def test_paths_with_empty_segments_never_cause_a_500(proxy):
+    @FUZZ
+    @given(
+        path=st.builds(_with_empty_segments, st.sampled_from(ROUTE_PATHS), st.lists(st.integers(0, 6), max_size=3)),
+        method=st.sampled_from(["GET", "POST", "DELETE"]),
+    )
+    @example(path="/api//tags", method="GET")
+    @example(path="/v1//models", method="GET")
+    def fuzz(path: str, method: str) -> None:
+        response = exchange(method, proxy.url + path, b"{}" if method == "POST" else b"")
+        assert_no_500(response)
+        assert response.code in (200, 400, 401, 404, 405, 501), (path, response.code)
+        if response.code >= 400:
+            (assert_openai_error if path.lstrip("/").startswith("v1/") else assert_native_error)(response)
+        if "//" in path and not path.startswith("//"):
+            assert response.code in (404, 405), (path, response.code)
+
+    await threads.deferToThread(fuzz)
+
+
 # -- the SSE parser ---------------------------------------------------------------------------
 sse_lines = st.lists(
     st.sampled_from(
@@ -491,7 +554,9 @@ chunk_objects = st.fixed_dictionaries(
             st.fixed_dictionaries(
                 {},
                 optional={
-                    "delta": st.fixed_dictionaries({}, optional={"content": st.text(max_size=8) | json_values})
+                    "delta": st.fixed_dictionaries(
+                        {}, optional={"content": st.text(with_surrogates, max_size=8) | json_values}
+                    )
                     | json_values,
                     "finish_reason": st.sampled_from(["stop", "length", None, "error"]) | json_values,
                 },

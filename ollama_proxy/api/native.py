@@ -10,14 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from klein import Klein
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 
 from ollama_proxy.api.pipeline import ChatCall, Pipeline
-from ollama_proxy.api.routes import Routes
+from ollama_proxy.api.routes import Routes, klein_app
 from ollama_proxy.api.v1 import OpenAICompatAPI
 from ollama_proxy.config.settings import Config
 from ollama_proxy.errors import NATIVE, NotImplementedByProxy, dialect_for, json_response
@@ -59,7 +58,7 @@ class HealthState:
 class OllamaAPI:
     """The routes. One instance per server; nothing is kept in module globals."""
 
-    app = Klein()
+    app = klein_app()
     route = Routes(app, dialect=NATIVE)
 
     def __init__(

@@ -10,7 +10,6 @@ after that, an error becomes one last line in the relay's error dialect.
 
 from __future__ import annotations
 
-import json
 from typing import Any, Protocol
 
 from twisted.internet.defer import CancelledError
@@ -23,7 +22,7 @@ from ollama_proxy.errors import JSON, NATIVE, OPENAI, ErrorDialect, UpstreamErro
 from ollama_proxy.front.record import record_of
 from ollama_proxy.ops.logs import Redactor
 from ollama_proxy.providers.interfaces import IProvider, IUpstreamStream
-from ollama_proxy.wire.framing import EVENT_STREAM, NDJSON, SSE_DONE, ndjson, sse_event
+from ollama_proxy.wire.framing import EVENT_STREAM, NDJSON, SSE_DONE, dumps, ndjson, sse_event
 from ollama_proxy.wire.ollama_chat import Timings
 
 log = Logger()
@@ -138,7 +137,7 @@ class ChatRelay:
         except UpstreamStreamError as error:
             raise UpstreamError(self.provider.label, self.provider.type, None, self._clean(error.message)) from None
         self.request.setHeader(b"content-type", JSON)
-        return json.dumps(self.translator.final(), ensure_ascii=False).encode("utf-8")
+        return dumps(self.translator.final())
 
     async def stream(self, body: dict[str, Any]) -> None:
         """Streamed: one line per upstream event, then the ``done`` line."""

@@ -32,6 +32,17 @@ def label_of(path: str) -> str:
     return _VARIABLE.sub(r"{\1}", path)
 
 
+def klein_app() -> Klein:
+    """A Klein app for one API surface, matching paths as Ollama's router does.
+
+    Werkzeug merges ``//`` and answers with a redirect (which escaped as a 500);
+    Ollama's router knows no ``/api//tags``, so neither does this: it is a 404.
+    """
+    app = Klein()
+    app.url_map.merge_slashes = False
+    return app
+
+
 class Routes:
     """Declares the routes of one Klein app: ``prefix`` is where the app is mounted (for
     the labels), ``dialect`` the one its errors are answered in."""

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import random
 
-from klein import Klein
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 
 from ollama_proxy.api.pipeline import ChatCall, Pipeline
 from ollama_proxy.api.relay import ChatRelay, SSERelay
-from ollama_proxy.api.routes import Routes
+from ollama_proxy.api.routes import Routes, klein_app
 from ollama_proxy.errors import OPENAI, BadRequest, ModelNotFound, NotImplementedByProxy, json_response
 from ollama_proxy.front.door import visible_to
 from ollama_proxy.routing.router import Route
@@ -42,7 +41,7 @@ from ollama_proxy.wire.openai_chat import (
 class OpenAICompatAPI:
     """The ``/v1`` routes; state lives on the instance and on the shared pipeline."""
 
-    app = Klein()
+    app = klein_app()
     route = Routes(app, prefix="/v1", dialect=OPENAI)
 
     def __init__(self, pipeline: Pipeline, rng: random.Random | None = None) -> None:

@@ -13,7 +13,6 @@ paths are seen relative to the mount point.
 
 from __future__ import annotations
 
-import json
 import re
 import uuid
 from collections.abc import Callable
@@ -41,6 +40,7 @@ from ollama_proxy.front.record import RequestRecord, attach, record_of
 from ollama_proxy.front.stream_limits import STREAMING_ENDPOINTS, StreamLimiter, wants_stream
 from ollama_proxy.ops.logs import log_access
 from ollama_proxy.ops.metrics import Metrics
+from ollama_proxy.wire.jsontext import parse_json
 
 log = Logger()
 
@@ -89,8 +89,8 @@ def _peek_body(request: Any) -> dict[str, Any] | None:
         content.seek(0)
         raw = content.read()
         content.seek(0)
-        body = json.loads(raw) if raw.strip() else None
-    except (ValueError, UnicodeDecodeError, OSError):
+        body = parse_json(raw) if raw.strip() else None
+    except (BadRequest, OSError):
         return None
     return body if isinstance(body, dict) else None
 

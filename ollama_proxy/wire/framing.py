@@ -1,11 +1,14 @@
 """How answers are framed on the wire: NDJSON lines (Ollama) and Server-Sent Events (OpenAI, Anthropic).
 
 Compact JSON, never ASCII-escaped, one object per line or per event: the bytes the
-relay writes and the bytes an error ends a stream with come from here.
+relay writes and the bytes an error ends a stream with come from here. Every JSON
+answer is encoded by :func:`utf8`, so a lone UTF-16 surrogate (which an upstream may
+send, and UTF-8 cannot hold) becomes U+FFFD instead of failing the answer.
 """
 
 from __future__ import annotations
 
+import codecs
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -15,9 +18,31 @@ EVENT_STREAM = b"text/event-stream"
 SSE_DONE = b"data: [DONE]\n\n"
 
 
+def _to_replacement(error: UnicodeError) -> tuple[bytes, int]:
+    # Bytes: the UTF-8 encoder takes only ASCII text from an error handler.
+    assert isinstance(error, UnicodeEncodeError)
+    return "\ufffd".encode() * (error.end - error.start), error.end
+
+
+codecs.register_error("ollama_proxy.replace", _to_replacement)
+
+
+def utf8(text: str) -> bytes:
+    """``text`` as UTF-8; a lone surrogate (which UTF-8 cannot hold) becomes U+FFFD."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "ollama_proxy.replace")
+
+
+def dumps(obj: Any) -> bytes:
+    """``obj`` as UTF-8 JSON text, as Ollama writes a whole answer."""
+    return utf8(json.dumps(obj, ensure_ascii=False))
+
+
 def compact(obj: Any) -> bytes:
     """``obj`` as compact UTF-8 JSON."""
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return utf8(json.dumps(obj, separators=(",", ":"), ensure_ascii=False))
 
 
 def ndjson(obj: Mapping[str, Any]) -> bytes:

@@ -18,6 +18,7 @@ from ollama_proxy.errors import BadRequest
 from ollama_proxy.routing.running import parse_keep_alive
 from ollama_proxy.wire.chunks import ChunkReader, Piece, ReadsChunks, new_call_id
 from ollama_proxy.wire.images import image_parts
+from ollama_proxy.wire.jsontext import parse_json
 from ollama_proxy.wire.models import UpstreamModel, rfc3339
 from ollama_proxy.wire.ollama_generate import FIM_INSTRUCTION, context_list, decode_context, encode_context, fim_message
 from ollama_proxy.wire.tools import CallLedger, ollama_tool_call, tools_request
@@ -49,10 +50,7 @@ def parse_body(raw: bytes) -> dict[str, Any]:
     """The request body as a JSON object, or a 400 that says what is wrong."""
     if not raw.strip():
         raise BadRequest("missing request body")
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as error:
-        raise BadRequest(f"invalid JSON in request body: {error}") from None
+    body = parse_json(raw)
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object")
     return body

@@ -16,6 +16,7 @@ import json
 from typing import Any
 
 from ollama_proxy.errors import BadRequest
+from ollama_proxy.wire.framing import compact
 
 _MARKER = b"\x00ollama-proxy-context-v1\x00"
 
@@ -43,7 +44,7 @@ def context_list(value: Any) -> list[int]:
 def encode_context(history: list[dict[str, str]]) -> list[int]:
     """The conversation so far as Ollama-style context integers."""
     pairs = [[m["role"], m["content"]] for m in history]
-    return list(_MARKER + json.dumps(pairs, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+    return list(_MARKER + compact(pairs))
 
 
 def decode_context(context: list[int]) -> list[dict[str, str]]:

@@ -1,0 +1,102 @@
+"""JSON text in and out, read the way Ollama's Go server reads it.
+
+Every request body is parsed by :func:`parse_json` (the native routes, ``/v1``
+and the front door's peek alike), so what Go's ``encoding/json`` refuses is
+refused once, here, with a 400:
+
+- ``NaN``, ``Infinity`` and ``-Infinity`` are not JSON (Python's parser takes them);
+- a number too large for a float64 (``1e400``) cannot be decoded;
+- nesting deeper than :data:`MAX_DEPTH` is refused (Python's parser would raise
+  ``RecursionError`` near 1,000 levels, and deep values break the code after it);
+- a lone UTF-16 surrogate escape (``"\\ud800"``) becomes U+FFFD, as Go decodes it,
+  so no string that cannot be encoded as UTF-8 gets past the door.
+
+The other direction (answers) is :mod:`ollama_proxy.wire.framing`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any
+
+from ollama_proxy.errors import BadRequest
+
+MAX_DEPTH = 128
+
+_PREFIX = "invalid JSON in request body"
+# A JSON escape that decodes to a surrogate; raw UTF-8 bytes cannot encode one.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+# float64's largest finite value has 309 digits before the point.
+_LONGEST_INT = 309
+
+
+class _Refused(ValueError):
+    pass
+
+
+def _constant(name: str) -> Any:
+    raise _Refused(f"{name} is not a JSON value")
+
+
+def _float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise _Refused(f"number {text} is out of range")
+    return value
+
+
+def _int(text: str) -> int:
+    value = int(text)
+    if len(text) >= _LONGEST_INT and abs(value) > 1.7976931348623157e308:
+        raise _Refused(f"number {text[:24]}... is out of range")
+    return value
+
+
+_DECODER = json.JSONDecoder(parse_constant=_constant, parse_float=_float, parse_int=_int)
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False
+
+
+def _replace_surrogates(value: Any) -> Any:
+    # Depth is bounded by now, so recursion is safe.
+    if isinstance(value, str):
+        return _LONE_SURROGATE.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [_replace_surrogates(item) for item in value]
+    if isinstance(value, dict):
+        return {_replace_surrogates(k): _replace_surrogates(v) for k, v in value.items()}
+    return value
+
+
+def parse_json(raw: bytes | str) -> Any:
+    """``raw`` as JSON, as Ollama's decoder reads it; a :class:`BadRequest` otherwise."""
+    try:
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+        value = _DECODER.decode(text)
+    except _Refused as error:
+        raise BadRequest(f"{_PREFIX}: {error}") from None
+    except RecursionError:
+        raise BadRequest(f"{_PREFIX}: nested deeper than {MAX_DEPTH} levels") from None
+    except (ValueError, UnicodeDecodeError) as error:
+        raise BadRequest(f"{_PREFIX}: {error}") from None
+    if not isinstance(value, (dict, list)):
+        return value
+    data = raw if isinstance(raw, bytes) else raw.encode("utf-8", "surrogatepass")
+    # Only a body with more brackets than the limit can be nested that deep.
+    if data.count(b"[") + data.count(b"{") > MAX_DEPTH and _deeper_than(value, MAX_DEPTH):
+        raise BadRequest(f"{_PREFIX}: nested deeper than {MAX_DEPTH} levels")
+    if _SURROGATE_ESCAPE.search(data):
+        value = _replace_surrogates(value)
+    return value
