@@ -13,7 +13,7 @@ from twisted.internet import reactor as global_reactor
 
 from ollama_proxy.config.providers import RoutingConfig
 from ollama_proxy.config.settings import Timeouts
-from ollama_proxy.errors import UpstreamError, UpstreamStreamError
+from ollama_proxy.errors import BadRequest, UpstreamError, UpstreamStreamError
 from ollama_proxy.providers.anthropic import AnthropicDecoder, AnthropicProvider, messages_request, model_from
 
 from .conftest import http, in_thread
@@ -182,7 +182,7 @@ def test_bad_tool_arguments_are_a_client_error():
             {"role": "assistant", "tool_calls": [{"id": "a", "function": {"name": "f", "arguments": "{nope"}}]}
         ],
     }
-    with pytest.raises(Exception) as caught:
+    with pytest.raises(BadRequest) as caught:
         messages_request(body)
     assert getattr(caught.value, "status", None) == 400
 

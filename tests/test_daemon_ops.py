@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor, threads
+from twisted.internet import error, reactor, threads
 from twisted.internet.defer import Deferred
 from twisted.web.client import HTTPConnectionPool
 
@@ -203,7 +203,7 @@ async def test_sigterm_lets_a_stream_finish_and_refuses_new_requests(simulator, 
         refused = await client.get(url + "/api/version")
         body = json.loads(await refused.content())
         assert refused.code == 503 and body == {"error": "the server is shutting down", "type": "service_unavailable"}
-        with pytest.raises(Exception):
+        with pytest.raises(error.ConnectionRefusedError):
             await http("GET", url + "/api/version")
 
         simulator.release_holds()

@@ -51,6 +51,11 @@ async def test_disconnect_during_a_non_streamed_request_closes_the_upstream(prox
         await simulator.wait_for_token()
     reader.hang_up()
     await aborted
+    assert simulator.streams_aborted == 1
+    # A non-streamed answer is whole or nothing: the client saw no part of it.
+    assert reader.head is None and reader.lines == []
+    stats = proxy.service.router.slot("openrouter").stats
+    assert stats.cancelled_requests == 1 and stats.failed_requests == 0
 
 
 @pytest_twisted.ensureDeferred
