@@ -308,11 +308,13 @@ def render(plan: Plan, results: Results, proxy: Child, simulator: Child, load: f
     uname = platform.uname()
     add(f"ollama-proxy benchmark: {plan.name} run")
     add(
-        f"machine: {os.cpu_count()} CPUs, {uname.system} {uname.release} {uname.machine}; Python {platform.python_version()}, Twisted {twisted.__version__}; load average {load:.2f} at start"
+        f"machine: {os.cpu_count()} CPUs, {uname.system} {uname.release} {uname.machine}; "
+        f"Python {platform.python_version()}, Twisted {twisted.__version__}; load average {load:.2f} at start"
     )
     config = f"--config {proxy_config}" if proxy_config else "default configuration"
     add(
-        f"proxy: twistd -n ollama-proxy (pid {proxy.pid}, {config}); upstream: bench/run_simulator.py (pid {simulator.pid})"
+        f"proxy: twistd -n ollama-proxy (pid {proxy.pid}, {config}); "
+        f"upstream: bench/run_simulator.py (pid {simulator.pid})"
     )
     add("client: this process; everything on 127.0.0.1")
     add("")
@@ -341,7 +343,8 @@ def render(plan: Plan, results: Results, proxy: Child, simulator: Child, load: f
     tokens = results.stream_tokens
     add(f"{f'2. one streamed answer of {tokens} tokens':<{width}}{'direct':>10}{'proxy':>10}{'ratio':>10}")
     add(
-        f"{f'   (median of {plan.stream_runs} runs)':<{width - 12}}{'tokens/s':>12}{tokens / direct_s:>10.0f}{tokens / proxy_s:>10.0f}{direct_s / proxy_s:>10.2f}"
+        f"{f'   (median of {plan.stream_runs} runs)':<{width - 12}}{'tokens/s':>12}"
+        f"{tokens / direct_s:>10.0f}{tokens / proxy_s:>10.0f}{direct_s / proxy_s:>10.2f}"
     )
     add(f"{'':<{width - 12}}{'seconds':>12}{direct_s:>10.3f}{proxy_s:>10.3f}")
     add(f"   proxy CPU per relayed token: {results.cpu_per_token * 1e6:.1f} µs")
@@ -354,15 +357,18 @@ def render(plan: Plan, results: Results, proxy: Child, simulator: Child, load: f
     per_stream = (results.rss["streams open (peak)"] - results.rss["before streams"]) / max(1, results.held)
     add(f"{'   per open stream (KiB)':<{width}}{per_stream:>10.1f}")
     add(
-        f"   opened in {results.open_seconds:.2f}s; {results.upstream_open_while_held} upstream streams open while held; "
-        f"{results.held_lines_per_second:.0f} lines/s relayed while held (a token every {plan.slow_interval:g}s per stream)"
+        f"   opened in {results.open_seconds:.2f}s; "
+        f"{results.upstream_open_while_held} upstream streams open while held; "
+        f"{results.held_lines_per_second:.0f} lines/s relayed while held "
+        f"(a token every {plan.slow_interval:g}s per stream)"
     )
     add(
         f"   after the clients hung up: {results.upstream_closed}/{results.held} upstream streams closed by the proxy, "
         f"proxy active_streams {results.proxy_active_after}, in {results.close_seconds:.2f}s"
     )
     add(
-        f"   simulator VmRSS MiB for reference: idle {results.simulator_rss['idle'] / 1024:.1f}, streams open {results.simulator_rss['streams open'] / 1024:.1f}"
+        f"   simulator VmRSS MiB for reference: idle {results.simulator_rss['idle'] / 1024:.1f}, "
+        f"streams open {results.simulator_rss['streams open'] / 1024:.1f}"
     )
     for note in results.notes:
         add(f"NOTE: {note}")

@@ -182,7 +182,7 @@ class OllamaSimulator(SimulatorBase):
         )
         if body.get("stream") is False:
             final = dict(lines[-1])
-            final["message"] = {"role": "assistant", "content": "".join(l["message"]["content"] for l in lines)}
+            final["message"] = {"role": "assistant", "content": "".join(entry["message"]["content"] for entry in lines)}
             return self.json(request, final)
         request.setHeader(b"content-type", b"application/x-ndjson")
         done = {"finished": False}

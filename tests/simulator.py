@@ -207,9 +207,11 @@ def check_history(messages: list[dict[str, Any]]) -> str | None:
                     return f"messages[{i}].tool_calls[].function.arguments must be a string"
                 json.loads(arguments)
                 open_calls.add(call["id"])
-        elif role == "tool":
-            if message.get("tool_call_id") not in open_calls:
-                return f"Invalid parameter: messages with role 'tool' must be a response to a preceeding message with 'tool_calls' (messages[{i}])."
+        elif role == "tool" and message.get("tool_call_id") not in open_calls:
+            return (
+                "Invalid parameter: messages with role 'tool' must be a response to a preceeding message "
+                f"with 'tool_calls' (messages[{i}])."
+            )
     return None
 
 
@@ -368,7 +370,8 @@ class UpstreamSimulator(SimulatorBase):
                 return self._error(
                     request,
                     400,
-                    f"This model's maximum context length is {context} tokens, however you requested {math.ceil(len(text) / 3)} tokens",
+                    f"This model's maximum context length is {context} tokens, "
+                    f"however you requested {math.ceil(len(text) / 3)} tokens",
                 )
         size = int(body.get("dimensions") or 8)
         data = [{"object": "embedding", "index": i, "embedding": fake_vector(t, size)} for i, t in enumerate(texts)]

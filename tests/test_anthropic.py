@@ -487,5 +487,5 @@ async def test_anthropic_silent_before_any_token_falls_back(make_multi, anthropi
     )
     r = await pump(clock, answer)
     lines = r.lines()
-    assert r.code == 200 and "".join(l["message"]["content"] for l in lines) == "Echo: still there"
+    assert r.code == 200 and "".join(entry["message"]["content"] for entry in lines) == "Echo: still there"
     assert r.header("x-ollama-proxy-provider") == "openrouter"

@@ -122,7 +122,7 @@ async def test_ready_watchdog_request_id_and_clean_exit(simulator, notify, workd
     r = await http("GET", f"http://127.0.0.1:{port}/api/version", headers={"X-Request-Id": "req-abc.123"})
     assert r.code == 200 and r.header("x-request-id") == "req-abc.123"
     await daemon.wait_for_output("id=req-abc.123")
-    line = next(l for l in daemon.text().splitlines() if "id=req-abc.123" in l)
+    line = next(text for text in daemon.text().splitlines() if "id=req-abc.123" in text)
     assert "GET /api/version 200" in line and "client=127.0.0.1" in line
 
     daemon.signal(signal.SIGTERM)
@@ -282,13 +282,15 @@ async def test_daemonizes_with_pidfile_and_json_logfile(simulator, notify, workd
     assert await threads.deferToThread(_wait_for_exit, pid, 30)
     assert not pidfile.exists()
     lines = [json.loads(line) for line in logfile.read_text().splitlines()]
-    access = [l for l in lines if l.get("namespace") == "ollama_proxy.access" and l.get("path") == "/api/chat"]
+    access = [
+        entry for entry in lines if entry.get("namespace") == "ollama_proxy.access" and entry.get("path") == "/api/chat"
+    ]
     assert access[0]["status"] == 200 and access[0]["model"] == "openai/gpt-4o-mini"
     assert access[0]["provider"] == "openrouter" and access[0]["tokens_in"] == 3 and access[0]["tokens_out"] == 4
     assert access[0]["duration_ms"] > 0 and access[0]["ttft_ms"] is not None and len(access[0]["request_id"]) == 32
     assert access[1]["status"] == 502
     assert API_KEY not in logfile.read_text()
-    assert not any("Starting factory _HTTP11ClientFactory" in l["message"] for l in lines)
+    assert not any("Starting factory _HTTP11ClientFactory" in entry["message"] for entry in lines)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="changing uid/gid needs root")
@@ -307,10 +309,10 @@ async def test_drops_privileges_after_binding_a_privileged_port(simulator, notif
     )
     assert bound == port
     status = Path(f"/proc/{daemon.pid}/status").read_text()
-    gids = next(l for l in status.splitlines() if l.startswith("Gid:")).split()[1:]
+    gids = next(text for text in status.splitlines() if text.startswith("Gid:")).split()[1:]
     assert set(gids) == {str(nobody.pw_gid)}
     if any(a.startswith("--uid") for a in args):
-        uids = next(l for l in status.splitlines() if l.startswith("Uid:")).split()[1:]
+        uids = next(text for text in status.splitlines() if text.startswith("Uid:")).split()[1:]
         assert set(uids) == {str(nobody.pw_uid)}
     assert (await http("GET", f"http://127.0.0.1:{port}/api/version")).code == 200
     daemon.signal(signal.SIGTERM)
@@ -318,10 +320,7 @@ async def test_drops_privileges_after_binding_a_privileged_port(simulator, notif
 
 
 def _world_readable(path: Path) -> bool:
-    for part in [path, *path.parents]:
-        if not part.stat().st_mode & 0o001:
-            return False
-    return True
+    return all(part.stat().st_mode & 0o001 for part in [path, *path.parents])
 
 
 def _free_privileged_port() -> int:

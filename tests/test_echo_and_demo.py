@@ -34,7 +34,7 @@ def test_echo_words_and_vectors_are_deterministic():
 
     # texts sharing words point more the same way than texts sharing none
     def cosine(x, y):
-        return sum(p * q for p, q in zip(x, y))
+        return sum(p * q for p, q in zip(x, y, strict=True))
 
     assert cosine(embed_text("red apple pie"), embed_text("red apple tart")) > cosine(
         embed_text("red apple pie"), embed_text("blue ocean wave")

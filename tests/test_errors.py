@@ -28,7 +28,8 @@ def chat(model, stream=False, content="hi"):
         (b'{"model": "google/gemini-pro", "messages": "hi"}', "'messages' must be an array"),
         (b'{"model": "google/gemini-pro", "messages": [{"role": "user", "content": 1}]}', "content must be a string"),
         (
-            b'{"model": "google/gemini-pro", "messages": [{"role": "user", "content": "x"}], "options": {"temperature": "hot"}}',
+            b'{"model": "google/gemini-pro", "messages": [{"role": "user", "content": "x"}], '
+            b'"options": {"temperature": "hot"}}',
             "option 'temperature'",
         ),
     ],
@@ -107,7 +108,7 @@ async def test_mid_stream_error_ends_the_stream_with_an_error_line(proxy):
     r = await http("POST", proxy.url + CHAT, chat("sim/midstream-error", stream=True, content="a b c"))
     assert r.code == 200
     lines = r.lines()
-    assert [l["message"]["content"] for l in lines[:-1]] == ["Echo:", " a"]
+    assert [entry["message"]["content"] for entry in lines[:-1]] == ["Echo:", " a"]
     assert lines[-1] == {"error": "Upstream provider crashed mid-stream (code 502)"}
     health = (await http("GET", proxy.url + "/health")).json()
     assert health["error_count"] == 1

@@ -220,7 +220,10 @@ async def test_blob_uploads_are_501_whatever_the_digest_or_body(proxy, method):
 
 
 # -- the OpenAI-compatible surface (/v1) --------------------------------------------------------
-PNG_URI = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
+PNG_URI = (
+    "data:image/png;base64,"
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
+)
 content_parts = st.lists(
     st.fixed_dictionaries(
         {"type": st.sampled_from(["text", "image_url", "input_audio"]) | json_values},
@@ -537,7 +540,7 @@ def test_the_sse_parser_gives_the_same_events_however_the_bytes_are_split(lines,
         return events + parser.close()
 
     positions = sorted({c for c in cuts if c <= len(stream)})
-    pieces = [stream[a:b] for a, b in zip([0, *positions], [*positions, len(stream)])]
+    pieces = [stream[a:b] for a, b in zip([0, *positions], [*positions, len(stream)], strict=True)]
     try:
         whole = parse([stream])
     except SSEProtocolError:

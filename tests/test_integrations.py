@@ -164,8 +164,8 @@ async def test_open_webui(proxy, simulator):
     chat = await http("POST", proxy.url + "/api/chat", body, headers={**OPEN_WEBUI, "Content-Type": "application/json"})
     assert chat.code == 200 and chat.header("content-type") == "application/x-ndjson"
     lines = chat.lines()
-    assert "".join(l["message"].get("thinking", "") for l in lines) == "Thinking about: why is the sky blue"
-    assert "".join(l["message"]["content"] for l in lines) == "Echo: why is the sky blue"
+    assert "".join(entry["message"].get("thinking", "") for entry in lines) == "Thinking about: why is the sky blue"
+    assert "".join(entry["message"]["content"] for entry in lines) == "Echo: why is the sky blue"
     assert lines[-1]["done"] and lines[-1]["done_reason"] == "stop"
     assert last_chat(simulator)["reasoning"] == {"enabled": True}
 
@@ -205,5 +205,5 @@ async def test_jetbrains_ai_assistant(proxy):
     )
     lines = chat.lines()
     assert chat.header("content-type") == "application/x-ndjson" and len(lines) == 5
-    assert "".join(l["message"]["content"] for l in lines) == "Echo: explain this code"
-    assert all(l["model"] == name for l in lines) and lines[-1]["done"]
+    assert "".join(entry["message"]["content"] for entry in lines) == "Echo: explain this code"
+    assert all(entry["model"] == name for entry in lines) and lines[-1]["done"]

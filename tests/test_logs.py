@@ -91,7 +91,7 @@ def test_daemon_observer_follows_twistd_options(tmp_path):
     assert isinstance(rotations[0], LogFile)
     Logger(observer=observer, namespace="t").info("to the file {secret}", secret=SECRET)
     rotations[0].flush()
-    [line] = [json.loads(l) for l in logfile.read_text().splitlines()]
+    [line] = [json.loads(text) for text in logfile.read_text().splitlines()]
     assert line["message"] == f"to the file {REDACTED}"
     # Twisted's two lines per upstream connection are left out.
     Logger(observer=observer, namespace="twisted.web.client._HTTP11ClientFactory").info(

@@ -117,7 +117,7 @@ async def test_stream_defaults_to_true_on_the_wire(proxy):
     assert r.code == 200
     assert r.header("content-type") == "application/x-ndjson"
     lines = r.lines()
-    assert [l["message"]["content"] for l in lines[:-1]] == ["Echo:", " a", " b"]
+    assert [entry["message"]["content"] for entry in lines[:-1]] == ["Echo:", " a", " b"]
     assert lines[-1]["done"] is True
     assert b"\n\n" not in r.body
 

@@ -287,7 +287,7 @@ async def test_logprobs(proxy, simulator):
         logprobs=True,
         top_logprobs=2,
     )
-    assert [l.token for l in answer.logprobs] == ["Echo:", " a", " b"]
+    assert [entry.token for entry in answer.logprobs] == ["Echo:", " a", " b"]
     assert len(answer.logprobs[1].top_logprobs) == 2
     sent = last_chat(simulator)
     assert sent["logprobs"] is True and sent["top_logprobs"] == 2

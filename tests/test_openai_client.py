@@ -358,8 +358,8 @@ async def test_a_client_that_goes_away_closes_the_upstream_stream(proxy, simulat
         {"model": "sim/endless", "stream": True, "messages": [{"role": "user", "content": "go"}]}
     ).encode()
     request = (
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
-        % (len(body), body)
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
     )
     received: Deferred = Deferred()
     endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", proxy.port)

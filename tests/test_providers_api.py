@@ -74,7 +74,7 @@ async def test_every_provider_type_answers_through_the_ollama_client(make_multi,
         assert answer.message.content == expected, model
         assert answer.done and answer.done_reason == "stop"
         parts = await in_thread(
-            lambda: [
+            lambda model=model: [
                 c.message.content
                 for c in client.chat(model=model, messages=[{"role": "user", "content": "one two three"}], stream=True)
             ]

@@ -54,7 +54,7 @@ def test_backoff_grows_with_jitter_and_is_capped():
     policy = RetryPolicy(RetryConfig(max_retries=6, base_delay=1, max_delay=5), random.Random(1))
     delays = [policy.delay(n) for n in range(1, 7)]
     ceilings = [1, 2, 4, 5, 5, 5]
-    for delay, ceiling in zip(delays, ceilings):
+    for delay, ceiling in zip(delays, ceilings, strict=True):
         assert ceiling / 2 <= delay <= ceiling
     assert policy.delay(7) is None  # out of retries
 

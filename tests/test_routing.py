@@ -55,7 +55,8 @@ def make_slot(name: str, ids: Sequence[str], clock: Clock, priority: int, enable
     )
 
 
-def router(routing: RoutingConfig = RoutingConfig(), allow=(), deny=(), disabled=(), priority=None) -> Router:
+def router(routing: RoutingConfig | None = None, allow=(), deny=(), disabled=(), priority=None) -> Router:
+    routing = routing or RoutingConfig()
     clock = Clock()
     priorities = {**PRIORITY, **(priority or {})}
     slots = [make_slot(name, ids, clock, priorities[name], name not in disabled) for name, ids in LISTS.items()]

@@ -62,7 +62,7 @@ async def test_disconnect_during_a_non_streamed_request_closes_the_upstream(prox
 async def test_events_split_across_reads_with_crlf(proxy):
     r = await http("POST", proxy.url + "/api/generate", {"model": "sim/crlf-split", "prompt": "x y z"})
     lines = r.lines()
-    assert "".join(l["response"] for l in lines[:-1]) == "Echo: x y z"
+    assert "".join(entry["response"] for entry in lines[:-1]) == "Echo: x y z"
     assert lines[-1]["done"] is True and lines[-1]["eval_count"] == 4
 
 
