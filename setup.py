@@ -19,6 +19,9 @@ setup(
         "idna",
         # /metrics in the Prometheus text formats, each proxy with its own registry.
         "prometheus_client>=0.17",
+        # The configuration file as one declared schema (typed Structs, ranges in Meta);
+        # the same library can later encode and decode the hot path's JSON.
+        "msgspec>=0.18",
     ],
     extras_require={
         "test": [

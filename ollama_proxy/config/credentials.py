@@ -15,6 +15,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from ollama_proxy.config.schema import ConfigError, TokenTable
+
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -51,7 +53,7 @@ def read_credential(environ: Mapping[str, str], name: str) -> str | None:
     except FileNotFoundError:
         return None
     except OSError as error:
-        raise ValueError(f"cannot read credential {name}: {error.strerror}") from None
+        raise ConfigError(f"cannot read credential {name}: {error.strerror}") from None
     return value or None
 
 
@@ -60,7 +62,7 @@ def digest_of(value: str, where: str) -> str:
     if value.startswith("sha256:"):
         digest = value[len("sha256:") :].lower()
         if not _HEX64.match(digest):
-            raise ValueError(f"{where}: 'sha256:' must be followed by 64 hex digits")
+            raise ConfigError(f"{where}: 'sha256:' must be followed by 64 hex digits")
         return digest
     return token_digest(value)
 
@@ -83,46 +85,36 @@ def parse_token_lines(text: str, source: str) -> list[ClientToken]:
         for option in options:
             key, sep, value = option.partition("=")
             if not sep or not value:
-                raise ValueError(f"{where}: expected name=NAME or models=GLOB,..., not '{option}'")
+                raise ConfigError(f"{where}: expected name=NAME or models=GLOB,..., not '{option}'")
             if key == "name":
                 name = value
             elif key == "models":
                 models = tuple(g for g in value.split(",") if g)
             else:
-                raise ValueError(f"{where}: unknown option '{key}'")
+                raise ConfigError(f"{where}: unknown option '{key}'")
         digest = digest_of(secret, where)
         tokens.append(ClientToken(digest, name or f"token-{digest[:8]}", models))
     return tokens
 
 
-def token_from_table(table: object, where: str, environ: Mapping[str, str]) -> ClientToken:
+def token_from_table(table: TokenTable, where: str, environ: Mapping[str, str]) -> ClientToken:
     """One ``[[auth.tokens]]`` table: ``sha256`` or ``credential``, ``name``, ``models``.
 
-    A plain-text token is refused here: the config file is not a secret store.
+    A plain-text token is refused (the schema has no key for one): the config
+    file is not a secret store.
     """
-    if not isinstance(table, dict):
-        raise ValueError(f"{where} must be a table")
-    unknown = set(table) - {"sha256", "credential", "name", "models"}
-    if unknown:
-        raise ValueError(f"{where}: unknown key '{sorted(unknown)[0]}'")
-    for key in ("sha256", "credential", "name"):
-        if key in table and not isinstance(table[key], str):
-            raise ValueError(f"{where}.{key} must be a string")
-    models = table.get("models", [])
-    if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
-        raise ValueError(f"{where}.models must be a list of strings")
-    if ("sha256" in table) == ("credential" in table):
-        raise ValueError(f"{where} needs exactly one of 'sha256' or 'credential'")
-    if "sha256" in table:
-        digest = table["sha256"].lower().removeprefix("sha256:")
+    if (table.sha256 is None) == (table.credential is None):
+        raise ConfigError(f"{where} needs exactly one of 'sha256' or 'credential'")
+    if table.sha256 is not None:
+        digest = table.sha256.lower().removeprefix("sha256:")
         if not _HEX64.match(digest):
-            raise ValueError(f"{where}.sha256 must be 64 hex digits (the SHA-256 of the token)")
+            raise ConfigError(f"{where}.sha256 must be 64 hex digits (the SHA-256 of the token)")
     else:
-        secret = read_credential(environ, table["credential"])
+        secret = read_credential(environ, str(table.credential))
         if secret is None:
-            raise ValueError(f"{where}: credential '{table['credential']}' not found in $CREDENTIALS_DIRECTORY")
+            raise ConfigError(f"{where}: credential '{table.credential}' not found in $CREDENTIALS_DIRECTORY")
         digest = token_digest(secret)
-    return ClientToken(digest, table.get("name") or f"token-{digest[:8]}", tuple(models))
+    return ClientToken(digest, table.name or f"token-{digest[:8]}", table.models)
 
 
 def with_credentials(environ: Mapping[str, str]) -> Mapping[str, str]:

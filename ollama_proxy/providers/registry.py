@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
@@ -69,8 +68,7 @@ def provider_configs(config: Config) -> list[ProviderConfig]:
 
 def timeouts_for(provider: ProviderConfig, defaults: Timeouts) -> Timeouts:
     own = provider.timeouts
-    return replace(
-        defaults,
+    return Timeouts(
         connect=own.connect if own.connect is not None else defaults.connect,
         response=own.response if own.response is not None else defaults.response,
         idle=own.idle if own.idle is not None else defaults.idle,
