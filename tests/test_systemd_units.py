@@ -75,7 +75,7 @@ def test_the_service_unit_has_the_promised_settings():
     assert service["LoadCredential"][0].startswith("openrouter_api_key:")
     assert "WatchdogSec" in service
     # Room for every allowed client connection and the upstream connection it may hold.
-    assert int(service["LimitNOFILE"][0]) >= 2 * LimitsConfig.max_connections + 1024
+    assert int(service["LimitNOFILE"][0]) >= 2 * LimitsConfig().max_connections + 1024
     text = (UNITS / "ollama-proxy.service").read_text()
     assert not re.search(r"API_KEY\s*=", text) and "sk-" not in text
 
