@@ -31,7 +31,11 @@ setup(
             "ollama>=0.4",
             "openai>=1.40",
             "hypothesis>=6",
+            # The ledger's tests run against a real PostgreSQL server too.
+            "psycopg[binary]>=3.1",
         ],
+        # A ledger shared by replicas on several machines: [ledger] url = "postgresql://...".
+        "postgresql": ["psycopg[binary]>=3.1"],
         # The gates .ci/run applies before the tests (configured in pyproject.toml).
         "dev": ["ruff>=0.6", "mypy>=1.10", "mypy-zope>=1.0"],
     },

@@ -259,3 +259,9 @@ class LineReader:
 
     def hang_up(self) -> None:
         self.protocol.transport.loseConnection()
+
+
+# The ledger's databases: a session's PostgreSQL server (tests/pgserver.py) and a
+# store on SQLite or PostgreSQL (tests/ledger_helpers.py).
+from .ledger_helpers import ledger_url, stores  # noqa: E402, F401
+from .pgserver import pg_url, postgresql  # noqa: E402, F401
