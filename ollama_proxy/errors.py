@@ -166,6 +166,8 @@ class UpstreamStreamError(Exception):
 class ErrorDialect(Protocol):
     """How one surface shapes an error: as a JSON body, and as the line that ends a stream."""
 
+    name: str  # the surface, as the request's record names it
+
     def body(self, error: ProxyError) -> Any:
         """The JSON body of an error answered before any output."""
         ...
@@ -178,6 +180,8 @@ class ErrorDialect(Protocol):
 class NativeDialect:
     """Ollama's own shape."""
 
+    name = "native"
+
     def body(self, error: ProxyError) -> Any:
         return {"error": error.message, "type": error.type}
 
@@ -187,6 +191,8 @@ class NativeDialect:
 
 class OpenAIDialect:
     """OpenAI's (and Ollama's ``/v1``) shape; ``code`` names the proxy's type."""
+
+    name = "openai"
 
     def body(self, error: ProxyError) -> Any:
         kind = {400: "invalid_request_error", 404: "not_found_error"}.get(error.status, "api_error")

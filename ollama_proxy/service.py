@@ -109,19 +109,20 @@ class ProxyService(MultiService):
         # on ``reactor``: tests drive time with a task.Clock over real connections.
         self.clock = clock = reactor if clock is None else clock
         self.rng = rng if rng is not None else random.Random()
-        self.stats = Stats(clock)
+        self.lifecycle = lifecycle = Lifecycle(clock, config.ops.shutdown.drain_timeout)
+        self.stats = Stats(clock, in_flight=lambda: lifecycle.in_flight, streams=lifecycle.streams)
         self.health = HealthState()
         self.redactor = Redactor(config.secrets())
-        self.lifecycle = Lifecycle(clock, config.ops.shutdown.drain_timeout)
         self._build_routing(config)
         self.metrics = Metrics(
-            in_flight=lambda: self.lifecycle.in_flight,
-            streams=lambda: self.stats.active_streams,
+            in_flight=lambda: lifecycle.in_flight,
+            streams=lifecycle.streams,
             draining=lambda: self.lifecycle.draining,
             models=lambda: (self.catalogue.model_count - self.catalogue.filtered_count, self.catalogue.filtered_count),
             breaker_states=self.breaker_states,
         )
         self.gate = Gate(config, self.lifecycle, reactor, self.metrics)
+        self.gate.observers.append(self.stats.observe)
         self.api = OllamaAPI(
             config,
             self.provider,

@@ -79,7 +79,7 @@ class OllamaAPI:
         # may pass them), route over that one provider.
         router = router if router is not None else Router.single(provider, catalogue, config, clock)
         self.pipeline = Pipeline(
-            config, router, dispatcher or Dispatcher(RetryPolicy(config.retry), clock), stats, clock, gate
+            config, router, dispatcher or Dispatcher(RetryPolicy(config.retry), clock), clock, gate
         )
         self.provider = provider
         self.stats = stats

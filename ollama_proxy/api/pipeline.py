@@ -6,7 +6,9 @@ server. It reads the body (with its size limit), resolves the model to a route
 (:class:`~ollama_proxy.routing.router.Router`), runs chat and embedding calls
 along it (:class:`~ollama_proxy.routing.dispatch.Dispatcher`: retries, failover,
 breakers, concurrency limits), keeps ``/api/ps`` (:attr:`Pipeline.running`) and
-counts what happened on the request's record. Auth, CORS, stream limits and the
+notes what happened on the request's record (:mod:`ollama_proxy.front.record`),
+which the front door hands to the statistics, metrics and access log when the
+request finishes. Auth, CORS, stream limits and the
 drain happened before, in the front door (:mod:`ollama_proxy.front.door`).
 
 Adding a surface (say ``POST /v1/messages``) is three pieces, none of them a copy
@@ -42,7 +44,6 @@ from ollama_proxy.api.relay import ChatRelay, Translator
 from ollama_proxy.config.settings import Config
 from ollama_proxy.errors import BadRequest, ErrorDialect, RequestTooLarge, error_response
 from ollama_proxy.front.record import record_of, record_translation
-from ollama_proxy.ops.stats import Stats
 from ollama_proxy.routing.dispatch import AnsweredWithError, Dispatcher
 from ollama_proxy.routing.embeddings import embed
 from ollama_proxy.routing.router import Route, Router, Target
@@ -84,33 +85,20 @@ class Pipeline:
         config: Config,
         router: Router,
         dispatcher: Dispatcher,
-        stats: Stats,
         clock: Any,
         gate: Any = None,
     ) -> None:
         self.config = config
         self.router = router
         self.dispatcher = dispatcher
-        self.stats = stats
         self.clock = clock
         self.gate = gate
         self.running = RunningModels(clock, config.default_keep_alive)
 
     # -- bookkeeping ------------------------------------------------------------------
     def observe(self, request: IRequest, endpoint: str) -> None:
-        """Count the request for ``/health`` and ``/metrics`` under ``endpoint``, until it finishes."""
+        """A route took the request: its record is counted under ``endpoint`` when it finishes."""
         record_of(request).endpoint = endpoint
-        started = self.clock.seconds()
-        self.stats.in_flight += 1
-        method = request.method.decode("ascii", "replace")
-
-        def done(result: Any) -> None:
-            self.stats.in_flight -= 1
-            status = 499 if isinstance(result, Failure) else (request.code or 200)
-            failed = bool(getattr(request, "proxy_stream_failed", False))
-            self.stats.record(method, endpoint, status, self.clock.seconds() - started, failed)
-
-        request.notifyFinish().addBoth(done)
 
     def track(self, request: IRequest, handler: Deferred[Any]) -> Deferred[Any]:
         """Let a draining server cut the handler (a stream ends with an error line, else 503)."""
@@ -167,24 +155,12 @@ class Pipeline:
             body = {**call.upstream, "model": target.model.id}
             if not stream:
                 return await relay.answer(body)
-            try:
-                await relay.stream(body)
-            finally:
-                request.proxy_stream_failed = relay.failed  # type: ignore[attr-defined]
+            await relay.stream(body)
             if relay.failed:
                 raise AnsweredWithError(relay.error or "the stream broke after output began")
             return None
 
-        if stream:
-            self.stats.active_streams += 1
-        try:
-            result = await self.dispatcher.run(route, attempt)
-        finally:
-            if stream:
-                self.stats.active_streams -= 1
-        if translators:
-            self.stats.add_tokens(translators[-1].prompt_tokens, translators[-1].completion_tokens)
-        return result
+        return await self.dispatcher.run(route, attempt)
 
     async def embed(
         self,
@@ -210,7 +186,6 @@ class Pipeline:
         seconds = self.clock.seconds() - started
         record_of(request).upstream_seconds += seconds
         record_of(request).add_tokens(tokens, None)
-        self.stats.add_tokens(tokens, 0)
         return Embedded(vectors, tokens, seconds)
 
 
@@ -226,6 +201,8 @@ class _LastAttempt:
 
 def _mark(request: IRequest, target: Target) -> None:
     """Say which provider and upstream model answer (set before the first byte)."""
-    record_of(request).provider = target.slot.name
+    record = record_of(request)
+    record.provider = target.slot.name
+    record.upstream_model = target.model.id
     request.setHeader(b"x-ollama-proxy-provider", target.slot.name.encode("utf-8"))
     request.setHeader(b"x-ollama-proxy-model", target.model.id.encode("utf-8"))

@@ -153,7 +153,7 @@ class ChatRelay:
             if not self.started_output:
                 # Nothing was sent yet: the client still gets a real status.
                 raise UpstreamError(self.provider.label, self.provider.type, None, message) from None
-            self.failed = True
+            self._fail()
             self.error = message
             log.warn("stream ended early: {error}", error=message)
             self._write(self._error_line(message))
@@ -163,7 +163,7 @@ class ChatRelay:
             reason = record_of(self.request).cut_reason
             if reason is None or not self._connected or not self.started_output:
                 raise
-            self.failed = True
+            self._fail()
             log.warn("stream cut: {reason}", reason=reason)
             self._write(self._error_line(reason))
             return
@@ -177,6 +177,11 @@ class ChatRelay:
         if self.translator.answer_size > self.max_answer_chars:
             # Raised inside the upstream reader's sink: it closes the connection.
             raise UpstreamStreamError(f"the answer is larger than the limit of {self.max_answer_chars} characters")
+
+    def _fail(self) -> None:
+        """The stream ended with an error line after output began (counted as an error)."""
+        self.failed = True
+        record_of(self.request).failed = True
 
     # -- framing ------------------------------------------------------------------
     def _encode(self, obj: dict[str, Any]) -> bytes:

@@ -110,7 +110,9 @@ class Gate:
         self.clock = clock
         self.metrics = metrics
         self._new_id = new_request_id or (lambda: uuid.uuid4().hex)
-        self.streams = StreamLimiter()
+        self.streams = StreamLimiter(lifecycle.streams)
+        # Whoever wants every finished request's record (metrics, statistics, the ledger).
+        self.observers: list[Callable[[RequestRecord], None]] = [metrics.observe] if metrics is not None else []
         self.reconfigure(config)
 
     def reconfigure(self, config: Config) -> None:
@@ -142,22 +144,22 @@ class Gate:
             ),
         )
         request.setHeader(b"x-request-id", request_id.encode("latin-1"))
-        request.notifyFinish().addBoth(self._finished, request, record)
+        request.notifyFinish().addBoth(self.finished, request, record)
         return record
 
-    def _finished(self, result: Any, request: Any, record: RequestRecord) -> None:
+    def finished(self, result: Any, request: Any, record: RequestRecord) -> None:
+        """The one place a finished request is observed: its record is complete, then
+        each observer (and the access log) gets it."""
         record.finished = self.clock.seconds()
         # 499: the client closed the connection before the answer was complete.
         record.status = 499 if isinstance(result, Failure) else (request.code or 200)
-        record.failed = record.failed or bool(getattr(request, "proxy_stream_failed", False))
         record.run_finish_callbacks()
-        try:
-            if self.metrics is not None:
-                self.metrics.observe(record)
-            if self.access_log:
-                log_access(record)
-        except Exception:  # noqa: BLE001 - bookkeeping must never break a response
-            log.failure("recording request {request_id} failed", request_id=record.request_id)
+        observers = [*self.observers, log_access] if self.access_log else self.observers
+        for observe in observers:
+            try:
+                observe(record)
+            except Exception:  # noqa: BLE001 - bookkeeping must never break a response
+                log.failure("recording request {request_id} failed", request_id=record.request_id)
 
     def render(self, request: Any, inner: IResource) -> Any:
         record = self._open(request)
@@ -208,9 +210,7 @@ class Gate:
             if restricted and not record.principal.may_use(name):
                 raise ModelNotAllowed(name)
         if streaming and wants_stream(record.path, body):
-            client = record.principal.name if record.principal is not None else record.client
-            record.when_finished(self.streams.acquire(client))
-            record.stream = True
+            self.streams.admit(record)
 
 
 class FrontDoor(Resource):

@@ -41,6 +41,14 @@ class Lifecycle:
     def in_flight(self) -> int:
         return len(self._in_flight)
 
+    def streams(self, client: str | None = None) -> int:
+        """Streamed answers in flight (of ``client``, when given): the one count of them."""
+        return sum(
+            1
+            for _, record in self._in_flight.values()
+            if record.stream and (client is None or record.client_key == client)
+        )
+
     def records(self) -> list[RequestRecord]:
         return [record for _, record in self._in_flight.values()]
 

@@ -1,9 +1,13 @@
 """What the proxy learns about one request while answering it.
 
-The front door opens a :class:`RequestRecord` for every request; the routes fill
-in the model, the provider, tokens and timings as they learn them; when the
-request finishes, the record becomes the access-log line and the Prometheus
-samples. It also carries the hook that lets a draining server cut the request.
+The front door opens a :class:`RequestRecord` for every request; the route and
+the pipeline fill in the surface, the model, the provider and upstream model,
+tokens, timings and whether a stream failed, as they learn them. When the request
+finishes, the front door (:meth:`~ollama_proxy.front.door.Gate.finished`, the one
+place a finished request is observed) hands the record to its observers: the
+access line, the Prometheus metrics and the JSON statistics. The record also
+carries the hook that lets a draining server cut the request, and is how the
+lifecycle counts requests and streams in flight.
 """
 
 from __future__ import annotations
@@ -27,8 +31,9 @@ class RequestRecord:
     client: str = ""
     started: float = 0.0
     endpoint: str = "other"
-    model: str | None = None
-    provider: str | None = None
+    model: str | None = None  # the name the client asked for
+    provider: str | None = None  # the provider that answered (the last one tried)
+    upstream_model: str | None = None  # the model id that provider was asked for
     principal: Any = None
     stream: bool = False
     status: int | None = None
@@ -57,6 +62,16 @@ class RequestRecord:
         """Seconds the proxy itself spent: the whole answer less the upstream's part."""
         duration = self.duration
         return None if duration is None else max(0.0, duration - self.upstream_seconds)
+
+    @property
+    def surface(self) -> str | None:
+        """Which API took the request (``native``, ``openai``, ...); None when no route did."""
+        return None if self.dialect is None else self.dialect.name
+
+    @property
+    def client_key(self) -> str:
+        """Who the request counts against: its token's name with auth, else its address."""
+        return self.principal.name if self.principal is not None else self.client
 
     def error_dialect(self) -> ErrorDialect:
         """The dialect errors about this request are answered in: the route's, else the path's."""

@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ollama_proxy.errors import ProxyError, ServiceUnavailable
+from ollama_proxy.front.record import RequestRecord
 
 # Endpoints that may stream, and whether they stream when the body does not say.
 STREAMING_ENDPOINTS: Mapping[str, bool] = {
@@ -40,13 +41,17 @@ def wants_stream(path: str, body: Mapping[str, Any]) -> bool:
 
 
 class StreamLimiter:
-    """Counts open streams; ``acquire`` refuses past a limit (0: no limit)."""
+    """Refuses a new stream past a limit (0: no limit).
 
-    def __init__(self, per_client: int = 0, total: int = 0) -> None:
+    It keeps no count of its own: ``count(client)`` says how many streams are in
+    flight (of ``client``, or in all for ``None``), which the lifecycle knows from
+    the records of the requests in flight.
+    """
+
+    def __init__(self, count: Callable[[str | None], int], per_client: int = 0, total: int = 0) -> None:
+        self._count = count
         self.per_client = per_client
         self.total = total
-        self.active = 0
-        self._by_client: dict[str, int] = {}
 
     def reconfigure(self, per_client: int, total: int) -> None:
         """New limits apply to new streams; open ones keep their slots."""
@@ -57,32 +62,16 @@ class StreamLimiter:
     def active_limits(self) -> bool:
         return bool(self.per_client or self.total)
 
-    def acquire(self, client: str) -> Callable[[], None]:
-        """Take a slot for ``client``; returns the function that gives it back."""
-        if self.total and self.active >= self.total:
+    @property
+    def active(self) -> int:
+        return self._count(None)
+
+    def admit(self, record: RequestRecord) -> None:
+        """Count ``record`` as a stream, or refuse it (429 for the client, 503 for the proxy)."""
+        if self.total and self._count(None) >= self.total:
             error = ServiceUnavailable(f"the proxy is serving its maximum of {self.total} streams; try again shortly")
             error.retry_after = 1.0
             raise error
-        held = self._by_client.get(client, 0)
-        if self.per_client and held >= self.per_client:
+        if self.per_client and self._count(record.client_key) >= self.per_client:
             raise TooManyStreams(f"too many concurrent streams from this client (limit {self.per_client})")
-        self._by_client[client] = held + 1
-        self.active += 1
-        released = False
-
-        def release() -> None:
-            nonlocal released
-            if released:
-                return
-            released = True
-            self.active -= 1
-            left = self._by_client.get(client, 1) - 1
-            if left > 0:
-                self._by_client[client] = left
-            else:
-                self._by_client.pop(client, None)
-
-        return release
-
-    def held_by(self, client: str) -> int:
-        return self._by_client.get(client, 0)
+        record.stream = True

@@ -1,4 +1,8 @@
-"""Measured counts and latencies behind ``/health`` and ``/metrics``.
+"""Measured counts and latencies behind ``/health`` and ``/metrics`` (JSON).
+
+Fed by :meth:`Stats.observe` with each finished request's record, the same
+observation the Prometheus metrics get; requests in flight and streams are read
+from the lifecycle, which counts them once.
 
 An *error* is an answer the proxy or its upstream failed to give: a 5xx status,
 or a stream that ended with an error line. A 4xx is the client's mistake and is
@@ -8,10 +12,13 @@ counted apart (``client_error_count``).
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
+
+from ollama_proxy.front.record import RequestRecord
 
 _RECENT = 1024  # latencies kept per endpoint for percentiles
 
@@ -70,14 +77,36 @@ class EndpointStats:
 class Stats:
     """Counters for the whole proxy, on the injected clock."""
 
-    def __init__(self, clock: IReactorTime) -> None:
+    def __init__(
+        self,
+        clock: IReactorTime,
+        in_flight: Callable[[], int] = lambda: 0,
+        streams: Callable[[], int] = lambda: 0,
+    ) -> None:
         self._clock = clock
         self.started = clock.seconds()
         self._endpoints: dict[tuple[str, str], EndpointStats] = {}
-        self.active_streams = 0
-        self.in_flight = 0
+        self._in_flight = in_flight
+        self._streams = streams
         self.tokens_in = 0
         self.tokens_out = 0
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight()
+
+    @property
+    def active_streams(self) -> int:
+        return self._streams()
+
+    def observe(self, record: RequestRecord) -> None:
+        """Account for one finished request. Only what a route took counts here (the
+        door's refusals and unknown paths are the Prometheus metrics' alone)."""
+        if record.surface is None:
+            return
+        self.record(record.method, record.endpoint, record.status or 0, record.duration or 0.0, record.failed)
+        self.tokens_in += record.tokens_in or 0
+        self.tokens_out += record.tokens_out or 0
 
     def record(self, method: str, endpoint: str, status: int, seconds: float, failed: bool = False) -> None:
         key = (method, endpoint)
@@ -85,10 +114,6 @@ class Stats:
         if entry is None:
             entry = self._endpoints[key] = EndpointStats(method, endpoint)
         entry.add(status, seconds * 1000.0, failed)
-
-    def add_tokens(self, prompt: int | None, completion: int | None) -> None:
-        self.tokens_in += prompt or 0
-        self.tokens_out += completion or 0
 
     @property
     def uptime(self) -> float:
