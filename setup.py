@@ -30,6 +30,8 @@ setup(
             "pytest-timeout>=2.2",
             "ollama>=0.4",
             "openai>=1.40",
+            # /v1/messages is proven with the official Anthropic SDK.
+            "anthropic>=0.40",
             "hypothesis>=6",
             # The ledger's tests run against a real PostgreSQL server too.
             "psycopg[binary]>=3.1",

@@ -8,7 +8,10 @@ front door, the drain), which answer in the request's :class:`ErrorDialect`:
 - native (``/api``): ``{"error": message, "type": ...}``; a stream that began ends
   with the NDJSON line ``{"error": message}``;
 - OpenAI (``/v1``): ``{"error": {"message", "type", "param", "code"}}``; a stream
-  ends with that object as a Server-Sent Event.
+  ends with that object as a Server-Sent Event (a Responses stream with its
+  ``error`` event);
+- Anthropic (``/v1/messages``): ``{"type": "error", "error": {"type", "message"}}``;
+  a stream ends with that object as the ``error`` event.
 
 A new surface adds one dialect (an object with ``body`` and ``stream_line``) and
 its path prefix in :data:`DIALECTS`; the status, content type, ``Retry-After``,
@@ -203,12 +206,52 @@ class OpenAIDialect:
         return sse_event({"error": {"message": message, "type": "api_error", "param": None, "code": None}})
 
 
+class ResponsesDialect(OpenAIDialect):
+    """OpenAI's shape; a Responses stream that began ends with its own ``error`` event."""
+
+    def stream_line(self, message: str) -> bytes:
+        return sse_event({"type": "error", "code": "server_error", "message": message, "param": None}, "error")
+
+
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+    529: "overloaded_error",
+}
+
+
+class AnthropicDialect:
+    """Anthropic's shape (``/v1/messages``): ``{"type": "error", "error": {"type", "message"}}``."""
+
+    @staticmethod
+    def error_type(status: int) -> str:
+        """Anthropic's error ``type`` for an HTTP status."""
+        return _ANTHROPIC_TYPES.get(status, "invalid_request_error" if 400 <= status < 500 else "api_error")
+
+    def body(self, error: ProxyError) -> Any:
+        return {"type": "error", "error": {"type": self.error_type(error.status), "message": error.message}}
+
+    def stream_line(self, message: str) -> bytes:
+        return sse_event({"type": "error", "error": {"type": "api_error", "message": message}}, "error")
+
+
 NATIVE = NativeDialect()
 OPENAI = OpenAIDialect()
+RESPONSES = ResponsesDialect()
+ANTHROPIC = AnthropicDialect()
 
 # Path prefixes (below the API's mount point) and their dialect, most specific first;
 # everything else speaks Ollama's.
-DIALECTS: list[tuple[str, ErrorDialect]] = [("/v1/", OPENAI)]
+DIALECTS: list[tuple[str, ErrorDialect]] = [
+    ("/v1/messages", ANTHROPIC),
+    ("/v1/responses", RESPONSES),
+    ("/v1/", OPENAI),
+]
 
 
 def dialect_for(path: str) -> ErrorDialect:

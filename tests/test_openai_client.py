@@ -318,7 +318,7 @@ async def test_errors_in_openai_shape(proxy, simulator):
 
     with pytest.raises(openai.APIError, match="crashed mid-stream"):
         await in_thread(broken_stream)
-    r = await http("POST", proxy.url + "/v1/responses", {"model": "google/gemini-pro", "input": "x"})
+    r = await http("POST", proxy.url + "/v1/audio/transcriptions", {"model": "google/gemini-pro"})
     assert r.code == 501 and r.json()["error"]["type"] == "api_error"
     r = await http("GET", proxy.url + "/v1/chat/completions")
     assert r.code == 405 and "error" in r.json()

@@ -66,6 +66,9 @@ class ChatCall:
     new_translator: Callable[[], Translator]
     relay: type[ChatRelay] = ChatRelay
     keep_alive: float | None = None  # how long /api/ps lists the model afterwards
+    # Another call for a target that speaks the surface's own API (``/v1/messages`` to
+    # Anthropic): its body goes natively, its own translator and relay answer; None: this one.
+    for_target: Callable[[Target], ChatCall | None] | None = None
 
 
 @dataclass
@@ -144,15 +147,16 @@ class Pipeline:
         translators: list[Any] = []
 
         async def attempt(target: Target) -> bytes | None:
-            translator = call.new_translator()
+            chosen = (call.for_target(target) if call.for_target is not None else None) or call
+            translator = chosen.new_translator()
             translator.timings.started = started
             if not translators:
                 # The access line and metrics take tokens and timings from the last attempt.
                 record_translation(request, _LastAttempt(translators), self.clock, stream)
             translators.append(translator)
-            relay = call.relay(request, target.provider, translator, self.clock)
+            relay = chosen.relay(request, target.provider, translator, self.clock)
             _mark(request, target)
-            body = {**call.upstream, "model": target.model.id}
+            body = {**chosen.upstream, "model": target.model.id}
             if not stream:
                 return await relay.answer(body)
             await relay.stream(body)

@@ -5,7 +5,8 @@ is parsed. The client's socket pushes back on the upstream (a registered
 producer), and a client that goes away closes the upstream connection at once.
 Until the first line is written the answer can still carry an error status;
 after that, an error becomes one last line in the relay's error dialect.
-:class:`ChatRelay` frames Ollama's NDJSON, :class:`SSERelay` OpenAI's events.
+:class:`ChatRelay` frames Ollama's NDJSON, :class:`SSERelay` OpenAI's events,
+:class:`NamedEventRelay` the named events of ``/v1/messages`` and ``/v1/responses``.
 """
 
 from __future__ import annotations
@@ -119,8 +120,12 @@ class ChatRelay:
         # ask the request too: after a disconnect its channel is gone.
         return not self.client_gone and not getattr(self.request, "_disconnected", False)
 
+    def _call_upstream(self, body: dict[str, Any]) -> Any:
+        """The provider call that opens the stream (a subclass may speak another API)."""
+        return self.provider.open_chat(body)
+
     async def _open(self, body: dict[str, Any]) -> IUpstreamStream:
-        upstream = await self.provider.open_chat(body)
+        upstream = await self._call_upstream(body)
         self.translator.timings.upstream_headers = self._clock.seconds()
         self._upstream = upstream
         if self.client_gone:
@@ -218,3 +223,20 @@ class SSERelay(ChatRelay):
     def _closing(self) -> bytes:
         chunks = self.translator.closing_chunks()  # type: ignore[attr-defined]
         return b"".join(sse_event(c) for c in chunks) + SSE_DONE
+
+
+class NamedEventRelay(ChatRelay):
+    """Named events (``event: <type>``), no ``[DONE]``: Anthropic's Messages and OpenAI's
+    Responses streams. The translator gives the closing events and those that end a
+    stream which broke after output began (``closing()``, ``failure(message)``)."""
+
+    content_type = EVENT_STREAM
+
+    def _encode(self, obj: dict[str, Any]) -> bytes:
+        return sse_event(obj, str(obj.get("type", "message")))
+
+    def _closing(self) -> bytes:
+        return b"".join(self._encode(e) for e in self.translator.closing())  # type: ignore[attr-defined]
+
+    def _error_line(self, message: str) -> bytes:
+        return b"".join(self._encode(e) for e in self.translator.failure(message))  # type: ignore[attr-defined]

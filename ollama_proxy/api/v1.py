@@ -16,10 +16,20 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 
+from ollama_proxy.api.messages import Messages
 from ollama_proxy.api.pipeline import ChatCall, Pipeline
 from ollama_proxy.api.relay import ChatRelay, SSERelay
+from ollama_proxy.api.responses import Responses
 from ollama_proxy.api.routes import Routes, klein_app
-from ollama_proxy.errors import OPENAI, BadRequest, ModelNotFound, NotImplementedByProxy, json_response
+from ollama_proxy.errors import (
+    ANTHROPIC,
+    OPENAI,
+    RESPONSES,
+    BadRequest,
+    ModelNotFound,
+    NotImplementedByProxy,
+    json_response,
+)
 from ollama_proxy.front.door import visible_to
 from ollama_proxy.routing.router import Route
 from ollama_proxy.wire.framing import EVENT_STREAM, SSE_DONE, sse_event
@@ -47,6 +57,8 @@ class OpenAICompatAPI:
     def __init__(self, pipeline: Pipeline, rng: random.Random | None = None) -> None:
         self.pipeline = pipeline
         self._rng = rng or random.Random()
+        self.anthropic = Messages(pipeline)
+        self.openai_responses = Responses(pipeline)
 
     def resource(self) -> IResource:
         return self.app.resource()
@@ -134,8 +146,21 @@ class OpenAICompatAPI:
         done = await self.pipeline.embed(request, route, inputs, dimensions)
         return json_response(request, embedding_list(name, done.vectors, done.tokens, fmt))
 
+    # -- the coding agents' APIs, each in its own error dialect ------------------------------
+    @route("/messages", methods=["POST"], dialect=ANTHROPIC)
+    async def messages(self, request: IRequest) -> bytes | None:
+        return await self.anthropic.create(request)
+
+    @route("/messages/count_tokens", methods=["POST"], dialect=ANTHROPIC)
+    async def count_tokens(self, request: IRequest) -> bytes:
+        return await self.anthropic.count_tokens(request)
+
+    @route("/responses", methods=["POST"], dialect=RESPONSES)
+    async def responses(self, request: IRequest) -> bytes | None:
+        return await self.openai_responses.create(request)
+
     # -- what Ollama's /v1 has and this proxy does not ------------------------------------
-    @route("/responses", "/messages", "/audio/transcriptions", methods=["POST"], endpoint="unsupported")
+    @route("/audio/transcriptions", methods=["POST"], endpoint="unsupported")
     def unsupported(self, request: IRequest) -> bytes:
         path = request.path.decode("utf-8", "replace")
         raise NotImplementedByProxy(f"{path} is not supported by ollama-proxy; use /v1/chat/completions")

@@ -12,6 +12,7 @@ import hashlib
 import hmac
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
+from typing import Any
 
 from ollama_proxy.config.credentials import ClientToken
 from ollama_proxy.config.ops import AuthConfig
@@ -70,6 +71,17 @@ class Authenticator:
         if match is None:
             raise Unauthorized("invalid bearer token")
         return Principal(match.name, match.models)
+
+
+def presented_token(request: Any, path: str) -> bytes | None:
+    """The ``Authorization`` header; on ``/v1/messages`` an ``x-api-key`` header counts as
+    a bearer token too, since that is how Anthropic's clients send their key."""
+    authorization = request.getHeader(b"authorization")
+    if not authorization and path.startswith("/v1/messages"):
+        key = request.getHeader(b"x-api-key")
+        if key:
+            return b"Bearer " + key.strip()
+    return authorization
 
 
 def _bearer(header: bytes | None) -> bytes | None:

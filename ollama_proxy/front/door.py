@@ -33,7 +33,7 @@ from ollama_proxy.errors import (
     ServiceUnavailable,
     render_error,
 )
-from ollama_proxy.front.auth import PUBLIC_PATHS, Authenticator, ModelNotAllowed
+from ollama_proxy.front.auth import PUBLIC_PATHS, Authenticator, ModelNotAllowed, presented_token
 from ollama_proxy.front.cors import OriginPolicy, check_host
 from ollama_proxy.front.lifecycle import SHUTTING_DOWN, Lifecycle
 from ollama_proxy.front.record import RequestRecord, attach, record_of
@@ -60,6 +60,7 @@ _KNOWN_PATHS = frozenset(
         "/api/embeddings",
         "/health",
         "/metrics",
+        "/v1/messages/count_tokens",
     }
 ) | frozenset(STREAMING_ENDPOINTS)
 
@@ -178,7 +179,7 @@ class Gate:
                 limit = getattr(request, "max_body_bytes", None)
                 raise RequestTooLarge(f"request body is larger than the limit of {limit} bytes")
             if record.path not in PUBLIC_PATHS:
-                record.principal = self.authenticator.authenticate(request.getHeader(b"authorization"))
+                record.principal = self.authenticator.authenticate(presented_token(request, record.path))
             self._check_body(request, record)
         except ProxyError as error:
             return render_error(request, error, record.error_dialect())

@@ -19,6 +19,8 @@ STREAMING_ENDPOINTS: Mapping[str, bool] = {
     "/api/generate": True,
     "/v1/chat/completions": False,
     "/v1/completions": False,
+    "/v1/messages": False,
+    "/v1/responses": False,
 }
 
 

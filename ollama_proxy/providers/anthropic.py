@@ -25,9 +25,11 @@ from zope.interface import implementer
 
 from ollama_proxy import __version__
 from ollama_proxy.errors import BadRequest, UpstreamStreamError
-from ollama_proxy.providers.interfaces import IProvider, IUpstreamStream
+from ollama_proxy.providers.anthropic_native import NativeMessages
+from ollama_proxy.providers.interfaces import IMessagesProvider, IUpstreamStream
 from ollama_proxy.providers.openai_compat import OpenAICompatibleProvider
 from ollama_proxy.providers.stream import SSEStream
+from ollama_proxy.wire.anthropic_answer import usage_counts
 from ollama_proxy.wire.models import UpstreamModel
 
 log = Logger()
@@ -277,15 +279,11 @@ class AnthropicDecoder:
         }
 
     def _usage(self, usage: Any) -> None:
-        if not isinstance(usage, Mapping):
-            return
-        prompt = sum(
-            int(usage.get(k) or 0) for k in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
-        )
+        prompt, output = usage_counts(usage)
         if prompt:
             self._input_tokens = prompt
-        if isinstance(usage.get("output_tokens"), int):
-            self._output_tokens = usage["output_tokens"]
+        if output is not None:
+            self._output_tokens = output
 
     def _block_start(self, index: int, block: Mapping[str, Any]) -> list[dict[str, Any]]:
         kind = block.get("type")
@@ -350,8 +348,8 @@ def model_from(entry: Mapping[str, Any], provider: str) -> UpstreamModel | None:
     )
 
 
-@implementer(IProvider)
-class AnthropicProvider(OpenAICompatibleProvider):
+@implementer(IMessagesProvider)
+class AnthropicProvider(NativeMessages, OpenAICompatibleProvider):
     """Anthropic's Messages API: ``x-api-key`` auth, ``messages`` and ``models``."""
 
     models_path = "models?limit=1"

@@ -52,3 +52,16 @@ class IProvider(Interface):
 
     def close():  # type: ignore[no-untyped-def]
         """Deferred that fires when the connection pool is closed."""
+
+
+class IMessagesProvider(IProvider):
+    """A provider that speaks Anthropic's Messages API itself: ``/v1/messages``
+    requests reach it unchanged (thinking signatures, ``cache_control``)."""
+
+    def open_messages(body, beta):  # type: ignore[no-untyped-def]
+        """POST a streamed Messages request as given; Deferred :class:`IUpstreamStream`
+        whose events are Messages events (see :func:`ollama_proxy.wire.anthropic_answer.native_decoder`).
+        ``beta`` is the client's ``anthropic-beta`` header, or None."""
+
+    def count_tokens(body, beta):  # type: ignore[no-untyped-def]
+        """Deferred ``int``: the provider's own count of the request's input tokens."""

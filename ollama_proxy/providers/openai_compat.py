@@ -173,13 +173,18 @@ class OpenAICompatibleProvider:
         headers.update(self._extra_headers)
         return headers
 
-    async def _request(self, method: str, path: str, body: Mapping[str, Any] | None) -> Any:
-        """Send a request; return the response once its headers arrived with a 2xx status."""
+    async def _request(
+        self, method: str, path: str, body: Mapping[str, Any] | None, headers: Mapping[str, str] | None = None
+    ) -> Any:
+        """Send a request; return the response once its headers arrived with a 2xx status.
+
+        ``headers`` add to (or replace) the provider's own for this one request."""
         url = f"{self.base_url}/{path}"
         if body is not None and NATIVE_KEY in body:
             body = {k: v for k, v in body.items() if k != NATIVE_KEY}
         data = json.dumps(body).encode("utf-8") if body is not None else None
-        d = self._http.request(method, url, data=data, headers=self._headers(data is not None), unbuffered=True)
+        sent = {**self._headers(data is not None), **(headers or {})}
+        d = self._http.request(method, url, data=data, headers=sent, unbuffered=True)
         timed_out: list[bool] = []
 
         def give_up() -> None:

@@ -245,3 +245,46 @@ class ReadsChunks:
 
     def _render(self, pieces: list[Piece]) -> list[dict[str, Any]]:
         raise NotImplementedError
+
+
+class RendersBlocks(ReadsChunks):
+    """For renderers that write an answer as blocks in turn (Messages, Responses):
+    each piece's reasoning, text and tool calls go to :meth:`_thinking`,
+    :meth:`_text` and :meth:`_call`. Mixed into a dataclass with ``clock``,
+    ``timings`` and ``show_thinking``."""
+
+    clock: Callable[[], float]
+    timings: Any
+    show_thinking: bool
+
+    def feed(self, chunk: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """The stream's opening events come with the first upstream chunk, whatever it holds."""
+        return self._start() + self._render(self.reader.feed(chunk))
+
+    def _start(self) -> list[dict[str, Any]]:
+        return []
+
+    def _render(self, pieces: list[Piece]) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for piece in pieces:
+            thinking = piece.thinking if self.show_thinking else ""
+            if not (thinking or piece.content or piece.tool_calls):
+                continue
+            if self.timings.first_token is None:
+                self.timings.first_token = self.clock()
+            if thinking:
+                out += self._thinking(thinking)
+            if piece.content:
+                out += self._text(piece.content)
+            for call in piece.tool_calls:
+                out += self._call(call)
+        return out
+
+    def _thinking(self, text: str) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def _text(self, text: str) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def _call(self, call: ToolCall) -> list[dict[str, Any]]:
+        raise NotImplementedError

@@ -1,0 +1,126 @@
+"""Anthropic's Messages API: ``POST /v1/messages`` and ``POST /v1/messages/count_tokens``.
+
+The ``/v1`` app declares the routes (in Anthropic's error dialect) and hands them
+here. A request goes through the one :class:`~ollama_proxy.api.pipeline.Pipeline`
+(routing, retries, fallback, breakers, limits, records) as an OpenAI chat body;
+a target that speaks Messages itself (:class:`IMessagesProvider`) is sent the
+request as the client wrote it instead, and its events are relayed as they come.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from twisted.web.iweb import IRequest
+
+from ollama_proxy.api.pipeline import ChatCall, Pipeline
+from ollama_proxy.api.relay import ChatRelay, NamedEventRelay
+from ollama_proxy.errors import ANTHROPIC, BadRequest, json_response
+from ollama_proxy.providers.interfaces import IMessagesProvider
+from ollama_proxy.routing.router import Target
+from ollama_proxy.wire.anthropic_answer import MessagesPassthrough, MessagesRenderer
+from ollama_proxy.wire.anthropic_request import check_count_request, estimate_tokens, plan_messages
+
+# Carries the client's anthropic-beta header beside a native body, to the relay.
+_BETA_KEY = "x-anthropic-beta"
+
+
+class _Native:
+    """Opens the upstream with the provider's own Messages call, not ``open_chat``."""
+
+    provider: Any
+
+    def _call_upstream(self, body: dict[str, Any]) -> Any:
+        beta = body.pop(_BETA_KEY, None)
+        return self.provider.open_messages(body, beta)
+
+
+class MessagesEventRelay(NamedEventRelay):
+    """The Messages stream, in Anthropic's error dialect."""
+
+    dialect = ANTHROPIC
+
+
+class NativeAnswerRelay(_Native, ChatRelay):
+    """A non-streamed Messages answer gathered from a native upstream."""
+
+
+class NativeStreamRelay(_Native, MessagesEventRelay):
+    """A Messages stream relayed from a native upstream."""
+
+
+def _model(body: dict[str, Any]) -> str:
+    name = body.get("model")
+    if name in (None, ""):
+        raise BadRequest("model: Field required")
+    if not isinstance(name, str):
+        raise BadRequest("model: Input should be a valid string")
+    return name
+
+
+def _beta(request: IRequest) -> str | None:
+    value = request.getHeader(b"anthropic-beta")
+    return value.decode("latin-1") if value else None
+
+
+class Messages:
+    """The handlers behind ``/v1/messages``; one per server, sharing the pipeline."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+
+    async def create(self, request: IRequest) -> bytes | None:
+        """``POST /v1/messages``: streamed or not, over any provider."""
+        pipeline = self.pipeline
+        body = pipeline.body(request)
+        name = _model(body)
+        route = await pipeline.route(request, name, "chat")
+        plan = plan_messages(body, route.model, name, _beta(request))
+        stream = plan.stream
+        message_id = "msg_" + uuid.uuid4().hex[:24]
+        clock = pipeline.clock.seconds
+
+        def renderer() -> MessagesRenderer:
+            return MessagesRenderer(
+                model=name, message_id=message_id, clock=clock, keep_text=not stream, show_thinking=plan.show_thinking
+            )
+
+        def passthrough() -> MessagesPassthrough:
+            return MessagesPassthrough(name, clock, keep_text=not stream)
+
+        native = ChatCall(
+            {**plan.native, _BETA_KEY: plan.beta},
+            stream,
+            passthrough,
+            NativeStreamRelay if stream else NativeAnswerRelay,
+        )
+
+        def for_target(target: Target) -> ChatCall | None:
+            return native if IMessagesProvider.providedBy(target.provider) else None
+
+        if stream:
+            request.setHeader(b"cache-control", b"no-cache")
+        relay = MessagesEventRelay if stream else ChatRelay
+        return await pipeline.chat(
+            request, route, ChatCall(plan.upstream, stream, renderer, relay, for_target=for_target)
+        )
+
+    async def count_tokens(self, request: IRequest) -> bytes:
+        """``POST /v1/messages/count_tokens``: Anthropic's own count where Anthropic serves
+        the model, an estimate otherwise (never a 404: Claude Code calls it)."""
+        pipeline = self.pipeline
+        body = pipeline.body(request)
+        name = _model(body)
+        check_count_request(body)
+        route = await pipeline.route(request, name, "chat")
+        if not route.targets or not IMessagesProvider.providedBy(route.targets[0].provider):
+            return json_response(request, {"input_tokens": estimate_tokens(body)})
+        beta = _beta(request)
+
+        async def count(target: Target) -> int:
+            if not IMessagesProvider.providedBy(target.provider):
+                return estimate_tokens(body)  # a fallback that cannot count: estimate
+            return int(await target.provider.count_tokens({**body, "model": target.model.id}, beta))
+
+        return json_response(request, {"input_tokens": await pipeline.dispatcher.run(route, count)})

@@ -1,0 +1,99 @@
+"""``POST /v1/messages`` driven by the official ``anthropic`` Python SDK (OpenRouter simulator upstream)."""
+
+from __future__ import annotations
+
+import anthropic
+import pytest
+import pytest_twisted
+
+from .conftest import http, in_thread
+
+WEATHER = {
+    "name": "get_weather",
+    "description": "The weather in a city",
+    "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+}
+
+
+def client(proxy, **kwargs):
+    return anthropic.Anthropic(base_url=proxy.url, api_key="ollama", max_retries=0, **kwargs)
+
+
+@pytest_twisted.ensureDeferred
+async def test_create_answers_a_message(proxy, simulator):
+    c = client(proxy)
+    message = await in_thread(
+        c.messages.create,
+        model="google/gemini-pro",
+        max_tokens=100,
+        system=[{"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}],
+        messages=[{"role": "user", "content": "one two"}],
+        extra_body={"temperature": 0.2},
+        stop_sequences=["END"],
+    )
+    assert message.type == "message" and message.role == "assistant" and message.id.startswith("msg_")
+    assert message.model == "google/gemini-pro"
+    assert [b.type for b in message.content] == ["text"] and message.content[0].text == "Echo: one two"
+    assert message.stop_reason == "end_turn" and message.usage.output_tokens > 0 and message.usage.input_tokens > 0
+    sent = simulator.chat_requests()[-1].body
+    assert sent["messages"][0] == {"role": "system", "content": "Be brief."}
+    assert sent["max_tokens"] == 100 and sent["stop"] == ["END"] and sent["temperature"] == 0.2
+
+
+@pytest_twisted.ensureDeferred
+async def test_stream_accumulates_with_the_sdk(proxy):
+    c = client(proxy)
+
+    def run():
+        with c.messages.stream(
+            model="google/gemini-pro", max_tokens=50, messages=[{"role": "user", "content": "a b c"}]
+        ) as stream:
+            events = [e.type for e in stream]
+            return events, stream.get_final_message()
+
+    events, final = await in_thread(run)
+    assert events[0] == "message_start" and events[-1] == "message_stop"
+    assert "content_block_start" in events and "content_block_stop" in events and "message_delta" in events
+    assert final.content[0].text == "Echo: a b c" and final.stop_reason == "end_turn"
+    assert final.usage.output_tokens > 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_tool_use_round_trip(proxy):
+    c = client(proxy)
+    first = await in_thread(
+        c.messages.create,
+        model="openai/gpt-4o-mini",
+        max_tokens=100,
+        tools=[WEATHER],
+        messages=[{"role": "user", "content": 'call get_weather {"city": "Paris"}'}],
+    )
+    assert first.stop_reason == "tool_use"
+    use = first.content[-1]
+    assert use.type == "tool_use" and use.name == "get_weather" and use.input == {"city": "Paris"}
+    second = await in_thread(
+        c.messages.create,
+        model="openai/gpt-4o-mini",
+        max_tokens=100,
+        tools=[WEATHER],
+        messages=[
+            {"role": "user", "content": 'call get_weather {"city": "Paris"}'},
+            {"role": "assistant", "content": [b.model_dump() for b in first.content]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "sunny"}]},
+        ],
+    )
+    assert second.content[0].text == "Tool said: sunny" and second.stop_reason == "end_turn"
+
+
+@pytest_twisted.ensureDeferred
+async def test_errors_in_anthropic_shape(proxy):
+    c = client(proxy)
+    with pytest.raises(anthropic.NotFoundError) as missing:
+        await in_thread(c.messages.create, model="no/such", max_tokens=5, messages=[{"role": "user", "content": "x"}])
+    assert missing.value.body == {
+        "type": "error",
+        "error": {"type": "not_found_error", "message": "model 'no/such' not found"},
+    }
+    answer = await http("POST", proxy.url + "/v1/messages?beta=true", {"model": "google/gemini-pro", "messages": []})
+    assert answer.code == 400 and answer.json()["error"]["type"] == "invalid_request_error"
+    assert "max_tokens" in answer.json()["error"]["message"]
