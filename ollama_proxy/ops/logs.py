@@ -17,11 +17,12 @@ import re
 import sys
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from twisted.logger import (
     FileLogObserver,
     FilteringLogObserver,
+    ILogFilterPredicate,
     ILogObserver,
     LegacyLogObserverWrapper,
     Logger,
@@ -31,7 +32,7 @@ from twisted.logger import (
     textFileLogObserver,
 )
 from twisted.python.failure import Failure
-from zope.interface import implementer
+from zope.interface import implementer, provider
 
 from ollama_proxy.front.record import RequestRecord
 
@@ -194,6 +195,7 @@ def jsonLinesObserver(out: IO[str]) -> FileLogObserver:  # noqa: N802 - named li
 
 
 # -- the daemon's observer ------------------------------------------------------------
+@provider(ILogFilterPredicate)
 def _not_noise(event: dict[str, Any]) -> PredicateResult:
     """Drop Twisted's "Starting factory"/"Stopping factory" lines for every upstream
     connection: two lines per request tell an operator nothing."""
@@ -225,7 +227,12 @@ def daemon_observer(
     if syslog:
         from twisted.python import syslog as twisted_syslog
 
-        inner: ILogObserver = LegacyLogObserverWrapper(twisted_syslog.SyslogObserver(prefix).emit)
+        # Twisted annotates the legacy observer it wraps as an ILogObserver; what it takes is any
+        # callable of the legacy event dict, as SyslogObserver.emit is.
+        from twisted.python.log import ILogObserver as ILegacyLogObserver
+
+        legacy = cast(ILegacyLogObserver, twisted_syslog.SyslogObserver(prefix).emit)
+        inner: ILogObserver = LegacyLogObserverWrapper(legacy)
         return RedactingObserver(FilteringLogObserver(inner, [_not_noise]), redactor)
     out: IO[str]
     if logfile == "-" or (nodaemon and not logfile):
@@ -233,7 +240,7 @@ def daemon_observer(
     else:
         from twisted.python.logfile import LogFile
 
-        out = LogFile.fromFullPath(logfile or "twistd.log")  # type: ignore[assignment]
+        out = LogFile.fromFullPath(logfile or "twistd.log")
         if install_rotation is not None:
             install_rotation(out)
     inner = jsonLinesObserver(out) if log_format == "json" else textFileLogObserver(out)

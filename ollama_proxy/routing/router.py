@@ -33,6 +33,7 @@ from typing import Any
 from twisted.internet.defer import DeferredList, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from ollama_proxy.config.providers import RoutingConfig
 from ollama_proxy.errors import BadRequest, ModelForbidden, ModelNotFound, ProxyError
@@ -200,8 +201,9 @@ class Router:
         slots = self.enabled_slots()
         if not slots:
             return
-        results = await DeferredList([s.catalogue.refresh() for s in slots], consumeErrors=True)
-        failures = [result for ok, result in results if not ok]
+        # Twisted types a failed entry's result as the success type: it is a Failure.
+        results: list[tuple[bool, Any]] = await DeferredList([s.catalogue.refresh() for s in slots], consumeErrors=True)
+        failures = [result for _, result in results if isinstance(result, Failure)]
         if len(failures) == len(slots):
             failures[0].raiseException()
 
@@ -227,10 +229,10 @@ class Router:
             due.append(slot)
         if not due:
             return
-        results = await DeferredList([s.catalogue.refresh() for s in due], consumeErrors=True)
+        results: list[tuple[bool, Any]] = await DeferredList([s.catalogue.refresh() for s in due], consumeErrors=True)
         if not self.loaded:
-            for ok, result in results:
-                if not ok:
+            for _, result in results:
+                if isinstance(result, Failure):
                     result.raiseException()
 
     async def resolve(self, name: str) -> UpstreamModel:

@@ -142,7 +142,9 @@ class ChunkReader:
                 raise UpstreamStreamError(error_text(choice.get("error") or "the upstream stream failed"))
             delta = choice.get("delta")
             if not isinstance(delta, dict):
-                delta = choice.get("message") if isinstance(choice.get("message"), dict) else {}
+                delta = choice.get("message")
+            if not isinstance(delta, dict):
+                delta = {}
             piece = Piece(
                 content=self._content(delta),
                 thinking=_reasoning_text(delta),
@@ -185,7 +187,9 @@ class ChunkReader:
             builder = self._calls.setdefault(index, _CallBuilder(index))
             if isinstance(delta.get("id"), str) and delta["id"] and not builder.id:
                 builder.id = delta["id"]
-            function = delta.get("function") if isinstance(delta.get("function"), dict) else {}
+            function = delta.get("function")
+            if not isinstance(function, dict):
+                function = {}
             name = function.get("name")
             if isinstance(name, str) and name and not builder.name:
                 builder.name = name

@@ -148,7 +148,9 @@ def from_openrouter(entry: dict[str, Any], provider: str, embedding: bool = Fals
     model_id = entry.get("id")
     if not isinstance(model_id, str) or not model_id:
         return None
-    architecture = entry.get("architecture") if isinstance(entry.get("architecture"), dict) else {}
+    architecture = entry.get("architecture")
+    if not isinstance(architecture, dict):
+        architecture = {}
     modalities = architecture.get("input_modalities") or ["text"]
     output = architecture.get("output_modalities") or []
     params = entry.get("supported_parameters") or []
