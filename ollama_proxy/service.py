@@ -22,8 +22,8 @@ from ollama_proxy.config.settings import Config
 from ollama_proxy.front.door import Gate
 from ollama_proxy.front.lifecycle import Lifecycle
 from ollama_proxy.front.site import make_site
-from ollama_proxy.ops.logs import Redactor
 from ollama_proxy.ops.metrics import Metrics
+from ollama_proxy.ops.redaction import Redactor
 from ollama_proxy.ops.stats import Stats
 from ollama_proxy.providers.interfaces import IProvider
 from ollama_proxy.routing.dispatch import Dispatcher
@@ -176,7 +176,7 @@ class ProxyService(MultiService):
 
     def _build_routing(self, config: Config) -> None:
         """Providers, their slots (breaker, limiter, stats), the router and dispatcher."""
-        slots = build_slots(config, self.reactor, self.clock, self.rng)
+        slots = build_slots(config, self.reactor, self.clock, self.rng, self.redactor)
         self.router = Router(slots, ModelFilter(config.filter.allow, config.filter.deny), config.routing, self.clock)
         self.dispatcher = Dispatcher(RetryPolicy(config.retry, self.rng), self.clock)
         self.providers: list[IProvider] = [slot.provider for slot in slots]

@@ -51,6 +51,15 @@ from .simbase import RecordedRequest, SimulatorBase
 API_KEY = "sk-or-v1-simulator-secret-0123456789abcdef"
 
 
+def _headers_echoed(request: Request, values_only: bool = False) -> str:
+    """Every request header, credentials first, as a careless upstream echoes them."""
+    pairs = sorted(
+        ((k.decode(), v.decode()) for k, vs in request.requestHeaders.getAllRawHeaders() for v in vs),
+        key=lambda pair: {"api-key": 0, "x-api-key": 0, "authorization": 1}.get(pair[0].lower(), 2),
+    )
+    return " ".join(v if values_only else f"{k}: {v};" for k, v in pairs)
+
+
 def _model(
     id: str,
     *,
@@ -112,6 +121,8 @@ CHAT_MODELS: list[dict[str, Any]] = [
     _model("sim/fail-503"),
     _model("sim/no-headers"),
     _model("sim/leaky-error"),
+    _model("sim/leaky-quoted"),
+    _model("sim/leaky-text"),
     _model("sim/hold"),
     _model("sim/flood"),
     _model("sim/raw"),
@@ -404,8 +415,17 @@ class UpstreamSimulator(SimulatorBase):
             )
         if model == "sim/leaky-error":
             # Some upstreams echo the credentials they rejected: the proxy must not.
-            auth = request.getHeader(b"authorization") or b""
-            return self._error(request, 400, f"bad request with header {auth.decode()}")
+            return self._error(request, 400, f"bad request with headers {_headers_echoed(request)}")
+        if model == "sim/leaky-quoted":
+            # ... URL-encoded (a query string in a message) and JSON-escaped twice over.
+            echoed = _headers_echoed(request)
+            encoded = "".join(c if c.isalnum() else f"%{ord(c):02X}" for c in echoed)  # "_" too, as some do
+            return self._error(request, 400, f"bad request ?q={encoded} {json.dumps(echoed)[1:-1]}")
+        if model == "sim/leaky-text":
+            # A non-JSON error body in which the first credential straddles character 500.
+            request.setResponseCode(502)
+            request.setHeader(b"content-type", b"text/plain")
+            return ("." * 484 + _headers_echoed(request, values_only=True)).encode()
         entry = next((m for m in self.chat_models if m["id"] == model), None)
         if entry is None:
             return self._error(request, 404, f"{model} is not a valid model ID")
@@ -668,11 +688,10 @@ class _Stream:
                 return False  # goes on when the test calls release_holds()
             if self.position == 2 and model == "sim/midstream-leak":
                 # An upstream that echoes the credentials it was sent, after output began.
-                auth = self.request.getHeader(b"authorization") or b""
                 self._event(
                     {
                         **self._chunk({"content": ""}, "error"),
-                        "error": {"code": 500, "message": f"internal error for {auth.decode()}"},
+                        "error": {"code": 500, "message": f"internal error for {_headers_echoed(self.request)}"},
                     }
                 )
                 self._end()

@@ -14,7 +14,8 @@ from ollama_proxy.config.settings import Config
 from ollama_proxy.front.door import FrontDoor, Gate
 from ollama_proxy.front.lifecycle import Lifecycle
 from ollama_proxy.front.site import make_site
-from ollama_proxy.ops.logs import RedactingObserver, Redactor
+from ollama_proxy.ops.logs import RedactingObserver
+from ollama_proxy.ops.redaction import Redactor
 
 from .conftest import http
 

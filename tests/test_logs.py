@@ -19,7 +19,8 @@ from twisted.logger import (
 from twisted.python.logfile import LogFile
 
 from ollama_proxy.config.ops import LogConfig, OpsConfig
-from ollama_proxy.ops.logs import REDACTED, RedactingObserver, Redactor, daemon_observer, jsonLinesObserver, redacting
+from ollama_proxy.ops.logs import RedactingObserver, daemon_observer, jsonLinesObserver, redacting
+from ollama_proxy.ops.redaction import REDACTED, Redactor
 
 from .conftest import http
 from .simulator import API_KEY

@@ -21,7 +21,7 @@ from zope.interface import implementer
 
 from ollama_proxy.errors import JSON, NATIVE, OPENAI, ErrorDialect, UpstreamError, UpstreamStreamError
 from ollama_proxy.front.record import record_of
-from ollama_proxy.ops.logs import Redactor
+from ollama_proxy.ops.redaction import Redactor
 from ollama_proxy.providers.interfaces import IProvider, IUpstreamStream
 from ollama_proxy.wire.framing import EVENT_STREAM, NDJSON, SSE_DONE, dumps, ndjson, sse_event
 from ollama_proxy.wire.ollama_chat import Timings

@@ -85,9 +85,12 @@ class Config:
     demo: bool = False  # --demo: add the built-in echo provider
 
     def secrets(self) -> tuple[str, ...]:
-        """Values that must never reach a response or a log line."""
+        """Values that must never reach a response or a log line: every provider's key
+        (however it was given: in the file, ``key_env``, ``key_file``, a systemd
+        credential) and every value of its ``headers`` (``api-key`` = ..., Azure's style)."""
         keys = (self.openrouter.api_key,) + tuple(p.api_key for p in self.providers)
-        return tuple(s for s in keys if s)
+        headers = tuple(value for p in self.providers for _, value in p.headers)
+        return tuple(s for s in keys + headers if s)
 
 
 def listen_from_ollama_host(value: str) -> str:

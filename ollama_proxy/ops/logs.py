@@ -13,7 +13,6 @@ A program that embeds the proxy wraps its own observer with
 from __future__ import annotations
 
 import json
-import re
 import sys
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
@@ -35,53 +34,9 @@ from twisted.python.failure import Failure
 from zope.interface import implementer, provider
 
 from ollama_proxy.front.record import RequestRecord
-
-REDACTED = "[REDACTED]"
-# Shapes of secrets worth hiding even when nobody configured them.
-_PATTERNS = (
-    re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{8,}"),
-    re.compile(r"\b(sk-)[A-Za-z0-9_-]{16,}"),
-)
+from ollama_proxy.ops.redaction import Redactor
 
 access_log = Logger(namespace="ollama_proxy.access")
-
-
-class Redactor:
-    """Replaces known secrets, and secret-looking strings, with ``[REDACTED]``."""
-
-    def __init__(self, secrets: Iterable[str] = ()) -> None:
-        self._secrets: tuple[str, ...] = ()
-        self.update(secrets)
-
-    def update(self, secrets: Iterable[str]) -> None:
-        """The secrets to hide from now on (e.g. after a reload); short ones are ignored."""
-        # Longest first, so a key that contains another is hidden whole.
-        self._secrets = tuple(sorted({s for s in secrets if s and len(s) >= 6}, key=len, reverse=True))
-
-    def redact(self, text: str) -> str:
-        for secret in self._secrets:
-            if secret in text:
-                text = text.replace(secret, REDACTED)
-        for pattern in _PATTERNS:
-            text = pattern.sub(lambda m: m.group(1) + REDACTED, text)
-        return text
-
-    def found_in(self, text: str) -> bool:
-        """Whether ``text`` holds one of the configured secrets."""
-        return any(secret in text for secret in self._secrets)
-
-    def redact_value(self, value: Any) -> Any:
-        if isinstance(value, str):
-            return self.redact(value)
-        if isinstance(value, bytes):
-            return self.redact(value.decode("utf-8", "replace"))
-        if isinstance(value, BaseException):
-            return self.redact(f"{type(value).__name__}: {value}")
-        if isinstance(value, (list, tuple)):
-            return type(value)(self.redact_value(v) for v in value)
-        if isinstance(value, dict):
-            return {k: self.redact_value(v) for k, v in value.items()}
-        return value
 
 
 class _RedactedFailure(Failure):

@@ -22,6 +22,7 @@ from zope.interface import implementer
 from ollama_proxy import __version__
 from ollama_proxy.config.settings import Timeouts
 from ollama_proxy.errors import UpstreamError
+from ollama_proxy.ops.redaction import Redactor
 from ollama_proxy.providers.interfaces import IProvider, IUpstreamStream
 from ollama_proxy.providers.stream import BodyTimeout, BodyTooLarge, SSEStream, read_body
 from ollama_proxy.wire.models import UpstreamModel, from_openrouter
@@ -30,6 +31,7 @@ from ollama_proxy.wire.ollama_chat import NATIVE_KEY
 log = Logger()
 
 _MAX_ERROR_BODY = 64 * 1024
+_MAX_ERROR_TEXT = 500  # characters of a non-JSON error body passed on
 _MAX_BODY = 256 * 1024 * 1024  # a model list or a batch of embeddings, never a stream
 
 
@@ -76,6 +78,7 @@ class OpenAICompatibleProvider:
         requires_key: bool = True,
         clock: IReactorTime | None = None,
         strict_openai: bool = False,
+        redactor: Redactor | None = None,
     ) -> None:
         self.name = name
         # OpenAI's own API answers 400 to OpenRouter's extra sampling fields.
@@ -89,6 +92,8 @@ class OpenAICompatibleProvider:
         self._clock: IReactorTime = clock if clock is not None else reactor
         self.timeouts = timeouts
         self._extra_headers = dict(extra_headers or {})
+        # The server's redactor knows every configured credential; alone, this provider's own.
+        self._redactor = redactor or Redactor([api_key or "", *self._extra_headers.values()])
         self._embedding_models_path = embedding_models_path
         self._requires_key = requires_key
         self._pool = connection_pool(reactor, max_connections)
@@ -101,8 +106,8 @@ class OpenAICompatibleProvider:
         return bool(self._key) or not self._requires_key
 
     def redact(self, text: str) -> str:
-        """``text`` with this provider's key blotted out."""
-        return text.replace(self._key, "[REDACTED]") if self._key else text
+        """``text`` with every configured credential (key, ``headers`` values) blotted out."""
+        return self._redactor.redact(text)
 
     async def list_models(self) -> list[UpstreamModel]:
         listing = await self._get_json("models")
@@ -226,11 +231,12 @@ class OpenAICompatibleProvider:
             parsed = None
         if isinstance(parsed, dict) and parsed.get("error") is not None:
             error = parsed["error"]
-            detail = str(error.get("message") or "") if isinstance(error, dict) else str(error)
+            detail = self.redact(str(error.get("message") or "") if isinstance(error, dict) else str(error))
         elif raw:
-            detail = raw.decode("utf-8", errors="replace").strip()[:500]
+            # Redact, then cut: a key that straddles the cut must not leave its first half.
+            detail = self.redact(raw.decode("utf-8", errors="replace").strip())[:_MAX_ERROR_TEXT]
         retry_after = _retry_after(response.headers.getRawHeaders(b"retry-after", [b""])[0].decode("latin-1"))
-        return UpstreamError(self.label, self.type, response.code, self.redact(detail), retry_after=retry_after)
+        return UpstreamError(self.label, self.type, response.code, detail, retry_after=retry_after)
 
     async def _get_json(self, path: str) -> Any:
         response = await self._request("GET", path, None)

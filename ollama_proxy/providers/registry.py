@@ -9,6 +9,7 @@ from twisted.logger import Logger
 
 from ollama_proxy.config.providers import ProviderConfig
 from ollama_proxy.config.settings import Config, Timeouts
+from ollama_proxy.ops.redaction import Redactor
 from ollama_proxy.providers.anthropic import AnthropicProvider
 from ollama_proxy.providers.echo import EchoProvider
 from ollama_proxy.providers.interfaces import IProvider
@@ -76,9 +77,14 @@ def timeouts_for(provider: ProviderConfig, defaults: Timeouts) -> Timeouts:
 
 
 def build_provider(
-    provider: ProviderConfig, config: Config, reactor: Any, clock: IReactorTime | None = None
+    provider: ProviderConfig,
+    config: Config,
+    reactor: Any,
+    clock: IReactorTime | None = None,
+    redactor: Redactor | None = None,
 ) -> IProvider:
-    """The provider object for one configuration entry."""
+    """The provider object for one configuration entry; ``redactor`` (the server's, which
+    knows every configured credential) cleans the upstream's error texts."""
     timeouts = timeouts_for(provider, config.timeouts)
     label = provider.label or LABELS.get(provider.type, provider.name)
     if provider.label == "" and provider.name != provider.type:
@@ -96,6 +102,7 @@ def build_provider(
         extra_headers=headers,
         max_connections=connections,
         clock=clock,
+        redactor=redactor,
     )
     if provider.type in ("openrouter", "openai"):
         return OpenAICompatibleProvider(

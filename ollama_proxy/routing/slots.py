@@ -176,13 +176,15 @@ class ProviderSlot:
         }
 
 
-def build_slots(config: Any, reactor: Any, clock: IReactorTime, rng: random.Random) -> list[ProviderSlot]:
+def build_slots(
+    config: Any, reactor: Any, clock: IReactorTime, rng: random.Random, redactor: Any = None
+) -> list[ProviderSlot]:
     """One slot per configured provider (see :func:`~ollama_proxy.providers.registry.provider_configs`)."""
     from ollama_proxy.providers.registry import build_provider, provider_configs
 
     slots = []
     for order, settings in enumerate(provider_configs(config)):
-        provider = build_provider(settings, config, reactor, clock)
+        provider = build_provider(settings, config, reactor, clock, redactor)
         slots.append(
             ProviderSlot(
                 provider=provider,
