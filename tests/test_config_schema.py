@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from ollama_proxy.config import reference
 from ollama_proxy.config.settings import ConfigError, load_config
 
 
@@ -55,7 +58,7 @@ def test_values_refused_now(tmp_path, text, message):
         ('[timeouts]\nidle = "soon"\n', "'timeouts.idle' must be a number, not a string"),
         ("[timeouts]\nidle = 0\n", "'timeouts.idle' must be greater than 0"),
         ("[breaker]\nfailure_rate = 0\n", "'breaker.failure_rate' must be in (0, 1]"),
-        ("[limits]\nmax_streams = 1.5\n", "'limits.max_streams' must be an integer, not a number"),
+        ("[limits]\nmax_streams = 1.5\n", "'limits.max_streams' must be an integer, not a float"),
         ("[shutdown]\ndrain_timeout = -2\n", "'shutdown.drain_timeout' must not be negative"),
         ('[log]\nformat = "xml"\n', '\'log.format\' must be "text" or "json"'),
         ("[filter]\nallow = [1]\n", "'filter.allow' must be a list of strings, not an integer"),
@@ -100,3 +103,16 @@ def test_the_running_sections_are_the_declared_ones(tmp_path):
     )
     assert config.timeouts.connect == 2.0 and config.timeouts.idle == 120.0
     assert config.retry.max_retries == 4 and config.ops.limits.max_streams == 9 and config.ops.log.access is False
+
+
+def test_the_readme_states_every_key_with_its_range_and_default():
+    """Adding a key to the schema without its README row (or changing a range) fails here."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    missing = [
+        f"| `{key}` | {kind} | {default} |"
+        for key, kind, default in reference.rows()
+        if f"| `{key}` | {kind} | {default} |" not in readme
+    ]
+    assert not missing, "README.md lacks these rows (python -m ollama_proxy.config.reference):\n" + "\n".join(missing)
+    keys = {key for key, _, _ in reference.rows()}
+    assert {"breaker.jitter", "providers[].timeouts.idle", "auth.tokens[].sha256", "pins.NAME", "openai"} <= keys

@@ -18,7 +18,7 @@ _PLURAL = {str: "strings", int: "integers", float: "numbers"}
 _GOT = {
     "str": "a string",
     "int": "an integer",
-    "float": "a number",
+    "float": "a float",  # TOML's word for a number with a fraction or exponent
     "bool": "true or false",
     "array": "an array",
     "object": "a table",
@@ -113,7 +113,10 @@ def accepts(annotation: Any) -> str:
 
 def explain(error: msgspec.ValidationError, raw: Any, root: Any) -> str:
     """One line naming the key and what is wrong with it."""
-    return _explain(str(error), raw, root, "")
+    try:
+        return _explain(str(error), raw, root, "")
+    except (KeyError, IndexError, StopIteration, TypeError, AttributeError):  # a shape not foreseen: msgspec's words
+        return str(error)
 
 
 def _explain(message: str, raw: Any, root: Any, prefix: str) -> str:

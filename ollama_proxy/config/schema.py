@@ -126,7 +126,7 @@ class ShutdownConfig(Section, frozen=True, kw_only=True):
 class FilterConfig(Section, frozen=True, kw_only=True):
     """Globs matched against upstream model ids (``file`` lines merged in once loaded)."""
 
-    allow: Strings = ()
+    allow: Annotated[Strings, default_text("every model")] = ()
     deny: Strings = ()
     file: str | None = None
 
@@ -164,8 +164,8 @@ class ProviderSettings(Section, frozen=True, kw_only=True):
     max_in_flight: Count = 512
     max_queue: NonNegativeInt = 512
     queue_timeout: Positive = 30.0
-    max_connections: Annotated[Count | None, default_text("128")] = None
-    label: str = ""
+    max_connections: Annotated[Count | None, default_text("`openrouter.max_connections`")] = None
+    label: Annotated[str, default_text("the name")] = ""
     max_tokens: Count = 4096  # Anthropic requires max_tokens; used when the client sets none.
 
 
@@ -191,8 +191,8 @@ class TokenTable(Section, frozen=True, kw_only=True):
 
     sha256: str | None = None
     credential: str | None = None
-    name: str | None = None
-    models: Strings = ()
+    name: Annotated[str | None, default_text('"token-" and 8 digits of the digest')] = None
+    models: Annotated[Strings, default_text("every model")] = ()
 
 
 class AuthTable(Section, frozen=True, kw_only=True):
@@ -229,8 +229,8 @@ class ConfigFile(Section, frozen=True, kw_only=True):
     filter: FilterConfig = FilterConfig()
     openrouter: OpenRouterConfig = OpenRouterConfig()
     providers: tuple[ProviderTable, ...] = ()
-    openai: BuiltinProviderTable | None = None
-    anthropic: BuiltinProviderTable | None = None
+    openai: Annotated[BuiltinProviderTable | None, default_text("none, or `OPENAI_API_KEY`")] = None
+    anthropic: Annotated[BuiltinProviderTable | None, default_text("none, or `ANTHROPIC_API_KEY`")] = None
     aliases: dict[str, Annotated[Name, msgspec.Meta(description="a model name")]] = {}
     pins: dict[str, Names] = {}
     fallbacks: dict[str, Names] = {}
