@@ -30,6 +30,7 @@ from ollama_proxy.providers.interfaces import IMessagesProvider, IUpstreamStream
 from ollama_proxy.providers.openai_compat import OpenAICompatibleProvider
 from ollama_proxy.providers.stream import SSEStream
 from ollama_proxy.wire.anthropic_answer import usage_counts
+from ollama_proxy.wire.jsontext import as_object
 from ollama_proxy.wire.models import UpstreamModel
 
 log = Logger()
@@ -105,7 +106,7 @@ def _assistant_blocks(message: Mapping[str, Any]) -> list[dict[str, Any]]:
     for index, call in enumerate(message.get("tool_calls") or ()):
         if not isinstance(call, Mapping):
             continue
-        function = call.get("function") if isinstance(call.get("function"), Mapping) else {}
+        function = as_object(call.get("function"))
         blocks.append(
             {
                 "type": "tool_use",
@@ -246,7 +247,7 @@ class AnthropicDecoder:
     def __call__(self, event: Mapping[str, Any]) -> list[dict[str, Any]]:
         kind = event.get("type")
         if kind == "message_start":
-            message = event.get("message") if isinstance(event.get("message"), Mapping) else {}
+            message = as_object(event.get("message"))
             self.model = str(message.get("model") or "")
             self.id = str(message.get("id") or "msg")
             self._usage(message.get("usage"))
@@ -257,7 +258,7 @@ class AnthropicDecoder:
             return self._block_delta(int(event.get("index", 0)), event.get("delta") or {})
         if kind == "message_delta":
             self._usage(event.get("usage"))
-            delta = event.get("delta") if isinstance(event.get("delta"), Mapping) else {}
+            delta = as_object(event.get("delta"))
             reason = delta.get("stop_reason")
             out = []
             if reason:
@@ -265,7 +266,7 @@ class AnthropicDecoder:
             out.append({**self._chunk({}), "choices": [], "usage": self.usage()})
             return out
         if kind == "error":
-            error = event.get("error") if isinstance(event.get("error"), Mapping) else {}
+            error = as_object(event.get("error"))
             raise UpstreamStreamError(
                 f"{self.label} stream error: {error.get('type', 'error')}: {error.get('message', '')}".rstrip(": ")
             )

@@ -24,6 +24,7 @@ from ollama_proxy.errors import UpstreamError, UpstreamStreamError
 from ollama_proxy.providers.interfaces import IProvider, IUpstreamStream
 from ollama_proxy.providers.openai_compat import OpenAICompatibleProvider
 from ollama_proxy.providers.stream import NDJSONParser, SSEStream
+from ollama_proxy.wire.jsontext import as_object
 from ollama_proxy.wire.models import UpstreamModel
 from ollama_proxy.wire.ollama_chat import NATIVE_KEY
 
@@ -100,7 +101,7 @@ def chat_body(body: Mapping[str, Any]) -> dict[str, Any]:
         "stream": True,
     }
     options = {target: body[name] for name, target in OPTIONS.items() if body.get(name) is not None}
-    native = body.get(NATIVE_KEY) if isinstance(body.get(NATIVE_KEY), Mapping) else {}
+    native = as_object(body.get(NATIVE_KEY))
     if isinstance(native.get("options"), Mapping):
         # The client's own options, load-time ones (num_ctx, num_gpu, ...) included.
         options = {**native["options"], **options}
@@ -150,7 +151,7 @@ class OllamaDecoder:
         if line.get("error"):
             raise UpstreamStreamError(f"{self.label} stream error: {line['error']}")
         model = str(line.get("model") or "")
-        message = line.get("message") if isinstance(line.get("message"), Mapping) else {}
+        message = as_object(line.get("message"))
         delta: dict[str, Any] = {}
         if message.get("content"):
             delta["content"] = str(message["content"])
@@ -204,7 +205,7 @@ def model_from(entry: Mapping[str, Any], provider: str) -> UpstreamModel | None:
     if not isinstance(name, str) or not name:
         return None
     model_id = name[: -len(":latest")] if name.endswith(":latest") else name
-    details = entry.get("details") if isinstance(entry.get("details"), Mapping) else {}
+    details = as_object(entry.get("details"))
     families = set(details.get("families") or ()) | {details.get("family")}
     embedding = "embed" in model_id.lower() or bool(families & _EMBEDDING_FAMILIES)
     created = 0
@@ -238,7 +239,7 @@ def with_show(model: UpstreamModel, shown: Mapping[str, Any]) -> UpstreamModel:
         params.append("tools")
     if "thinking" in capabilities:
         params.append("reasoning")
-    info = shown.get("model_info") if isinstance(shown.get("model_info"), Mapping) else {}
+    info = as_object(shown.get("model_info"))
     context = next(
         (v for k, v in info.items() if k.endswith(".context_length") and isinstance(v, int)), model.context_length
     )

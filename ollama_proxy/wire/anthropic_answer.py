@@ -21,6 +21,7 @@ from typing import Any
 
 from ollama_proxy.errors import UpstreamStreamError
 from ollama_proxy.wire.chunks import ChunkReader, RendersBlocks, ToolCall, new_call_id
+from ollama_proxy.wire.jsontext import as_object
 from ollama_proxy.wire.ollama_chat import Timings
 from ollama_proxy.wire.tools import arguments_object
 
@@ -75,7 +76,7 @@ class MessagesRenderer(RendersBlocks):
         if self.started or self.keep_text:
             return []
         self.started = True
-        message = {
+        message: dict[str, Any] = {
             "id": self.message_id,
             "type": "message",
             "role": "assistant",
@@ -190,7 +191,7 @@ def native_decoder(label: str) -> Callable[[Mapping[str, Any]], list[dict[str, A
     def decode(upstream_event: Mapping[str, Any]) -> list[dict[str, Any]]:
         kind = upstream_event.get("type")
         if kind == "error":
-            error = upstream_event.get("error") if isinstance(upstream_event.get("error"), Mapping) else {}
+            error = as_object(upstream_event.get("error"))
             message = error.get("message", "") if isinstance(error, Mapping) else ""
             raise UpstreamStreamError(f"{label} stream error: {error.get('type', 'error')}: {message}".rstrip(": "))
         chunk: dict[str, Any] = {NATIVE_EVENT: dict(upstream_event)}

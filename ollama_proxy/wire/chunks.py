@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ollama_proxy.errors import UpstreamStreamError
+from ollama_proxy.wire.jsontext import as_object
 
 
 def new_call_id() -> str:
@@ -142,9 +143,7 @@ class ChunkReader:
                 raise UpstreamStreamError(error_text(choice.get("error") or "the upstream stream failed"))
             delta = choice.get("delta")
             if not isinstance(delta, dict):
-                delta = choice.get("message")
-            if not isinstance(delta, dict):
-                delta = {}
+                delta = as_object(choice.get("message"))
             piece = Piece(
                 content=self._content(delta),
                 thinking=_reasoning_text(delta),
@@ -187,9 +186,7 @@ class ChunkReader:
             builder = self._calls.setdefault(index, _CallBuilder(index))
             if isinstance(delta.get("id"), str) and delta["id"] and not builder.id:
                 builder.id = delta["id"]
-            function = delta.get("function")
-            if not isinstance(function, dict):
-                function = {}
+            function = as_object(delta.get("function"))
             name = function.get("name")
             if isinstance(name, str) and name and not builder.name:
                 builder.name = name

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from ollama_proxy.errors import BadRequest
@@ -100,3 +101,9 @@ def parse_json(raw: bytes | str) -> Any:
     if _SURROGATE_ESCAPE.search(data):
         value = _replace_surrogates(value)
     return value
+
+
+def as_object(value: Any) -> Mapping[str, Any]:
+    """``value`` if it is a JSON object, else an empty one: for reading an optional object
+    of a parsed body or event without a second ``isinstance`` at every key."""
+    return value if isinstance(value, Mapping) else {}

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from ollama_proxy.wire.jsontext import as_object
+
 _PARAMETER_SIZE = re.compile(r"(?<![a-z0-9.])(\d+(?:\.\d+)?)([bm])(?![a-z0-9])", re.IGNORECASE)
 _FAMILY_WORD = re.compile(r"[a-z]+", re.IGNORECASE)
 
@@ -148,9 +150,7 @@ def from_openrouter(entry: dict[str, Any], provider: str, embedding: bool = Fals
     model_id = entry.get("id")
     if not isinstance(model_id, str) or not model_id:
         return None
-    architecture = entry.get("architecture")
-    if not isinstance(architecture, dict):
-        architecture = {}
+    architecture = as_object(entry.get("architecture"))
     modalities = architecture.get("input_modalities") or ["text"]
     output = architecture.get("output_modalities") or []
     params = entry.get("supported_parameters") or []

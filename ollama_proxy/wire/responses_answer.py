@@ -183,13 +183,14 @@ class ResponsesRenderer(RendersBlocks):
 
     def _finish_open(self) -> list[dict[str, Any]]:
         """Close the item being streamed: its ``.done`` events, then it joins the output."""
-        item, out = self._open, []
+        item = self._open
+        out: list[dict[str, Any]] = []
         if item is None:
             return out
         streaming = not self.keep_text
         if item["type"] == "reasoning":
             text = "".join(item.pop("summary_text"))
-            part = {"type": "summary_text", "text": text}
+            part: dict[str, Any] = {"type": "summary_text", "text": text}
             item["summary"] = [part]
             if streaming:
                 out.append(self._located("response.reasoning_summary_text.done", summary_index=0, text=text))
