@@ -12,7 +12,12 @@ What it answers:
 - with ``thinking``: a thinking block first (``thinking_delta``, ``signature_delta``);
 - with ``tools`` and a plain user turn: a ``tool_use`` block for the first tool,
   its input streamed as ``input_json_delta`` pieces, ``stop_reason: tool_use``;
-- after a ``tool_result``: ``Tool said: <content>``.
+- after a ``tool_result``: ``Tool said: <content>``;
+- ``POST /v1/messages/count_tokens``: the same count as the stream's usage, plus 1000
+  (so a test can tell it from the proxy's estimate).
+
+A request that marks anything with ``cache_control`` gets ``cache_read_input_tokens``
+in its usage; thinking blocks sent back must carry the signature the simulator gave.
 
 Behaviours (``behaviour`` attribute): ``overloaded`` (529), ``midstream-error``
 (an ``error`` event after the first words), ``stall`` (silent after the
@@ -46,6 +51,20 @@ MODELS = [
 ]
 
 
+# The signature the simulator puts on its thinking, and wants back with it.
+SIGNATURE = "sig=="
+
+
+def input_tokens(body: dict[str, Any]) -> int:
+    """The simulator's token count: words of the messages as JSON."""
+    return sum(len(json.dumps(m.get("content")).split()) for m in body.get("messages") or () if isinstance(m, dict))
+
+
+def cached(body: dict[str, Any]) -> bool:
+    """Whether the request marks anything with ``cache_control`` (then usage shows a cache read)."""
+    return '"cache_control"' in json.dumps(body)
+
+
 class AnthropicSimulator(SimulatorBase):
     """Mount point: the root; the API lives under ``/v1``."""
 
@@ -70,6 +89,8 @@ class AnthropicSimulator(SimulatorBase):
             return self._error(request, 400, "invalid_request_error", "anthropic-version header is required")
         if request.method == b"GET" and path == "/v1/models":
             return self._models(request)
+        if request.method == b"POST" and path == "/v1/messages/count_tokens":
+            return self._count(request, recorded.body)
         if request.method != b"POST" or path != "/v1/messages":
             return self._error(request, 404, "not_found_error", f"no route {path}")
         injected = self.take_injected()
@@ -89,6 +110,17 @@ class AnthropicSimulator(SimulatorBase):
         if body["model"] not in {m["id"] for m in self.models}:
             return self._error(request, 404, "not_found_error", f"model: {body['model']}")
         return _MessageStream(self, request, body).start()
+
+    def _count(self, request: Request, body: Any) -> bytes:
+        """``count_tokens``: the same count the stream reports, without max_tokens."""
+        if not isinstance(body, dict) or "max_tokens" in body or "stream" in body:
+            return self._error(request, 400, "invalid_request_error", "count_tokens takes no max_tokens or stream")
+        problem = self._invalid_messages(body)
+        if problem:
+            return self._error(request, 400, "invalid_request_error", problem)
+        if body.get("model") not in {m["id"] for m in self.models}:
+            return self._error(request, 404, "not_found_error", f"model: {body.get('model')}")
+        return self.json(request, {"input_tokens": input_tokens(body) + 1000})
 
     def _models(self, request: Request) -> bytes:
         args = {k.decode(): v[0].decode() for k, v in request.args.items()}
@@ -120,6 +152,10 @@ class AnthropicSimulator(SimulatorBase):
                 return "thinking.budget_tokens must be >= 1024 and less than max_tokens"
             if "temperature" in body or "top_k" in body:
                 return "temperature and top_k may not be set with thinking"
+        return AnthropicSimulator._invalid_messages(body)
+
+    @staticmethod
+    def _invalid_messages(body: dict[str, Any]) -> str | None:
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             return "messages: at least one message is required"
@@ -130,16 +166,22 @@ class AnthropicSimulator(SimulatorBase):
             if index and message.get("role") == messages[index - 1].get("role"):
                 return "messages: roles must alternate between user and assistant"
             content = message.get("content")
+            if isinstance(content, str) and content:
+                content = [{"type": "text", "text": content}]  # the API takes a string as one text block
             if not isinstance(content, list) or not content:
-                return f"messages.{index}.content: a non-empty list of blocks is expected"
+                return f"messages.{index}.content: a non-empty string or list of blocks is expected"
             for block in content:
                 if block.get("type") == "text" and not block.get("text"):
                     return "text content blocks must be non-empty"
                 if block.get("type") == "tool_result" and block.get("tool_use_id") not in previous_tools:
                     return f"tool_result block for unknown tool_use id {block.get('tool_use_id')}"
+                if block.get("type") == "thinking" and block.get("signature") != SIGNATURE:
+                    # Thinking sent back must be exactly what was signed: a lost signature is a 400.
+                    return f"messages.{index}: Invalid `signature` in `thinking` block"
             previous_tools = {b["id"] for b in content if b.get("type") == "tool_use"}
-        if isinstance(body.get("system"), list):
-            return "the simulator expects system as a string"
+        system = body.get("system")
+        if isinstance(system, list) and not all(isinstance(b, dict) and b.get("type") == "text" for b in system):
+            return "system: only text blocks are allowed"
         return None
 
 
@@ -157,6 +199,8 @@ class _MessageStream:
         request.notifyFinish().addErrback(self._lost)
         messages = body["messages"]
         last = messages[-1]["content"]
+        if isinstance(last, str):
+            last = [{"type": "text", "text": last}]
         results = [b for b in last if b.get("type") == "tool_result"]
         text = last_user_text(messages)
         blocks: list[tuple[str, Any]] = []
@@ -177,7 +221,7 @@ class _MessageStream:
             if len(words) > body["max_tokens"]:
                 words, stop = words[: body["max_tokens"]], "max_tokens"
             blocks.append(("text", words))
-        input_tokens = sum(len(json.dumps(m["content"]).split()) for m in messages)
+        prompt = input_tokens(body)
         self._add(
             "message_start",
             {
@@ -190,7 +234,11 @@ class _MessageStream:
                     "model": body["model"],
                     "stop_reason": None,
                     "stop_sequence": None,
-                    "usage": {"input_tokens": input_tokens, "output_tokens": 1},
+                    "usage": {
+                        "input_tokens": prompt,
+                        "output_tokens": 1,
+                        "cache_read_input_tokens": 5 if cached(body) else 0,
+                    },
                 },
             },
         )
@@ -219,7 +267,7 @@ class _MessageStream:
                     {
                         "type": "content_block_delta",
                         "index": index,
-                        "delta": {"type": "signature_delta", "signature": "sig=="},
+                        "delta": {"type": "signature_delta", "signature": SIGNATURE},
                     },
                 )
             elif kind == "tool_use":

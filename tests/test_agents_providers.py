@@ -1,0 +1,203 @@
+"""/v1/messages and /v1/responses over every provider type: Anthropic (natively), OpenAI,
+Ollama and the offline demo provider, driven by the official anthropic and openai SDKs."""
+
+from __future__ import annotations
+
+import json
+
+import anthropic
+import openai
+import pytest
+import pytest_twisted
+from twisted.internet import reactor as global_reactor
+
+from ollama_proxy.config.providers import RoutingConfig
+from ollama_proxy.config.settings import load_config
+from ollama_proxy.service import makeService
+
+from .anthropic_simulator import SIGNATURE
+from .conftest import http, in_thread
+from .multi import ANTHROPIC_KEY, provider
+
+LOOKUP = {
+    "name": "lookup",
+    "description": "Look a thing up",
+    "input_schema": {"type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]},
+}
+LOOKUP_FN = {"type": "function", "name": "lookup", "parameters": LOOKUP["input_schema"]}
+
+
+def claude(proxy, **kwargs):
+    return anthropic.Anthropic(base_url=proxy.url, api_key="ollama", max_retries=0, **kwargs)
+
+
+def gpt(proxy):
+    return openai.OpenAI(base_url=proxy.url + "/v1", api_key="ollama", max_retries=0)
+
+
+def claude_proxy(make_multi, anthropic_sim):
+    # What Claude Code asks for, mapped by the ordinary aliases.
+    aliases = (("claude-sonnet-4-5-20250929", "claude-sonnet-4-5"), ("claude-haiku-4-5", "claude-3-5-haiku-latest"))
+    return make_multi(
+        [provider("claude", "anthropic", anthropic_sim.base_url, ANTHROPIC_KEY)],
+        openrouter=False,
+        routing=RoutingConfig(aliases=aliases),
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_anthropic_passthrough_keeps_signatures_cache_and_beta(make_multi, anthropic_sim):
+    proxy = claude_proxy(make_multi, anthropic_sim)
+    c = claude(proxy)
+    question = {
+        "role": "user",
+        "content": [{"type": "text", "text": "find cats", "cache_control": {"type": "ephemeral"}}],
+    }
+
+    def first_turn():
+        with c.messages.stream(
+            model="claude-sonnet-4-5-20250929",
+            max_tokens=4096,
+            thinking={"type": "enabled", "budget_tokens": 2048},
+            tools=[LOOKUP],
+            messages=[question],
+            extra_headers={"anthropic-beta": "interleaved-thinking-2025-05-14"},
+        ) as stream:
+            return [e.type for e in stream], stream.get_final_message()
+
+    kinds, first = await in_thread(first_turn)
+    assert "content_block_delta" in kinds and first.model == "claude-sonnet-4-5-20250929"
+    thinking, use = first.content
+    assert thinking.type == "thinking" and thinking.signature == SIGNATURE
+    assert use.type == "tool_use" and use.input == {"query": "find cats"} and first.stop_reason == "tool_use"
+    assert first.usage.cache_read_input_tokens == 5
+    sent = anthropic_sim.posts("/v1/messages")[-1]
+    assert sent.body["model"] == "claude-sonnet-4-5" and sent.body["messages"][0] == question
+    assert sent.headers["anthropic-beta"] == "interleaved-thinking-2025-05-14"
+    # The signed thinking goes back with the tool result: the simulator refuses a lost signature.
+    second = await in_thread(
+        c.messages.create,
+        model="claude-sonnet-4-5-20250929",
+        max_tokens=4096,
+        thinking={"type": "enabled", "budget_tokens": 2048},
+        tools=[LOOKUP],
+        messages=[
+            question,
+            {"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in first.content]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "three cats"}]},
+        ],
+    )
+    assert second.content[-1].text == "Tool said: three cats" and second.content[0].signature == SIGNATURE
+    counted = await in_thread(
+        c.messages.count_tokens, model="claude-haiku-4-5", messages=[{"role": "user", "content": "count me"}]
+    )
+    assert counted.input_tokens > 1000  # Anthropic's own count (the simulator adds 1000), not an estimate
+
+
+@pytest_twisted.ensureDeferred
+async def test_anthropic_errors_and_midstream_failure_pass_through(make_multi, anthropic_sim):
+    proxy = claude_proxy(make_multi, anthropic_sim)
+    c = claude(proxy)
+    anthropic_sim.behaviour = "midstream-error"
+
+    def broken():
+        with c.messages.stream(
+            model="claude-haiku-4-5", max_tokens=50, messages=[{"role": "user", "content": "a b c d"}]
+        ) as stream:
+            return [e.type for e in stream]
+
+    with pytest.raises(anthropic.APIStatusError, match="Overloaded"):
+        await in_thread(broken)
+    anthropic_sim.behaviour = None
+    anthropic_sim.fail_next(401)
+    with pytest.raises(anthropic.APIStatusError) as refused:
+        await in_thread(
+            c.messages.create, model="claude-haiku-4-5", max_tokens=5, messages=[{"role": "user", "content": "x"}]
+        )
+    assert refused.value.body["type"] == "error" and "Anthropic" in refused.value.body["error"]["message"]
+    assert ANTHROPIC_KEY not in json.dumps(refused.value.body)
+
+
+@pytest_twisted.ensureDeferred
+async def test_responses_over_anthropic_go_through_the_openai_shape(make_multi, anthropic_sim):
+    proxy = claude_proxy(make_multi, anthropic_sim)
+    response = await in_thread(
+        gpt(proxy).responses.create, model="claude-haiku-4-5", input="find dogs", tools=[LOOKUP_FN]
+    )
+    [call] = response.output
+    assert call.type == "function_call" and json.loads(call.arguments) == {"query": "find dogs"}
+    sent = anthropic_sim.posts("/v1/messages")[-1].body
+    assert sent["tools"][0]["name"] == "lookup" and sent["messages"][0]["role"] == "user"
+
+
+@pytest_twisted.ensureDeferred
+async def test_both_surfaces_over_an_openai_upstream(make_multi, openai_sim):
+    proxy = make_multi([provider("openai", "openai", openai_sim.base_url, "sk-openai-simulator-key")], openrouter=False)
+    message = await in_thread(
+        claude(proxy).messages.create,
+        model="openai/gpt-4o-mini",
+        max_tokens=40,
+        tools=[LOOKUP],
+        messages=[{"role": "user", "content": 'call lookup {"query": "x"}'}],
+    )
+    assert message.content[-1].type == "tool_use" and message.content[-1].input == {"query": "x"}
+    assert openai_sim.chat_requests()[-1].body["max_completion_tokens"] == 40  # OpenAI's own dialect
+    response = await in_thread(gpt(proxy).responses.create, model="openai/gpt-4o-mini", input="hello there")
+    assert response.output_text == "Echo: hello there"
+
+
+@pytest_twisted.ensureDeferred
+async def test_both_surfaces_over_an_ollama_upstream(make_multi, ollama_sim):
+    proxy = make_multi([provider("local", "ollama", ollama_sim.base_url)], openrouter=False)
+
+    def streamed():
+        with claude(proxy).messages.stream(
+            model="qwen3:8b",
+            max_tokens=100,
+            thinking={"type": "enabled", "budget_tokens": 1024},
+            messages=[{"role": "user", "content": "why so"}],
+        ) as stream:
+            return stream.get_final_message()
+
+    message = await in_thread(streamed)
+    assert [b.type for b in message.content] == ["thinking", "text"]
+    assert message.content[0].thinking == "Thinking about: why so" and message.content[1].text == "Echo: why so"
+    assert ollama_sim.posts("/api/chat")[-1].body["think"] == "low"
+
+    def responses_stream():
+        with gpt(proxy).responses.stream(model="llama3.2", input="find it", tools=[LOOKUP_FN]) as stream:
+            return stream.get_final_response()
+
+    response = await in_thread(responses_stream)
+    assert response.output[0].type == "function_call" and json.loads(response.output[0].arguments) == {
+        "query": "find it"
+    }
+
+
+@pytest_twisted.ensureDeferred
+async def test_demo_provider_answers_both_surfaces_offline():
+    config = load_config(environ={}, listen=["tcp:0:interface=127.0.0.1"], demo=True)
+    service = makeService(config, global_reactor)
+    service.startService()
+    try:
+
+        class Proxy:
+            url = f"http://127.0.0.1:{service.listening_ports()[0].getHost().port}"
+
+        message = await in_thread(
+            claude(Proxy).messages.create,
+            model="echo",
+            max_tokens=20,
+            messages=[{"role": "user", "content": "hi there"}],
+        )
+        assert message.content[0].text == "hi there"
+        counted = await in_thread(
+            claude(Proxy).messages.count_tokens, model="echo", messages=[{"role": "user", "content": "hi"}]
+        )
+        assert counted.input_tokens > 0  # an estimate: echo has no counter
+        response = await in_thread(gpt(Proxy).responses.create, model="echo", input="offline too")
+        assert response.output_text == "offline too"
+        r = await http("POST", Proxy.url + "/v1/messages", {"model": "nope", "max_tokens": 5, "messages": []})
+        assert r.code == 404 and r.json()["error"]["type"] == "not_found_error"
+    finally:
+        await service.stopService()
