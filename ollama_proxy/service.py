@@ -153,9 +153,8 @@ class ProxyService(MultiService):
 
         # Late-bound lambdas: a reload may replace the router.
         self._periodic: set[Deferred[Any]] = set()
-        self.refresh_timer = TimerService(
-            config.model_refresh_interval, self._tracked(lambda: self.router.refresh_quietly())
-        )
+        self._explained = False
+        self.refresh_timer = TimerService(config.model_refresh_interval, self._tracked(self._refresh))
         self.refresh_timer.clock = clock
         self.refresh_timer.setName("model-refresh")
         self.refresh_timer.setServiceParent(self)
@@ -195,6 +194,17 @@ class ProxyService(MultiService):
             return d
 
         return call
+
+    async def _refresh(self) -> None:
+        await self.router.refresh_quietly()
+        if not self._explained:
+            # Once, after the first refresh: a newcomer reads why nothing will answer.
+            self._explained = True
+            blockers = self.router.blockers()
+            for reason in blockers:
+                log.warn("inference will fail: {reason}", reason=reason)
+            if blockers and len(blockers) == len(self.router.enabled_slots()):
+                log.warn("to try the proxy offline, without a key: twistd -n ollama-proxy --demo")
 
     def listening_ports(self) -> list[Any]:
         """The bound ports (after start), e.g. to learn a port the system chose."""

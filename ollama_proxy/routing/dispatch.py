@@ -25,7 +25,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ollama_proxy.errors import ProxyError, ServiceUnavailable, UpstreamError
+from ollama_proxy.errors import ProxyError, ServiceUnavailable
 from ollama_proxy.routing.breaker import Outcome
 from ollama_proxy.routing.limiter import Busy
 from ollama_proxy.routing.retry import RetryPolicy, classify
@@ -93,8 +93,7 @@ class Dispatcher:
         run = _Run(self._clock.seconds() + self.policy.settings.deadline)
         targets = [t for t in route.targets if t.slot.provider.configured]
         if not targets:
-            slot = route.targets[0].slot
-            raise UpstreamError(slot.label, slot.type, None, f"no API key is configured for {slot.label}", status=503)
+            raise route.targets[0].slot.missing_key_error()
 
         pending = list(targets)
         deferred: set[int] = set()

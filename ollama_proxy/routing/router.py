@@ -46,7 +46,6 @@ log = Logger()
 # A provider whose model list could not be fetched is asked again on demand at
 # most this often; in between, the refresh and health timers keep trying.
 RELOAD_INTERVAL = 30.0
-_KEY_HINTS = {"openrouter": "OPENROUTER_API_KEY", "openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
 
 
 class ProviderNotFound(ProxyError):
@@ -231,9 +230,16 @@ class Router:
             return
         results: list[tuple[bool, Any]] = await DeferredList([s.catalogue.refresh() for s in due], consumeErrors=True)
         if not self.loaded:
-            for _, result in results:
-                if isinstance(result, Failure):
-                    result.raiseException()
+            failed = [
+                (slot, result) for slot, (_, result) in zip(due, results, strict=True) if isinstance(result, Failure)
+            ]
+            for slot, _ in failed:
+                if not slot.provider.configured:
+                    # Its list may need the key too (a compatible server's /models
+                    # often does): the missing key is the reason to give, not the 401.
+                    raise slot.missing_key_error()
+            if failed:
+                failed[0][1].raiseException()
 
     async def resolve(self, name: str) -> UpstreamModel:
         """The model a client's name means (the first target's); 404 or 403 errors."""
@@ -327,14 +333,23 @@ class Router:
         return [Target(slot, model, name, fallback) for slot, model in allowed]
 
     # -- health -----------------------------------------------------------------------
+    def blockers(self) -> list[str]:
+        """Why each enabled provider cannot answer now: no key, or no model list (unreachable)."""
+        reasons = []
+        for slot in self.enabled_slots():
+            if not slot.provider.configured:
+                reasons.append(slot.missing_key)
+            elif not slot.catalogue.loaded:
+                reasons.append(f"{slot.label} cannot be reached: {slot.catalogue.last_error or 'no model list'}")
+        return reasons
+
     def problems(self) -> list[str]:
         """Why ``/health`` should say ``degraded``, one sentence per problem."""
         reasons = []
         for slot in self.enabled_slots():
             label = slot.label
             if not slot.provider.configured:
-                hint = _KEY_HINTS.get(slot.name)
-                reasons.append(f"no API key configured for {label}" + (f" (set {hint})" if hint else f" ({slot.name})"))
+                reasons.append(slot.missing_key)
             catalogue = slot.catalogue
             if not catalogue.loaded:
                 reasons.append(

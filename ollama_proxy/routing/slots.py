@@ -14,6 +14,7 @@ from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
 
+from ollama_proxy.errors import UpstreamError
 from ollama_proxy.providers.interfaces import IProvider
 from ollama_proxy.routing.breaker import OPEN, CircuitBreaker
 from ollama_proxy.routing.catalogue import ModelCatalogue
@@ -75,6 +76,10 @@ class ProviderHealth:
     last_error: str | None = None
 
 
+# Where the key of a well-known provider comes from (the environment, or the credential of that name in lower case).
+KEY_VARIABLES = {"openrouter": "OPENROUTER_API_KEY", "openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
+
+
 @dataclass
 class ProviderSlot:
     """A provider as the router sees it."""
@@ -109,6 +114,17 @@ class ProviderSlot:
     @property
     def healthy(self) -> bool:
         return self.usable and self.breaker.state != OPEN and self.health.healthy is not False
+
+    @property
+    def missing_key(self) -> str:
+        """Why this provider cannot answer, naming the key it lacks and where it goes."""
+        variable = KEY_VARIABLES.get(self.name)
+        where = f"set {variable}" if variable else f"set 'key', 'key_file' or 'key_env' of provider '{self.name}'"
+        return f"no API key is configured for {self.label} ({where})"
+
+    def missing_key_error(self) -> UpstreamError:
+        """The 503 a request meets when this provider, which needs a key, has none."""
+        return UpstreamError(self.label, self.type, None, self.missing_key, status=503)
 
     def sort_key(self) -> tuple[int, int]:
         return (self.priority, self.order)
