@@ -110,7 +110,12 @@ async def test_demo_proxy_works_offline_with_the_ollama_client():
         url = f"http://127.0.0.1:{service.listening_ports()[0].getHost().port}"
         client = ollama.Client(host=url)
         listing = await in_thread(client.list)
-        assert sorted(m.model for m in listing.models) == ["echo-embed:latest", "echo:latest"]
+        assert sorted(m.model for m in listing.models) == [
+            "echo-embed:latest",
+            "echo-think:latest",
+            "echo-vision:latest",
+            "echo:latest",
+        ]
         answer = await in_thread(
             client.chat, model="echo", messages=[{"role": "user", "content": "hello offline world"}]
         )
@@ -131,7 +136,12 @@ async def test_demo_proxy_works_offline_with_the_ollama_client():
 async def test_echo_beside_other_providers_via_config(make_multi):
     proxy = make_multi([ProviderConfig(name="canned", type="echo", priority=50)])
     r = await http("GET", proxy.url + "/api/tags/canned")
-    assert sorted(e["name"] for e in r.json()["models"]) == ["echo-embed:latest", "echo:latest"]
+    assert sorted(e["name"] for e in r.json()["models"]) == [
+        "echo-embed:latest",
+        "echo-think:latest",
+        "echo-vision:latest",
+        "echo:latest",
+    ]
     r = await http("POST", proxy.url + "/api/generate", {"model": "canned/echo", "prompt": "by name", "stream": False})
     assert r.code == 200 and r.json()["response"] == "by name"
 
@@ -159,7 +169,11 @@ async def test_the_api_mounted_alone_over_one_provider():
             {"model": "echo", "messages": [{"role": "user", "content": "just one"}], "stream": False},
         )
         assert r.code == 200 and r.json()["message"]["content"] == "just one"
-        assert [e["name"] for e in (await http("GET", url + "/api/tags")).json()["models"]] == ["echo:latest"]
+        assert [e["name"] for e in (await http("GET", url + "/api/tags")).json()["models"]] == [
+            "echo-think:latest",
+            "echo-vision:latest",
+            "echo:latest",
+        ]
         r = await http("POST", url + "/api/embed", {"model": "echo-embed", "input": "x"})
         assert r.code == 403
         assert [p["name"] for p in (await http("GET", url + "/api/providers")).json()["providers"]] == ["echo"]

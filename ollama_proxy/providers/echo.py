@@ -5,11 +5,11 @@ an operator can smoke-test an integration without spending tokens. It is never
 enabled silently: only ``--demo`` or a ``[[providers]]`` entry of type ``echo``
 turns it on.
 
-Models:
-
-- ``echo``: streams the last user message back, word by word;
-- ``echo-embed``: embeddings derived from the text (hashed bag of words, unit
-  length), so texts sharing words point the same way.
+Models: the chat models of :mod:`ollama_proxy.providers.demo` (``echo`` with
+tools, ``echo-think`` with thinking, ``echo-vision`` with vision), whose answers
+are streamed here as OpenAI chunks, and ``echo-embed``: embeddings derived from
+the text (hashed bag of words, unit length), so texts sharing words point the
+same way.
 """
 
 from __future__ import annotations
@@ -25,33 +25,19 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ollama_proxy.errors import BadRequest, UpstreamError
+from ollama_proxy.providers.demo import CHAT_MODEL, DEMO_MODELS, EMBED_MODEL, last_user_text, words_of
 from ollama_proxy.providers.interfaces import IProvider, IUpstreamStream
 from ollama_proxy.wire.models import UpstreamModel
 
-CHAT_MODEL = "echo"
-EMBED_MODEL = "echo-embed"
+__all__ = ["CHAT_MODEL", "EMBED_MODEL", "EchoProvider", "EchoStream", "echo_words", "embed_text"]
+
 EMBED_DIMENSIONS = 16
-
-
-def last_user_text(messages: Sequence[Any]) -> str:
-    """The text of the last user message (text parts joined when it has parts)."""
-    text = ""
-    for message in messages:
-        if not isinstance(message, Mapping) or message.get("role") != "user":
-            continue
-        content = message.get("content")
-        if isinstance(content, list):
-            content = " ".join(
-                str(p.get("text", "")) for p in content if isinstance(p, Mapping) and p.get("type") == "text"
-            )
-        text = content if isinstance(content, str) else ""
-    return text
+_CHAT = {model.id: model for model in DEMO_MODELS}
 
 
 def echo_words(messages: Sequence[Any]) -> list[str]:
-    """The pieces the ``echo`` model streams: each word with the space before it."""
-    words = last_user_text(messages).split()
-    return [w if i == 0 else " " + w for i, w in enumerate(words)]
+    """The pieces the ``echo`` model streams for plain text: each word with the space before it."""
+    return words_of(last_user_text(messages))
 
 
 def embed_text(text: str, dimensions: int = EMBED_DIMENSIONS) -> list[float]:
@@ -76,15 +62,20 @@ def _count_words(messages: Sequence[Any]) -> int:
 
 @implementer(IUpstreamStream)
 class EchoStream:
-    """The ``echo`` answer as OpenAI chunks, one word a chunk, paced by ``delay``."""
+    """A demo answer as OpenAI chunks, one delta (a word) a chunk, paced by ``delay``."""
 
     def __init__(
-        self, model: str, words: list[str], finish: str, usage: dict[str, int], clock: IReactorTime, delay: float
+        self,
+        model: str,
+        deltas: list[dict[str, Any]],
+        finish: str,
+        usage: dict[str, int],
+        clock: IReactorTime,
+        delay: float,
     ) -> None:
         self._chunks: list[dict[str, Any]] = []
-        for index, word in enumerate(words):
-            delta = {"role": "assistant", "content": word} if index == 0 else {"content": word}
-            self._chunks.append(self._chunk(model, delta))
+        for index, delta in enumerate(deltas):
+            self._chunks.append(self._chunk(model, {"role": "assistant", **delta} if index == 0 else delta))
         self._chunks.append(self._chunk(model, {}, finish))
         self._chunks.append(
             {"id": "echo", "object": "chat.completion.chunk", "model": model, "choices": [], "usage": usage}
@@ -173,12 +164,16 @@ class EchoProvider:
         return succeed(
             [
                 UpstreamModel(
-                    id=CHAT_MODEL,
+                    id=model.id,
                     provider=self.name,
                     context_length=8192,
-                    supported_parameters=("temperature", "max_tokens", "stop", "seed"),
-                    name="Echo (demo)",
-                ),
+                    supported_parameters=model.supported_parameters,
+                    input_modalities=model.input_modalities,
+                    name=model.name,
+                )
+                for model in DEMO_MODELS
+            ]
+            + [
                 UpstreamModel(
                     id=EMBED_MODEL,
                     provider=self.name,
@@ -191,17 +186,21 @@ class EchoProvider:
 
     def open_chat(self, body: Mapping[str, Any]) -> Deferred[IUpstreamStream]:
         model = str(body.get("model") or CHAT_MODEL)
-        if model != CHAT_MODEL:
+        demo = _CHAT.get(model)
+        if demo is None:
             return fail(UpstreamError(self.label, self.type, 404, f"model '{model}' not found"))
-        messages = body.get("messages") or []
-        words = echo_words(messages)
-        finish = "stop"
+        answer = demo.answer(body)
+        deltas, finish = answer.deltas, answer.finish
         limit = body.get("max_tokens")
-        if isinstance(limit, int) and 0 <= limit < len(words):
-            words, finish = words[:limit], "length"
-        prompt = _count_words(messages)
-        usage = {"prompt_tokens": prompt, "completion_tokens": len(words), "total_tokens": prompt + len(words)}
-        return succeed(EchoStream(model, words, finish, usage, self._clock, self.delay))
+        if isinstance(limit, int) and not isinstance(limit, bool) and limit >= 0:
+            # The cap counts words of the answer (content), as tokens would.
+            content = [i for i, d in enumerate(deltas) if "content" in d]
+            if limit < len(content):
+                deltas, finish = deltas[: content[limit]], "length"
+        produced = len(deltas)
+        prompt = _count_words(body.get("messages") or [])
+        usage = {"prompt_tokens": prompt, "completion_tokens": produced, "total_tokens": prompt + produced}
+        return succeed(EchoStream(model, deltas, finish, usage, self._clock, self.delay))
 
     def embed(
         self, model: str, inputs: Sequence[str], dimensions: int | None = None
