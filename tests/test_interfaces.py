@@ -55,7 +55,7 @@ def test_every_stream_provides_IUpstreamStream():
     clock = Clock()
     sse = SSEStream(None, clock, 10, "x")  # the response is only read once delivery starts
     ndjson = SSEStream(None, clock, 10, "x", parser=NDJSONParser(), decode=lambda obj: [obj])
-    echo = EchoStream("echo", ["a"], "stop", {}, clock, 0)
+    echo = EchoStream("echo", [{"content": "a"}], "stop", {}, clock, 0)
     for stream in (sse, ndjson, echo, RoutedStream(echo)):
         assert verifyObject(IUpstreamStream, stream)
 
