@@ -100,17 +100,6 @@ def _either(words: list[str]) -> str:
     return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} or {words[-1]}"
 
 
-def accepts(annotation: Any) -> str:
-    """What a key accepts, with its range: "a number greater than 0"."""
-    plain, metas = unwrap(annotation)
-    if any(m.description for m in metas):
-        return noun(annotation)
-    limit = bounds(annotation)
-    if not limit:
-        return noun(annotation)
-    return f"{noun(annotation)}, {limit}" if limit.startswith("not") else f"{noun(annotation)} {limit}"
-
-
 def explain(error: msgspec.ValidationError, raw: Any, root: Any) -> str:
     """One line naming the key and what is wrong with it."""
     try:
@@ -156,4 +145,4 @@ def _explain(message: str, raw: Any, root: Any, prefix: str) -> str:
     limit = bounds(annotation)
     if problem.startswith("Expected") and limit and not any(m.description for m in unwrap(annotation)[1]):
         return f"'{key}' must {'not be negative' if limit == 'not negative' else 'be ' + limit}"
-    return f"'{key}' must be {accepts(annotation)}"
+    return f"'{key}' must be {noun(annotation)}"

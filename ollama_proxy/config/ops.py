@@ -13,7 +13,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from ollama_proxy.config.credentials import ClientToken, parse_token_lines, read_credential, token_from_table
-from ollama_proxy.config.schema import AuthTable, ConfigError, ConfigFile, LimitsConfig, LogConfig, ShutdownConfig
+from ollama_proxy.config.schema import (
+    AuthTable,
+    ConfigError,
+    ConfigFile,
+    LimitsConfig,
+    LogConfig,
+    ShutdownConfig,
+    as_written,
+)
 
 __all__ = ["DEFAULT_ORIGINS", "AuthConfig", "CorsConfig", "LimitsConfig", "LogConfig", "OpsConfig", "ShutdownConfig"]
 
@@ -84,10 +92,9 @@ def parse_ops(file: ConfigFile, environ: Mapping[str, str]) -> OpsConfig:
     extra = environ.get("OLLAMA_ORIGINS", "").strip().strip("\"'")
     origins.extend(o.strip() for o in extra.split(",") if o.strip())
     origins.extend(file.cors.origins)
+    # [limits], [log], [shutdown]: as the file declares them.
     return OpsConfig(
+        **as_written(OpsConfig, file),
         auth=AuthConfig(enabled=enabled, tokens=tokens),
         cors=CorsConfig(origins=tuple(dict.fromkeys(origins))),
-        limits=file.limits,
-        log=file.log,
-        shutdown=file.shutdown,
     )

@@ -157,12 +157,19 @@ def parse_providers(file: ConfigFile, env: Mapping[str, str]) -> tuple[ProviderC
     return tuple(providers)
 
 
-def parse_routing(file: ConfigFile) -> RoutingConfig:
-    """``[aliases]``, ``[pins]`` and ``[fallbacks]`` as ordered pairs; a lone name is a list of one."""
+def parse_routing(file: ConfigFile, providers: set[str]) -> RoutingConfig:
+    """``[aliases]``, ``[pins]`` and ``[fallbacks]`` as ordered pairs; a lone name is a list of one.
+
+    A pin may name only one of ``providers`` (the configured ones).
+    """
 
     def names(value: str | tuple[str, ...]) -> tuple[str, ...]:
         return (value,) if isinstance(value, str) else tuple(value)
 
+    for model, value in file.pins.items():
+        unknown = [name for name in names(value) if name not in providers]
+        if unknown:
+            raise ConfigError(f"'pins.{model}' names no configured provider: {', '.join(unknown)}")
     return RoutingConfig(
         aliases=tuple(file.aliases.items()),
         pins=tuple((model, names(value)) for model, value in file.pins.items()),

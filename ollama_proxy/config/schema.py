@@ -12,12 +12,15 @@ Adding a key is one line in its section plus a row in README.md's configuration
 reference (``python -m ollama_proxy.config.reference`` prints the rows, and a test
 checks that the README has them). Sections used as written (``[timeouts]``,
 ``[retry]``, ``[breaker]``, ``[limits]``, ``[log]``, ``[shutdown]``) are the very
-objects the running service reads.
+objects the running service reads. Adding such a section is a ``Section``
+subclass, a field of :class:`ConfigFile` and the same field (name and type) on
+``Config`` or ``OpsConfig``: :func:`as_written` carries it over.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, get_args
+import functools
+from typing import Annotated, Any, Literal, get_args, get_type_hints
 
 import msgspec
 
@@ -241,6 +244,22 @@ class ConfigFile(Section, frozen=True, kw_only=True):
     limits: LimitsConfig = LimitsConfig()
     log: LogConfig = LogConfig()
     shutdown: ShutdownConfig = ShutdownConfig()
+
+
+@functools.cache
+def _shared_fields(target: type) -> tuple[str, ...]:
+    theirs, ours = get_type_hints(target), get_type_hints(ConfigFile)
+    return tuple(name for name, kind in theirs.items() if ours.get(name) == kind)
+
+
+def as_written(target: type, file: ConfigFile) -> dict[str, Any]:
+    """The parts of ``file`` that ``target`` (``Config``, ``OpsConfig``) holds as declared.
+
+    A field of ``target`` with the name and type of a field of :class:`ConfigFile`
+    is taken from the file unchanged, so a new section the service reads as
+    written needs no code: its Struct, a field here, the same field on ``target``.
+    """
+    return {name: getattr(file, name) for name in _shared_fields(target)}
 
 
 def decode(table: dict[str, Any]) -> ConfigFile:

@@ -38,6 +38,7 @@ from ollama_proxy.config.schema import (
     FilterConfig,
     OpenRouterConfig,
     Timeouts,
+    as_written,
     decode,
 )
 from ollama_proxy.errors import BadRequest
@@ -193,33 +194,26 @@ def _load_config(
     try:
         file = decode(table)
         providers = parse_providers(file, env)
-        routing = parse_routing(file)
         known = {"openrouter", *(p.name for p in providers), *(("echo", "demo-echo") if demo else ())}
-        for model, pinned in routing.pins:
-            unknown = [name for name in pinned if name not in known]
-            if unknown:
-                raise ConfigError(f"'pins.{model}' names no configured provider: {', '.join(unknown)}")
+        routing = parse_routing(file, known)
         ops = parse_ops(file, env)
         model_filter = _filter(file.filter)
     except ConfigError as error:
         raise ConfigError(f"{path or 'environment'}: {error}") from None
-    return Config(
-        listen=_listen(listen, env, file),
-        openrouter=_openrouter(file.openrouter, env),
-        timeouts=file.timeouts,
-        filter=model_filter,
-        ollama_version=file.ollama_version,
-        environment=file.environment or env.get("OLLAMA_PROXY_ENVIRONMENT", "production"),
-        max_body_bytes=file.max_body_bytes,
-        model_refresh_interval=file.refresh.models_interval,
-        health_check_interval=file.refresh.health_interval,
-        max_connections_per_provider=file.openrouter.max_connections,
-        config_file=path,
-        default_keep_alive=_keep_alive(env, file),
-        ops=ops,
-        providers=providers,
-        routing=routing,
-        retry=file.retry,
-        breaker=file.breaker,
-        demo=demo,
-    )
+    derived = {
+        "listen": _listen(listen, env, file),
+        "openrouter": _openrouter(file.openrouter, env),
+        "filter": model_filter,
+        "environment": file.environment or env.get("OLLAMA_PROXY_ENVIRONMENT", "production"),
+        "model_refresh_interval": file.refresh.models_interval,
+        "health_check_interval": file.refresh.health_interval,
+        "max_connections_per_provider": file.openrouter.max_connections,
+        "config_file": path,
+        "default_keep_alive": _keep_alive(env, file),
+        "ops": ops,
+        "providers": providers,
+        "routing": routing,
+        "demo": demo,
+    }
+    # timeouts, retry, breaker, ollama_version, max_body_bytes: as the file declares them.
+    return Config(**(as_written(Config, file) | derived))
