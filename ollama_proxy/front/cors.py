@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from fnmatch import fnmatchcase
 from typing import Any
 
-from ollama_proxy.errors import ProxyError
+from ollama_proxy.errors import BadRequest, ProxyError
 
 _METHODS = b"GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS"
 _HEADERS = b"Authorization, Content-Type, User-Agent, Accept, X-Requested-With, X-Request-Id"
@@ -102,7 +102,12 @@ def host_allowed(header: str | None) -> bool:
 
 def check_host(request: Any) -> None:
     """Refuse DNS rebinding: on a loopback listener, a ``Host`` that names some
-    other site means a browser was tricked into calling us (403, as Ollama)."""
+    other site means a browser was tricked into calling us (403, as Ollama).
+    A request with several ``Host`` headers is refused on any listener (400)."""
+    if len(request.requestHeaders.getRawHeaders(b"host") or ()) > 1:
+        # HTTP/1.1 (RFC 9112, 3.2): more than one Host is a bad request; which one
+        # would count is exactly what an attacker plays with.
+        raise BadRequest("more than one Host header")
     local = request.getHost()
     try:
         loopback = ipaddress.ip_address(getattr(local, "host", "")).is_loopback

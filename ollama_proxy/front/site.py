@@ -16,14 +16,19 @@ the body length itself, and the other limits are that Site's.
 from __future__ import annotations
 
 import json
+from http import HTTPStatus
 from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
+
+from ollama_proxy.errors import InternalError, dialect_for, render_error
+from ollama_proxy.front.record import record_of
 
 log = Logger()
 
@@ -45,10 +50,37 @@ def _json_answer(status: bytes, body: dict[str, Any], extra: bytes = b"") -> byt
 
 
 class LimitedRequest(Request):
-    """A request that keeps at most ``max_body_bytes`` of its body."""
+    """A request that keeps at most ``max_body_bytes`` of its body, sends the standard
+    reason phrase with every status, and answers a failure Twisted would show as an
+    HTML "Processing Failed" page with a JSON 500 in the route's dialect."""
 
     max_body_bytes: int = 32 * 1024 * 1024
     body_too_large: bool = False
+
+    def setResponseCode(self, code: int, message: bytes | None = None) -> None:  # noqa: N802 - Twisted's name
+        if message is None:
+            # Twisted's table lacks some (429 went out as "429 Unknown Status").
+            try:
+                message = HTTPStatus(code).phrase.encode("ascii")
+            except ValueError:
+                message = None
+        super().setResponseCode(code, message)
+
+    def processingFailed(self, reason: Failure) -> Failure:  # noqa: N802 - Twisted's name
+        log.failure("answering {path} failed", reason, path=self.path.decode("utf-8", "replace"))
+        if self.finished or self.channel is None:  # answered already, or the client left
+            return reason
+        record = record_of(self)
+        # Without the front door (a Site of one's own) the record knows no path.
+        dialect = record.error_dialect() if record.path else dialect_for(self.path.decode("utf-8", "replace"))
+        if self.startedWriting:
+            self.write(dialect.stream_line(InternalError().message))
+        else:
+            body = render_error(self, InternalError(), dialect)
+            self.setHeader(b"content-length", b"%d" % len(body))
+            self.write(body)
+        self.finish()
+        return reason
 
     def gotLength(self, length: int | None) -> None:
         if length is not None and length > self.max_body_bytes:

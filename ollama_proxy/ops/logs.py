@@ -13,6 +13,7 @@ A program that embeds the proxy wraps its own observer with
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
@@ -73,15 +74,56 @@ _KEEP = {
 }
 
 
+# What must not reach a text line raw: C0 and C1 controls, DEL, Unicode line breaks
+# (a client's "\n2026-... POST /api/chat 200" would forge a line), and lone surrogates
+# (which a UTF-8 log file cannot hold).
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+_UNSAFE_KEEPING_NEWLINES = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape_char(match: re.Match[str]) -> str:
+    char = match.group()
+    return _NAMED.get(char) or (f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}")
+
+
+def escape_text(text: str, keep_newlines: bool = False) -> str:
+    """``text`` with control characters (CR, LF and the rest) and lone surrogates
+    written as escapes, so it stays on its one log line."""
+    unsafe = _UNSAFE_KEEPING_NEWLINES if keep_newlines else _UNSAFE
+    return unsafe.sub(_escape_char, text) if unsafe.search(text) else text
+
+
+def _escaped(event: dict[str, Any]) -> dict[str, Any]:
+    """``event`` with every text field escaped for a text line; the format (the
+    program's own) is left alone, and so are a legacy event's rendered text's line
+    breaks (a traceback; Twisted indents its continuation lines)."""
+    escaped = dict(event)
+    for key, value in event.items():
+        if key == "log_text" and isinstance(value, str):
+            escaped[key] = escape_text(value, keep_newlines=True)
+        elif key.startswith("log_"):
+            continue
+        elif isinstance(value, str):
+            escaped[key] = escape_text(value)
+        elif isinstance(value, BaseException):
+            escaped[key] = escape_text(f"{type(value).__name__}: {value}")
+    return escaped
+
+
 @implementer(ILogObserver)
 class RedactingObserver:
-    """Passes a redacted copy of every event to ``observer``."""
+    """Passes a redacted copy of every event to ``observer``; with ``escape`` (text
+    lines, syslog), its fields' control characters escaped first."""
 
-    def __init__(self, observer: ILogObserver, redactor: Redactor) -> None:
+    def __init__(self, observer: ILogObserver, redactor: Redactor, escape: bool = False) -> None:
         self.observer = observer
         self.redactor = redactor
+        self.escape = escape
 
     def __call__(self, event: dict[str, Any]) -> None:
+        if self.escape:
+            event = _escaped(event)
         clean: dict[str, Any] = {}
         for key, value in event.items():
             if key in _KEEP:
@@ -109,6 +151,7 @@ def redacting(observer: ILogObserver, secrets: Iterable[str]) -> RedactingObserv
 
 # -- JSON lines -----------------------------------------------------------------------
 # Keys of events from twisted.python.log that the message already renders.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 _LEGACY_KEYS = frozenset({"message", "format", "system", "time", "isError", "why", "failure"})
 
 
@@ -141,7 +184,11 @@ def event_as_json(event: dict[str, Any]) -> str:
     failure = event.get("log_failure")
     if isinstance(failure, Failure):
         record["traceback"] = failure.getTraceback()
-    return json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
+    line = json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+    if _LONE_SURROGATE.search(line):
+        # A UTF-8 log cannot hold one: escaped, the line stays valid JSON.
+        line = json.dumps(record, ensure_ascii=True, separators=(",", ":"))
+    return line + "\n"
 
 
 def jsonLinesObserver(out: IO[str]) -> FileLogObserver:  # noqa: N802 - named like Twisted's textFileLogObserver
@@ -188,7 +235,7 @@ def daemon_observer(
 
         legacy = cast(ILegacyLogObserver, twisted_syslog.SyslogObserver(prefix).emit)
         inner: ILogObserver = LegacyLogObserverWrapper(legacy)
-        return RedactingObserver(FilteringLogObserver(inner, [_not_noise]), redactor)
+        return RedactingObserver(FilteringLogObserver(inner, [_not_noise]), redactor, escape=True)
     out: IO[str]
     if logfile == "-" or (nodaemon and not logfile):
         out = sys.stdout
@@ -198,8 +245,9 @@ def daemon_observer(
         out = LogFile.fromFullPath(logfile or "twistd.log")
         if install_rotation is not None:
             install_rotation(out)
-    inner = jsonLinesObserver(out) if log_format == "json" else textFileLogObserver(out)
-    return RedactingObserver(FilteringLogObserver(inner, [_not_noise]), redactor)
+    text = log_format != "json"
+    inner = textFileLogObserver(out) if text else jsonLinesObserver(out)
+    return RedactingObserver(FilteringLogObserver(inner, [_not_noise]), redactor, escape=text)
 
 
 # -- access lines ---------------------------------------------------------------------
