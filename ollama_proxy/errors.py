@@ -228,6 +228,8 @@ _ANTHROPIC_TYPES = {
 class AnthropicDialect:
     """Anthropic's shape (``/v1/messages``): ``{"type": "error", "error": {"type", "message"}}``."""
 
+    name = "anthropic"
+
     @staticmethod
     def error_type(status: int) -> str:
         """Anthropic's error ``type`` for an HTTP status."""

@@ -121,3 +121,14 @@ async def test_made_up_methods_share_one_label(proxy):
         if line.startswith("ollama_proxy_requests_total{") and 'method="OTHER"' in line
     )
     assert total == 3
+
+
+@pytest_twisted.ensureDeferred
+async def test_every_surface_is_counted_in_the_json_statistics(proxy):
+    # The statistics count what a route took, told by the record's surface (its error dialect's
+    # name): a dialect without one made /v1/messages requests fail to be counted.
+    body = {"model": "google/gemini-pro", "max_tokens": 20, "messages": [{"role": "user", "content": "a"}]}
+    assert (await http("POST", proxy.url + "/v1/messages", body)).code == 200
+    assert (await http("POST", proxy.url + "/api/chat", chat("google/gemini-pro", stream=False))).code == 200
+    statistics = (await http("GET", proxy.url + "/metrics")).json()["statistics"]
+    assert statistics["request_count"] == 2, statistics

@@ -8,7 +8,7 @@ from zope.interface import Attribute, Interface
 class IUpstreamStream(Interface):
     """A streamed answer whose status and headers arrived and were a success."""
 
-    def deliver(on_event):  # type: ignore[no-untyped-def]
+    def deliver(on_event):
         """Call ``on_event(dict)`` for each JSON event as it arrives.
 
         Returns a Deferred that fires when the stream ended cleanly and fails with
@@ -34,23 +34,23 @@ class IProvider(Interface):
     label = Attribute("A human name for error messages, e.g. 'OpenRouter'.")
     configured = Attribute("False when it cannot work (no key); requests then fail clearly.")
 
-    def list_models():  # type: ignore[no-untyped-def]
+    def list_models():
         """Deferred list of :class:`~ollama_proxy.wire.models.UpstreamModel`."""
 
-    def open_chat(body):  # type: ignore[no-untyped-def]
+    def open_chat(body):
         """POST a streamed chat completion; Deferred :class:`IUpstreamStream`.
 
         Fails with :class:`~ollama_proxy.errors.UpstreamError` when the provider
         answers an error status or cannot be reached.
         """
 
-    def embed(model, inputs, dimensions):  # type: ignore[no-untyped-def]
+    def embed(model, inputs, dimensions):
         """Deferred ``(vectors, prompt_tokens)`` for a list of input strings."""
 
-    def check_health():  # type: ignore[no-untyped-def]
+    def check_health():
         """Deferred that fires when the provider answers, fails when it does not."""
 
-    def close():  # type: ignore[no-untyped-def]
+    def close():
         """Deferred that fires when the connection pool is closed."""
 
 
@@ -58,10 +58,10 @@ class IMessagesProvider(IProvider):
     """A provider that speaks Anthropic's Messages API itself: ``/v1/messages``
     requests reach it unchanged (thinking signatures, ``cache_control``)."""
 
-    def open_messages(body, beta):  # type: ignore[no-untyped-def]
+    def open_messages(body, beta):
         """POST a streamed Messages request as given; Deferred :class:`IUpstreamStream`
         whose events are Messages events (see :func:`ollama_proxy.wire.anthropic_answer.native_decoder`).
         ``beta`` is the client's ``anthropic-beta`` header, or None."""
 
-    def count_tokens(body, beta):  # type: ignore[no-untyped-def]
+    def count_tokens(body, beta):
         """Deferred ``int``: the provider's own count of the request's input tokens."""
