@@ -116,3 +116,11 @@ def test_the_readme_states_every_key_with_its_range_and_default():
     assert not missing, "README.md lacks these rows (python -m ollama_proxy.config.reference):\n" + "\n".join(missing)
     keys = {key for key, _, _ in reference.rows()}
     assert {"breaker.jitter", "providers[].timeouts.idle", "auth.tokens[].sha256", "pins.NAME", "openai"} <= keys
+
+
+def test_an_unreadable_credential_is_a_config_error(tmp_path):
+    """It was a bare ValueError, which start-up did not catch (a traceback instead of one line)."""
+    credentials = tmp_path / "credentials"
+    (credentials / "openrouter_api_key").mkdir(parents=True)
+    with pytest.raises(ConfigError, match="cannot read credential openrouter_api_key"):
+        load_config(environ={"CREDENTIALS_DIRECTORY": str(credentials)})

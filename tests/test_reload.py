@@ -147,3 +147,14 @@ async def test_provider_settings_move_new_requests_and_keep_old_streams(daemon, 
     await stream.wait_done()
     assert stream.objects()[-1]["done"] is True
     assert "".join(o["message"]["content"] for o in stream.objects()) == "Echo: old upstream"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_value_out_of_its_declared_range_is_refused_on_reload(daemon):
+    daemon.write("[breaker]\njitter = 0\n")
+    assert daemon.reload() is True and daemon.proxy.config.breaker.jitter == 0
+    daemon.write("[breaker]\njitter = 2\n")
+    assert daemon.reload() is False
+    assert "STATUS=reload refused:" in daemon.sent[-1] and "'breaker.jitter' must be in [0, 1]" in daemon.sent[-1]
+    assert daemon.proxy.config.breaker.jitter == 0
+    assert (await http("GET", daemon.url + "/api/tags")).code == 200
