@@ -83,6 +83,17 @@ class ModelForbidden(ProxyError):
         self.model = name
 
 
+class ModelNotAllowed(ProxyError):
+    """The client's token may not use the model it asked for (or one its name leads to)."""
+
+    status = 403
+    type = "forbidden"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"model '{name}' is not allowed for this client token")
+        self.model = name
+
+
 class RouteNotFound(ProxyError):
     status = 404
     type = "not_found"

@@ -208,7 +208,8 @@ class OllamaAPI:
 
     @route("/api/ps", methods=["GET"])
     def ps(self, request: IRequest) -> bytes:
-        return json_response(request, {"models": self.running.listing()})
+        # A token limited to some models sees only those, whoever else used what.
+        return json_response(request, {"models": [e for e in self.running.listing() if visible_to(request, e["name"])]})
 
     # -- Ollama's OpenAI-compatible API ---------------------------------------------------
     @app.route("/v1", branch=True)

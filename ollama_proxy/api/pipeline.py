@@ -125,8 +125,12 @@ class Pipeline:
 
     async def route(self, request: IRequest, name: str, purpose: str) -> Route:
         """Where a request for ``name`` goes; the request's record learns the model."""
-        record_of(request).model = name
-        route = await self.router.route(name, purpose)
+        record = record_of(request)
+        record.model = name
+        principal = record.principal
+        # A token's model list binds aliases and fallbacks too, not only the name asked for.
+        allowed = principal.may_use if principal is not None and principal.models else None
+        route = await self.router.route(name, purpose, allowed)
         record_of(request).provider = route.targets[0].slot.name if route.targets else None
         if purpose == "embed" and not route.model.embedding:
             raise BadRequest(f'"{name}" does not support embeddings')

@@ -22,15 +22,24 @@ from ollama_proxy.errors import ProxyError, Unauthorized
 PUBLIC_PATHS = frozenset({"/", "/api/version"})
 
 
-class ModelNotAllowed(ProxyError):
-    """The client's token may not use the model it asked for."""
+# The provider views show every provider's models, traffic and last errors: an
+# operator's view, closed to a token limited to some models.
+OPERATOR_PREFIX = "/api/providers"
+
+
+def operator_path(path: str) -> bool:
+    """Whether ``path`` is one of the operator's provider views."""
+    return path == OPERATOR_PREFIX or path.startswith(OPERATOR_PREFIX + "/")
+
+
+class OperatorOnly(ProxyError):
+    """A token limited to some models asked for an operator's view."""
 
     status = 403
     type = "forbidden"
 
-    def __init__(self, name: str) -> None:
-        super().__init__(f"model '{name}' is not allowed for this client token")
-        self.model = name
+    def __init__(self) -> None:
+        super().__init__("the provider views are for operators: this client token is limited to some models")
 
 
 @dataclass(frozen=True)

@@ -28,12 +28,19 @@ from ollama_proxy.config.settings import Config
 from ollama_proxy.errors import (
     BadRequest,
     InternalError,
+    ModelNotAllowed,
     ProxyError,
     RequestTooLarge,
     ServiceUnavailable,
     render_error,
 )
-from ollama_proxy.front.auth import PUBLIC_PATHS, Authenticator, ModelNotAllowed, presented_token
+from ollama_proxy.front.auth import (
+    PUBLIC_PATHS,
+    Authenticator,
+    OperatorOnly,
+    operator_path,
+    presented_token,
+)
 from ollama_proxy.front.cors import OriginPolicy, check_host
 from ollama_proxy.front.lifecycle import SHUTTING_DOWN, Lifecycle
 from ollama_proxy.front.record import RequestRecord, attach, record_of
@@ -180,6 +187,8 @@ class Gate:
                 raise RequestTooLarge(f"request body is larger than the limit of {limit} bytes")
             if record.path not in PUBLIC_PATHS:
                 record.principal = self.authenticator.authenticate(presented_token(request, record.path))
+            if record.principal is not None and record.principal.models and operator_path(record.path):
+                raise OperatorOnly()
             self._check_body(request, record)
         except ProxyError as error:
             return render_error(request, error, record.error_dialect())

@@ -26,7 +26,7 @@ would answer first), each provider's own list, and the counts ``/health`` shows.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,7 +36,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ollama_proxy.config.providers import RoutingConfig
-from ollama_proxy.errors import BadRequest, ModelForbidden, ModelNotFound, ProxyError
+from ollama_proxy.errors import BadRequest, ModelForbidden, ModelNotAllowed, ModelNotFound, ProxyError
 from ollama_proxy.routing.modelfilter import ModelFilter
 from ollama_proxy.routing.slots import ProviderSlot
 from ollama_proxy.wire.models import UpstreamModel, candidate_ids, ollama_name, tag_entry
@@ -55,6 +55,10 @@ class ProviderNotFound(ProxyError):
     def __init__(self, name: str) -> None:
         super().__init__(f"provider '{name}' not found")
         self.provider = name
+
+
+# Whether a client may use a model name (its token's model list).
+Allowed = Callable[[str], bool]
 
 
 @dataclass(frozen=True)
@@ -249,23 +253,25 @@ class Router:
         return self.route_now(name).model
 
     # -- routing ------------------------------------------------------------------------
-    async def route(self, name: str, purpose: str | None = None) -> Route:
+    async def route(self, name: str, purpose: str | None = None, allowed: Allowed | None = None) -> Route:
         """The route for ``name``, fetching model lists first if needed."""
         await self.ensure_loaded()
-        return self.route_now(name, purpose)
+        return self.route_now(name, purpose, allowed)
 
-    def route_now(self, name: str, purpose: str | None = None) -> Route:
+    def route_now(self, name: str, purpose: str | None = None, allowed: Allowed | None = None) -> Route:
         """The route for ``name`` from the lists at hand. ``purpose`` is ``chat``,
         ``generate`` or ``embed``: an embedding model cannot chat (400), and
-        fallbacks of the wrong kind are left out."""
-        targets = self._targets(name, fallback=False)
+        fallbacks of the wrong kind are left out. ``allowed`` (a client token's
+        model list) binds every name the route passes through: an alias target
+        outside it is 403, a fallback outside it is skipped."""
+        targets = self._targets(name, fallback=False, allowed=allowed)
         model = targets[0].model
         if purpose is not None and purpose != "embed" and model.embedding:
             raise BadRequest(f'"{name}" does not support {purpose}')
         seen = {(t.slot.name, t.model.id) for t in targets}
         for fallback in self._fallbacks_of(name):
             try:
-                extra = self._targets(fallback, fallback=True)
+                extra = self._targets(fallback, fallback=True, allowed=allowed)
             except ProxyError as error:
                 log.debug(
                     "fallback {fallback} of {name} skipped: {error}", fallback=fallback, name=name, error=error.message
@@ -310,8 +316,12 @@ class Router:
         except ModelNotFound:
             return None
 
-    def _targets(self, name: str, fallback: bool) -> list[Target]:
+    def _targets(self, name: str, fallback: bool, allowed: Allowed | None = None) -> list[Target]:
         wanted = self._alias(name) or name
+        if allowed is not None:
+            for each in dict.fromkeys((name, wanted)):
+                if not allowed(each):
+                    raise ModelNotAllowed(each)
         pinned = self._pinned(name, wanted)
         if pinned is not None:
             slots = [self._by_name[p] for p in pinned if p in self._by_name and self._by_name[p].enabled]
