@@ -220,6 +220,8 @@ class OpenAIDialect:
 class ResponsesDialect(OpenAIDialect):
     """OpenAI's shape; a Responses stream that began ends with its own ``error`` event."""
 
+    name = "responses"
+
     def stream_line(self, message: str) -> bytes:
         return sse_event({"type": "error", "code": "server_error", "message": message, "param": None}, "error")
 

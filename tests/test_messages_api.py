@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import anthropic
 import pytest
 import pytest_twisted
@@ -97,3 +99,21 @@ async def test_errors_in_anthropic_shape(proxy):
     answer = await http("POST", proxy.url + "/v1/messages?beta=true", {"model": "google/gemini-pro", "messages": []})
     assert answer.code == 400 and answer.json()["error"]["type"] == "invalid_request_error"
     assert "max_tokens" in answer.json()["error"]["message"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_both_surfaces_are_counted_and_logged(proxy, access_events):
+    await in_thread(
+        client(proxy).messages.create,
+        model="google/gemini-pro",
+        max_tokens=20,
+        messages=[{"role": "user", "content": "count me"}],
+    )
+    await http("POST", proxy.url + "/v1/responses", {"model": "google/gemini-pro", "input": "me too"})
+    lines = {e["path"]: e for e in access_events}
+    for path in ("/v1/messages", "/v1/responses"):
+        line = lines[path]
+        assert line["status"] == 200 and line["model"] == "google/gemini-pro" and line["provider"] == "openrouter"
+        assert line["tokens_in"] > 0 and line["tokens_out"] > 0
+    metrics = (await http("GET", proxy.url + "/metrics")).json()
+    assert "/v1/messages" in json.dumps(metrics) and "/v1/responses" in json.dumps(metrics)

@@ -28,9 +28,11 @@ from ollama_proxy.errors import (
     BadRequest,
     ModelNotFound,
     NotImplementedByProxy,
+    dialect_for,
     json_response,
 )
 from ollama_proxy.front.door import visible_to
+from ollama_proxy.front.record import record_of
 from ollama_proxy.routing.router import Route
 from ollama_proxy.wire.framing import EVENT_STREAM, SSE_DONE, sse_event
 from ollama_proxy.wire.ollama_chat import model_name
@@ -69,7 +71,9 @@ class OpenAICompatAPI:
     # -- errors: the one funnel, in OpenAI's dialect ---------------------------------------
     @app.handle_errors(Exception)
     def _error(self, request: IRequest, failure: Failure) -> bytes | None:
-        return self.pipeline.fail(request, failure, OPENAI)
+        # No route took it (404, 405): the path says the dialect (/v1/messages is Anthropic's).
+        path = record_of(request).path
+        return self.pipeline.fail(request, failure, dialect_for(path) if path.startswith("/v1/") else OPENAI)
 
     # -- models -------------------------------------------------------------------------
     @route("/models", methods=["GET"])
