@@ -30,7 +30,6 @@ from ollama_proxy.routing.dispatch import Dispatcher
 from ollama_proxy.routing.healthcheck import HealthChecker
 from ollama_proxy.routing.modelfilter import ModelFilter
 from ollama_proxy.routing.retry import RetryPolicy
-from ollama_proxy.routing.routed import RoutedProvider
 from ollama_proxy.routing.router import Router
 from ollama_proxy.routing.slots import build_slots
 
@@ -125,14 +124,12 @@ class ProxyService(MultiService):
         self.gate.observers.append(self.stats.observe)
         self.api = OllamaAPI(
             config,
-            self.provider,
-            self.catalogue,
+            self.router,
             self.stats,
             self.health,
             clock,
             gate=self.gate,
             metrics=self.metrics,
-            router=self.router,
             dispatcher=self.dispatcher,
         )
         limits = config.ops.limits
@@ -179,8 +176,6 @@ class ProxyService(MultiService):
         self.router = Router(slots, ModelFilter(config.filter.allow, config.filter.deny), config.routing, self.clock)
         self.dispatcher = Dispatcher(RetryPolicy(config.retry, self.rng), self.clock)
         self.providers: list[IProvider] = [slot.provider for slot in slots]
-        # Code that wants "the provider" gets all of them, routed (see routed.py).
-        self.provider: IProvider = RoutedProvider(self.router, self.dispatcher)
         self.catalogue = self.router  # the merged catalogue of every provider
 
     def _tracked(self, job: Any) -> Any:
@@ -289,7 +284,6 @@ class ProxyService(MultiService):
         self._build_routing(new)
         pipeline = self.api.pipeline
         pipeline.router, pipeline.dispatcher = self.router, self.dispatcher
-        self.api.provider = self.provider
         self.health_checker.router = self.router
         self._retired.extend(retired)
         for provider in retired:

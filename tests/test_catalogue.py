@@ -5,9 +5,12 @@ import pytest_twisted
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 
+from ollama_proxy.config.settings import Config
 from ollama_proxy.errors import ModelForbidden, ModelNotFound
+from ollama_proxy.providers.echo import EchoProvider
 from ollama_proxy.routing.catalogue import ModelCatalogue
 from ollama_proxy.routing.modelfilter import ModelFilter
+from ollama_proxy.routing.router import Router
 from ollama_proxy.wire.models import (
     UpstreamModel,
     candidate_ids,
@@ -87,8 +90,10 @@ def models(*ids):
 
 
 def test_lookup_404_and_403():
-    catalogue = ModelCatalogue(lambda: succeed(models("a/b", "c/d:free")), ModelFilter(deny=["*:free"]), Clock())
-    catalogue.refresh()
+    provider = EchoProvider(Clock(), name="p")
+    provider.list_models = lambda: succeed(models("a/b", "c/d:free"))
+    catalogue = Router.single(provider, Config(), Clock(), ModelFilter(deny=["*:free"]))
+    catalogue.slots[0].catalogue.refresh()
     assert catalogue.lookup("a/b:latest").id == "a/b"
     assert catalogue.lookup("a/b").id == "a/b"
     with pytest.raises(ModelNotFound, match="model 'x/y' not found"):
@@ -103,7 +108,7 @@ def test_lookup_404_and_403():
 async def test_failed_refresh_keeps_the_last_good_list():
     clock = Clock()
     answers = [succeed(models("a/b")), fail(RuntimeError("upstream down"))]
-    catalogue = ModelCatalogue(lambda: answers.pop(0), ModelFilter(), clock)
+    catalogue = ModelCatalogue(lambda: answers.pop(0), clock)
     await catalogue.refresh()
     first = catalogue.last_refresh
     clock.advance(300)
@@ -121,7 +126,7 @@ def test_concurrent_refreshes_share_one_fetch():
         calls.append(1)
         return pending
 
-    catalogue = ModelCatalogue(source, ModelFilter(), Clock())
+    catalogue = ModelCatalogue(source, Clock())
     first, second = catalogue.refresh(), catalogue.refresh()
     assert len(calls) == 1
     results = []
@@ -133,7 +138,7 @@ def test_concurrent_refreshes_share_one_fetch():
 
 def test_failed_refresh_reaches_every_waiter():
     pending: Deferred = Deferred()
-    catalogue = ModelCatalogue(lambda: pending, ModelFilter(), Clock())
+    catalogue = ModelCatalogue(lambda: pending, Clock())
     failures = []
     catalogue.refresh().addErrback(failures.append)
     catalogue.refresh().addErrback(failures.append)

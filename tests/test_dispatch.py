@@ -38,7 +38,7 @@ def slot(
         priority=1,
         enabled=True,
         order=0,
-        catalogue=ModelCatalogue(provider.list_models, ModelFilter(), clock),
+        catalogue=ModelCatalogue(provider.list_models, clock),
         breaker=CircuitBreaker(breaker or BreakerConfig(jitter=0), clock, random.Random(0), name=name),
         limiter=ConcurrencyLimiter(in_flight, queue, queue_timeout, clock, name=name),
     )

@@ -148,18 +148,18 @@ async def test_echo_beside_other_providers_via_config(make_multi):
 
 @pytest_twisted.ensureDeferred
 async def test_the_api_mounted_alone_over_one_provider():
-    """An embedding program may hand OllamaAPI one provider and its catalogue."""
+    """An embedding program may hand OllamaAPI a router over one provider."""
     from twisted.web.server import Site
 
     from ollama_proxy.api.native import HealthState, OllamaAPI
     from ollama_proxy.ops.stats import Stats
-    from ollama_proxy.routing.catalogue import ModelCatalogue
     from ollama_proxy.routing.modelfilter import ModelFilter
+    from ollama_proxy.routing.router import Router
 
     config = load_config(environ={})
     echo = EchoProvider(global_reactor)
-    catalogue = ModelCatalogue(echo.list_models, ModelFilter(deny=["echo-embed"]), global_reactor)
-    api = OllamaAPI(config, echo, catalogue, Stats(global_reactor), HealthState(), global_reactor)
+    router = Router.single(echo, config, global_reactor, ModelFilter(deny=["echo-embed"]))
+    api = OllamaAPI(config, router, Stats(global_reactor), HealthState(), global_reactor)
     port = global_reactor.listenTCP(0, Site(api.resource()), interface="127.0.0.1")
     try:
         url = f"http://127.0.0.1:{port.getHost().port}"

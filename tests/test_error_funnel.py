@@ -13,8 +13,7 @@ from ollama_proxy.front.site import make_site
 from ollama_proxy.ops.stats import Stats
 from ollama_proxy.providers.interfaces import IProvider, IUpstreamStream
 from ollama_proxy.providers.openai_compat import OpenAICompatibleProvider
-from ollama_proxy.routing.catalogue import ModelCatalogue
-from ollama_proxy.routing.modelfilter import ModelFilter
+from ollama_proxy.routing.router import Router
 from ollama_proxy.wire.models import UpstreamModel
 
 from .conftest import http
@@ -66,8 +65,7 @@ def test_providers_provide_the_interface():
 @pytest_twisted.ensureDeferred
 async def test_unexpected_errors_are_a_generic_500_with_the_detail_logged():
     provider = BrokenProvider()
-    catalogue = ModelCatalogue(provider.list_models, ModelFilter(), reactor)
-    api = OllamaAPI(Config(), provider, catalogue, Stats(reactor), HealthState(), reactor)
+    api = OllamaAPI(Config(), Router.single(provider, Config(), reactor), Stats(reactor), HealthState(), reactor)
     port = reactor.listenTCP(0, make_site(api.resource(), 1 << 20), interface="127.0.0.1")
     events = []
     globalLogPublisher.addObserver(events.append)
@@ -116,8 +114,7 @@ class ProviderThatBreaksMidStream(BrokenProvider):
 @pytest_twisted.ensureDeferred
 async def test_an_unexpected_error_after_output_began_ends_the_stream_with_an_error_line():
     provider = ProviderThatBreaksMidStream()
-    catalogue = ModelCatalogue(provider.list_models, ModelFilter(), reactor)
-    api = OllamaAPI(Config(), provider, catalogue, Stats(reactor), HealthState(), reactor)
+    api = OllamaAPI(Config(), Router.single(provider, Config(), reactor), Stats(reactor), HealthState(), reactor)
     port = reactor.listenTCP(0, make_site(api.resource(), 1 << 20), interface="127.0.0.1")
     try:
         url = f"http://127.0.0.1:{port.getHost().port}"

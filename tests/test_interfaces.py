@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import random
-
 import pytest_twisted
 from twisted.internet import reactor as global_reactor
 from twisted.internet.task import Clock
 from zope.interface.verify import verifyObject
 
-from ollama_proxy.config.providers import ProviderConfig, RetryConfig, RoutingConfig
+from ollama_proxy.config.providers import ProviderConfig
 from ollama_proxy.config.settings import Timeouts, load_config
 from ollama_proxy.providers.anthropic import AnthropicProvider
 from ollama_proxy.providers.echo import EchoProvider, EchoStream
@@ -18,11 +16,6 @@ from ollama_proxy.providers.ollama import OllamaProvider
 from ollama_proxy.providers.openai_compat import OpenAICompatibleProvider
 from ollama_proxy.providers.registry import build_provider
 from ollama_proxy.providers.stream import NDJSONParser, SSEStream
-from ollama_proxy.routing.dispatch import Dispatcher
-from ollama_proxy.routing.modelfilter import ModelFilter
-from ollama_proxy.routing.retry import RetryPolicy
-from ollama_proxy.routing.routed import RoutedProvider, RoutedStream
-from ollama_proxy.routing.router import Router
 
 
 @pytest_twisted.ensureDeferred
@@ -42,11 +35,6 @@ async def test_every_provider_type_provides_IProvider():
         EchoProvider,
     ]
     assert built[0].label == "OpenRouter (my-openrouter)"
-    routed = RoutedProvider(
-        Router([], ModelFilter(), RoutingConfig(), Clock()),
-        Dispatcher(RetryPolicy(RetryConfig(), random.Random(0)), Clock()),
-    )
-    assert verifyObject(IProvider, routed)
     for provider in built:
         await provider.close()
 
@@ -56,7 +44,7 @@ def test_every_stream_provides_IUpstreamStream():
     sse = SSEStream(None, clock, 10, "x")  # the response is only read once delivery starts
     ndjson = SSEStream(None, clock, 10, "x", parser=NDJSONParser(), decode=lambda obj: [obj])
     echo = EchoStream("echo", [{"content": "a"}], "stop", {}, clock, 0)
-    for stream in (sse, ndjson, echo, RoutedStream(echo)):
+    for stream in (sse, ndjson, echo):
         assert verifyObject(IUpstreamStream, stream)
 
 

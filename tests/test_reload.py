@@ -125,7 +125,7 @@ async def test_provider_settings_move_new_requests_and_keep_old_streams(daemon, 
         daemon.url + "/api/chat", {"model": "sim/hold", "messages": [{"role": "user", "content": "old upstream"}]}
     )
     await stream.wait_lines(1)
-    old_provider = daemon.proxy.provider
+    [old_provider] = daemon.proxy.providers
     daemon.write(f'[openrouter]\nbase_url = "{second_simulator.base_url}"\n')
     # The environment wins over the file, as at start-up: move it in the environment.
     daemon._load_config = functools.partial(
@@ -135,7 +135,7 @@ async def test_provider_settings_move_new_requests_and_keep_old_streams(daemon, 
         listen=["tcp:0:interface=127.0.0.1"],
     )
     assert daemon.reload() is True
-    assert daemon.proxy.provider is not old_provider
+    assert old_provider not in daemon.proxy.providers
     r = await http(
         "POST",
         daemon.url + "/api/chat",

@@ -42,7 +42,7 @@ def model(provider: str, model_id: str) -> UpstreamModel:
 
 def make_slot(name: str, ids: Sequence[str], clock: Clock, priority: int, enabled: bool = True) -> ProviderSlot:
     models = [model(name, i) for i in ids]
-    catalogue = ModelCatalogue(lambda: succeed(models), ModelFilter(), clock)
+    catalogue = ModelCatalogue(lambda: succeed(models), clock)
     catalogue.replace(models)
     return ProviderSlot(
         provider=EchoProvider(clock, name=name),

@@ -24,8 +24,6 @@ from ollama_proxy.front.door import Gate, relative_path, visible_to
 from ollama_proxy.front.record import record_of
 from ollama_proxy.ops.metrics import Metrics, wants_prometheus
 from ollama_proxy.ops.stats import Stats
-from ollama_proxy.providers.interfaces import IProvider
-from ollama_proxy.routing.catalogue import ModelCatalogue
 from ollama_proxy.routing.dispatch import Dispatcher
 from ollama_proxy.routing.retry import RetryPolicy
 from ollama_proxy.routing.router import Route, Router
@@ -64,24 +62,18 @@ class OllamaAPI:
     def __init__(
         self,
         config: Config,
-        provider: IProvider,
-        catalogue: ModelCatalogue,
+        router: Router,
         stats: Stats,
         health: HealthState,
         clock: Any,
         gate: Gate | None = None,
         metrics: Metrics | None = None,
         *,
-        router: Router | None = None,
         dispatcher: Dispatcher | None = None,
     ) -> None:
-        # Without a router (one provider and its catalogue, as an embedding program
-        # may pass them), route over that one provider.
-        router = router if router is not None else Router.single(provider, catalogue, config, clock)
         self.pipeline = Pipeline(
             config, router, dispatcher or Dispatcher(RetryPolicy(config.retry), clock), clock, gate
         )
-        self.provider = provider
         self.stats = stats
         self.health = health
         self.clock = clock

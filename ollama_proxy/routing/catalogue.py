@@ -15,8 +15,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ollama_proxy.errors import ModelForbidden, ModelNotFound
-from ollama_proxy.routing.modelfilter import ModelFilter
+from ollama_proxy.errors import ModelNotFound
 from ollama_proxy.wire.models import UpstreamModel, candidate_ids
 
 log = Logger()
@@ -25,11 +24,12 @@ ModelSource = Callable[[], "Deferred[Sequence[UpstreamModel]]"]
 
 
 class ModelCatalogue:
-    """Models by upstream id, the filter over them, and when they were last fetched."""
+    """One provider's models by upstream id, and when they were last fetched.
 
-    def __init__(self, source: ModelSource, model_filter: ModelFilter, clock: IReactorTime) -> None:
+    The filter is the router's: it applies to the merged view of every provider."""
+
+    def __init__(self, source: ModelSource, clock: IReactorTime) -> None:
         self._source = source
-        self.filter = model_filter
         self._clock = clock
         self._models: dict[str, UpstreamModel] = {}
         self.last_refresh: float | None = None
@@ -45,25 +45,15 @@ class ModelCatalogue:
     def all_models(self) -> list[UpstreamModel]:
         return sorted(self._models.values(), key=lambda m: m.id)
 
-    def allowed_models(self) -> list[UpstreamModel]:
-        return [m for m in self.all_models() if self.filter.allows(m.id)]
-
     @property
     def model_count(self) -> int:
         return len(self._models)
 
-    @property
-    def filtered_count(self) -> int:
-        """How many models the filter keeps from clients."""
-        return sum(1 for m in self._models.values() if not self.filter.allows(m.id))
-
     def lookup(self, name: str) -> UpstreamModel:
-        """The model a client's name means; raises 404 or 403 errors."""
+        """The model a client's name means; raises a 404 error."""
         for candidate in candidate_ids(name):
             model = self._models.get(candidate)
             if model is not None:
-                if not self.filter.allows(model.id):
-                    raise ModelForbidden(name)
                 return model
         raise ModelNotFound(name)
 

@@ -19,11 +19,10 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from ollama_proxy.errors import ProxyError, ServiceUnavailable
 from ollama_proxy.routing.breaker import Outcome
@@ -45,16 +44,6 @@ class AnsweredWithError(Exception):
         super().__init__(message)
         self.message = message
         self.result = result
-
-
-class Held:
-    """An attempt's result whose work goes on after the attempt returned (a stream
-    handed to someone else to read): the provider's slot stays taken, and the
-    outcome is recorded, when ``done`` fires."""
-
-    def __init__(self, result: Any, done: Deferred[Any]) -> None:
-        self.result = result
-        self.done = done
 
 
 class _Run:
@@ -191,27 +180,10 @@ class Dispatcher:
                 slot.stats.fallbacks += 1
                 return False, None
             else:
-                if isinstance(result, Held):
-                    result.done.addBoth(self._held_ended, call, slot, elapsed)
-                    return True, result.result
                 call.finish(Outcome.SUCCESS)
                 slot.stats.add(elapsed(), True)
                 slot.limiter.release()
                 return True, result
-
-    @staticmethod
-    def _held_ended(outcome: Any, call: Any, slot: Any, elapsed: Callable[[], float]) -> None:
-        """A held attempt ended: record it as its stream went, free the slot."""
-        if not isinstance(outcome, Failure):
-            call.finish(Outcome.SUCCESS)
-            slot.stats.add(elapsed(), True)
-        elif outcome.check(CancelledError):
-            call.finish(Outcome.IGNORED)
-            slot.stats.add(elapsed(), None)
-        else:
-            call.finish(Outcome.FAILURE)
-            slot.stats.add(elapsed(), False, getattr(outcome.value, "message", None) or str(outcome.value))
-        slot.limiter.release()
 
     def _final_error(self, route: Route, run: _Run) -> BaseException:
         error = run.error

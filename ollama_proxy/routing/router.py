@@ -104,9 +104,10 @@ class Router:
         self._load_tried: dict[str, float] = {}
 
     @classmethod
-    def single(cls, provider: Any, catalogue: Any, config: Any, clock: IReactorTime) -> Router:
-        """A router over one provider and its catalogue (whose filter it takes over)."""
+    def single(cls, provider: Any, config: Any, clock: IReactorTime, model_filter: ModelFilter | None = None) -> Router:
+        """A router over one provider (as a program that mounts the API alone may want)."""
         from ollama_proxy.routing.breaker import CircuitBreaker
+        from ollama_proxy.routing.catalogue import ModelCatalogue
         from ollama_proxy.routing.limiter import ConcurrencyLimiter
 
         router = config.openrouter
@@ -115,11 +116,11 @@ class Router:
             priority=1,
             enabled=True,
             order=0,
-            catalogue=catalogue,
+            catalogue=ModelCatalogue(provider.list_models, clock),
             breaker=CircuitBreaker(config.breaker, clock, name=str(provider.name)),
             limiter=ConcurrencyLimiter(router.max_in_flight, router.max_queue, router.queue_timeout, clock),
         )
-        return cls([slot], catalogue.filter, config.routing, clock)
+        return cls([slot], model_filter or ModelFilter(), config.routing, clock)
 
     # -- providers ------------------------------------------------------------------
     def slot(self, name: str) -> ProviderSlot:

@@ -19,7 +19,6 @@ from ollama_proxy.providers.interfaces import IProvider
 from ollama_proxy.routing.breaker import OPEN, CircuitBreaker
 from ollama_proxy.routing.catalogue import ModelCatalogue
 from ollama_proxy.routing.limiter import ConcurrencyLimiter
-from ollama_proxy.routing.modelfilter import ModelFilter
 from ollama_proxy.wire.models import rfc3339
 
 
@@ -208,7 +207,7 @@ def build_slots(
                 enabled=settings.enabled,
                 order=order,
                 # Each provider keeps its own list; the router filters the merged view.
-                catalogue=ModelCatalogue(provider.list_models, ModelFilter(), clock),
+                catalogue=ModelCatalogue(provider.list_models, clock),
                 breaker=CircuitBreaker(config.breaker, clock, rng, name=settings.name),
                 limiter=ConcurrencyLimiter(
                     settings.max_in_flight, settings.max_queue, settings.queue_timeout, clock, name=settings.name

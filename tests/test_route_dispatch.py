@@ -1,4 +1,5 @@
-"""RoutedProvider: every provider behind one IProvider, for code that wants "the provider"."""
+"""The router and the dispatcher over real providers: failover, aliases, slots held while a
+stream is read, freed when it breaks or its client leaves; embeddings fail over too."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from twisted.internet import reactor as global_reactor
 
 from ollama_proxy.config.providers import RoutingConfig
 
-from .conftest import http
+from .conftest import LineReader, http
 from .multi import provider
 from .simulator import API_KEY, UpstreamSimulator
 
@@ -41,17 +42,31 @@ async def read(stream) -> str:
     return "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c.get("choices"))
 
 
+async def dispatch_chat(service: Any, name: str, text: str = "hi there", seen: list | None = None) -> str:
+    """Route ``name`` and run it through the dispatcher; each attempt opens and reads a stream
+    (``seen`` gets the slot's in-flight count and request count while the stream is read)."""
+    route = await service.router.route(name, "chat")
+
+    async def attempt(target: Any) -> str:
+        stream = await target.provider.open_chat({**body(name, text), "model": target.model.id})
+        if seen is not None:
+            seen.append((target.slot.name, target.slot.limiter.in_flight, target.slot.stats.request_count))
+        return await read(stream)
+
+    return await service.dispatcher.run(route, attempt)
+
+
 @pytest_twisted.ensureDeferred
-async def test_open_chat_fails_over_and_holds_the_slot_until_the_stream_ends(make_multi, primary_sim, openai_sim):
+async def test_dispatch_fails_over_and_holds_the_slot_until_the_stream_ends(make_multi, primary_sim, openai_sim):
     proxy = make_multi(pair(primary_sim, openai_sim), openrouter=False)
     service = proxy.service
-    routed = service.provider
-    assert routed.configured and [m.provider for m in await routed.list_models()][:1] == ["primary"]
+    await service.router.ensure_loaded()
+    assert [m.provider for m in service.router.allowed_models()][:1] == ["primary"]
     primary_sim.fail_next(500, count=10)
-    stream = await routed.open_chat(body())
+    seen: list = []
+    assert await dispatch_chat(service, "google/gemini-pro", seen=seen) == "Echo: hi there"
     backup = service.router.slot("backup")
-    assert backup.limiter.in_flight == 1 and backup.stats.request_count == 0  # still streaming
-    assert await read(stream) == "Echo: hi there"
+    assert seen == [("backup", 1, 0)]  # still streaming
     assert backup.limiter.in_flight == 0 and backup.stats.successful_requests == 1
     assert service.router.slot("primary").stats.failed_requests == 2
     assert openai_sim.chat_requests()[-1].body["model"] == "google/gemini-pro"
@@ -61,20 +76,17 @@ async def test_open_chat_fails_over_and_holds_the_slot_until_the_stream_ends(mak
 async def test_aliases_and_explicit_names_work_through_it(make_multi, primary_sim, openai_sim):
     routing = RoutingConfig(aliases=(("gem", "backup/google/gemini-pro"),))
     proxy = make_multi(pair(primary_sim, openai_sim), openrouter=False, routing=routing)
-    routed = proxy.service.provider
-    await routed.list_models()
-    assert await read(await routed.open_chat(body("gem"))) == "Echo: hi there"
+    await proxy.service.router.ensure_loaded()
+    assert await dispatch_chat(proxy.service, "gem") == "Echo: hi there"
     assert len(openai_sim.chat_requests()) == 1 and not primary_sim.chat_requests()
 
 
 @pytest_twisted.ensureDeferred
 async def test_a_stream_broken_mid_way_counts_against_its_provider(make_multi, primary_sim, openai_sim):
     proxy = make_multi(pair(primary_sim, openai_sim), openrouter=False)
-    routed = proxy.service.provider
-    await routed.list_models()
     primary_sim.behaviour = "midstream-error"
-    stream = await routed.open_chat(body(text="a b c"))
-    assert await read(stream) == "Echo: a"  # the reader sees the error chunk itself
+    r = await http("POST", proxy.url + "/api/chat", body(text="a b c"))
+    assert "".join(line.get("message", {}).get("content", "") for line in r.lines()) == "Echo: a"
     primary = proxy.service.router.slot("primary")
     assert primary.stats.failed_requests == 1 and primary.limiter.in_flight == 0
     assert primary.breaker.window_counts() == (1, 1)
@@ -83,10 +95,12 @@ async def test_a_stream_broken_mid_way_counts_against_its_provider(make_multi, p
 @pytest_twisted.ensureDeferred
 async def test_a_stream_dropped_unread_frees_its_slot(make_multi, primary_sim, openai_sim):
     proxy = make_multi(pair(primary_sim, openai_sim), openrouter=False)
-    routed = proxy.service.provider
-    await routed.list_models()
-    stream = await routed.open_chat(body())
-    stream.stopProducing()
+    aborted = primary_sim.wait_for_abort()
+    reader = LineReader()
+    await reader.connect(proxy.port, "/api/chat", body("sim/endless"))
+    await reader.wait_for_lines(1)
+    reader.hang_up()
+    await aborted
     primary = proxy.service.router.slot("primary")
     assert primary.limiter.in_flight == 0 and primary.stats.cancelled_requests == 1
 
@@ -98,10 +112,9 @@ async def test_embeddings_fail_over_through_it(make_multi, primary_sim, openai_s
     for sim in (primary_sim, openai_sim):
         sim.chat_models = sim.chat_models + EMBEDDING_MODELS
     proxy = make_multi(pair(primary_sim, openai_sim), openrouter=False)
-    routed = proxy.service.provider
-    await routed.list_models()
     primary_sim.fail_next(502, count=10)
-    vectors, tokens = await routed.embed("openai/text-embedding-3-small", ["one two"])
+    r = await http("POST", proxy.url + "/api/embed", {"model": "openai/text-embedding-3-small", "input": ["one two"]})
+    vectors, tokens = r.json()["embeddings"], r.json()["prompt_eval_count"]
     assert len(vectors) == 1 and tokens == 2 and proxy.service.router.slot("backup").stats.successful_requests == 1
 
 
