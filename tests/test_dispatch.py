@@ -16,7 +16,6 @@ from ollama_proxy.routing.breaker import CLOSED, OPEN, CircuitBreaker, Outcome
 from ollama_proxy.routing.catalogue import ModelCatalogue
 from ollama_proxy.routing.dispatch import AnsweredWithError, Dispatcher
 from ollama_proxy.routing.limiter import BUSY_MESSAGE, Busy, ConcurrencyLimiter
-from ollama_proxy.routing.modelfilter import ModelFilter
 from ollama_proxy.routing.retry import RetryPolicy
 from ollama_proxy.routing.router import Route, Target
 from ollama_proxy.routing.slots import ProviderSlot
