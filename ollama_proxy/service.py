@@ -185,8 +185,12 @@ class ProxyService(MultiService):
         def call() -> Deferred[Any]:
             d = ensureDeferred(job())
             self._periodic.add(d)
-            d.addBoth(lambda result: (self._periodic.discard(d), result)[1])
-            return d
+
+            def forget(result: Any) -> Any:
+                self._periodic.discard(d)
+                return result
+
+            return d.addBoth(forget)
 
         return call
 

@@ -11,12 +11,13 @@ after that, an error becomes one last line in the relay's error dialect.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from twisted.internet.defer import CancelledError
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
+from twisted.web.server import Request
 from zope.interface import implementer
 
 from ollama_proxy.errors import JSON, NATIVE, OPENAI, ErrorDialect, UpstreamError, UpstreamStreamError
@@ -36,8 +37,16 @@ class Translator(Protocol):
     """Upstream (OpenAI) chunks in, a surface's objects out; one per attempt."""
 
     timings: Timings
-    prompt_tokens: int | None
-    completion_tokens: int | None
+
+    @property
+    def prompt_tokens(self) -> int | None:
+        """The upstream's count of the prompt's tokens, once it said."""
+        ...
+
+    @property
+    def completion_tokens(self) -> int | None:
+        """The upstream's count of the answer's tokens, once it said."""
+        ...
 
     @property
     def answer_size(self) -> int:
@@ -92,7 +101,9 @@ class ChatRelay:
     max_answer_chars = MAX_ANSWER_CHARS
 
     def __init__(self, request: IRequest, provider: IProvider, translator: Translator, clock: Any) -> None:
-        self.request = request
+        # Klein hands every route a twisted.web.server.Request: IRequest declares neither its
+        # notifyFinish nor the IConsumer methods the relay registers its producer with.
+        self.request = cast(Request, request)
         self.provider = provider
         self.translator = translator
         self._clock = clock
@@ -100,7 +111,7 @@ class ChatRelay:
         self.client_gone = False
         self.failed = False
         self.error: str | None = None  # why the stream ended early, once ``failed``
-        request.notifyFinish().addErrback(self._client_left)
+        self.request.notifyFinish().addErrback(self._client_left)
         self._upstream: IUpstreamStream | None = None
 
     def _clean(self, message: str) -> str:

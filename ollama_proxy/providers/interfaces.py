@@ -16,13 +16,13 @@ class IUpstreamStream(Interface):
         that Deferred closes the upstream connection.
         """
 
-    def pauseProducing():  # type: ignore[no-untyped-def]
+    def pauseProducing():
         """Stop reading from the upstream (the client is not keeping up)."""
 
-    def resumeProducing():  # type: ignore[no-untyped-def]
+    def resumeProducing():
         """Read again."""
 
-    def stopProducing():  # type: ignore[no-untyped-def]
+    def stopProducing():
         """Close the upstream connection now: the provider stops generating (and billing)."""
 
 

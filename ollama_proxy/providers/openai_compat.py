@@ -17,6 +17,7 @@ from twisted.internet.error import TimeoutError as ConnectTimeout
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed, ResponseNeverReceived, _HTTP11ClientFactory
+from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
 from ollama_proxy import __version__
@@ -188,7 +189,8 @@ class OpenAICompatibleProvider:
         if body is not None and NATIVE_KEY in body:
             body = {k: v for k, v in body.items() if k != NATIVE_KEY}
         data = json.dumps(body).encode("utf-8") if body is not None else None
-        sent = {**self._headers(data is not None), **(headers or {})}
+        merged = {**self._headers(data is not None), **(headers or {})}
+        sent = Headers({name: [value] for name, value in merged.items()})
         d = self._http.request(method, url, data=data, headers=sent, unbuffered=True)
         timed_out: list[bool] = []
 
@@ -269,9 +271,8 @@ class OpenAICompatibleProvider:
         if isinstance(error, ConnectTimeout):
             return f"connection timed out after {self.timeouts.connect:g} seconds"
         if isinstance(error, (ConnectError, DNSLookupError)):
-            return self.redact(
-                error.__class__.__name__ + (f": {error.osError}" if getattr(error, "osError", None) else "")
-            )
+            os_error = getattr(error, "osError", None)  # a ConnectError's; a DNSLookupError has none
+            return self.redact(error.__class__.__name__ + (f": {os_error}" if os_error else ""))
         return self.redact(str(error) or error.__class__.__name__)
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from typing import Protocol as TypingProtocol
 
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web.client import PotentialDataLoss, ResponseDone
@@ -259,7 +259,8 @@ class _BodyReader(Protocol):
 
     def abort(self) -> None:
         if self.transport is not None:
-            self.transport.stopProducing()
+            # A response body's transport is a push producer: stopping it closes the connection.
+            IPushProducer(self.transport).stopProducing()
 
     def fail(self, error: Exception) -> None:
         if not self.finished.called:
