@@ -7,6 +7,11 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
+    # The checkout's root is the package root: an editable install (pip install -e) then puts it on
+    # sys.path with a plain .pth file, and twistd finds twisted/plugins/ollama_proxy_plugin.py there
+    # as it does in site-packages after a regular install (Twisted looks for plugins only in
+    # twisted/plugins folders on sys.path; setuptools' import-hook editable mode has none).
+    package_dir={"": "."},
     packages=find_packages(include=["ollama_proxy", "ollama_proxy.*"]) + ["twisted.plugins"],
     package_data={"twisted": ["plugins/ollama_proxy_plugin.py"]},
     install_requires=[
@@ -33,6 +38,8 @@ setup(
             # /v1/messages is proven with the official Anthropic SDK.
             "anthropic>=0.40",
             "hypothesis>=6",
+            # tests/test_install.py builds the wheels pip would install (setuptools < 70.1 needs it).
+            "wheel",
             # The ledger's tests run against a real PostgreSQL server too.
             "psycopg[binary]>=3.1",
         ],

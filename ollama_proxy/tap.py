@@ -104,4 +104,5 @@ def makeService(options: Any) -> DaemonService:
     twistd = getattr(options, "parent", None)
     if twistd is not None:
         observer = observer_for(twistd, options["log-format"], config, proxy.redactor, reactor)
-    return DaemonService(proxy, reactor, load, log_observer=observer)
+    foreground = twistd is None or bool(twistd.get("nodaemon"))
+    return DaemonService(proxy, reactor, load, log_observer=observer, foreground=foreground)

@@ -116,7 +116,29 @@ async def test_a_port_in_use_stops_start_up(simulator, running):
         )
         running.append(proc)
         assert await proc.wait_ended() == 1
-        assert f"Couldn't listen on 127.0.0.1:{port}".encode() in proc.output
+        # One line that names the address and says what to do; no traceback.
+        (line,) = [line for line in proc.text().splitlines() if "listen" in line]
+        assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in line
+        assert "--listen" in line and "OLLAMA_HOST" in line and "#critical]" in line
+        assert "Traceback" not in proc.text() and "CannotListenError" not in proc.text()
+    finally:
+        await taken.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_port_in_use_is_reported_by_a_daemonizing_twistd(simulator, running, tmp_path):
+    taken = reactor.listenTCP(0, Site(Resource()), interface="127.0.0.1")
+    try:
+        port = taken.getHost().port
+        args = ["--pidfile", str(tmp_path / "p.pid"), "--logfile", str(tmp_path / "p.log"), "ollama-proxy"]
+        proc = daemon.Daemon.spawn(
+            [*args, "--listen", f"tcp:{port}:interface=127.0.0.1"], upstream_env(simulator), tmp_path
+        )
+        running.append(proc)
+        assert await proc.wait_ended() == 1
+        # twistd's parent shows the start of the child's reason; the log has the whole line.
+        assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in proc.text()
+        assert "OLLAMA_HOST" in (tmp_path / "p.log").read_text()
     finally:
         await taken.stopListening()
 

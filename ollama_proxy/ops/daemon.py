@@ -20,12 +20,14 @@ own signals and logging.
 from __future__ import annotations
 
 import contextlib
+import errno
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.error import CannotListenError
 from twisted.logger import ILogObserver, Logger
 from twisted.python.components import Componentized
 
@@ -34,6 +36,24 @@ from ollama_proxy.ops.sdnotify import SystemdNotifier
 from ollama_proxy.service import ProxyService
 
 log = Logger()
+
+
+class StartupError(Exception):
+    """The daemon cannot start; the message says why and what to do (twistd's parent shows it)."""
+
+
+def cannot_listen_message(error: CannotListenError) -> str:
+    """One line for an address the proxy cannot bind: which, why, and what to do."""
+    reason = getattr(error.socketError, "strerror", None) or str(error.socketError)
+    where = f"{error.interface or '0.0.0.0'}:{error.port}"
+    if getattr(error.socketError, "errno", None) == errno.EADDRINUSE:
+        hint = "another server (a running Ollama?) holds it"
+    else:
+        hint = "the address cannot be used"
+    return (
+        f"cannot listen on {where}: {reason}; {hint}. Choose another address with --listen "
+        f"(e.g. --listen tcp:11435:interface=127.0.0.1) or OLLAMA_HOST (e.g. OLLAMA_HOST=127.0.0.1:11435)"
+    )
 
 
 class DaemonService(MultiService):
@@ -48,9 +68,12 @@ class DaemonService(MultiService):
         notifier: SystemdNotifier | None = None,
         log_observer: ILogObserver | None = None,
         handle_signals: bool = True,
+        foreground: bool = True,
     ) -> None:
         super().__init__()
         self.proxy = proxy
+        # twistd -n: a bind failure ends the process here; daemonized, twistd's parent reports it.
+        self.foreground = foreground
         self.reactor = reactor
         self._load_config = load_config
         self.notifier = notifier or SystemdNotifier(reactor)
@@ -69,15 +92,34 @@ class DaemonService(MultiService):
         super().setServiceParent(parent)
 
     # -- start ----------------------------------------------------------------------
+    def privilegedStartService(self) -> None:
+        # twistd binds here, before --uid/--gid shed privileges.
+        with self._explaining_bind_failures():
+            super().privilegedStartService()
+
     def startService(self) -> None:
         self.stopping = False
-        super().startService()
+        with self._explaining_bind_failures():
+            super().startService()
         if self.handle_signals:
             self._trap(signal.SIGHUP, self.reload)
             # After the reactor installed its own SIGTERM handler, which would make
             # twistd re-raise the signal at exit instead of exiting 0.
             self.reactor.callWhenRunning(self._trap, signal.SIGTERM, self.terminate)
         self.reactor.callWhenRunning(self._announce)
+
+    @contextlib.contextmanager
+    def _explaining_bind_failures(self) -> Iterator[None]:
+        """A busy or forbidden address: one line that says what to do, exit status 1, no traceback."""
+        try:
+            yield
+        except CannotListenError as error:
+            message = cannot_listen_message(error)
+            log.critical("{message}", message=message)
+            if self.foreground:
+                raise SystemExit(1) from None
+            # twistd's parent shows about 60 characters of it: the address and the reason.
+            raise StartupError(message.split(";")[0]) from None
 
     def _announce(self) -> None:
         addresses = []
