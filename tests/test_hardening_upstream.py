@@ -6,8 +6,10 @@ import json
 
 import pytest
 import pytest_twisted
+from twisted.internet.defer import ensureDeferred, gatherResults
 
 from ollama_proxy.api.relay import ChatRelay
+from ollama_proxy.config.ops import LimitsConfig, OpsConfig
 from ollama_proxy.providers.sse import MAX_EVENT_BYTES, SSEEvent, SSEParser, SSEProtocolError
 
 from .conftest import http
@@ -70,3 +72,34 @@ async def test_a_gathered_answer_past_the_cap_is_a_502(proxy, simulator, monkeyp
     simulator.raw_stream += b"data: [DONE]\n\n"
     r = await http("POST", proxy.url + path, body)
     assert r.code == 200
+
+
+# -- item 10: the stream limits count every generation ------------------------------------
+@pytest_twisted.ensureDeferred
+async def test_non_streamed_generations_count_against_the_stream_limits(make_proxy, simulator):
+    proxy = make_proxy(ops=OpsConfig(limits=LimitsConfig(max_streams_per_client=2)))
+    assert (await http("GET", proxy.url + "/api/tags")).code == 200  # the model list is fetched
+    before = len(simulator.requests)
+    no_stream_field = {"model": "sim/hold", "messages": [{"role": "user", "content": "x"}]}
+    held = [
+        ensureDeferred(http("POST", proxy.url + "/api/chat", chat("sim/hold", stream=False))),
+        ensureDeferred(http("POST", proxy.url + "/v1/chat/completions", no_stream_field)),
+    ]
+    await simulator.wait_for_requests(before + 2)
+    for path, body in [
+        ("/api/chat", chat("google/gemini-pro", stream=False)),
+        ("/api/generate", {"model": "google/gemini-pro", "prompt": "x", "stream": False}),
+        ("/v1/chat/completions", {"model": "google/gemini-pro", "messages": [{"role": "user", "content": "x"}]}),
+        ("/api/chat", chat("google/gemini-pro", stream=True)),
+    ]:
+        r = await http("POST", proxy.url + path, body)
+        assert r.code == 429, path
+        assert "too many concurrent streams from this client (limit 2)" in r.body.decode()
+    # Loading a model holds no generation: it is not refused.
+    load = await http("POST", proxy.url + "/api/chat", {"model": "google/gemini-pro", "messages": []})
+    assert load.code == 200
+    simulator.release_holds()
+    assert [r.code for r in await gatherResults(held)] == [200, 200]
+    again = await http("POST", proxy.url + "/api/chat", chat("google/gemini-pro", stream=False))
+    assert again.code == 200
+    assert proxy.service.gate.streams.active == 0

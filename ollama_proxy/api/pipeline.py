@@ -138,7 +138,13 @@ class Pipeline:
 
     # -- answers --------------------------------------------------------------------
     async def chat(self, request: IRequest, route: Route, call: ChatCall) -> bytes | None:
-        """Answer along ``route`` (retries, fallback, breakers: the dispatcher's job)."""
+        """Answer along ``route`` (retries, fallback, breakers: the dispatcher's job).
+
+        The request holds an upstream generation from here until its answer is
+        complete, streamed or not: the stream limits count it (429/503 past them).
+        """
+        if self.gate is not None and self.gate.streams.active_limits:
+            self.gate.streams.admit(record_of(request))
         self.running.use(route.model, call.keep_alive)
         try:
             return await self._dispatch_chat(request, route, call)

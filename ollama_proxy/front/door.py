@@ -44,7 +44,7 @@ from ollama_proxy.front.auth import (
 from ollama_proxy.front.cors import OriginPolicy, check_host
 from ollama_proxy.front.lifecycle import SHUTTING_DOWN, Lifecycle
 from ollama_proxy.front.record import RequestRecord, attach, record_of
-from ollama_proxy.front.stream_limits import STREAMING_ENDPOINTS, StreamLimiter, wants_stream
+from ollama_proxy.front.stream_limits import STREAMING_ENDPOINTS, StreamLimiter
 from ollama_proxy.ops.logs import log_access
 from ollama_proxy.ops.metrics import Metrics
 from ollama_proxy.wire.jsontext import parse_json
@@ -118,7 +118,7 @@ class Gate:
         self.clock = clock
         self.metrics = metrics
         self._new_id = new_request_id or (lambda: uuid.uuid4().hex)
-        self.streams = StreamLimiter(lifecycle.streams)
+        self.streams = StreamLimiter(lifecycle.generations)
         # Whoever wants every finished request's record (metrics, statistics, the ledger).
         self.observers: list[Callable[[RequestRecord], None]] = [metrics.observe] if metrics is not None else []
         self.reconfigure(config)
@@ -206,10 +206,10 @@ class Gate:
             return render_error(request, InternalError(), record.error_dialect())
 
     def _check_body(self, request: Any, record: RequestRecord) -> None:
-        """The token's model list and the stream limits, which both need the body."""
+        """The token's model list, which needs the body. (The stream limits are
+        applied by the pipeline, once a request is about to hold a generation.)"""
         restricted = record.principal is not None and bool(record.principal.models)
-        streaming = self.streams.active_limits and record.path in STREAMING_ENDPOINTS
-        if request.method != b"POST" or not (restricted or streaming):
+        if request.method != b"POST" or not restricted:
             return
         body = _peek_body(request)
         if body is None:
@@ -217,10 +217,8 @@ class Gate:
         name = body.get("model") or body.get("name")
         if isinstance(name, str) and name:
             record.model = name
-            if restricted and not record.principal.may_use(name):
+            if not record.principal.may_use(name):
                 raise ModelNotAllowed(name)
-        if streaming and wants_stream(record.path, body):
-            self.streams.admit(record)
 
 
 class FrontDoor(Resource):

@@ -49,6 +49,14 @@ class Lifecycle:
             if record.stream and (client is None or record.client_key == client)
         )
 
+    def generations(self, client: str | None = None) -> int:
+        """Requests in flight that hold an upstream generation, streamed or not (of ``client``, when given)."""
+        return sum(
+            1
+            for _, record in self._in_flight.values()
+            if record.generating and (client is None or record.client_key == client)
+        )
+
     def records(self) -> list[RequestRecord]:
         return [record for _, record in self._in_flight.values()]
 

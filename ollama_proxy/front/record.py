@@ -36,6 +36,8 @@ class RequestRecord:
     upstream_model: str | None = None  # the model id that provider was asked for
     principal: Any = None
     stream: bool = False
+    # Holds an upstream generation (streamed to the client or gathered): what the stream limits count.
+    generating: bool = False
     status: int | None = None
     failed: bool = False
     tokens_in: int | None = None

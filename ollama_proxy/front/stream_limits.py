@@ -1,14 +1,16 @@
 """Concurrent streams: per client and in total.
 
-A stream holds an upstream connection (and spends money) for as long as it
-runs, so one client must not be able to open them without bound. A client is
-its token's name when auth is on, else its address.
+A generation holds an upstream stream (and spends money) for as long as it
+runs, whether the client reads it as a stream or waits for the whole answer
+(the proxy asks the upstream for a stream either way), so one client must not be
+able to open them without bound. Every chat, generate or completion that reaches
+a provider counts, until its answer is complete. A client is its token's name
+when auth is on, else its address.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
 
 from ollama_proxy.errors import ProxyError, ServiceUnavailable
 from ollama_proxy.front.record import RequestRecord
@@ -33,21 +35,12 @@ class TooManyStreams(ProxyError):
         self.retry_after = 1.0
 
 
-def wants_stream(path: str, body: Mapping[str, Any]) -> bool:
-    """Whether a request body for ``path`` asks for a stream."""
-    default = STREAMING_ENDPOINTS.get(path)
-    if default is None:
-        return False
-    value = body.get("stream")
-    return default if value is None else value is True
-
-
 class StreamLimiter:
     """Refuses a new stream past a limit (0: no limit).
 
-    It keeps no count of its own: ``count(client)`` says how many streams are in
-    flight (of ``client``, or in all for ``None``), which the lifecycle knows from
-    the records of the requests in flight.
+    It keeps no count of its own: ``count(client)`` says how many generations are
+    in flight (of ``client``, or in all for ``None``), which the lifecycle knows
+    from the records of the requests in flight.
     """
 
     def __init__(self, count: Callable[[str | None], int], per_client: int = 0, total: int = 0) -> None:
@@ -69,11 +62,11 @@ class StreamLimiter:
         return self._count(None)
 
     def admit(self, record: RequestRecord) -> None:
-        """Count ``record`` as a stream, or refuse it (429 for the client, 503 for the proxy)."""
+        """Count ``record`` as a generation, or refuse it (429 for the client, 503 for the proxy)."""
         if self.total and self._count(None) >= self.total:
             error = ServiceUnavailable(f"the proxy is serving its maximum of {self.total} streams; try again shortly")
             error.retry_after = 1.0
             raise error
         if self.per_client and self._count(record.client_key) >= self.per_client:
             raise TooManyStreams(f"too many concurrent streams from this client (limit {self.per_client})")
-        record.stream = True
+        record.generating = True
