@@ -7,7 +7,7 @@ import pytest
 from ollama_proxy.errors import BadRequest, UpstreamStreamError
 from ollama_proxy.wire.framing import ndjson
 from ollama_proxy.wire.models import UpstreamModel
-from ollama_proxy.wire.ollama_chat import (
+from ollama_proxy.wire.ollama_request import (
     ChatTranslator,
     embed_inputs,
     model_name,

@@ -13,8 +13,8 @@ from ollama_proxy.routing.running import FOREVER, RunningModels, parse_keep_aliv
 from ollama_proxy.wire.chunks import ChunkReader
 from ollama_proxy.wire.images import image_data_uri, sniff_media_type
 from ollama_proxy.wire.models import UpstreamModel
-from ollama_proxy.wire.ollama_chat import ChatTranslator, chat_messages, plan_chat, plan_generate, response_format
 from ollama_proxy.wire.ollama_generate import decode_context, encode_context
+from ollama_proxy.wire.ollama_request import ChatTranslator, chat_messages, plan_chat, plan_generate, response_format
 
 from .wire import JPEG, PNG, b64
 

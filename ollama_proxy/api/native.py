@@ -28,7 +28,7 @@ from ollama_proxy.routing.dispatch import Dispatcher
 from ollama_proxy.routing.retry import RetryPolicy
 from ollama_proxy.routing.router import Route, Router
 from ollama_proxy.wire.models import show_response
-from ollama_proxy.wire.ollama_chat import (
+from ollama_proxy.wire.ollama_request import (
     ChatPlan,
     ChatTranslator,
     embed_inputs,

@@ -35,8 +35,8 @@ from ollama_proxy.front.door import visible_to
 from ollama_proxy.front.record import record_of
 from ollama_proxy.routing.router import Route
 from ollama_proxy.wire.framing import EVENT_STREAM, SSE_DONE, sse_event
-from ollama_proxy.wire.ollama_chat import model_name
-from ollama_proxy.wire.openai_chat import (
+from ollama_proxy.wire.ollama_request import model_name
+from ollama_proxy.wire.openai_request import (
     OpenAIPlan,
     OpenAIRenderer,
     embedding_inputs,

@@ -26,7 +26,7 @@ from ollama_proxy.providers.openai_compat import OpenAICompatibleProvider
 from ollama_proxy.providers.stream import NDJSONParser, SSEStream
 from ollama_proxy.wire.jsontext import as_object
 from ollama_proxy.wire.models import UpstreamModel
-from ollama_proxy.wire.ollama_chat import NATIVE_KEY
+from ollama_proxy.wire.ollama_request import NATIVE_KEY
 
 # OpenAI request field -> Ollama option.
 OPTIONS = {

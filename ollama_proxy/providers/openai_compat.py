@@ -27,7 +27,7 @@ from ollama_proxy.ops.redaction import Redactor
 from ollama_proxy.providers.interfaces import IProvider, IUpstreamStream
 from ollama_proxy.providers.stream import BodyTimeout, BodyTooLarge, SSEStream, read_body
 from ollama_proxy.wire.models import UpstreamModel, from_openrouter
-from ollama_proxy.wire.ollama_chat import NATIVE_KEY
+from ollama_proxy.wire.ollama_request import NATIVE_KEY
 
 log = Logger()
 

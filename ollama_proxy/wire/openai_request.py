@@ -21,8 +21,8 @@ from typing import Any
 from ollama_proxy.errors import BadRequest
 from ollama_proxy.wire.chunks import ChunkReader, Piece, ReadsChunks, new_call_id
 from ollama_proxy.wire.models import UpstreamModel
-from ollama_proxy.wire.ollama_chat import Timings, field_of, logprob_fields, require_capability
 from ollama_proxy.wire.ollama_generate import FIM_INSTRUCTION, fim_message
+from ollama_proxy.wire.ollama_request import Timings, field_of, logprob_fields, require_capability
 from ollama_proxy.wire.tools import arguments_text, openai_tool_call, tools_request
 
 SYSTEM_FINGERPRINT = "fp_ollama"
