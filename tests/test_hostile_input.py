@@ -16,9 +16,10 @@ from twisted.internet.task import Clock
 
 from ollama_proxy.config.ops import LimitsConfig, OpsConfig
 from ollama_proxy.errors import BadRequest
-from ollama_proxy.routing.running import FOREVER, RunningModels, parse_keep_alive
+from ollama_proxy.routing.running import RunningModels
 from ollama_proxy.wire.framing import utf8
 from ollama_proxy.wire.jsontext import MAX_DEPTH, parse_json
+from ollama_proxy.wire.keep_alive import FOREVER, parse_keep_alive
 from ollama_proxy.wire.models import UpstreamModel
 
 from .conftest import http

@@ -7,16 +7,10 @@ import pytest
 from ollama_proxy.errors import BadRequest, UpstreamStreamError
 from ollama_proxy.wire.framing import ndjson
 from ollama_proxy.wire.models import UpstreamModel
-from ollama_proxy.wire.ollama_request import (
-    ChatTranslator,
-    embed_inputs,
-    model_name,
-    parse_body,
-    plan_chat,
-    plan_generate,
-    sampling_options,
-    wants_stream,
-)
+from ollama_proxy.wire.ollama_answer import ChatTranslator
+from ollama_proxy.wire.ollama_options import sampling_options
+from ollama_proxy.wire.ollama_request import embed_inputs, plan_chat, plan_generate
+from ollama_proxy.wire.request_body import model_name, parse_body, wants_stream
 
 
 def chat_request(body, model_id):

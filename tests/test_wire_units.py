@@ -9,12 +9,15 @@ import pytest
 from twisted.internet.task import Clock
 
 from ollama_proxy.errors import BadRequest, UpstreamStreamError
-from ollama_proxy.routing.running import FOREVER, RunningModels, parse_keep_alive
+from ollama_proxy.routing.running import RunningModels
 from ollama_proxy.wire.chunks import ChunkReader
 from ollama_proxy.wire.images import image_data_uri, sniff_media_type
+from ollama_proxy.wire.keep_alive import FOREVER, parse_keep_alive
 from ollama_proxy.wire.models import UpstreamModel
+from ollama_proxy.wire.ollama_answer import ChatTranslator
 from ollama_proxy.wire.ollama_generate import decode_context, encode_context
-from ollama_proxy.wire.ollama_request import ChatTranslator, chat_messages, plan_chat, plan_generate, response_format
+from ollama_proxy.wire.ollama_options import response_format
+from ollama_proxy.wire.ollama_request import chat_messages, plan_chat, plan_generate
 
 from .wire import JPEG, PNG, b64
 

@@ -28,18 +28,9 @@ from ollama_proxy.routing.dispatch import Dispatcher
 from ollama_proxy.routing.retry import RetryPolicy
 from ollama_proxy.routing.router import Route, Router
 from ollama_proxy.wire.models import show_response
-from ollama_proxy.wire.ollama_request import (
-    ChatPlan,
-    ChatTranslator,
-    embed_inputs,
-    field_of,
-    instant_answer,
-    keep_alive_of,
-    model_name,
-    plan_chat,
-    plan_generate,
-    wants_stream,
-)
+from ollama_proxy.wire.ollama_answer import ChatTranslator, instant_answer
+from ollama_proxy.wire.ollama_request import ChatPlan, embed_inputs, plan_chat, plan_generate
+from ollama_proxy.wire.request_body import field_of, keep_alive_of, model_name, wants_stream
 
 log = Logger()
 

@@ -48,7 +48,7 @@ from ollama_proxy.routing.dispatch import AnsweredWithError, Dispatcher
 from ollama_proxy.routing.embeddings import embed
 from ollama_proxy.routing.router import Route, Router, Target
 from ollama_proxy.routing.running import RunningModels
-from ollama_proxy.wire.ollama_request import parse_body
+from ollama_proxy.wire.request_body import parse_body
 
 
 @dataclass

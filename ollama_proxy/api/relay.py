@@ -25,7 +25,7 @@ from ollama_proxy.front.record import record_of
 from ollama_proxy.ops.redaction import Redactor
 from ollama_proxy.providers.interfaces import IProvider, IUpstreamStream
 from ollama_proxy.wire.framing import EVENT_STREAM, NDJSON, SSE_DONE, dumps, ndjson, sse_event
-from ollama_proxy.wire.ollama_request import Timings
+from ollama_proxy.wire.timings import Timings
 
 log = Logger()
 

@@ -12,7 +12,7 @@ from twisted.web.iweb import IRequest
 from ollama_proxy.api.pipeline import ChatCall, Pipeline
 from ollama_proxy.api.relay import ChatRelay, NamedEventRelay
 from ollama_proxy.errors import RESPONSES
-from ollama_proxy.wire.ollama_request import model_name
+from ollama_proxy.wire.request_body import model_name
 from ollama_proxy.wire.responses_answer import ResponsesRenderer
 from ollama_proxy.wire.responses_request import plan_responses
 

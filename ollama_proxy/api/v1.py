@@ -35,19 +35,21 @@ from ollama_proxy.front.door import visible_to
 from ollama_proxy.front.record import record_of
 from ollama_proxy.routing.router import Route
 from ollama_proxy.wire.framing import EVENT_STREAM, SSE_DONE, sse_event
-from ollama_proxy.wire.ollama_request import model_name
-from ollama_proxy.wire.openai_request import (
-    OpenAIPlan,
+from ollama_proxy.wire.openai_answer import (
     OpenAIRenderer,
-    embedding_inputs,
     embedding_list,
-    encoding_format,
     loaded_answer,
     model_entry,
     model_entry_from_tag,
+)
+from ollama_proxy.wire.openai_request import (
+    OpenAIPlan,
+    embedding_inputs,
+    encoding_format,
     plan_chat_completion,
     plan_completion,
 )
+from ollama_proxy.wire.request_body import model_name
 
 
 class OpenAICompatAPI:

@@ -43,7 +43,7 @@ from ollama_proxy.config.schema import (
 )
 from ollama_proxy.errors import BadRequest
 from ollama_proxy.routing.modelfilter import parse_filter_file
-from ollama_proxy.routing.running import parse_keep_alive
+from ollama_proxy.wire.keep_alive import parse_keep_alive
 
 __all__ = [
     "DEFAULT_LISTEN",

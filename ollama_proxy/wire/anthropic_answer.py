@@ -22,7 +22,7 @@ from typing import Any
 from ollama_proxy.errors import UpstreamStreamError
 from ollama_proxy.wire.chunks import ChunkReader, RendersBlocks, ToolCall, new_call_id
 from ollama_proxy.wire.jsontext import as_object
-from ollama_proxy.wire.ollama_request import Timings
+from ollama_proxy.wire.timings import Timings
 from ollama_proxy.wire.tools import arguments_object
 
 # The key under which a native upstream's own event travels through the chunk reader.

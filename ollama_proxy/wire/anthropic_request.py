@@ -21,7 +21,7 @@ from typing import Any
 
 from ollama_proxy.errors import BadRequest
 from ollama_proxy.wire.models import UpstreamModel
-from ollama_proxy.wire.ollama_request import require_capability
+from ollama_proxy.wire.request_body import require_capability
 
 # Block types a client may send that this proxy cannot translate: refused by name.
 _BLOCK_TYPES = {

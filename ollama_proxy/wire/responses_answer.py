@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ollama_proxy.wire.chunks import ChunkReader, RendersBlocks, ToolCall, new_call_id
-from ollama_proxy.wire.ollama_request import Timings
+from ollama_proxy.wire.timings import Timings
 
 
 def new_id(prefix: str) -> str:

@@ -18,8 +18,8 @@ from typing import Any
 
 from ollama_proxy.errors import BadRequest
 from ollama_proxy.wire.models import UpstreamModel
-from ollama_proxy.wire.ollama_request import require_capability
 from ollama_proxy.wire.openai_request import reasoning_effort
+from ollama_proxy.wire.request_body import require_capability
 
 # Request fields the answer's ``response`` object repeats back.
 ECHOED = ("instructions", "max_output_tokens", "temperature", "top_p", "metadata", "user", "tool_choice", "tools")
