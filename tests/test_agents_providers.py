@@ -197,6 +197,40 @@ async def test_demo_provider_answers_both_surfaces_offline():
         assert counted.input_tokens > 0  # an estimate: echo has no counter
         response = await in_thread(gpt(Proxy).responses.create, model="echo", input="offline too")
         assert response.output_text == "offline too"
+        # The demo's tool and thinking models: a tool named in the message is called, then its result echoed.
+        first = await in_thread(
+            claude(Proxy).messages.create,
+            model="echo",
+            max_tokens=50,
+            tools=[LOOKUP],
+            messages=[{"role": "user", "content": "lookup cats"}],
+        )
+        use = first.content[-1]
+        assert first.stop_reason == "tool_use" and use.name == "lookup" and use.input == {"query": "cats"}
+        second = await in_thread(
+            claude(Proxy).messages.create,
+            model="echo",
+            max_tokens=50,
+            tools=[LOOKUP],
+            messages=[
+                {"role": "user", "content": "lookup cats"},
+                {"role": "assistant", "content": [b.model_dump() for b in first.content]},
+                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "three cats"}]},
+            ],
+        )
+        assert "three cats" in second.content[0].text
+        thought = await in_thread(
+            claude(Proxy).messages.create,
+            model="echo-think",
+            max_tokens=2000,
+            thinking={"type": "enabled", "budget_tokens": 1024},
+            messages=[{"role": "user", "content": "ponder"}],
+        )
+        assert [b.type for b in thought.content] == ["thinking", "text"]
+        reasoned = await in_thread(
+            gpt(Proxy).responses.create, model="echo-think", input="ponder", reasoning={"effort": "low"}
+        )
+        assert [i.type for i in reasoned.output] == ["reasoning", "message"]
         r = await http("POST", Proxy.url + "/v1/messages", {"model": "nope", "max_tokens": 5, "messages": []})
         assert r.code == 404 and r.json()["error"]["type"] == "not_found_error"
     finally:
