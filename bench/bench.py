@@ -1,21 +1,21 @@
-"""Benchmark ollama-proxy against its upstream simulator, side by side with the upstream.
+"""Benchmark ollama-proxy against an upstream that costs almost nothing.
 
 Run from the repository root::
 
-    python bench/bench.py            # full run (about 30 seconds on 2 cores)
-    python bench/bench.py --quick    # a fast run (under 10 seconds)
+    python bench/bench.py            # full run (a few minutes on 2 cores)
+    python bench/bench.py --quick    # a fast run (well under a minute)
 
-Three processes, all on 127.0.0.1: the upstream simulator (``bench/run_simulator.py``,
-the test suite's UpstreamSimulator), the proxy as deployed (``twistd -n ollama-proxy``
-pointed at the simulator through ``OPENROUTER_BASE_URL``) and this load client.
-Measured, and printed as one table:
+Processes, all on 127.0.0.1: the upstream (nginx serving canned OpenAI answers, see
+``bench/upstreams.py``; the test suite's simulator when nginx is not installed), the
+proxy as deployed (``twistd -n ollama-proxy --config FILE``) and this load client
+(``wrk`` too for the worker-scaling table, when installed). Printed as one table:
 
-1. non-streamed chat latency p50/p99 at concurrency 1 and 64: the proxy's ``/api/chat``
-   (``stream: false``) against the simulator's ``/api/v1/chat/completions`` called directly;
-2. streamed tokens per second: one long answer through the proxy against the same
-   answer read directly as SSE;
-3. the proxy's resident memory idle, with hundreds of streams held open, and after
-   they closed, plus a check that the proxy closed every upstream stream.
+1. CPU per non-streamed request (``/api/chat`` and ``/v1/chat/completions``) and the
+   latency the proxy adds (p50, p99) at concurrency 1 and 64;
+2. CPU per relayed token of a 2,000-chunk stream;
+3. requests/s at concurrency 64 with keep-alive clients, 1 worker against N;
+4. resident memory of the proxy (every process) with 10,000 streams open, and whether
+   every upstream stream was closed within a second of its client leaving.
 
 Every loop is bounded; a watchdog ends a run that hangs; the children are stopped
 whatever happens. No number here is asserted anywhere: this is a measurement.
@@ -24,13 +24,10 @@ whatever happens. No number here is asserted anywhere: this is a measurement.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
-import resource
 import shutil
 import signal
-import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -43,16 +40,16 @@ sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
 from loadclient import EventCounter, LatencyResult, LoadClient  # noqa: E402
-from processes import Child, Children, cpu_seconds, free_port, rss_kib  # noqa: E402
+from processes import Child, Children, free_port, raise_fd_limit, tree, tree_cpu_seconds, tree_rss_kib  # noqa: E402
+from report import render  # noqa: E402
 from twisted.internet import task  # noqa: E402
 from twisted.internet.defer import Deferred, gatherResults  # noqa: E402
+from upstreams import NginxUpstream, Roles, SimulatorUpstream, nginx_binary  # noqa: E402
 
-import twisted  # noqa: E402
 from tests.simulator import API_KEY  # noqa: E402
 
-MODEL = "google/gemini-pro"
-PROMPT = "Say hello to the benchmark"
 CONCURRENCIES = (1, 64)
+ENDPOINTS = ("/api/chat", "/v1/chat/completions")
 
 
 @dataclass(frozen=True)
@@ -61,91 +58,113 @@ class Plan:
 
     name: str
     requests_c1: int  # non-streamed requests at concurrency 1
-    per_worker_c64: int  # non-streamed requests per worker at concurrency 64
+    per_worker_c64: int  # non-streamed requests per client at concurrency 64
     warmup: int  # requests per target before each latency run, not counted
-    stream_words: int  # length of the long streamed answer, in words
     stream_runs: int
+    scaling_seconds: float  # per worker count, with wrk
     streams_held: int
     hold_seconds: float
-    slow_interval: float  # seconds between two tokens of a held (sim/endless) stream
     deadline: float  # the watchdog: the whole run ends after this many seconds
 
     def requests(self, concurrency: int) -> int:
         return self.requests_c1 if concurrency == 1 else self.per_worker_c64 * concurrency
 
 
-FULL = Plan("full", 2000, 60, 200, 20000, 5, 500, 5.0, 0.25, 900.0)
-QUICK = Plan("quick", 200, 5, 50, 5000, 2, 100, 1.5, 0.25, 180.0)
+FULL = Plan("full", 2000, 60, 200, 5, 10.0, 10000, 5.0, 1500.0)
+QUICK = Plan("quick", 200, 5, 50, 2, 2.0, 200, 1.0, 240.0)
 
 
 @dataclass
 class Results:
     """Everything measured, for the table."""
 
+    upstream: str = ""
     latency: dict[tuple[int, str], LatencyResult] = field(default_factory=dict)
-    cpu_per_request: dict[int, float] = field(default_factory=dict)
-    new_upstream_connections: dict[int, int] = field(default_factory=dict)
+    cpu_per_request: dict[tuple[int, str], float] = field(default_factory=dict)
     stream_tokens: int = 0
     stream_seconds: dict[str, list[float]] = field(default_factory=dict)
     cpu_per_token: float = 0.0
-    rss: dict[str, int] = field(default_factory=dict)  # KiB
-    simulator_rss: dict[str, int] = field(default_factory=dict)
+    scaling: dict[int, float] = field(default_factory=dict)  # workers -> requests/s
+    scaling_tool: str = ""
+    workers_held: int = 1
+    rss: dict[str, int] = field(default_factory=dict)  # KiB, the proxy's processes together
     held: int = 0
     open_seconds: float = 0.0
-    held_lines_per_second: float = 0.0
     upstream_open_while_held: int = 0
-    upstream_closed: int = 0
+    upstream_left: int = -1
     close_seconds: float = 0.0
-    proxy_active_after: int = -1
     notes: list[str] = field(default_factory=list)
 
 
-def _chat(model: str, content: str, stream: bool, openai: bool) -> bytes:
-    """A chat body: OpenAI-shaped for the upstream (``openai``), else Ollama-shaped."""
-    body: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": content}], "stream": stream}
-    if openai and stream:
-        body["stream_options"] = {"include_usage": True}  # as the proxy asks upstream
-    return json.dumps(body).encode()
+def chat_body(model: str, content: str, stream: bool) -> bytes:
+    import json
+
+    return json.dumps({"model": model, "messages": [{"role": "user", "content": content}], "stream": stream}).encode()
 
 
 class Bench:
-    """The three measurements, run in the load client's reactor."""
+    """The measurements, run in the load client's reactor."""
 
-    def __init__(
-        self, reactor: Any, plan: Plan, proxy: Child, simulator: Child, proxy_url: str, simulator_url: str
-    ) -> None:
+    def __init__(self, reactor: Any, plan: Plan, upstream: Any, children: Children, config: str, workers: int) -> None:
         self.reactor = reactor
         self.plan = plan
-        self.proxy = proxy
-        self.simulator = simulator
-        self.proxy_url = proxy_url
-        self.sim_url = simulator_url
-        self.sim_root = simulator_url.rsplit("/api/v1", 1)[0]
+        self.upstream = upstream
+        self.roles: Roles = upstream.roles()
+        self.children = children
+        self.config = config
+        self.workers = workers
         self.client = LoadClient(reactor, max_connections=max(CONCURRENCIES))
-        self.results = Results()
+        self.results = Results(upstream=upstream.name)
         self.held: list[EventCounter] = []
-        self.direct_headers = {"Content-Type": "application/json", "Authorization": f"Bearer {API_KEY}"}
-        self.proxy_headers = {"Content-Type": "application/json"}
+        self.proxy: Child | None = None
+        self.proxy_url = ""
+        self.headers = {"Content-Type": "application/json"}
 
     def sleep(self, seconds: float) -> Deferred[None]:
         return task.deferLater(self.reactor, seconds, lambda: None)
 
-    async def sim_stats(self) -> dict[str, int]:
-        return await self.client.get_json(self.sim_root + "/_bench/stats")
+    async def start_proxy(self, workers: int | None) -> None:
+        if self.proxy is not None:
+            await self.client.close()
+            self.children.stop(self.proxy)
+        port = free_port()
+        self.proxy = self.children.start_proxy(port, self.config, workers, name=f"proxy-w{workers or 1}")
+        self.proxy_url = f"http://127.0.0.1:{port}"
+        await self.wait_ready(workers or 1)
 
-    async def proxy_active_streams(self) -> int:
-        metrics = await self.client.get_json(self.proxy_url + "/metrics")
-        return int(metrics["statistics"]["active_streams"])
+    async def wait_ready(self, workers: int, timeout: float = 60.0) -> None:
+        """Until the proxy answers with every model, and has all its workers."""
+        assert self.proxy is not None
+        deadline = time.monotonic() + timeout
+        wanted = {
+            f"{self.roles.chat_model}:latest",
+            f"{self.roles.long_model}:latest",
+            f"{self.roles.slow_model}:latest",
+        }
+        while True:
+            self.proxy.check_alive()
+            try:
+                code, _ = await self.client.request_within(1.0, "GET", self.proxy_url + "/api/version")
+                if code == 200:
+                    tags = await self.client.get_json(self.proxy_url + "/api/tags")
+                    names = {m.get("name") for m in tags.get("models", [])}
+                    if wanted <= names and len(tree(self.proxy.pid)) >= (workers + 1 if workers > 1 else 1):
+                        return
+            except Exception:  # noqa: BLE001 - not listening yet
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the proxy was not ready within {timeout:g}s (see its log)")
+            await self.sleep(0.1)
 
     async def run(self) -> Results:
         try:
-            await self.wait_ready()
+            await self.start_proxy(None)
             await self.sleep(0.5)
-            self.results.rss["idle"] = rss_kib(self.proxy.pid)
-            self.results.simulator_rss["idle"] = rss_kib(self.simulator.pid)
+            self.results.rss["idle"] = tree_rss_kib(self.proxy.pid)  # type: ignore[union-attr]
             for concurrency in CONCURRENCIES:
                 await self.latency(concurrency)
             await self.streaming()
+            await self.scaling()
             await self.hold_streams()
             return self.results
         finally:
@@ -153,86 +172,53 @@ class Bench:
                 counter.close()
             await self.client.close()
 
-    async def wait_ready(self, timeout: float = 30.0) -> None:
-        """Until the proxy answers and has its model list (bounded by ``timeout``)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            self.proxy.check_alive()
-            try:
-                code, _ = await self.client.request_within(1.0, "GET", self.proxy_url + "/api/version")
-                if code == 200:
-                    break
-            except Exception:  # noqa: BLE001 - not listening yet
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the proxy did not answer within {timeout:g}s (see its log)")
-            await self.sleep(0.1)
-        tags = await self.client.get_json(self.proxy_url + "/api/tags")
-        names = [m.get("name") for m in tags.get("models", [])]
-        if f"{MODEL}:latest" not in names:
-            raise RuntimeError(f"the proxy does not list {MODEL}: {names}")
-
-    # -- 1. non-streamed latency --------------------------------------------------------
+    # -- 1. non-streamed ----------------------------------------------------------------
     async def latency(self, concurrency: int) -> None:
-        plan = self.plan
-        per_worker = plan.requests(concurrency) // concurrency
-        targets = {
-            "direct": (self.sim_url + "/chat/completions", _chat(MODEL, PROMPT, False, True), self.direct_headers),
-            "proxy": (self.proxy_url + "/api/chat", _chat(MODEL, PROMPT, False, False), self.proxy_headers),
-        }
-        expect = ("Echo: " + PROMPT).encode()
-        for target, (url, body, headers) in targets.items():
+        plan, roles = self.plan, self.roles
+        per_client = plan.requests(concurrency) // concurrency
+        body = chat_body(roles.chat_model, "Say hello to the benchmark", False)
+        targets = {"direct": (roles.direct_url, roles.direct_headers)}
+        targets.update({endpoint: (self.proxy_url + endpoint, self.headers) for endpoint in ENDPOINTS})
+        for target, (url, headers) in targets.items():
             warm = max(1, plan.warmup // concurrency)
-            await self.client.latency_run(url, body, headers, expect, concurrency, warm)
-            opened_before = (await self.sim_stats())["connections_opened"]
-            cpu_before = cpu_seconds(self.proxy.pid)
-            result = await self.client.latency_run(url, body, headers, expect, concurrency, per_worker)
-            if target == "proxy":
+            await self.client.latency_run(url, body, headers, roles.expect, concurrency, warm)
+            assert self.proxy is not None
+            cpu_before = tree_cpu_seconds(self.proxy.pid)
+            result = await self.client.latency_run(url, body, headers, roles.expect, concurrency, per_client)
+            if target != "direct":
                 count = max(1, len(result.latencies) + result.errors)
-                self.results.cpu_per_request[concurrency] = (cpu_seconds(self.proxy.pid) - cpu_before) / count
-                self.results.new_upstream_connections[concurrency] = (await self.sim_stats())[
-                    "connections_opened"
-                ] - opened_before
+                self.results.cpu_per_request[(concurrency, target)] = (
+                    tree_cpu_seconds(self.proxy.pid) - cpu_before
+                ) / count
             if result.errors:
                 self.results.notes.append(f"{result.errors} failed {target} requests at concurrency {concurrency}")
             if not result.latencies:
                 raise RuntimeError(f"every {target} request failed at concurrency {concurrency}")
             self.results.latency[(concurrency, target)] = result
 
-    # -- 2. streamed throughput ---------------------------------------------------------
+    # -- 2. one long stream -----------------------------------------------------------------
     async def streaming(self) -> None:
-        plan = self.plan
-        content = " ".join(["token"] * plan.stream_words)
-        self.results.stream_tokens = plan.stream_words + 1  # the simulator answers "Echo:" first
+        plan, roles = self.plan, self.roles
+        self.results.stream_tokens = roles.long_tokens
         targets = {
-            # Direct: one SSE event per token, then the finish and usage chunks and [DONE].
-            "direct": (
-                self.sim_url + "/chat/completions",
-                _chat(MODEL, content, True, True),
-                self.direct_headers,
-                b"data: ",
-                b"data: [DONE]",
-            ),
-            # Proxy: one NDJSON line per token, then the final "done" line.
-            "proxy": (
-                self.proxy_url + "/api/chat",
-                _chat(MODEL, content, True, False),
-                self.proxy_headers,
-                b"\n",
-                b'"done":true',
-            ),
+            "direct": (roles.direct_long_url, roles.direct_headers, b"data: ", b"data: [DONE]", True),
+            "proxy": (self.proxy_url + "/api/chat", self.headers, b"\n", b'"done":true', False),
         }
-        for target, (url, body, headers, marker, end) in targets.items():
+        assert self.proxy is not None
+        for target, (url, headers, marker, end, openai) in targets.items():
+            body = chat_body(roles.long_model, roles.long_prompt, True)
+            if openai:
+                body = body[:-1] + b', "stream_options": {"include_usage": true}}'
             seconds: list[float] = []
             cpu_before = 0.0
             for run in range(plan.stream_runs + 1):  # run 0 warms up
                 if run == 1:
-                    cpu_before = cpu_seconds(self.proxy.pid)
+                    cpu_before = tree_cpu_seconds(self.proxy.pid)
                 started = time.perf_counter()
                 counter = await self.client.open_stream(url, body, headers, marker)
                 await counter.finished
                 assert counter.ended_at is not None
-                if not counter.clean or end not in counter.tail or counter.events < self.results.stream_tokens:
+                if not counter.clean or end not in counter.tail or counter.events < roles.long_tokens:
                     raise RuntimeError(
                         f"{target} stream incomplete: {counter.events} events, ends {counter.tail[-120:]!r}"
                     )
@@ -240,37 +226,73 @@ class Bench:
                     seconds.append(counter.ended_at - started)
             self.results.stream_seconds[target] = seconds
             if target == "proxy":
-                self.results.cpu_per_token = (cpu_seconds(self.proxy.pid) - cpu_before) / (
-                    self.results.stream_tokens * plan.stream_runs
+                self.results.cpu_per_token = (tree_cpu_seconds(self.proxy.pid) - cpu_before) / (
+                    roles.long_tokens * plan.stream_runs
                 )
 
-    # -- 3. memory with many streams open --------------------------------------------------
+    # -- 3. worker scaling -----------------------------------------------------------------
+    async def scaling(self) -> None:
+        """Requests/s at c64 over keep-alive connections, 1 worker, then ``self.workers``."""
+        counts = [1] if self.workers <= 1 else [1, self.workers]
+        for workers in counts:
+            if workers > 1 or self.results.scaling:
+                await self.start_proxy(workers)
+            rate = await self.throughput()
+            self.results.scaling[workers] = rate
+        self.results.workers_held = counts[-1]
+
+    async def throughput(self) -> float:
+        url = self.proxy_url + "/api/chat"
+        body = chat_body(self.roles.chat_model, "Say hello to the benchmark", False)
+        wrk = shutil.which("wrk")
+        if wrk:
+            self.results.scaling_tool = "wrk (1 thread, 64 keep-alive connections)"
+            return await self.wrk(wrk, url, body)
+        self.results.scaling_tool = "this client (64 keep-alive connections; the client may be the bound)"
+        await self.client.latency_run(url, body, self.headers, self.roles.expect, 64, 5)
+        result = await self.client.latency_run(url, body, self.headers, self.roles.expect, 64, self.plan.per_worker_c64)
+        return result.rate
+
+    async def wrk(self, wrk: str, url: str, body: bytes) -> float:
+        script = os.path.join(self.children.workdir, "post.lua")
+        with open(script, "w", encoding="utf-8") as f:
+            f.write(
+                'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+                f"wrk.body = [[{body.decode()}]]\n"
+                "done = function(summary, latency, requests)\n"
+                '  io.write(string.format("RESULT %d %d %d %d\\n", summary.requests, summary.duration,'
+                " summary.errors.status + summary.errors.connect + summary.errors.read + summary.errors.write"
+                " + summary.errors.timeout, latency:percentile(50)))\nend\n"
+            )
+        for seconds in (1.0, self.plan.scaling_seconds):  # the first run warms up
+            argv = [wrk, "-t1", "-c64", f"-d{seconds:g}s", "-s", script, url]
+            process = await _run(self.reactor, argv, timeout=seconds + 30)
+            line = next((x for x in process.splitlines() if x.startswith("RESULT ")), None)
+            if line is None:
+                raise RuntimeError(f"wrk printed no result: {process[-500:]}")
+            requests, duration_us, errors, _p50 = (int(x) for x in line.split()[1:])
+            if errors:
+                self.results.notes.append(f"wrk: {errors} errors in {requests} requests")
+        return requests / (duration_us / 1e6)
+
+    # -- 4. memory with many streams open --------------------------------------------------
     async def hold_streams(self) -> None:
         plan, results = self.plan, self.results
+        assert self.proxy is not None
         count = plan.streams_held
         results.held = count
         await self.sleep(0.5)
-        results.rss["before streams"] = rss_kib(self.proxy.pid)
-        before = await self.sim_stats()
+        results.rss["before streams"] = tree_rss_kib(self.proxy.pid)
+        baseline = await self.upstream.open_connections(self.client)
         started = time.perf_counter()
-        body = _chat("sim/endless", "hold me", True, False)
-        await self.client.open_many(count, self.proxy_url + "/api/chat", body, self.proxy_headers, b"\n", self.held)
+        body = chat_body(self.roles.slow_model, "hold me", True)
+        await self.client.open_many(count, self.proxy_url + "/api/chat", body, self.headers, b"\n", self.held, 100)
         results.open_seconds = time.perf_counter() - started
-        during = await self.sim_stats()
-        results.upstream_open_while_held = (during["streams_started"] - before["streams_started"]) - (
-            during["streams_aborted"] - before["streams_aborted"]
-        )
-        results.simulator_rss["streams open"] = rss_kib(self.simulator.pid)
-
-        lines_before = sum(c.events for c in self.held)
-        held_from = time.perf_counter()
+        results.upstream_open_while_held = await self.upstream.open_connections(self.client) - baseline
         peak = 0
         for _ in range(max(1, round(plan.hold_seconds / 0.25))):
             await self.sleep(0.25)
-            peak = max(peak, rss_kib(self.proxy.pid))
-        results.held_lines_per_second = (sum(c.events for c in self.held) - lines_before) / (
-            time.perf_counter() - held_from
-        )
+            peak = max(peak, tree_rss_kib(self.proxy.pid))
         results.rss["streams open (peak)"] = peak
         ended = [c for c in self.held if c.ended_at is not None]
         if ended:
@@ -283,96 +305,23 @@ class Bench:
         self.held = []
         deadline = time.monotonic() + 30.0
         while time.monotonic() < deadline:
-            after = await self.sim_stats()
-            results.upstream_closed = after["streams_aborted"] - before["streams_aborted"]
-            results.proxy_active_after = await self.proxy_active_streams()
-            if results.upstream_closed >= count and results.proxy_active_after == 0:
+            results.upstream_left = await self.upstream.open_connections(self.client) - baseline
+            if results.upstream_left <= 0:
                 break
             await self.sleep(0.05)
         results.close_seconds = time.perf_counter() - closing
-        if results.upstream_closed < count:
-            results.notes.append(f"only {results.upstream_closed} of {count} upstream streams were closed within 30s")
         await self.sleep(2.0)
-        results.rss["after streams closed"] = rss_kib(self.proxy.pid)
+        results.rss["after streams closed"] = tree_rss_kib(self.proxy.pid)
 
 
-# -- the table ------------------------------------------------------------------------------
-def _ms(seconds: float) -> str:
-    return f"{seconds * 1000:.2f}"
+async def _run(reactor: Any, argv: list[str], timeout: float) -> str:
+    """Run a command off the reactor thread; its stdout."""
+    from twisted.internet.threads import deferToThread
 
+    def call() -> str:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False).stdout
 
-def render(plan: Plan, results: Results, proxy: Child, simulator: Child, load: float, proxy_config: str | None) -> str:
-    """The report, as printed."""
-    lines: list[str] = []
-    add = lines.append
-    uname = platform.uname()
-    add(f"ollama-proxy benchmark: {plan.name} run")
-    add(
-        f"machine: {os.cpu_count()} CPUs, {uname.system} {uname.release} {uname.machine}; "
-        f"Python {platform.python_version()}, Twisted {twisted.__version__}; load average {load:.2f} at start"
-    )
-    config = f"--config {proxy_config}" if proxy_config else "default configuration"
-    add(
-        f"proxy: twistd -n ollama-proxy (pid {proxy.pid}, {config}); "
-        f"upstream: bench/run_simulator.py (pid {simulator.pid})"
-    )
-    add("client: this process; everything on 127.0.0.1")
-    add("")
-
-    width = 46
-    add(f"{'1. non-streamed /api/chat vs direct upstream':<{width}}{'direct':>10}{'proxy':>10}{'added':>10}")
-    for concurrency in CONCURRENCIES:
-        direct = results.latency[(concurrency, "direct")]
-        proxied = results.latency[(concurrency, "proxy")]
-        label = f"   concurrency {concurrency} ({plan.requests(concurrency)} requests)"
-        for name, fraction in (("p50 ms", 0.50), ("p99 ms", 0.99)):
-            d, p = direct.percentile(fraction), proxied.percentile(fraction)
-            add(f"{label:<{width - 12}}{name:>12}{_ms(d):>10}{_ms(p):>10}{'+' + _ms(p - d):>10}")
-            label = ""
-        add(f"{'':<{width - 12}}{'requests/s':>12}{direct.rate:>10.0f}{proxied.rate:>10.0f}")
-    add(
-        "   proxy CPU per request: "
-        + ", ".join(f"{results.cpu_per_request[c] * 1000:.2f} ms at c={c}" for c in CONCURRENCIES)
-        + "; new upstream connections: "
-        + ", ".join(f"{results.new_upstream_connections[c]} at c={c}" for c in CONCURRENCIES)
-    )
-    add("")
-
-    direct_s = statistics.median(results.stream_seconds["direct"])
-    proxy_s = statistics.median(results.stream_seconds["proxy"])
-    tokens = results.stream_tokens
-    add(f"{f'2. one streamed answer of {tokens} tokens':<{width}}{'direct':>10}{'proxy':>10}{'ratio':>10}")
-    add(
-        f"{f'   (median of {plan.stream_runs} runs)':<{width - 12}}{'tokens/s':>12}"
-        f"{tokens / direct_s:>10.0f}{tokens / proxy_s:>10.0f}{direct_s / proxy_s:>10.2f}"
-    )
-    add(f"{'':<{width - 12}}{'seconds':>12}{direct_s:>10.3f}{proxy_s:>10.3f}")
-    add(f"   proxy CPU per relayed token: {results.cpu_per_token * 1e6:.1f} µs")
-    add("")
-
-    add(f"{f'3. proxy memory, {results.held} streams held open':<{width}}{'VmRSS MiB':>10}")
-    for key in ("idle", "before streams", "streams open (peak)", "after streams closed"):
-        label = f"   {key}" + (f" ({plan.hold_seconds:g}s, sim/endless)" if key == "streams open (peak)" else "")
-        add(f"{label:<{width}}{results.rss[key] / 1024:>10.1f}")
-    per_stream = (results.rss["streams open (peak)"] - results.rss["before streams"]) / max(1, results.held)
-    add(f"{'   per open stream (KiB)':<{width}}{per_stream:>10.1f}")
-    add(
-        f"   opened in {results.open_seconds:.2f}s; "
-        f"{results.upstream_open_while_held} upstream streams open while held; "
-        f"{results.held_lines_per_second:.0f} lines/s relayed while held "
-        f"(a token every {plan.slow_interval:g}s per stream)"
-    )
-    add(
-        f"   after the clients hung up: {results.upstream_closed}/{results.held} upstream streams closed by the proxy, "
-        f"proxy active_streams {results.proxy_active_after}, in {results.close_seconds:.2f}s"
-    )
-    add(
-        f"   simulator VmRSS MiB for reference: idle {results.simulator_rss['idle'] / 1024:.1f}, "
-        f"streams open {results.simulator_rss['streams open'] / 1024:.1f}"
-    )
-    for note in results.notes:
-        add(f"NOTE: {note}")
-    return "\n".join(lines)
+    return await deferToThread(call)
 
 
 # -- the driver -----------------------------------------------------------------------------
@@ -384,64 +333,77 @@ def _terminate(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt()
 
 
-def _raise_fd_limit() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = 8192 if hard == resource.RLIM_INFINITY else min(hard, 8192)
-    if soft < wanted:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+def _supports_workers() -> bool:
+    from ollama_proxy.tap import Options
+
+    return any(o[0] == "workers" for o in getattr(Options, "optParameters", []))
+
+
+def start_upstream(children: Children, choice: str, streams: int) -> Any:
+    binary = nginx_binary()
+    if choice == "nginx" and binary is None:
+        raise RuntimeError("nginx is not installed (apt-get install nginx)")
+    if choice != "simulator" and binary is not None:
+        upstream = NginxUpstream(children.workdir, free_port(), streams)
+        nginx = children.start_nginx(upstream.argv(binary))
+        deadline = time.monotonic() + 10
+        import socket
+
+        while time.monotonic() < deadline:
+            nginx.check_alive()
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", upstream.port)) == 0:
+                    return upstream
+            time.sleep(0.05)
+        raise RuntimeError("nginx did not listen within 10s")
+    _, url = children.start_simulator(0.25)
+    return SimulatorUpstream(url, API_KEY)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Benchmark ollama-proxy against its upstream simulator.")
+    parser = argparse.ArgumentParser(description="Benchmark ollama-proxy against a canned upstream.")
     parser.add_argument("--quick", action="store_true", help="a fast run with fewer requests and streams")
     parser.add_argument("--streams", type=int, default=None, help="streams held open for the memory measurement")
-    parser.add_argument(
-        "--proxy-config",
-        metavar="FILE",
-        default=None,
-        help="a TOML file for the proxy (default: its built-in defaults)",
-    )
-    parser.add_argument(
-        "--keep-logs", action="store_true", help="keep the proxy's and the simulator's logs and print where"
-    )
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="N for the scaling table")
+    parser.add_argument("--upstream", choices=("auto", "nginx", "simulator"), default="auto")
+    parser.add_argument("--keep-logs", action="store_true", help="keep the children's logs and print where")
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
     if args.streams is not None:
         plan = Plan(**{**plan.__dict__, "streams_held": max(1, args.streams)})
-    _raise_fd_limit()
-    # Until the reactor takes SIGTERM over, turn it into an exception so that the
-    # children are stopped by the ``finally`` below and not only by their death signal.
+    fds = raise_fd_limit(3 * plan.streams_held + 4096)
     signal.signal(signal.SIGTERM, _terminate)
+    workers = args.workers if _supports_workers() else 1
 
     from twisted.internet import reactor
 
-    load = os.getloadavg()[0]
+    load = os.getloadavg()
     workdir = tempfile.mkdtemp(prefix="ollama-proxy-bench-")
     children = Children(workdir)
     outcome: dict[str, Any] = {}
+    bench: Bench | None = None
     try:
-        simulator, simulator_url = children.start_simulator(plan.slow_interval)
-        port = free_port()
-        proxy = children.start_proxy(simulator_url, API_KEY, port, args.proxy_config)
-        bench = Bench(reactor, plan, proxy, simulator, f"http://127.0.0.1:{port}", simulator_url)
+        upstream = start_upstream(children, args.upstream, plan.streams_held)
+        config = os.path.join(workdir, "proxy.toml")
+        with open(config, "w", encoding="utf-8") as f:
+            f.write("[log]\naccess = true\n\n" + upstream.proxy_config(plan.streams_held))
+        bench = Bench(reactor, plan, upstream, children, config, workers)
+        reactor.suggestThreadPoolSize(2)
 
         def finished(result: Any) -> None:
             outcome.setdefault("result", result)
             if reactor.running:
                 reactor.stop()
 
-        def watchdog() -> None:
-            finished(RuntimeError(f"the run did not finish within {plan.deadline:g}s"))
-
         def start() -> None:
-            d = Deferred.fromCoroutine(bench.run())
+            d = Deferred.fromCoroutine(bench.run())  # type: ignore[union-attr]
             d.addErrback(lambda failure: failure.value)
             d.addCallback(finished)
 
-        timer = reactor.callLater(plan.deadline, watchdog)
+        timer = reactor.callLater(
+            plan.deadline, lambda: finished(RuntimeError(f"the run did not finish within {plan.deadline:g}s"))
+        )
         reactor.callWhenRunning(start)
-        # Stopping the reactor cuts every connection of the run; when that is a signal
-        # (Ctrl-C, SIGTERM) say so rather than report the cut streams as the failure.
         reactor.addSystemEventTrigger("before", "shutdown", lambda: outcome.setdefault("result", Interrupted()))
         reactor.run()
         if timer.active():
@@ -455,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
 
     result = outcome.get("result")
     if isinstance(result, Results):
-        print(render(plan, result, proxy, simulator, load, args.proxy_config))
+        print(render(plan, result, load, fds, ENDPOINTS, CONCURRENCIES))
         if args.keep_logs:
             print(f"logs: {workdir}")
         else:

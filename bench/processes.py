@@ -9,6 +9,7 @@ also gets SIGTERM when the benchmark itself dies (``PR_SET_PDEATHSIG``), so not 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import resource
@@ -31,11 +32,27 @@ def _child_setup() -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
     except (OSError, AttributeError):
         pass  # not Linux: stop_all() still covers every ordinary exit
-    # Hundreds of held streams need two sockets each in the proxy.
+    # Every held stream needs two sockets in the proxy: the parent raised its limits
+    # (raise_fd_limit) and the child inherits them; the soft one is set to the hard one.
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = 8192 if hard == resource.RLIM_INFINITY else min(hard, 8192)
-    if soft < wanted:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def raise_fd_limit(wanted: int) -> int:
+    """Raise this process's open-file limit to ``wanted`` (the hard one too, when allowed:
+    root may); returns the soft limit reached. Children started here inherit it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, wanted))
+            return wanted
+        except (ValueError, OSError):
+            pass  # not privileged: the hard limit is the ceiling
+    target = wanted if hard == resource.RLIM_INFINITY else min(hard, wanted)
+    if soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return max(soft, target)
 
 
 def free_port() -> int:
@@ -52,6 +69,38 @@ def rss_kib(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (the proxy's workers), as far as they still run."""
+    pids, queue = [], [pid]
+    while queue:
+        current = queue.pop()
+        pids.append(current)
+        try:
+            with open(f"/proc/{current}/task/{current}/children", encoding="ascii") as children:
+                queue.extend(int(c) for c in children.read().split())
+        except OSError:
+            continue
+    return pids
+
+
+def tree_rss_kib(pid: int) -> int:
+    """Resident set of ``pid`` and its descendants together (shared pages counted in each)."""
+    total = 0
+    for member in tree(pid):
+        with contextlib.suppress(OSError, RuntimeError):
+            total += rss_kib(member)
+    return total
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time of ``pid`` and its living descendants."""
+    total = 0.0
+    for member in tree(pid):
+        with contextlib.suppress(OSError):
+            total += cpu_seconds(member)
+    return total
 
 
 def cpu_seconds(pid: int) -> float:
@@ -125,19 +174,21 @@ class Children:
             raise RuntimeError(f"simulator did not announce its URL within {timeout:g}s (got {url!r})")
         return child, url
 
-    def start_proxy(self, upstream_url: str, api_key: str, port: int, config_file: str | None = None) -> Child:
-        """Start the proxy the way it is deployed: ``twistd -n ollama-proxy``
-        (with ``--config config_file`` when given; defaults otherwise)."""
+    def start_nginx(self, argv: list[str]) -> Child:
+        """Start nginx in the foreground (its configuration says ``daemon off``)."""
+        return self._spawn("nginx", argv, dict(os.environ))
+
+    def start_proxy(self, port: int, config_file: str, workers: int | None = None, name: str = "proxy") -> Child:
+        """Start the proxy the way it is deployed: ``twistd -n ollama-proxy --config FILE``
+        (``--workers N`` when given). Provider keys from the environment are left out:
+        the file says everything."""
         env = {
             k: v
             for k, v in os.environ.items()
             if k not in ("OLLAMA_HOST", "OLLAMA_PROXY_CONFIG", "OLLAMA_PROXY_LISTEN")
+            and not k.endswith(("_API_KEY", "_BASE_URL"))
         }
-        env.update(
-            OPENROUTER_BASE_URL=upstream_url,
-            OPENROUTER_API_KEY=api_key,
-            PYTHONPATH=REPO + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else ""),
-        )
+        env["PYTHONPATH"] = REPO + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         argv = [
             sys.executable,
             "-c",
@@ -148,9 +199,21 @@ class Children:
             "--listen",
             f"tcp:{port}:interface=127.0.0.1",
         ]
-        if config_file:
-            argv += ["--config", os.path.abspath(config_file)]
-        return self._spawn("proxy", argv, env)
+        argv += ["--config", os.path.abspath(config_file)]
+        if workers is not None:
+            argv += ["--workers", str(workers)]
+        return self._spawn(name, argv, env)
+
+    def stop(self, child: Child, grace: float = 10.0) -> None:
+        """SIGTERM one child and wait for it (SIGKILL after ``grace``)."""
+        if child.process.poll() is None:
+            child.process.send_signal(signal.SIGTERM)
+            try:
+                child.process.wait(grace)
+            except subprocess.TimeoutExpired:
+                child.process.kill()
+                child.process.wait()
+        self.children.remove(child)
 
     def stop_all(self, grace: float = 5.0) -> None:
         """SIGTERM every child still running, then SIGKILL what is left after ``grace``."""

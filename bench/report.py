@@ -1,0 +1,94 @@
+"""The benchmark's table, as printed."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+from typing import Any
+
+import twisted
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.2f}"
+
+
+def render(
+    plan: Any,
+    results: Any,
+    load: tuple[float, float, float],
+    fds: int,
+    endpoints: tuple[str, ...],
+    concurrencies: tuple[int, ...],
+) -> str:
+    """The report: one section per measurement, then the notes."""
+    lines: list[str] = []
+    add = lines.append
+    uname = platform.uname()
+    add(f"ollama-proxy benchmark: {plan.name} run; upstream: {results.upstream}")
+    add(
+        f"machine: {os.cpu_count()} CPUs, {uname.system} {uname.release} {uname.machine}; Python "
+        f"{platform.python_version()}, Twisted {twisted.__version__}; load average "
+        f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at start; open-file limit {fds}"
+    )
+    add("everything on 127.0.0.1; proxy CPU from /proc (every proxy process), client: this process")
+    add("")
+
+    width = 44
+    add(f"{'1. non-streamed chat':<{width}}{'direct':>9}" + "".join(f"{e:>22}" for e in endpoints))
+    for concurrency in concurrencies:
+        direct = results.latency[(concurrency, "direct")]
+        label = f"   c{concurrency} ({plan.requests(concurrency)} requests)"
+        for name, fraction in (("p50 ms", 0.50), ("p99 ms", 0.99)):
+            d = direct.percentile(fraction)
+            cells = ""
+            for endpoint in endpoints:
+                p = results.latency[(concurrency, endpoint)].percentile(fraction)
+                cells += f"{_ms(p) + ' (+' + _ms(p - d) + ')':>22}"
+            add(f"{label:<{width - 10}}{name:>10}{_ms(d):>9}{cells}")
+            label = ""
+        rates = "".join(f"{results.latency[(concurrency, e)].rate:>22.0f}" for e in endpoints)
+        add(f"{'':<{width - 10}}{'req/s':>10}{direct.rate:>9.0f}{rates}")
+        cpu = "".join(f"{results.cpu_per_request[(concurrency, e)] * 1000:>22.3f}" for e in endpoints)
+        add(f"{'':<{width - 10}}{'CPU ms/req':>10}{'':>9}{cpu}")
+    add("")
+
+    tokens = results.stream_tokens
+    direct_s = statistics.median(results.stream_seconds["direct"])
+    proxy_s = statistics.median(results.stream_seconds["proxy"])
+    add(f"2. one streamed answer of {tokens} chunks (median of {plan.stream_runs} runs), /api/chat")
+    add(
+        f"   direct {tokens / direct_s:,.0f} tokens/s ({direct_s:.3f} s); proxy {tokens / proxy_s:,.0f} tokens/s "
+        f"({proxy_s:.3f} s); proxy CPU per relayed token: {results.cpu_per_token * 1e6:.1f} µs"
+    )
+    add("")
+
+    add(f"3. worker scaling: non-streamed /api/chat at c64, keep-alive clients; load: {results.scaling_tool}")
+    one = results.scaling.get(1)
+    for workers, rate in sorted(results.scaling.items()):
+        ratio = f"x{rate / one:.2f}" if one else ""
+        add(f"   {workers} worker{'s' if workers > 1 else ' '}  {rate:>9,.0f} requests/s  {ratio}")
+    if len(results.scaling) < 2:
+        add("   (one worker only: this proxy has no --workers, or the machine one CPU)")
+    add("")
+
+    held = results.held
+    add(f"4. memory, {held:,} streams held open ({results.workers_held} worker(s); VmRSS of every proxy process)")
+    for key in ("idle", "before streams", "streams open (peak)", "after streams closed"):
+        if key in results.rss:
+            add(f"   {key:<34}{results.rss[key] / 1024:>9.1f} MiB")
+    per_stream = (results.rss["streams open (peak)"] - results.rss["before streams"]) / max(1, held)
+    add(f"   {'per open stream':<34}{per_stream:>9.1f} KiB")
+    add(
+        f"   opened in {results.open_seconds:.1f} s; {results.upstream_open_while_held:,} upstream connections open "
+        "while held"
+    )
+    verdict = "yes" if results.upstream_left <= 0 and results.close_seconds <= 1.0 else "NO"
+    add(
+        f"   every upstream closed within 1 s of its client leaving: {verdict} "
+        f"(all closed after {results.close_seconds:.2f} s; {max(0, results.upstream_left)} left)"
+    )
+    for note in results.notes:
+        add(f"NOTE: {note}")
+    return "\n".join(lines)
