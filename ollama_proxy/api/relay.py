@@ -23,7 +23,7 @@ from zope.interface import implementer
 from ollama_proxy.errors import JSON, NATIVE, OPENAI, ErrorDialect, UpstreamError, UpstreamStreamError
 from ollama_proxy.front.record import record_of
 from ollama_proxy.ops.redaction import Redactor
-from ollama_proxy.providers.interfaces import IProvider, IUpstreamStream
+from ollama_proxy.providers.interfaces import IBatchedUpstreamStream, IProvider, IUpstreamStream
 from ollama_proxy.wire.framing import EVENT_STREAM, NDJSON, SSE_DONE, dumps, ndjson, sse_event
 from ollama_proxy.wire.timings import Timings
 
@@ -113,6 +113,9 @@ class ChatRelay:
         self.error: str | None = None  # why the stream ended early, once ``failed``
         self.request.notifyFinish().addErrback(self._client_left)
         self._upstream: IUpstreamStream | None = None
+        # Lines of the events of one upstream read, written together when it ends:
+        # one write (and one send) per read instead of one per token.
+        self._pending: list[bytes] | None = None
 
     def _clean(self, message: str) -> str:
         """An upstream's error text with secrets blotted out: some providers echo
@@ -161,10 +164,16 @@ class ChatRelay:
         producer = _Backpressure(upstream)
         self.request.registerProducer(producer, True)
         try:
-            await upstream.deliver(self._write_all)
+            if IBatchedUpstreamStream.providedBy(upstream):
+                self._pending = []
+                await upstream.deliver_batched(self._write_all, self._flush)
+                self._flush()
+            else:
+                await upstream.deliver(self._write_all)
             for obj in self.translator.close():
                 self._write(self._encode(obj))
         except UpstreamStreamError as error:
+            self._flush()  # what was translated was said: an error after it is a last line
             message = self._clean(error.message)
             if not self.started_output:
                 # Nothing was sent yet: the client still gets a real status.
@@ -175,6 +184,7 @@ class ChatRelay:
             self._write(self._error_line(message))
             return
         except CancelledError:
+            self._flush()
             # Cut by a draining server: a stream that began ends with an error line.
             reason = record_of(self.request).cut_reason
             if reason is None or not self._connected or not self.started_output:
@@ -210,8 +220,18 @@ class ChatRelay:
         return self.dialect.stream_line(message)
 
     def _write_all(self, chunk: dict[str, Any]) -> None:
+        pending = self._pending
         for obj in self.translator.feed(chunk):
-            self._write(self._encode(obj))
+            if pending is not None:
+                pending.append(self._encode(obj))
+            else:
+                self._write(self._encode(obj))
+
+    def _flush(self) -> None:
+        pending = self._pending
+        if pending:
+            self._pending = []
+            self._write(b"".join(pending))
 
     def _write(self, line: bytes) -> None:
         if not self._connected:

@@ -26,6 +26,14 @@ class IUpstreamStream(Interface):
         """Close the upstream connection now: the provider stops generating (and billing)."""
 
 
+class IBatchedUpstreamStream(IUpstreamStream):
+    """A stream that can tell where one network read's events end."""
+
+    def deliver_batched(on_event, on_batch_end):  # type: ignore[no-untyped-def]
+        """As :meth:`IUpstreamStream.deliver`, and ``on_batch_end()`` after the events
+        of each read: a consumer writes them to its client at once, not one by one."""
+
+
 class IProvider(Interface):
     """One upstream that answers chat and embedding requests."""
 

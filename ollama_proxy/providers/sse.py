@@ -14,7 +14,7 @@ before it, together) the stream is refused.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 _LINE_END = re.compile(rb"\r\n|\r|\n")
 
@@ -27,9 +27,12 @@ class SSEProtocolError(ValueError):
     """The upstream sent something that is not an SSE stream we can read."""
 
 
-@dataclass(frozen=True)
-class SSEEvent:
-    """One dispatched event: its type (``message`` unless named) and its data."""
+class SSEEvent(NamedTuple):
+    """One dispatched event: its type (``message`` unless named) and its data.
+
+    A named tuple: one is made per upstream token, and a tuple is the cheapest
+    immutable record to make.
+    """
 
     data: str
     event: str = "message"
@@ -41,10 +44,11 @@ class SSEParser:
     def __init__(self, max_event_bytes: int = MAX_EVENT_BYTES) -> None:
         self._buffer = bytearray()
         self._scanned = 0  # bytes of the buffer already searched for a line end
-        self._data: list[str] = []
+        self._data: list[bytes] = []  # decoded once, when the event is dispatched
         self._data_bytes = 0  # what the data lines of the event being read hold
         self._event = ""
         self._max_event = max_event_bytes
+        self._cr = False  # a CR was seen: every later read takes the general path
         self.comments = 0
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
@@ -53,6 +57,43 @@ class SSEParser:
         Linear in the bytes fed: a long line arriving in many reads is searched
         once, not once per read (image-bearing events run to megabytes).
         """
+        if self._cr or b"\r" in chunk:
+            if not self._cr:
+                self._cr = True
+                self._scanned = len(self._buffer)  # what the fast path kept holds no line end
+            return self._feed_any(chunk)
+        # LF only, as every provider sends: one split per read, no regex.
+        buffer = self._buffer
+        if b"\n" not in chunk:
+            buffer += chunk
+            if len(buffer) + self._data_bytes > self._max_event:
+                raise self._too_large()
+            return []
+        lines = (bytes(buffer) + chunk if buffer else chunk).split(b"\n")
+        rest = lines.pop()
+        self._buffer = bytearray(rest)
+        events: list[SSEEvent] = []
+        for line in lines:
+            if not line:
+                data = self._data
+                if data:
+                    events.append(SSEEvent(b"\n".join(data).decode("utf-8", "replace"), self._event or "message"))
+                    self._data = []
+                    self._data_bytes = 0
+                self._event = ""
+            elif line.startswith(b"data:"):
+                self._data.append(line[6:] if line[5:6] == b" " else line[5:])
+                self._data_bytes += len(line)
+                if self._data_bytes > self._max_event:
+                    raise self._too_large()
+            else:
+                self._line(line)
+        if len(rest) + self._data_bytes > self._max_event:
+            raise self._too_large()
+        return events
+
+    def _feed_any(self, chunk: bytes) -> list[SSEEvent]:
+        """Any line ends (LF, CRLF, a lone CR), a CRLF possibly split across reads."""
         buffer = self._buffer
         buffer += chunk
         events: list[SSEEvent] = []
@@ -89,15 +130,14 @@ class SSEParser:
         if raw[:1] == b":":
             self.comments += 1
             return None
-        line = raw.decode("utf-8", errors="replace")
-        field, sep, value = line.partition(":")
-        if sep and value.startswith(" "):
+        field, sep, value = raw.partition(b":")
+        if sep and value.startswith(b" "):
             value = value[1:]
-        if field == "data":
+        if field == b"data":
             self._data.append(value)
             self._data_bytes += len(raw)
-        elif field == "event":
-            self._event = value
+        elif field == b"event":
+            self._event = value.decode("utf-8", errors="replace")
         # ``id`` and ``retry`` are legal but mean nothing to a one-shot stream.
         return None
 
@@ -105,7 +145,7 @@ class SSEParser:
         if not self._data:
             self._event = ""
             return None
-        event = SSEEvent("\n".join(self._data), self._event or "message")
+        event = SSEEvent(b"\n".join(self._data).decode("utf-8", errors="replace"), self._event or "message")
         self._data = []
         self._data_bytes = 0
         self._event = ""

@@ -7,7 +7,6 @@ result closes the connection so the provider stops generating.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from typing import Any
 from typing import Protocol as TypingProtocol
@@ -21,8 +20,9 @@ from twisted.web.iweb import IResponse
 from zope.interface import implementer
 
 from ollama_proxy.errors import UpstreamStreamError
-from ollama_proxy.providers.interfaces import IUpstreamStream
+from ollama_proxy.providers.interfaces import IBatchedUpstreamStream
 from ollama_proxy.providers.sse import MAX_EVENT_BYTES, SSEEvent, SSEParser, SSEProtocolError
+from ollama_proxy.wire.fastjson import loads
 
 EventSink = Callable[[dict[str, Any]], None]
 # Turns one upstream JSON object into the OpenAI chunks it means (maybe none):
@@ -51,7 +51,7 @@ class _SSEBodyReader(Protocol):
         self._stream._lost(reason)
 
 
-@implementer(IUpstreamStream)
+@implementer(IBatchedUpstreamStream)
 class SSEStream:
     """An upstream response whose body is an SSE stream of JSON events."""
 
@@ -72,6 +72,8 @@ class SSEStream:
         self._parser: BodyParser = parser if parser is not None else SSEParser()
         self._decode = decode
         self._sink: EventSink | None = None
+        self._batch_end: Callable[[], None] | None = None
+        self._deadline = 0.0
         self._reader: _SSEBodyReader | None = None
         self._idle: IDelayedCall | None = None
         self._finished: Deferred[None] | None = None
@@ -83,7 +85,11 @@ class SSEStream:
 
     # -- IUpstreamStream ----------------------------------------------------
     def deliver(self, on_event: EventSink) -> Deferred[None]:
+        return self.deliver_batched(on_event, None)
+
+    def deliver_batched(self, on_event: EventSink, on_batch_end: Callable[[], None] | None) -> Deferred[None]:
         self._sink = on_event
+        self._batch_end = on_batch_end
         self._finished = Deferred(canceller=lambda _: self.stopProducing())
         self._reader = _SSEBodyReader(self)
         self._arm()
@@ -118,8 +124,11 @@ class SSEStream:
         return getattr(self._reader, "transport", None)
 
     def _arm(self) -> None:
-        self._disarm()
-        self._idle = self._clock.callLater(self._idle_timeout, self._timed_out)
+        # Every read moves the deadline; the timer itself is only rescheduled when it
+        # fires early (cancelling and re-creating it per read cost more than the read).
+        self._deadline = self._clock.seconds() + self._idle_timeout
+        if self._idle is None:
+            self._idle = self._clock.callLater(self._idle_timeout, self._timed_out)
 
     def _disarm(self) -> None:
         if self._idle is not None and self._idle.active():
@@ -128,6 +137,10 @@ class SSEStream:
 
     def _timed_out(self) -> None:
         self._idle = None
+        remaining = self._deadline - self._clock.seconds()
+        if remaining > 0:
+            self._idle = self._clock.callLater(remaining, self._timed_out)
+            return
         self._fail(UpstreamStreamError(f"{self._label} stream stalled: no data for {self._idle_timeout:g} seconds"))
 
     def _fail(self, error: Exception) -> None:
@@ -150,6 +163,8 @@ class SSEStream:
             if self._stopped:
                 return
             self._event(event.data)
+        if events and self._batch_end is not None and not self._stopped:
+            self._batch_end()
 
     def _event(self, data: str) -> None:
         if data.strip() == "[DONE]":
@@ -160,7 +175,7 @@ class SSEStream:
                 self._finished.callback(None)
             return
         try:
-            obj = json.loads(data)
+            obj = loads(data)
         except ValueError:
             self._fail(UpstreamStreamError(f"{self._label} sent an event that is not JSON"))
             return

@@ -13,6 +13,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from ollama_proxy.wire.fastjson import dumps_compact_or_none
+
 NDJSON = b"application/x-ndjson"
 EVENT_STREAM = b"text/event-stream"
 SSE_DONE = b"data: [DONE]\n\n"
@@ -41,7 +43,11 @@ def dumps(obj: Any) -> bytes:
 
 
 def compact(obj: Any) -> bytes:
-    """``obj`` as compact UTF-8 JSON."""
+    """``obj`` as compact UTF-8 JSON (one line, one event per streamed token: msgspec
+    where it writes the stdlib's bytes, see :mod:`ollama_proxy.wire.fastjson`)."""
+    fast = dumps_compact_or_none(obj)
+    if fast is not None:
+        return fast
     return utf8(json.dumps(obj, separators=(",", ":"), ensure_ascii=False))
 
 

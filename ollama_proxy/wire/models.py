@@ -90,10 +90,27 @@ def parameter_size_of(model_id: str) -> str:
     return f"{match.group(1)}{match.group(2).upper()}"
 
 
+_last_second: list[Any] = [None, ""]  # the whole second formatted last, and its text
+
+
 def rfc3339(seconds: float) -> str:
-    """UTC timestamp as Ollama writes it, with fractional seconds and a ``Z``."""
-    moment = datetime.fromtimestamp(seconds, tz=UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%f") + "Z"
+    """UTC timestamp as Ollama writes it, with fractional seconds and a ``Z``.
+
+    Every streamed line carries one, so the date and time of day are formatted once
+    per second and only the microseconds per call (rounded as ``datetime`` rounds).
+    """
+    whole = int(seconds)
+    micro = round((seconds - whole) * 1e6)
+    if micro >= 1_000_000:
+        whole += 1
+        micro -= 1_000_000
+    elif micro < 0:  # before 1970: the slow way
+        return datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%f") + "Z"
+    cached = _last_second
+    if cached[0] != whole:
+        cached[1] = datetime.fromtimestamp(whole, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        cached[0] = whole
+    return f"{cached[1]}.{micro:06d}Z"
 
 
 def details(model: UpstreamModel) -> dict[str, Any]:
