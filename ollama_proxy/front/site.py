@@ -108,8 +108,10 @@ class LimitedRequest(Request):
 class LimitedChannel(HTTPChannel):
     """An HTTP channel whose header limits (size and time) come from its site, answered with JSON."""
 
+    site: ProxySite  # set by the site that built the channel
     _header_timer: IDelayedCall | None = None
     _partial_request = False  # bytes of a request whose headers are not complete yet
+    _silenced = False  # answered and closing: whatever else the client sends is ignored
 
     def connectionMade(self) -> None:
         limit = getattr(self.site, "max_header_bytes", DEFAULT_MAX_HEADER_BYTES)
@@ -142,6 +144,7 @@ class LimitedChannel(HTTPChannel):
         self._header_timer = None
         if self._partial_request:
             timeout = self.site.header_timeout
+            assert self.transport is not None
             self.transport.write(
                 _json_answer(
                     b"408 Request Timeout",
@@ -152,10 +155,12 @@ class LimitedChannel(HTTPChannel):
                 )
             )
         # Nothing of a next request came: an idle kept-alive connection, closed quietly.
-        self.dataReceived = self.lineReceived = lambda *args: None  # type: ignore[method-assign]
+        self._silenced = True
         self.loseConnection()
 
     def dataReceived(self, data: bytes) -> None:
+        if self._silenced:
+            return
         if self._header_timer is not None:
             self._partial_request = True
         super().dataReceived(data)
@@ -185,6 +190,8 @@ class LimitedChannel(HTTPChannel):
         super().requestDone(request)
 
     def lineReceived(self, line: bytes) -> None:
+        if self._silenced:
+            return
         # The same sum HTTPChannel keeps; checked first to answer 431 rather than a bare 400.
         if getattr(self, "_receivedHeaderSize", 0) + len(line) > self.totalHeadersSize:
             self._refuse_headers()
@@ -196,6 +203,7 @@ class LimitedChannel(HTTPChannel):
 
     def _refuse_headers(self) -> None:
         self._headers_arrived()
+        assert self.transport is not None
         self.transport.write(
             _json_answer(
                 b"431 Request Header Fields Too Large",
@@ -205,7 +213,7 @@ class LimitedChannel(HTTPChannel):
                 },
             )
         )
-        self.dataReceived = self.lineReceived = lambda *args: None  # type: ignore[method-assign]
+        self._silenced = True
         self.loseConnection()
 
 

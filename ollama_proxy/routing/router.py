@@ -338,10 +338,10 @@ class Router:
                     offers = [(slot, model)]
         if not offers:
             raise ModelNotFound(name)
-        allowed = [(slot, model) for slot, model in offers if self.filter.allows_model(model)]
-        if not allowed:
+        permitted = [(slot, model) for slot, model in offers if self.filter.allows_model(model)]
+        if not permitted:
             raise ModelForbidden(name)
-        return [Target(slot, model, name, fallback) for slot, model in allowed]
+        return [Target(slot, model, name, fallback) for slot, model in permitted]
 
     # -- health -----------------------------------------------------------------------
     def blockers(self) -> list[str]:
