@@ -378,7 +378,7 @@ async def test_socket_activation_uses_the_inherited_listener(simulator, notify, 
     listener.close()  # the daemon holds it now
     ready = await first_of(notify.wait_for("READY", "1"), _died(daemon))
     assert ready["STATUS"] == f"listening on 127.0.0.1:{port}"
-    assert (await http("GET", f"http://127.0.0.1:{port}/api/version")).json() == {"version": "0.12.6"}
+    assert (await http("GET", f"http://127.0.0.1:{port}/api/version")).json() == {"version": "0.14.3"}
     daemon.signal(signal.SIGTERM)
     assert await daemon.wait_ended() == 0
 

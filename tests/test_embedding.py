@@ -58,7 +58,7 @@ async def test_mounted_under_a_prefix_next_to_another_resource(simulator):
         other = await http("GET", base + "/status")
         assert other.code == 200 and other.body == b"host is fine"
         assert (await http("GET", base + "/ollama/")).body == b"Ollama is running"
-        assert (await http("GET", base + "/ollama/api/version")).json() == {"version": "0.12.6"}
+        assert (await http("GET", base + "/ollama/api/version")).json() == {"version": "0.14.3"}
         missing = await http("GET", base + "/ollama/api/nothing")
         assert missing.code == 404 and missing.json()["error"] == "no such endpoint: /ollama/api/nothing"
 

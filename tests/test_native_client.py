@@ -21,7 +21,7 @@ def client(proxy):
 async def test_version_list_show_and_ps(proxy):
     # The client has no version call: raw HTTP, as the CLI and integrations do it.
     r = await http("GET", proxy.url + "/api/version")
-    assert r.code == 200 and r.json()["version"] == "0.12.6"
+    assert r.code == 200 and r.json()["version"] == "0.14.3"
     c = client(proxy)
     listing = await in_thread(c.list)
     names = [m.model for m in listing.models]

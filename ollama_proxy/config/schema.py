@@ -28,7 +28,7 @@ from ollama_proxy.config.explain import explain
 
 DEFAULT_OPENROUTER_URL = "https://openrouter.ai/api/v1"
 # VS Code Copilot refuses servers below 0.6.4; Open WebUI and others compare too.
-DEFAULT_OLLAMA_VERSION = "0.12.6"
+DEFAULT_OLLAMA_VERSION = "0.14.3"
 ProviderType = Literal["openrouter", "openai", "anthropic", "ollama", "echo"]
 PROVIDER_TYPES: tuple[str, ...] = get_args(ProviderType)
 
