@@ -29,7 +29,7 @@ class IUpstreamStream(Interface):
 class IBatchedUpstreamStream(IUpstreamStream):
     """A stream that can tell where one network read's events end."""
 
-    def deliver_batched(on_event, on_batch_end):  # type: ignore[no-untyped-def]
+    def deliver_batched(on_event, on_batch_end):
         """As :meth:`IUpstreamStream.deliver`, and ``on_batch_end()`` after the events
         of each read: a consumer writes them to its client at once, not one by one."""
 
