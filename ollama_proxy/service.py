@@ -142,6 +142,7 @@ class ProxyService(MultiService):
             reactor=reactor,
             clock=clock,
         )
+        self.site.on_refusal = self.gate.refused
 
         for index, description in enumerate(config.listen):
             listener = ListenerService(description, self.site, reactor)

@@ -9,6 +9,7 @@ HTML page is a JSON 500 in the route's dialect.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import quote
@@ -16,17 +17,21 @@ from urllib.parse import quote
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
+from twisted.internet.task import Clock
 from twisted.logger import Logger, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from ollama_proxy.config.ops import AuthConfig, OpsConfig
+from ollama_proxy.config.ops import AuthConfig, LimitsConfig, OpsConfig
 from ollama_proxy.front.record import RequestRecord
 from ollama_proxy.front.site import make_site
 from ollama_proxy.ops.logs import daemon_observer, event_as_json, log_access
 from ollama_proxy.ops.redaction import Redactor
+from ollama_proxy.service import makeService
 
+from .conftest import base_config
+from .test_hardening_connections import connect
 from .test_limits import raw
 
 FORGED = "\n2026-01-01T00:00:00+0000 [ollama_proxy.access#info] POST /api/chat 200 1.0ms id=FORGED\rX"
@@ -175,3 +180,33 @@ async def test_a_failure_twisted_would_render_as_html_is_json_in_the_dialect(pat
     error = json.loads(body)["error"]
     assert (error["message"] if path.startswith("/v1/") else error) == "Internal server error"
     assert b"internal detail" not in body and b"<html>" not in body
+
+
+# -- 5: a request refused before it was parsed still gets its access line -------------------------
+@pytest.fixture
+def clocked_site(simulator: Any) -> Any:
+    clock = Clock()
+    limits = LimitsConfig(header_timeout=10, max_connections=1, max_header_bytes=4096)
+    site = makeService(replace(base_config(simulator), ops=OpsConfig(limits=limits)), reactor, clock=clock).site
+    return site, clock
+
+
+def test_refusals_at_the_channel_get_one_access_line_each(clocked_site, access_events):
+    site, clock = clocked_site
+    slow, transport = connect(site)
+    slow.dataReceived(b"GET /api/version HTTP/1.1\r\nHo")
+    clock.advance(10.1)  # 408: the headers missed their deadline
+    assert transport.value().startswith(b"HTTP/1.1 408 ")
+    slow.connectionLost(None)
+    big, transport = connect(site)
+    big.dataReceived(b"GET /api/version HTTP/1.1\r\nX-Big: " + b"a" * 5000 + b"\r\n")  # 431
+    assert transport.value().startswith(b"HTTP/1.1 431 ")
+    big.connectionLost(None)
+    connect(site)  # the one connection allowed
+    _, refused = connect(site)  # 503: past the cap
+    assert refused.value().startswith(b"HTTP/1.1 503 ")
+    assert [(e["status"], e["client"], e["method"], e["path"]) for e in access_events] == [
+        (408, "127.0.0.1", "-", "-"),
+        (431, "127.0.0.1", "-", "-"),
+        (503, "127.0.0.1", "-", "-"),
+    ]

@@ -169,6 +169,24 @@ class Gate:
             except Exception:  # noqa: BLE001 - bookkeeping must never break a response
                 log.failure("recording request {request_id} failed", request_id=record.request_id)
 
+    def refused(self, status: int, peer: Any) -> None:
+        """The access line (and metrics) of a request the channel refused before it was
+        parsed (431, 408, 503 at the connection cap): its method and path are unknown."""
+        now = self.clock.seconds()
+        record = RequestRecord(
+            request_id=self._new_id(),
+            method="-",
+            path="-",
+            client=getattr(peer, "host", None) or "-",
+            started=now,
+            finished=now,
+            status=status,
+        )
+        if self.metrics is not None:
+            self.metrics.observe(record)
+        if self.access_log:
+            log_access(record)
+
     def render(self, request: Any, inner: IResource) -> Any:
         record = self._open(request)
         try:

@@ -16,6 +16,7 @@ the body length itself, and the other limits are that Site's.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
 
@@ -145,6 +146,7 @@ class LimitedChannel(HTTPChannel):
         if self._partial_request:
             timeout = self.site.header_timeout
             assert self.transport is not None
+            self.site.refused(408, self.transport.getPeer())
             self.transport.write(
                 _json_answer(
                     b"408 Request Timeout",
@@ -204,6 +206,7 @@ class LimitedChannel(HTTPChannel):
     def _refuse_headers(self) -> None:
         self._headers_arrived()
         assert self.transport is not None
+        self.site.refused(431, self.transport.getPeer())
         self.transport.write(
             _json_answer(
                 b"431 Request Header Fields Too Large",
@@ -220,11 +223,13 @@ class LimitedChannel(HTTPChannel):
 class _Refused(Protocol):
     """What a connection past ``max_connections`` gets: a 503 it can read, then the close."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, site: ProxySite) -> None:
         self.limit = limit
+        self.site = site
 
     def connectionMade(self) -> None:
         assert self.transport is not None
+        self.site.refused(503, self.transport.getPeer())
         self.transport.write(
             _json_answer(
                 b"503 Service Unavailable",
@@ -248,6 +253,7 @@ class ProxySite(Site):
     max_connections = DEFAULT_MAX_CONNECTIONS
     connections = 0
     _refusals_logged = 0
+    on_refusal: Callable[[int, Any], None] | None = None
 
     def __init__(self, *args: Any, clock: IReactorTime | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -263,8 +269,18 @@ class ProxySite(Site):
                     limit=self.max_connections,
                 )
             self._refusals_logged += 1
-            return _Refused(self.max_connections)
+            return _Refused(self.max_connections, self)
         return super().buildProtocol(addr)
+
+    def refused(self, status: int, peer: Any) -> None:
+        """A request refused before it became one (431, 408, 503 at the connection cap):
+        ``on_refusal`` (the front door's) still gives it its access line."""
+        if self.on_refusal is None:
+            return
+        try:
+            self.on_refusal(status, peer)
+        except Exception:  # noqa: BLE001 - bookkeeping must never stop the refusal
+            log.failure("recording a refused request failed")
 
     def connection_opened(self) -> None:
         self.connections += 1
