@@ -14,7 +14,8 @@ from twisted.internet import reactor as global_reactor
 from ollama_proxy.config.providers import RoutingConfig
 from ollama_proxy.config.settings import Timeouts
 from ollama_proxy.errors import BadRequest, UpstreamError, UpstreamStreamError
-from ollama_proxy.providers.anthropic import AnthropicDecoder, AnthropicProvider, messages_request, model_from
+from ollama_proxy.providers.anthropic import AnthropicProvider
+from ollama_proxy.wire.anthropic_upstream import AnthropicDecoder, messages_request, model_from
 
 from .conftest import http, in_thread
 from .multi import ANTHROPIC_KEY, provider
