@@ -7,8 +7,13 @@ import json
 import anthropic
 import pytest
 import pytest_twisted
+from twisted.internet.task import Clock
 
-from .conftest import http, in_thread
+from ollama_proxy.api.messages import PING_INTERVAL
+from ollama_proxy.config.settings import Timeouts
+
+from .conftest import LineReader, http, in_thread
+from .multi import turn
 
 WEATHER = {
     "name": "get_weather",
@@ -117,3 +122,34 @@ async def test_both_surfaces_are_counted_and_logged(proxy, access_events):
         assert line["tokens_in"] > 0 and line["tokens_out"] > 0
     metrics = (await http("GET", proxy.url + "/metrics")).json()
     assert "/v1/messages" in json.dumps(metrics) and "/v1/responses" in json.dumps(metrics)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_silent_stream_gets_pings(make_multi, simulator):
+    clock = Clock()
+    proxy = make_multi([], clock=clock, timeouts=Timeouts(connect=5, response=10, idle=600))
+    reader = LineReader()
+    body = {"model": "sim/hold", "max_tokens": 20, "stream": True, "messages": [{"role": "user", "content": "a b"}]}
+    await reader.connect(proxy.port, "/v1/messages", body)
+    await simulator.wait_for_hold()
+    head = await reader.wait_for_lines(8)  # message_start, ping, the text block's start and first delta
+    assert [line.split(b": ", 1)[1] for line in head[::2]] == [
+        b"message_start",
+        b"ping",
+        b"content_block_start",
+        b"content_block_delta",
+    ]
+    clock.advance(PING_INTERVAL - 1)
+    assert len(reader.lines) == 8
+    clock.advance(1)
+    assert (await reader.wait_for_lines(10))[8:] == [b"event: ping", b'data: {"type":"ping"}']
+    clock.advance(PING_INTERVAL)
+    await reader.wait_for_lines(12)
+    simulator.release_holds()
+    while reader.lines[-1] != b'data: {"type":"message_stop"}':
+        await reader.wait_for_lines(len(reader.lines) + 1)
+    count = len(reader.lines)
+    clock.advance(PING_INTERVAL * 3)  # the stream is over: no more pings
+    await turn()
+    assert len(reader.lines) == count
+    reader.hang_up()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from twisted.internet.interfaces import IDelayedCall
 from twisted.web.iweb import IRequest
 
 from ollama_proxy.api.pipeline import ChatCall, Pipeline
@@ -24,6 +25,8 @@ from ollama_proxy.wire.anthropic_request import check_count_request, estimate_to
 
 # Carries the client's anthropic-beta header beside a native body, to the relay.
 _BETA_KEY = "x-anthropic-beta"
+# Seconds of silence in a started stream before a ping event is sent.
+PING_INTERVAL = 10.0
 
 
 class _Native:
@@ -37,9 +40,35 @@ class _Native:
 
 
 class MessagesEventRelay(NamedEventRelay):
-    """The Messages stream, in Anthropic's error dialect."""
+    """The Messages stream, in Anthropic's error dialect, with a ``ping`` whenever it has
+    been silent for :attr:`ping_interval` seconds (as Anthropic's API sends them): a
+    long silent thought upstream must not look like a dead connection to the client or
+    to a reverse proxy between them."""
 
     dialect = ANTHROPIC
+    ping_interval = PING_INTERVAL
+    _ping: IDelayedCall | None = None
+
+    async def stream(self, body: dict[str, Any]) -> None:
+        try:
+            await super().stream(body)
+        finally:
+            if self._ping is not None and self._ping.active():
+                self._ping.cancel()
+            self._ping = None
+
+    def _write(self, line: bytes) -> None:
+        super()._write(line)
+        if not (self.started_output and self._connected):
+            return
+        if self._ping is not None and self._ping.active():
+            self._ping.reset(self.ping_interval)
+        else:
+            self._ping = self._clock.callLater(self.ping_interval, self._send_ping)
+
+    def _send_ping(self) -> None:
+        self._ping = None
+        self._write(self._encode({"type": "ping"}))
 
 
 class NativeAnswerRelay(_Native, ChatRelay):
