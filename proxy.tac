@@ -12,11 +12,12 @@ from twisted.internet import reactor
 from ollama_proxy.config.settings import load_config
 from ollama_proxy.ops.daemon import DaemonService
 from ollama_proxy.service import makeService
-from ollama_proxy.tap import tac_observer
+from ollama_proxy.tap import tac_foreground, tac_observer
 
 listen = os.environ.get("OLLAMA_PROXY_LISTEN", "").split()
 load = functools.partial(load_config, listen=listen or None)
 config = load()
 proxy = makeService(config, reactor)
 application = Application("ollama-proxy")
-DaemonService(proxy, reactor, load, log_observer=tac_observer(config, proxy.redactor, reactor)).setServiceParent(application)
+observer = tac_observer(config, proxy.redactor, reactor)
+DaemonService(proxy, reactor, load, log_observer=observer, foreground=tac_foreground()).setServiceParent(application)

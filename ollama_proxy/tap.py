@@ -73,17 +73,29 @@ def observer_for(twistd: Any, log_format: str | None, config: Any, redactor: Any
     )
 
 
-def tac_observer(config: Any, redactor: Any, reactor: Any, argv: list[str] | None = None) -> Any:
-    """For ``proxy.tac``: a .tac file is not given twistd's options, so read them
-    from the command line the way twistd did, and log as the plugin does."""
+def _twistd_options(argv: list[str] | None) -> Any:
+    """twistd's options read from the command line the way twistd read them (a .tac file
+    is not given them)."""
     from twisted.scripts.twistd import ServerOptions
 
     twistd = ServerOptions()
     try:
         twistd.parseOptions((argv if argv is not None else sys.argv)[1:])
     except usage.UsageError:
-        twistd = {"nodaemon": True}  # type: ignore[assignment]
+        return {"nodaemon": True}
+    return twistd
+
+
+def tac_observer(config: Any, redactor: Any, reactor: Any, argv: list[str] | None = None) -> Any:
+    """For ``proxy.tac``: log as the plugin does, for the options twistd was given."""
+    twistd = _twistd_options(argv)
     return observer_for(twistd, os.environ.get("OLLAMA_PROXY_LOG_FORMAT"), config, redactor, reactor)
+
+
+def tac_foreground(argv: list[str] | None = None) -> bool:
+    """For ``proxy.tac``: whether twistd runs in the foreground (``-n``), which decides how
+    a start-up failure is reported (see :class:`~ollama_proxy.ops.daemon.DaemonService`)."""
+    return bool(_twistd_options(argv).get("nodaemon"))
 
 
 def makeService(options: Any) -> DaemonService:

@@ -143,6 +143,29 @@ async def test_a_port_in_use_is_reported_by_a_daemonizing_twistd(simulator, runn
         await taken.stopListening()
 
 
+@pytest.mark.parametrize("foreground", [True, False])
+@pytest_twisted.ensureDeferred
+async def test_a_port_in_use_stops_proxy_tac_with_its_reason(simulator, running, tmp_path, foreground):
+    taken = reactor.listenTCP(0, Site(Resource()), interface="127.0.0.1")
+    try:
+        port = taken.getHost().port
+        env = {**upstream_env(simulator), "OLLAMA_PROXY_LISTEN": f"tcp:{port}:interface=127.0.0.1"}
+        where = ["-n", "--pidfile="] if foreground else ["--pidfile", str(tmp_path / "p.pid")]
+        proc = daemon.Daemon.spawn(
+            [*where, "--logfile", str(tmp_path / "p.log"), "-y", str(daemon.ROOT / "proxy.tac")], env, tmp_path
+        )
+        running.append(proc)
+        assert await proc.wait_ended() == 1
+        log = (tmp_path / "p.log").read_text()
+        assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in log and "OLLAMA_HOST" in log
+        if foreground:
+            assert "Traceback" not in log
+        else:  # twistd's parent names the reason, not an empty one
+            assert f"cannot listen on 127.0.0.1:{port}" in proc.text()
+    finally:
+        await taken.stopListening()
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_bad_config_file_stops_start_up_naming_the_key(tmp_path, running):
     bad = tmp_path / "bad.toml"

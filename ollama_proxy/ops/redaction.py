@@ -80,7 +80,11 @@ class Redactor:
 
     def found_in(self, text: str) -> bool:
         """Whether ``text`` holds one of the configured secrets (in any encoding)."""
-        return self._pattern is not None and self._pattern.search(text) is not None
+        if self._pattern is None:
+            return False
+        if _MAY_BE_ENCODED.search(text):
+            return self._pattern.search(text) is not None
+        return any(secret in text for secret in self._secrets)
 
     def redact_value(self, value: Any) -> Any:
         if isinstance(value, str):
