@@ -235,3 +235,27 @@ async def test_demo_provider_answers_both_surfaces_offline():
         assert r.code == 404 and r.json()["error"]["type"] == "not_found_error"
     finally:
         await service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_overloaded_anthropic_is_retried_then_falls_back_through_translation(
+    make_multi, anthropic_sim, simulator
+):
+    routing = RoutingConfig(fallbacks=(("claude-sonnet-4-5", ("google/gemini-pro",)),))
+    proxy = make_multi([provider("claude", "anthropic", anthropic_sim.base_url, ANTHROPIC_KEY)], routing=routing)
+    anthropic_sim.behaviour = "overloaded"
+
+    def streamed():
+        with claude(proxy).messages.stream(
+            model="claude-sonnet-4-5",
+            max_tokens=50,
+            system=[{"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}],
+            messages=[{"role": "user", "content": "hi there"}],
+        ) as stream:
+            return stream.get_final_message()
+
+    message = await in_thread(streamed)
+    assert message.content[0].text == "Echo: hi there" and message.model == "claude-sonnet-4-5"
+    assert len(anthropic_sim.posts("/v1/messages")) == 2  # natively, tried and retried
+    sent = simulator.chat_requests()[-1].body  # then the fallback, as an OpenAI chat body
+    assert sent["model"] == "google/gemini-pro" and sent["messages"][0] == {"role": "system", "content": "Be brief."}
