@@ -22,6 +22,7 @@ from ollama_proxy.config.settings import Config
 from ollama_proxy.front.door import Gate
 from ollama_proxy.front.lifecycle import Lifecycle
 from ollama_proxy.front.site import make_site
+from ollama_proxy.ledger.usage import UsageLedger
 from ollama_proxy.ops.metrics import Metrics
 from ollama_proxy.ops.redaction import Redactor
 from ollama_proxy.ops.stats import Stats
@@ -122,6 +123,10 @@ class ProxyService(MultiService):
         )
         self.gate = Gate(config, self.lifecycle, reactor, self.metrics)
         self.gate.observers.append(self.stats.observe)
+        # The usage ledger: limits before dispatch, one row per finished request.
+        self.ledger = UsageLedger(config, reactor, clock, self.metrics.registry) if config.ledger else None
+        if self.ledger is not None:
+            self.gate.observers.append(self.ledger.observe)
         self.api = OllamaAPI(
             config,
             self.router,
@@ -131,6 +136,7 @@ class ProxyService(MultiService):
             gate=self.gate,
             metrics=self.metrics,
             dispatcher=self.dispatcher,
+            ledger=self.ledger,
         )
         limits = config.ops.limits
         self.site = make_site(
@@ -164,6 +170,11 @@ class ProxyService(MultiService):
         self.health_timer.clock = clock
         self.health_timer.setName("health-check")
         self.health_timer.setServiceParent(self)
+
+        if self.ledger is not None:
+            # Stopped after the drain (see _stop): the requests' rows are queued by then.
+            self.ledger.service.setName("ledger")
+            self.ledger.service.setServiceParent(self)
 
         # One service closes every provider's pool at the stop, including pools of
         # providers a reload replaced (their streams in flight finish first).
@@ -251,6 +262,10 @@ class ProxyService(MultiService):
             config.max_body_bytes, limits.max_header_bytes, limits.header_timeout, limits.max_connections
         )
         self.gate.reconfigure(config)
+        if self.ledger is not None:
+            self.ledger.reconfigure(config)
+        elif config.ledger is not None:
+            log.warn("the [ledger] table was added; the ledger starts at the next restart")
         self.lifecycle.drain_timeout = config.ops.shutdown.drain_timeout
         for timer, step in (
             (self.refresh_timer, config.model_refresh_interval),

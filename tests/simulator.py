@@ -49,6 +49,9 @@ from twisted.web.server import NOT_DONE_YET, Request
 from .simbase import RecordedRequest, SimulatorBase
 
 API_KEY = "sk-or-v1-simulator-secret-0123456789abcdef"
+# USD per token, as every model's listing publishes it.
+PROMPT_PRICE = 0.000001
+COMPLETION_PRICE = 0.000002
 
 
 def _headers_echoed(request: Request, values_only: bool = False) -> str:
@@ -75,7 +78,7 @@ def _model(
         "context_length": context,
         "architecture": {"input_modalities": list(modalities), "output_modalities": ["text"], "modality": "text->text"},
         "supported_parameters": list(params),
-        "pricing": {"prompt": "0.000001", "completion": "0.000002"},
+        "pricing": {"prompt": f"{PROMPT_PRICE:.6f}", "completion": f"{COMPLETION_PRICE:.6f}"},
     }
 
 
@@ -481,8 +484,11 @@ class UpstreamSimulator(SimulatorBase):
             "prompt_tokens": prompt_tokens(messages),
             "completion_tokens": len(words) + len(thoughts),
             "total_tokens": prompt_tokens(messages) + len(words) + len(thoughts),
-            "cost": 0.00001,
         }
+        accounting = body.get("usage")
+        if isinstance(accounting, dict) and accounting.get("include"):
+            # OpenRouter's usage accounting: what the call cost, in USD (list prices here).
+            usage["cost"] = usage["prompt_tokens"] * PROMPT_PRICE + usage["completion_tokens"] * COMPLETION_PRICE
         if not body.get("stream"):
             return self.json(
                 request,

@@ -19,7 +19,7 @@ from ollama_proxy.api.pipeline import ChatCall, Pipeline
 from ollama_proxy.api.routes import Routes, klein_app
 from ollama_proxy.api.v1 import OpenAICompatAPI
 from ollama_proxy.config.settings import Config
-from ollama_proxy.errors import NATIVE, NotImplementedByProxy, dialect_for, json_response
+from ollama_proxy.errors import NATIVE, NotImplementedByProxy, RouteNotFound, dialect_for, json_response
 from ollama_proxy.front.door import Gate, relative_path, visible_to
 from ollama_proxy.front.record import record_of
 from ollama_proxy.ops.metrics import Metrics, wants_prometheus
@@ -61,9 +61,10 @@ class OllamaAPI:
         metrics: Metrics | None = None,
         *,
         dispatcher: Dispatcher | None = None,
+        ledger: Any = None,
     ) -> None:
         self.pipeline = Pipeline(
-            config, router, dispatcher or Dispatcher(RetryPolicy(config.retry), clock), clock, gate
+            config, router, dispatcher or Dispatcher(RetryPolicy(config.retry), clock), clock, gate, ledger
         )
         self.stats = stats
         self.health = health
@@ -193,6 +194,14 @@ class OllamaAPI:
     def ps(self, request: IRequest) -> bytes:
         # A token limited to some models sees only those, whoever else used what.
         return json_response(request, {"models": [e for e in self.running.listing() if visible_to(request, e["name"])]})
+
+    # -- usage (the ledger) ---------------------------------------------------------
+    @route("/api/usage", methods=["GET"])
+    async def usage(self, request: IRequest) -> bytes:
+        ledger = self.pipeline.ledger
+        if ledger is None:
+            raise RouteNotFound("the usage ledger is off: add a [ledger] table to the configuration")
+        return json_response(request, await ledger.report(request.args, record_of(request).principal))
 
     # -- Ollama's OpenAI-compatible API ---------------------------------------------------
     @app.route("/v1", branch=True)

@@ -90,8 +90,11 @@ class Pipeline:
         dispatcher: Dispatcher,
         clock: Any,
         gate: Any = None,
+        ledger: Any = None,
     ) -> None:
         self.config = config
+        # The usage ledger (limits and budgets before dispatch); None without one.
+        self.ledger = ledger
         self.router = router
         self.dispatcher = dispatcher
         self.clock = clock
@@ -124,9 +127,16 @@ class Pipeline:
         return parse_body(raw)
 
     async def route(self, request: IRequest, name: str, purpose: str) -> Route:
-        """Where a request for ``name`` goes; the request's record learns the model."""
+        """Where a request for ``name`` goes; the request's record learns the model.
+
+        A request that will use a model (chat, generate, embed) is counted against
+        its client token's limits first: over one, it is refused (429) before
+        anything goes upstream.
+        """
         record = record_of(request)
         record.model = name
+        if self.ledger is not None and purpose in _METERED:
+            self.ledger.admit(record)
         principal = record.principal
         # A token's model list binds aliases and fallbacks too, not only the name asked for.
         allowed = principal.may_use if principal is not None and principal.models else None
@@ -203,6 +213,10 @@ class Pipeline:
         return Embedded(vectors, tokens, seconds)
 
 
+# Route purposes that use a model upstream, and so count against limits and budgets.
+_METERED = frozenset({"chat", "generate", "embed"})
+
+
 class _LastAttempt:
     """Reads as the translator of the latest attempt (retries make several)."""
 
@@ -218,5 +232,6 @@ def _mark(request: IRequest, target: Target) -> None:
     record = record_of(request)
     record.provider = target.slot.name
     record.upstream_model = target.model.id
+    record.pricing = target.model.pricing
     request.setHeader(b"x-ollama-proxy-provider", target.slot.name.encode("utf-8"))
     request.setHeader(b"x-ollama-proxy-model", target.model.id.encode("utf-8"))

@@ -15,7 +15,9 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ollama_proxy.config.schema import ConfigError, TokenTable
+import msgspec
+
+from ollama_proxy.config.schema import ConfigError, TokenLimits, TokenTable
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -25,12 +27,16 @@ class ClientToken:
     """A client's bearer token, known only by its SHA-256 digest.
 
     ``models`` are globs the token may use (empty: every model); ``name`` is
-    what access logs and per-client limits call its holder.
+    what access logs, the usage ledger and per-client limits call its holder;
+    ``limits`` are its rate limits and budgets; an ``admin`` token reads every
+    token's usage.
     """
 
     sha256: str
     name: str
     models: tuple[str, ...] = ()
+    limits: TokenLimits = TokenLimits()
+    admin: bool = False
 
 
 def token_digest(token: str) -> str:
@@ -71,7 +77,10 @@ def parse_token_lines(text: str, source: str) -> list[ClientToken]:
     """Tokens from a tokens file or credential, one per line.
 
     A line is ``TOKEN`` or ``sha256:HEX``, optionally followed by
-    ``name=NAME`` and ``models=GLOB,GLOB``; ``#`` starts a comment.
+    ``name=NAME``, ``models=GLOB,GLOB``, ``admin=true`` and limits
+    (``requests_per_minute=60``, ``tokens_per_minute=``, ``budget_per_day=5.00``,
+    ``budget_per_month=``);
+    ``#`` starts a comment.
     """
     tokens: list[ClientToken] = []
     for number, raw in enumerate(text.splitlines(), start=1):
@@ -82,6 +91,8 @@ def parse_token_lines(text: str, source: str) -> list[ClientToken]:
         secret, *options = line.split()
         name = None
         models: tuple[str, ...] = ()
+        limits: dict[str, str] = {}
+        admin = False
         for option in options:
             key, sep, value = option.partition("=")
             if not sep or not value:
@@ -90,10 +101,14 @@ def parse_token_lines(text: str, source: str) -> list[ClientToken]:
                 name = value
             elif key == "models":
                 models = tuple(g for g in value.split(",") if g)
+            elif key in TokenLimits.__struct_fields__:
+                limits[key] = value
+            elif key == "admin" and value in ("true", "false"):
+                admin = value == "true"
             else:
                 raise ConfigError(f"{where}: unknown option '{key}'")
         digest = digest_of(secret, where)
-        tokens.append(ClientToken(digest, name or f"token-{digest[:8]}", models))
+        tokens.append(ClientToken(digest, name or f"token-{digest[:8]}", models, _limits(limits, where), admin))
     return tokens
 
 
@@ -114,7 +129,16 @@ def token_from_table(table: TokenTable, where: str, environ: Mapping[str, str]) 
         if secret is None:
             raise ConfigError(f"{where}: credential '{table.credential}' not found in $CREDENTIALS_DIRECTORY")
         digest = token_digest(secret)
-    return ClientToken(digest, table.name or f"token-{digest[:8]}", table.models)
+    own = {field: getattr(table, field) for field in TokenLimits.__struct_fields__}
+    return ClientToken(digest, table.name or f"token-{digest[:8]}", table.models, TokenLimits(**own), table.admin)
+
+
+def _limits(options: Mapping[str, str], where: str) -> TokenLimits:
+    """A tokens-file line's limits, checked as the schema checks the file's."""
+    try:
+        return msgspec.convert(dict(options), TokenLimits, strict=False)
+    except msgspec.ValidationError as error:
+        raise ConfigError(f"{where}: {error}") from None
 
 
 def with_credentials(environ: Mapping[str, str]) -> Mapping[str, str]:

@@ -20,6 +20,7 @@ from ollama_proxy.config.schema import (
     LimitsConfig,
     LogConfig,
     ShutdownConfig,
+    TokenLimits,
     as_written,
 )
 
@@ -43,6 +44,7 @@ class AuthConfig:
 
     enabled: bool = False
     tokens: tuple[ClientToken, ...] = ()
+    default_limits: TokenLimits | None = None  # for tokens without limits of their own
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,6 @@ def parse_ops(file: ConfigFile, environ: Mapping[str, str]) -> OpsConfig:
     # [limits], [log], [shutdown]: as the file declares them.
     return OpsConfig(
         **as_written(OpsConfig, file),
-        auth=AuthConfig(enabled=enabled, tokens=tokens),
+        auth=AuthConfig(enabled=enabled, tokens=tokens, default_limits=file.auth.default_limits),
         cors=CorsConfig(origins=tuple(dict.fromkeys(origins))),
     )

@@ -189,13 +189,31 @@ class ProviderTable(BuiltinProviderTable, frozen=True, kw_only=True):
     type: Annotated[ProviderType | None, default_text("required")] = None
 
 
-class TokenTable(Section, frozen=True, kw_only=True):
-    """One ``[[auth.tokens]]`` entry: a digest or a credential's name, never a plain token."""
+class TokenLimits(Section, frozen=True, kw_only=True):
+    """Rate limits and budgets of one client token (``None``: no limit), counted in
+    the ledger's fixed UTC windows; budgets are in ``[ledger] currency``."""
+
+    requests_per_minute: Count | None = None
+    tokens_per_minute: Count | None = None
+    budget_per_day: NonNegative | None = None
+    budget_per_month: NonNegative | None = None
+
+    def __bool__(self) -> bool:
+        return any(
+            v is not None
+            for v in (self.requests_per_minute, self.tokens_per_minute, self.budget_per_day, self.budget_per_month)
+        )
+
+
+class TokenTable(TokenLimits, frozen=True, kw_only=True):
+    """One ``[[auth.tokens]]`` entry: a digest or a credential's name, never a plain
+    token; its limits (:class:`TokenLimits`) are keys of the same table."""
 
     sha256: str | None = None
     credential: str | None = None
     name: Annotated[str | None, default_text('"token-" and 8 digits of the digest')] = None
     models: Annotated[Strings, default_text("every model")] = ()
+    admin: bool = False  # GET /api/usage shows it every token's usage, not only its own
 
 
 class AuthTable(Section, frozen=True, kw_only=True):
@@ -204,6 +222,8 @@ class AuthTable(Section, frozen=True, kw_only=True):
     enabled: Annotated[bool | None, default_text("true when a token is configured")] = None
     tokens: tuple[TokenTable, ...] = ()
     tokens_file: str | None = None
+    # Limits for every token that sets none of its own (anonymous included when auth is off).
+    default_limits: TokenLimits | None = None
 
 
 class CorsTable(Section, frozen=True, kw_only=True):
@@ -217,6 +237,25 @@ class RefreshTable(Section, frozen=True, kw_only=True):
 
     models_interval: Positive = 300.0
     health_interval: Positive = 60.0
+
+
+class LedgerConfig(Section, frozen=True, kw_only=True):
+    """``[ledger]``: the usage ledger (the table's presence turns it on)."""
+
+    enabled: bool = True
+    # sqlite:///PATH or postgresql://USER@HOST/DB; resolved to a path when loaded.
+    url: Annotated[str | None, default_text("ledger.sqlite3 in the state directory")] = None
+    keep_days: NonNegative = 365.0  # rows older than this are deleted (hourly); 0 keeps them all
+    flush_interval: Positive = 1.0  # seconds between batched writes (and reads of the shared totals)
+    max_queue: Count = 100_000  # rows kept in memory while the database is unreachable
+    currency: Annotated[str, msgspec.Meta(min_length=1)] = "USD"
+
+
+class PriceTable(Section, frozen=True, kw_only=True):
+    """One ``[prices."MODEL"]`` entry: the ledger's currency per million tokens."""
+
+    prompt: NonNegative
+    completion: NonNegative = 0.0
 
 
 class ConfigFile(Section, frozen=True, kw_only=True):
@@ -244,6 +283,8 @@ class ConfigFile(Section, frozen=True, kw_only=True):
     limits: LimitsConfig = LimitsConfig()
     log: LogConfig = LogConfig()
     shutdown: ShutdownConfig = ShutdownConfig()
+    ledger: LedgerConfig | None = None
+    prices: dict[str, PriceTable] = {}
 
 
 @functools.cache

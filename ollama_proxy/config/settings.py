@@ -17,6 +17,7 @@ import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -36,7 +37,9 @@ from ollama_proxy.config.schema import (
     ConfigError,
     ConfigFile,
     FilterConfig,
+    LedgerConfig,
     OpenRouterConfig,
+    PriceTable,
     Timeouts,
     as_written,
     decode,
@@ -84,12 +87,17 @@ class Config:
     retry: RetryConfig = field(default_factory=RetryConfig)
     breaker: BreakerConfig = field(default_factory=BreakerConfig)
     demo: bool = False  # --demo: add the built-in echo provider
+    # [ledger] (None: no ledger) with its url resolved, and [prices] by model.
+    ledger: LedgerConfig | None = None
+    prices: Mapping[str, PriceTable] = field(default_factory=dict)
 
     def secrets(self) -> tuple[str, ...]:
         """Values that must never reach a response or a log line: every provider's key
         (however it was given: in the file, ``key_env``, ``key_file``, a systemd
         credential) and every value of its ``headers`` (``api-key`` = ..., Azure's style)."""
         keys = (self.openrouter.api_key,) + tuple(p.api_key for p in self.providers)
+        if self.ledger is not None and self.ledger.url:
+            keys += (urlsplit(self.ledger.url).password,)
         headers = tuple(value for p in self.providers for _, value in p.headers)
         return tuple(s for s in keys + headers if s)
 
@@ -185,6 +193,28 @@ def _listen(listen: Sequence[str] | None, env: Mapping[str, str], file: ConfigFi
     return file.listen or (DEFAULT_LISTEN,)
 
 
+def state_directory(env: Mapping[str, str]) -> str:
+    """Where the proxy keeps state: systemd's ``StateDirectory=`` (``$STATE_DIRECTORY``),
+    else ``$XDG_STATE_HOME/ollama-proxy``, else ``~/.local/state/ollama-proxy``."""
+    if env.get("STATE_DIRECTORY"):
+        return env["STATE_DIRECTORY"].split(":")[0]
+    base = env.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(base, "ollama-proxy")
+
+
+def _ledger(given: LedgerConfig | None, env: Mapping[str, str]) -> LedgerConfig | None:
+    """``[ledger]`` with its url resolved; None when the table is absent or disabled."""
+    if given is None or not given.enabled:
+        return None
+    url = given.url or "sqlite://" + os.path.join(os.path.abspath(state_directory(env)), "ledger.sqlite3")
+    scheme = url.partition(":")[0].lower()
+    if scheme not in ("sqlite", "postgresql", "postgres"):
+        raise ConfigError("'ledger.url' must start with sqlite:/// or postgresql://")
+    if scheme == "sqlite" and url.removeprefix("sqlite://").removeprefix("sqlite:") in ("", ":memory:"):
+        raise ConfigError("'ledger.url' needs a file: sqlite:///path/to/ledger.sqlite3")
+    return msgspec.structs.replace(given, url=url)
+
+
 def _load_config(
     environ: Mapping[str, str] | None, config_file: str | None, listen: Sequence[str] | None, demo: bool
 ) -> Config:
@@ -198,6 +228,10 @@ def _load_config(
         routing = parse_routing(file, known)
         ops = parse_ops(file, env)
         model_filter = _filter(file.filter)
+        ledger = _ledger(file.ledger, env)
+        limited = ops.auth.default_limits or any(t.limits for t in ops.auth.tokens)
+        if limited and ledger is None:
+            raise ConfigError("per-token limits and budgets need the ledger: add a [ledger] table")
     except ConfigError as error:
         raise ConfigError(f"{path or 'environment'}: {error}") from None
     derived = {
@@ -214,6 +248,8 @@ def _load_config(
         "providers": providers,
         "routing": routing,
         "demo": demo,
+        "ledger": ledger,
+        "prices": dict(file.prices),
     }
     # timeouts, retry, breaker, ollama_version, max_body_bytes: as the file declares them.
     return Config(**(as_written(Config, file) | derived))

@@ -48,6 +48,7 @@ class Principal:
 
     name: str
     models: tuple[str, ...] = ()
+    admin: bool = False  # reads every token's usage (GET /api/usage)
 
     def may_use(self, model: str) -> bool:
         """Globs match the name the client uses, with or without ``:latest``."""
@@ -79,7 +80,7 @@ class Authenticator:
                 match = entry
         if match is None:
             raise Unauthorized("invalid bearer token")
-        return Principal(match.name, match.models)
+        return Principal(match.name, match.models, match.admin)
 
 
 def presented_token(request: Any, path: str) -> bytes | None:

@@ -47,6 +47,12 @@ class RequestRecord:
     finished: float | None = None
     cut_reason: str | None = None
     dialect: ErrorDialect | None = None  # the route's, once one took the request
+    # For the usage ledger: the answering model's published price per (prompt,
+    # completion) token, the cost the provider reported, and the ledger's admission
+    # (set when the request was counted against its token's limits).
+    pricing: tuple[float, float] | None = None
+    cost: float | None = None
+    admission: Any = None
     _cancel: Callable[[], None] | None = field(default=None, repr=False)
     _on_finish: list[Callable[[], None]] = field(default_factory=list, repr=False)
 
@@ -131,6 +137,9 @@ def record_translation(request: Any, translator: Any, clock: Any, stream: bool) 
         record.upstream_seconds += max(0.0, end - timings.started)
         record.first_token = timings.first_token
         record.add_tokens(translator.prompt_tokens, translator.completion_tokens)
+        cost = getattr(translator, "cost", None)
+        if cost is not None:
+            record.cost = cost
 
     record.when_finished(note)
 

@@ -8,6 +8,8 @@ queued since. Over a limit, :meth:`Meter.admit` raises :class:`LimitExceeded`
 stream's tokens and cost count when it ends.
 """
 
+# TokenLimits (re-exported here) is declared with the configuration's schema.
+
 from __future__ import annotations
 
 import math
@@ -15,26 +17,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ollama_proxy.config.schema import TokenLimits
 from ollama_proxy.errors import ProxyError
 from ollama_proxy.ledger.rows import UsageRow
 from ollama_proxy.ledger.store import Snapshot, WindowKey, window_totals
 from ollama_proxy.ledger.windows import PERIODS, Period, window
-
-
-@dataclass(frozen=True)
-class TokenLimits:
-    """One token's limits; None: no limit. Budgets are in the ledger's currency."""
-
-    requests_per_minute: int | None = None
-    tokens_per_minute: int | None = None
-    budget_per_day: float | None = None
-    budget_per_month: float | None = None
-
-    def __bool__(self) -> bool:
-        return any(
-            v is not None
-            for v in (self.requests_per_minute, self.tokens_per_minute, self.budget_per_day, self.budget_per_month)
-        )
 
 
 class LimitExceeded(ProxyError):
@@ -135,7 +122,7 @@ class Meter:
         )
         for period, budget, name in budgets:
             if budget is not None and self.usage(token, period, now)[2] >= budget:
-                message = f"budget exceeded: {budget:.2f} {self.currency} per {period} for token '{token}'"
+                message = f"budget exceeded: {_money(budget)} {self.currency} per {period} for token '{token}'"
                 refusals.append((window(period, now)[1] - now, message, name))
         if refusals:
             # The longest wait: retrying before it ends would be refused again.
@@ -173,3 +160,9 @@ class Meter:
             entry[2] += cost
             if entry[0] == 0:
                 del pending[key]
+
+
+def _money(amount: float) -> str:
+    """``5.00``; a budget below a cent keeps its digits (``0.00001``)."""
+    text = f"{amount:.2f}"
+    return text if float(text) == amount else f"{amount:.10f}".rstrip("0")

@@ -101,7 +101,9 @@ class LedgerStore:
         """Stop the pool's threads and close its connections (once)."""
         if not self.closed:
             self.closed = True
-            self.pool.close()
+            # At the reactor's shutdown the pool closes itself (a trigger it set); not twice.
+            if self.pool.running or self.pool.startID is not None:
+                self.pool.close()
 
     # -- in the pool's threads ------------------------------------------------------
     def _write(self, txn: Any, rows: list[UsageRow], watch: tuple[tuple[Period, int], ...]) -> Snapshot:

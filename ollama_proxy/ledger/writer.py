@@ -73,9 +73,13 @@ class LedgerWriter:
 
     def flush(self) -> Deferred[bool]:
         """Write one batch (or, with nothing queued, read the limits' totals back).
-        Fires True when the database took it, False when it failed (rows kept)."""
+        Fires True when the database took it, False when it failed (rows kept).
+        With a transaction under way, the batch goes after it: rows queued by now
+        were not in that one."""
         if self._busy is not None:
-            return _chain(self._busy)
+            after = _chain(self._busy)
+            after.addCallback(lambda ok: self.flush() if ok else False)
+            return after
         d: Deferred[Any] = succeed(None)
         if not self.migrated:
             d = self.store.migrate()

@@ -133,6 +133,10 @@ class OpenAICompatibleProvider:
         self._require_key()
         if self.strict_openai:
             body = openai_dialect(body)
+        elif self.type == "openrouter":
+            # OpenRouter's usage accounting: the answer's usage then says what the call cost.
+            asked = body.get("usage")
+            body = {**body, "usage": {**(asked if isinstance(asked, Mapping) else {}), "include": True}}
         response = await self._request("POST", "chat/completions", body)
         return SSEStream(response, self._clock, self.timeouts.idle, self.label)
 

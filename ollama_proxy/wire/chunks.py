@@ -121,6 +121,8 @@ class ChunkReader:
         self.finish_reason: str | None = None
         self.prompt_tokens: int | None = None
         self.completion_tokens: int | None = None
+        # What the upstream says the call cost (OpenRouter's usage accounting), if it says.
+        self.cost: float | None = None
         self.tool_calls_sent = 0
         # Characters of content, thinking and tool arguments read so far: what a
         # renderer that gathers the whole answer holds.
@@ -215,6 +217,9 @@ class ChunkReader:
             self.prompt_tokens = prompt
         if isinstance(completion, int):
             self.completion_tokens = completion
+        cost = usage.get("cost")
+        if isinstance(cost, (int, float)) and not isinstance(cost, bool) and cost >= 0:
+            self.cost = float(cost)
 
 
 class ReadsChunks:
@@ -235,6 +240,11 @@ class ReadsChunks:
     @property
     def completion_tokens(self) -> int | None:
         return self.reader.completion_tokens
+
+    @property
+    def cost(self) -> float | None:
+        """The upstream's own figure for what the call cost (None: it gave none)."""
+        return self.reader.cost
 
     def feed(self, chunk: Mapping[str, Any]) -> list[dict[str, Any]]:
         """One upstream chunk in; the objects to send now out (maybe none)."""

@@ -33,6 +33,9 @@ class UpstreamModel:
     embedding: bool = False
     name: str = ""
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    # What the provider's list says one prompt and one completion token cost (OpenRouter's
+    # ``pricing``, USD); None when it publishes no price.
+    pricing: tuple[float, float] | None = field(default=None, compare=False)
 
     @property
     def ollama_name(self) -> str:
@@ -182,4 +185,20 @@ def from_openrouter(entry: dict[str, Any], provider: str, embedding: bool = Fals
         supported_parameters=tuple(str(p) for p in params if isinstance(p, str)),
         embedding=embedding or output == ["embeddings"] or "embedding" in model_id.split("/")[-1],
         name=str(entry.get("name") or ""),
+        pricing=_pricing(entry.get("pricing")),
     )
+
+
+def _pricing(pricing: Any) -> tuple[float, float] | None:
+    """OpenRouter's ``{"prompt": "0.000001", "completion": "0.000002"}`` (strings, per
+    token); a missing or negative figure (``-1``: priced per call by the router) is no price."""
+    if not isinstance(pricing, dict):
+        return None
+    try:
+        prompt = float(pricing.get("prompt"))  # type: ignore[arg-type]
+        completion = float(pricing.get("completion", 0) or 0)
+    except (TypeError, ValueError):
+        return None
+    if not (prompt >= 0 and completion >= 0):
+        return None
+    return prompt, completion
