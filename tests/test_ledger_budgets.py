@@ -71,6 +71,15 @@ async def test_requests_per_minute_refuse_before_upstream_in_each_dialect_and_fr
     v1 = await http("POST", proxy.url + "/v1/chat/completions", {**CHAT, "stream": True}, headers=CI)
     assert v1.code == 429 and v1.header("retry-after") == "45"
     assert v1.json()["error"]["message"] == "rate limit exceeded: 2 requests per minute for token 'ci'"
+    messages = await http(
+        "POST",
+        proxy.url + "/v1/messages",
+        {"model": "google/gemini-pro", "max_tokens": 10, "messages": HELLO},
+        headers={"x-api-key": "ci-secret"},
+    )
+    assert messages.code == 429 and messages.header("retry-after") == "45"
+    assert messages.json()["type"] == "error"
+    assert messages.json()["error"]["message"] == "rate limit exceeded: 2 requests per minute for token 'ci'"
     embed = await http(
         "POST", proxy.url + "/api/embed", {"model": "openai/text-embedding-3-small", "input": "x"}, headers=CI
     )
@@ -83,7 +92,7 @@ async def test_requests_per_minute_refuse_before_upstream_in_each_dialect_and_fr
     proxy.clock.advance(1)
     assert (await http("POST", proxy.url + "/api/chat", CHAT, headers=CI)).code == 200
     metrics = (await http("GET", proxy.url + "/metrics?format=prometheus", headers=CI)).body.decode()
-    assert 'ollama_proxy_limit_refusals_total{limit="requests_per_minute",token="ci"} 4.0' in metrics
+    assert 'ollama_proxy_limit_refusals_total{limit="requests_per_minute",token="ci"} 5.0' in metrics
 
 
 @pytest_twisted.ensureDeferred

@@ -222,3 +222,31 @@ async def test_the_openai_client_reads_through_a_ledgered_proxy(ledgered):
     assert await proxy.ledger.service.writer.flush()
     (row,) = rows(proxy.path).values()
     assert row["completion_tokens"] == answer.usage.completion_tokens and row["token"] == "ci"
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_agent_surfaces_write_their_rows_too(ledgered):
+    proxy = ledgered()
+    message = await http(
+        "POST",
+        proxy.url + "/v1/messages",
+        {"model": "google/gemini-pro", "max_tokens": 50, "messages": HELLO},
+        headers={"x-api-key": "ci-secret", "anthropic-version": "2023-06-01"},
+    )
+    assert message.code == 200, message.body
+    response = await http(
+        "POST", proxy.url + "/v1/responses", {"model": "google/gemini-pro", "input": "hi"}, headers=CI
+    )
+    assert response.code == 200, response.body
+    assert await proxy.ledger.service.writer.flush()
+    written = {r["surface"]: r for r in rows(proxy.path).values()}
+    usage = message.json()["usage"]
+    row = written["/v1/messages"]
+    assert (row["token"], row["prompt_tokens"], row["completion_tokens"]) == (
+        "ci",
+        usage["input_tokens"],
+        usage["output_tokens"],
+    )
+    assert row["cost_source"] == "provider" and row["cost"] > 0
+    row = written["/v1/responses"]
+    assert row["completion_tokens"] == response.json()["usage"]["output_tokens"] and row["cost"] > 0
