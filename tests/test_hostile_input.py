@@ -25,7 +25,7 @@ from ollama_proxy.wire.models import UpstreamModel
 from .conftest import http
 
 NATIVE = ["/api/chat", "/api/generate", "/api/embed", "/api/embeddings", "/api/show"]
-OPENAI = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"]
+OPENAI = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/messages", "/v1/responses"]
 JSON = "application/json; charset=utf-8"
 
 
@@ -33,6 +33,9 @@ def assert_error_in_dialect(response: Any, path: str, status: int) -> str:
     assert response.code == status, (response.code, response.body[:300])
     assert response.header("content-type") == JSON
     body = response.json()
+    if path.startswith("/v1/messages"):  # Anthropic's shape
+        assert body["type"] == "error" and isinstance(body["error"]["message"], str), body
+        return body["error"]["message"]
     if path.startswith("/v1/"):
         assert set(body) == {"error"} and isinstance(body["error"]["message"], str), body
         return body["error"]["message"]
@@ -193,7 +196,9 @@ async def test_double_slashes_are_404_json(proxy, path, method):
     assert "no such endpoint" in assert_error_in_dialect(response, path, 404)
 
 
-@pytest.mark.parametrize("path", ["/api/chat", "/v1/chat/completions", "/api/show", "/v1/embeddings"])
+@pytest.mark.parametrize(
+    "path", ["/api/chat", "/v1/chat/completions", "/api/show", "/v1/embeddings", "/v1/messages", "/v1/responses"]
+)
 @pytest_twisted.ensureDeferred
 async def test_a_lone_surrogate_in_the_body_gets_json_and_an_access_line(proxy, access_events, path):
     raw = b'{"model": "x\\ud800", "messages": [{"role": "user", "content": "hi"}], "input": "a"}'
@@ -203,18 +208,28 @@ async def test_a_lone_surrogate_in_the_body_gets_json_and_an_access_line(proxy, 
     assert line["status"] == 404 and line["model"] == "x\ufffd"
 
 
+SURFACES = {
+    "/api/chat": {"messages": [{"role": "user", "content": "x"}]},
+    "/api/generate": {"prompt": "x"},
+    "/v1/chat/completions": {"messages": [{"role": "user", "content": "x"}]},
+    "/v1/completions": {"prompt": "x"},
+    "/v1/messages": {"messages": [{"role": "user", "content": "x"}], "max_tokens": 50},
+    "/v1/responses": {"input": "x"},
+}
+
+
 @pytest.mark.parametrize("stream", [True, False])
-@pytest.mark.parametrize("path", ["/api/chat", "/v1/chat/completions"])
+@pytest.mark.parametrize("path", list(SURFACES))
 @pytest_twisted.ensureDeferred
 async def test_an_upstream_that_echoes_a_lone_surrogate_gets_valid_utf8(proxy, simulator, access_events, path, stream):
     chunk = {"choices": [{"delta": {"content": "echo \ud800!"}, "finish_reason": None}]}
     done = {"choices": [{"delta": {}, "finish_reason": "stop"}]}
     simulator.raw_stream = b"".join(b"data: " + json.dumps(c).encode() + b"\n\n" for c in (chunk, done))
     simulator.raw_stream += b"data: [DONE]\n\n"
-    body = {"model": "sim/raw", "messages": [{"role": "user", "content": "x"}], "stream": stream}
+    body = {"model": "sim/raw", "stream": stream, **SURFACES[path]}
     response = await http("POST", proxy.url + path, body)
     assert response.code == 200, response.body[:300]
     text = response.body.decode("utf-8")  # strict: the answer is valid UTF-8
     assert "echo \ufffd!" in text.replace("\\ufffd", "\ufffd")
-    assert "error" not in text
+    assert "Internal server error" not in text and '"error": {' not in text and '"error":{' not in text
     assert [e["status"] for e in access_events if e["path"] == path] == [200]
