@@ -12,8 +12,7 @@ from typing import Any
 
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
-from twisted.internet import endpoints
-from twisted.internet.defer import Deferred, ensureDeferred, gatherResults, maybeDeferred
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, gatherResults, maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -21,6 +20,7 @@ from ollama_proxy.api.native import HealthState, OllamaAPI
 from ollama_proxy.config.settings import Config
 from ollama_proxy.front.door import Gate
 from ollama_proxy.front.lifecycle import Lifecycle
+from ollama_proxy.front.listener import ListenerService
 from ollama_proxy.front.site import make_site
 from ollama_proxy.ledger.usage import UsageLedger
 from ollama_proxy.ops.metrics import Metrics
@@ -35,62 +35,6 @@ from ollama_proxy.routing.router import Router
 from ollama_proxy.routing.slots import build_slots
 
 log = Logger()
-
-
-class ListenerService(Service):
-    """Listens on one endpoint string. A failed bind raises from ``startService``,
-    so twistd stops start-up with the reason instead of running deaf."""
-
-    def __init__(self, description: str, factory: Any, reactor: Any) -> None:
-        self.description = description
-        self.factory = factory
-        self.reactor = reactor
-        self.port: Any = None
-        self._listening = False
-
-    def privilegedStartService(self) -> None:
-        # twistd calls this before --uid/--gid shed privileges: a port below 1024 binds here.
-        super().privilegedStartService()
-        self._listen()
-
-    def startService(self) -> None:
-        super().startService()
-        self._listen()
-
-    def _listen(self) -> None:
-        if self._listening:
-            return
-        self._listening = True
-        endpoint = endpoints.serverFromString(self.reactor, self.description)
-        outcome: list[Any] = []
-        d = endpoint.listen(self.factory)
-        d.addBoth(outcome.append)
-        if not outcome:
-            d.addCallback(self._bound)
-            return
-        if isinstance(outcome[0], Failure):
-            self.running = False
-            self._listening = False
-            outcome[0].raiseException()
-        self._bound(outcome[0])
-
-    def _bound(self, port: Any) -> None:
-        self.port = port
-        host = port.getHost()
-        log.info(
-            "listening on {host}:{port} ({description})",
-            host=getattr(host, "host", host),
-            port=getattr(host, "port", ""),
-            description=self.description,
-        )
-
-    def stopService(self) -> Deferred[None] | None:
-        super().stopService()
-        self._listening = False
-        if self.port is None:
-            return None
-        port, self.port = self.port, None
-        return maybeDeferred(port.stopListening)
 
 
 class ProxyService(MultiService):
@@ -158,18 +102,10 @@ class ProxyService(MultiService):
         # Late-bound lambdas: a reload may replace the router.
         self._periodic: set[Deferred[Any]] = set()
         self._explained = False
-        self.refresh_timer = TimerService(config.model_refresh_interval, self._tracked(self._refresh))
-        self.refresh_timer.clock = clock
-        self.refresh_timer.setName("model-refresh")
-        self.refresh_timer.setServiceParent(self)
-
         self.health_checker = HealthChecker(self.router, self.health, clock)
-        self.health_timer = TimerService(
-            config.health_check_interval, self._tracked(lambda: self.health_checker.check())
-        )
-        self.health_timer.clock = clock
-        self.health_timer.setName("health-check")
-        self.health_timer.setServiceParent(self)
+        self._jobs = {"model-refresh": self._refresh, "health-check": lambda: self.health_checker.check()}
+        self.refresh_timer = self._timer("model-refresh", config.model_refresh_interval)
+        self.health_timer = self._timer("health-check", config.health_check_interval)
 
         if self.ledger is not None:
             # Stopped after the drain (see _stop): the requests' rows are queued by then.
@@ -190,19 +126,33 @@ class ProxyService(MultiService):
         self.providers: list[IProvider] = [slot.provider for slot in slots]
         self.catalogue = self.router  # the merged catalogue of every provider
 
-    def _tracked(self, job: Any) -> Any:
-        """A timer's call whose run in progress the stop can cancel (a TimerService
+    def _timer(self, name: str, step: float) -> TimerService:
+        """The periodic job ``name`` every ``step`` seconds on the service's clock."""
+        timer = TimerService(step, self._tracked(name))
+        timer.clock = self.clock
+        timer.setName(name)
+        timer.setServiceParent(self)
+        return timer
+
+    def _tracked(self, name: str) -> Any:
+        """A timer's call that logs its own failure (a TimerService whose call fails
+        stops for good) and whose run in progress the stop can cancel (a TimerService
         waits for it, and a provider that never answers would hold the stop)."""
+        job = self._jobs[name]
+
+        def failed(failure: Failure) -> None:
+            if not failure.check(CancelledError):
+                log.failure("periodic job {name} failed; it runs again at its next tick", failure, name=name)
 
         def call() -> Deferred[Any]:
-            d = ensureDeferred(job())
+            d: Deferred[Any] = maybeDeferred(job)  # a coroutine, or a job that raised at once
             self._periodic.add(d)
 
             def forget(result: Any) -> Any:
                 self._periodic.discard(d)
                 return result
 
-            return d.addBoth(forget)
+            return d.addErrback(failed).addBoth(forget)
 
         return call
 
@@ -267,15 +217,14 @@ class ProxyService(MultiService):
         elif config.ledger is not None:
             log.warn("the [ledger] table was added; the ledger starts at the next restart")
         self.lifecycle.drain_timeout = config.ops.shutdown.drain_timeout
-        for timer, step in (
-            (self.refresh_timer, config.model_refresh_interval),
-            (self.health_timer, config.health_check_interval),
-        ):
-            timer.step = step
-            # TimerService copies its step into its LoopingCall when started; the next tick follows the new one.
-            loop = getattr(timer, "_loop", None)
-            if loop is not None:
-                loop.interval = step
+        # A new interval means a new timer (TimerService fixes its step when it starts);
+        # the new one runs its job at once, then every new interval.
+        if self.refresh_timer.step != config.model_refresh_interval:
+            self.refresh_timer.disownServiceParent()
+            self.refresh_timer = self._timer("model-refresh", config.model_refresh_interval)
+        if self.health_timer.step != config.health_check_interval:
+            self.health_timer.disownServiceParent()
+            self.health_timer = self._timer("health-check", config.health_check_interval)
         self.reload_providers(old, config)
 
     def reload_providers(self, old: Config, new: Config) -> None:

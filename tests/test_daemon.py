@@ -1,5 +1,6 @@
 """The same service tree from `twistd ollama-proxy`, from proxy.tac, and in-process."""
 
+import dataclasses
 import socket
 
 import ollama
@@ -9,6 +10,7 @@ from twisted.application.internet import TimerService
 from twisted.application.service import IServiceCollection, MultiService
 from twisted.internet import reactor
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import Site
@@ -211,6 +213,45 @@ def test_timers_run_on_the_injected_clock_and_survive_failures():
         assert tree.health.healthy is False and "cannot reach OpenRouter" in tree.health.last_error
         assert tree.health.last_check >= 300
         assert "cannot reach OpenRouter" in tree.catalogue.last_error
+    finally:
+        tree.stopService()
+
+
+def test_a_periodic_job_that_raises_is_logged_and_runs_again():
+    memory = MemoryReactorClock()
+    tree = makeService(load_config(environ={}, listen=[]), memory)
+    calls: list[float] = []
+
+    def broken() -> None:
+        calls.append(memory.seconds())
+        raise RuntimeError("a bug in the health check")
+
+    tree.health_checker.check = broken  # type: ignore[method-assign]
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    tree.startService()
+    try:
+        memory.advance(60)
+        memory.advance(60)
+        assert calls == [0, 60, 120] and tree.health_timer.running
+        failures = [e for e in events if "log_failure" in e and e.get("name") == "health-check"]
+        assert len(failures) == 3 and failures[0]["log_failure"].check(RuntimeError)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+        tree.stopService()
+
+
+def test_a_reload_with_a_new_interval_replaces_the_timer():
+    memory = MemoryReactorClock()
+    config = load_config(environ={}, listen=[])
+    tree = makeService(config, memory)
+    tree.startService()
+    try:
+        old = tree.health_timer
+        tree.reconfigure(dataclasses.replace(config, health_check_interval=5))
+        assert old.parent is None and old not in list(tree)  # it stops once its run in progress ends
+        assert tree.getServiceNamed("health-check") is tree.health_timer and tree.health_timer.step == 5
+        assert tree.health_timer.running
     finally:
         tree.stopService()
 

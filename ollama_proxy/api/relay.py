@@ -14,11 +14,9 @@ from __future__ import annotations
 from typing import Any, Protocol, cast
 
 from twisted.internet.defer import CancelledError
-from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from twisted.web.server import Request
-from zope.interface import implementer
 
 from ollama_proxy.errors import JSON, NATIVE, OPENAI, ErrorDialect, UpstreamError, UpstreamStreamError
 from ollama_proxy.front.record import record_of
@@ -72,23 +70,6 @@ class Translator(Protocol):
 MAX_ANSWER_CHARS = 32 * 1024 * 1024
 
 
-@implementer(IPushProducer)
-class _Backpressure:
-    """Registered on the client's request: a full client socket pauses the upstream."""
-
-    def __init__(self, upstream: IUpstreamStream) -> None:
-        self._upstream = upstream
-
-    def pauseProducing(self) -> None:
-        self._upstream.pauseProducing()
-
-    def resumeProducing(self) -> None:
-        self._upstream.resumeProducing()
-
-    def stopProducing(self) -> None:
-        self._upstream.stopProducing()
-
-
 class ChatRelay:
     """One chat or generate request, from opening the upstream to the last line.
 
@@ -131,8 +112,8 @@ class ChatRelay:
     @property
     def _connected(self) -> bool:
         # Klein cancels the handler before our own notifyFinish errback runs, so
-        # ask the request too: after a disconnect its channel is gone.
-        return not self.client_gone and not getattr(self.request, "_disconnected", False)
+        # ask the request too: a disconnect takes its channel away.
+        return not self.client_gone and self.request.channel is not None
 
     def _call_upstream(self, body: dict[str, Any]) -> Any:
         """The provider call that opens the stream (a subclass may speak another API)."""
@@ -161,8 +142,7 @@ class ChatRelay:
     async def stream(self, body: dict[str, Any]) -> None:
         """Streamed: one line per upstream event, then the ``done`` line."""
         upstream = await self._open(body)
-        producer = _Backpressure(upstream)
-        self.request.registerProducer(producer, True)
+        self.request.registerProducer(upstream, True)
         try:
             if IBatchedUpstreamStream.providedBy(upstream):
                 self._pending = []

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.defer import CancelledError, Deferred, succeed
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet import defer
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -123,17 +124,10 @@ class Lifecycle:
 
     async def _wait(self, seconds: float) -> bool:
         """True when nothing is in flight any more, False when ``seconds`` passed first."""
-        idle = self.when_idle()
-        if idle.called:
-            return True
-        timer: IDelayedCall = self.clock.callLater(seconds, idle.cancel)
         try:
-            await idle
-        except CancelledError:
+            await self.when_idle().addTimeout(seconds, self.clock)
+        except defer.TimeoutError:
             return False
-        finally:
-            if timer.active():
-                timer.cancel()
         return True
 
     def cut_all(self, reason: str = SHUTTING_DOWN) -> int:

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+from twisted.internet.interfaces import IPushProducer
 from zope.interface import Attribute, Interface
 
 
-class IUpstreamStream(Interface):
-    """A streamed answer whose status and headers arrived and were a success."""
+class IUpstreamStream(IPushProducer):
+    """A streamed answer whose status and headers arrived and were a success.
+
+    It is the push producer of the client's request it is relayed to: a full client
+    socket pauses the upstream read (``pauseProducing``/``resumeProducing``), and
+    ``stopProducing`` closes the upstream connection now, so the provider stops
+    generating (and billing).
+    """
 
     def deliver(on_event):
         """Call ``on_event(dict)`` for each JSON event as it arrives.
@@ -15,15 +22,6 @@ class IUpstreamStream(Interface):
         :class:`~ollama_proxy.errors.UpstreamStreamError` when it did not. Cancelling
         that Deferred closes the upstream connection.
         """
-
-    def pauseProducing():
-        """Stop reading from the upstream (the client is not keeping up)."""
-
-    def resumeProducing():
-        """Read again."""
-
-    def stopProducing():
-        """Close the upstream connection now: the provider stops generating (and billing)."""
 
 
 class IBatchedUpstreamStream(IUpstreamStream):

@@ -16,7 +16,8 @@ from twisted.internet.error import ConnectError, DNSLookupError
 from twisted.internet.error import TimeoutError as ConnectTimeout
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed, ResponseNeverReceived, _HTTP11ClientFactory
+from twisted.python.failure import Failure
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed, ResponseNeverReceived
 from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
@@ -36,17 +37,11 @@ _MAX_ERROR_TEXT = 500  # characters of a non-JSON error body passed on
 _MAX_BODY = 256 * 1024 * 1024  # a model list or a batch of embeddings, never a stream
 
 
-class _QuietClientFactory(_HTTP11ClientFactory):
-    # Each new upstream connection would log "Starting/Stopping factory" twice.
-    noisy = False
-
-
 def connection_pool(reactor: Any, max_idle: int) -> HTTPConnectionPool:
     """The persistent pool one provider shares across all its requests."""
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = max_idle  # idle connections kept, not a concurrency cap
     pool.retryAutomatically = False  # POSTs are not idempotent: retries are the router's call
-    pool._factory = _QuietClientFactory
     return pool
 
 
@@ -196,29 +191,27 @@ class OpenAICompatibleProvider:
         merged = {**self._headers(data is not None), **(headers or {})}
         sent = Headers({name: [value] for name, value in merged.items()})
         d = self._http.request(method, url, data=data, headers=sent, unbuffered=True)
-        timed_out: list[bool] = []
 
-        def give_up() -> None:
-            timed_out.append(True)
-            d.cancel()
+        def timed_out(result: Any, timeout: float) -> Any:
+            # However the cancelled request failed, the reason is the deadline.
+            if not isinstance(result, Failure):
+                return result
+            return Failure(
+                UpstreamError(self.label, self.type, None, f"no response within {timeout:g} seconds", status=504)
+            )
 
-        timer = self._clock.callLater(self.timeouts.response, give_up)
+        d.addTimeout(self.timeouts.response, self._clock, onTimeoutCancel=timed_out)
         try:
             response = await d
+        except UpstreamError:
+            raise
         except Exception as error:  # noqa: BLE001 - every way of not reaching it becomes one error
-            if timed_out:
-                raise UpstreamError(
-                    self.label, self.type, None, f"no response within {self.timeouts.response:g} seconds", status=504
-                ) from None
             if _cancelled(error):
                 # Our caller gave up (client gone, drain deadline): not the provider's fault.
                 raise CancelledError() from None
             raise UpstreamError(
                 self.label, self.type, None, f"cannot reach {self.label}: {self._describe(error)}"
             ) from None
-        finally:
-            if timer.active():
-                timer.cancel()
         if 200 <= response.code < 300:
             return response
         raise await self._error_from(response)

@@ -313,15 +313,12 @@ def read_body(
     ``truncate`` a longer body is cut at ``limit`` rather than refused.
     """
     reader = _BodyReader(limit, truncate)
-    timer = clock.callLater(
-        timeout, lambda: reader.fail(BodyTimeout(f"the answer did not arrive within {timeout:g} seconds"))
-    )
-
-    def done(result: Any) -> Any:
-        if timer.active():
-            timer.cancel()
-        return result
-
-    reader.finished.addBoth(done)
     response.deliverBody(reader)
-    return reader.finished
+
+    def timed_out(result: Any, timeout: float) -> Any:
+        # Cancelling closed the connection; the reason is the deadline.
+        if not isinstance(result, Failure):
+            return result
+        return Failure(BodyTimeout(f"the answer did not arrive within {timeout:g} seconds"))
+
+    return reader.finished.addTimeout(timeout, clock, onTimeoutCancel=timed_out)

@@ -7,10 +7,11 @@ refused with :class:`Busy`: the 503 Ollama itself answers when it is busy.
 
 from __future__ import annotations
 
-from collections import deque
+from typing import Any
 
-from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.defer import Deferred, DeferredSemaphore, fail
+from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
 
 from ollama_proxy.errors import ServiceUnavailable
 
@@ -28,15 +29,13 @@ class Busy(ServiceUnavailable):
         self.provider = provider
 
 
-class _Waiter:
-    def __init__(self, deferred: Deferred[None], timer: IDelayedCall | None) -> None:
-        self.deferred = deferred
-        self.timer = timer
-
-
 class ConcurrencyLimiter:
     """At most ``max_in_flight`` holders; at most ``max_queue`` waiting, each for
-    at most ``queue_timeout`` seconds on ``clock``."""
+    at most ``queue_timeout`` seconds on ``clock``.
+
+    Twisted's :class:`~twisted.internet.defer.DeferredSemaphore` holds the slots and
+    the first-come-first-served queue; this class bounds the queue and times the wait.
+    """
 
     def __init__(
         self, max_in_flight: int, max_queue: int, queue_timeout: float, clock: IReactorTime, name: str = ""
@@ -46,56 +45,43 @@ class ConcurrencyLimiter:
         self.queue_timeout = queue_timeout
         self.name = name
         self._clock = clock
-        self.in_flight = 0
-        self._queue: deque[_Waiter] = deque()
+        self._slots = DeferredSemaphore(self.max_in_flight)
         self.rejected = 0
 
     @property
+    def in_flight(self) -> int:
+        return self._slots.limit - self._slots.tokens
+
+    @property
     def queued(self) -> int:
-        return len(self._queue)
+        return len(self._slots.waiting)
 
     def has_room(self) -> bool:
         """Would :meth:`acquire` succeed at once?"""
-        return self.in_flight < self.max_in_flight
+        return self._slots.tokens > 0
 
     def queue_has_room(self) -> bool:
-        return self.has_room() or len(self._queue) < self.max_queue
+        return self.has_room() or self.queued < self.max_queue
 
     def acquire(self) -> Deferred[None]:
         """Fires once a slot is held (call :meth:`release` after); fails with :class:`Busy`.
 
         Cancelling the Deferred (the client went away) leaves the queue."""
-        if self.in_flight < self.max_in_flight:
-            self.in_flight += 1
-            return succeed(None)
-        if len(self._queue) >= self.max_queue:
+        if not self.has_room() and self.queued >= self.max_queue:
             self.rejected += 1
             return fail(Busy(self.name))
-        waiter = _Waiter(Deferred(canceller=lambda d: self._leave(waiter)), None)
-        waiter.timer = self._clock.callLater(self.queue_timeout, self._timed_out, waiter)
-        self._queue.append(waiter)
-        return waiter.deferred
+        waiter = self._slots.acquire()
+        if not waiter.called:
+            waiter.addTimeout(self.queue_timeout, self._clock, onTimeoutCancel=self._timed_out)
+        return waiter.addCallback(lambda _: None)
 
     def release(self) -> None:
         """Give the slot back; the longest waiter gets it."""
-        while self._queue:
-            waiter = self._queue.popleft()
-            if waiter.timer is not None and waiter.timer.active():
-                waiter.timer.cancel()
-            if not waiter.deferred.called:
-                waiter.deferred.callback(None)  # the slot passes on: in_flight is unchanged
-                return
-        self.in_flight = max(0, self.in_flight - 1)
+        if self.in_flight > 0:
+            self._slots.release()
 
-    def _leave(self, waiter: _Waiter) -> None:
-        if waiter in self._queue:
-            self._queue.remove(waiter)
-        if waiter.timer is not None and waiter.timer.active():
-            waiter.timer.cancel()
-
-    def _timed_out(self, waiter: _Waiter) -> None:
-        waiter.timer = None
-        if waiter in self._queue:
-            self._queue.remove(waiter)
-            self.rejected += 1
-            waiter.deferred.errback(Busy(self.name))
+    def _timed_out(self, result: Any, timeout: float) -> Any:
+        if not isinstance(result, Failure):
+            return result  # the slot came just as the wait ran out
+        self.rejected += 1
+        return Failure(Busy(self.name))
