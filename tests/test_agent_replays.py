@@ -160,6 +160,10 @@ async def test_claude_code_session(make_proxy, simulator):
     assert all(name == data["type"] for name, data in stream)
     start = next(d for n, d in stream if n == "content_block_start" and d["content_block"]["type"] == "tool_use")
     tool_use = start["content_block"]
+    fragments = [
+        d["delta"]["partial_json"] for n, d in stream if n == "content_block_delta" and d["index"] == start["index"]
+    ]
+    assert len(fragments) > 1  # streamed as the upstream writes them
     json_text = "".join(
         d["delta"]["partial_json"] for n, d in stream if n == "content_block_delta" and d["index"] == start["index"]
     )

@@ -165,15 +165,32 @@ def test_stream_events_come_in_anthropics_order():
         ("content_block_stop", 1, None),
         ("content_block_start", 2, None),
         ("content_block_delta", 2, "input_json_delta"),
+        ("content_block_delta", 2, "input_json_delta"),
         ("content_block_stop", 2, None),
         ("message_delta", None, None),
         ("message_stop", None, None),
     ]
     assert events[0]["message"]["model"] == "claude-x" and events[0]["message"]["id"] == "msg_1"
     assert events[9]["content_block"] == {"type": "tool_use", "id": "c1", "name": "f", "input": {}}
-    assert events[10]["delta"]["partial_json"] == '{"a": 1}'
-    assert events[12]["delta"]["stop_reason"] == "tool_use"
-    assert events[12]["usage"] == {"input_tokens": 7, "output_tokens": 3}
+    # The arguments stream as the upstream writes them.
+    assert [events[10]["delta"]["partial_json"], events[11]["delta"]["partial_json"]] == ['{"a":', " 1}"]
+    assert events[13]["delta"]["stop_reason"] == "tool_use"
+    assert events[13]["usage"] == {"input_tokens": 7, "output_tokens": 3}
+
+
+def test_streamed_calls_keep_one_id_and_refuse_interleaving():
+    ids = iter(["gen_1", "gen_2"])
+    r = MessagesRenderer(model="m", message_id="x", clock=lambda: 0.0, new_call_id=lambda: next(ids))
+    # A call without an id (some providers) gets one when it starts, and finishes under it.
+    events = run(r, [call_chunk(0, None, "f", '{"a"'), call_chunk(0, None, None, ": 2}"), chunk(finish="tool_calls")])
+    [start] = [e for e in events if e["type"] == "content_block_start"]
+    assert start["content_block"]["id"] == "gen_1" and r.stop_reason() == "tool_use"
+    for renderer in (
+        MessagesRenderer(model="m", message_id="x", clock=lambda: 0.0),
+        ResponsesRenderer(model="m", clock=lambda: 0.0),
+    ):
+        with pytest.raises(UpstreamStreamError, match="interleaved"):
+            run(renderer, [call_chunk(0, "a", "f", "{"), call_chunk(1, "b", "g", "{"), call_chunk(0, None, None, "}")])
 
 
 def test_whole_message_and_stop_reasons():

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ollama_proxy.errors import UpstreamStreamError
-from ollama_proxy.wire.chunks import ChunkReader, RendersBlocks, ToolCall, new_call_id
+from ollama_proxy.wire.chunks import CallDelta, ChunkReader, RendersBlocks, ToolCall, new_call_id
 from ollama_proxy.wire.jsontext import as_object
 from ollama_proxy.wire.timings import Timings
 from ollama_proxy.wire.tools import arguments_object
@@ -67,10 +67,12 @@ class MessagesRenderer(RendersBlocks):
     _open: str | None = None  # the kind of the block being streamed
     _index: int = -1
     _tool_calls: int = 0
+    _open_call: str = ""  # the id of the tool call whose block is open
+    _streamed: set[str] = field(default_factory=set)  # calls whose arguments went out as they came
 
     def __post_init__(self) -> None:
         self.timings = Timings(started=self.clock())
-        self.reader = ChunkReader(self.new_call_id)
+        self.reader = ChunkReader(self.new_call_id, stream_calls=not self.keep_text)
 
     def _start(self) -> list[dict[str, Any]]:
         if self.started or self.keep_text:
@@ -112,9 +114,29 @@ class MessagesRenderer(RendersBlocks):
         out.append(event("content_block_delta", index=self._index, delta=delta))
         return out
 
+    def _call_delta(self, delta: CallDelta) -> list[dict[str, Any]]:
+        out = []
+        if delta.first:
+            out += self._stop_block()
+            self._index += 1
+            self._open, self._open_call = "tool_use", delta.id
+            self._streamed.add(delta.id)
+            block = {"type": "tool_use", "id": delta.id, "name": delta.name, "input": {}}
+            out.append(event("content_block_start", index=self._index, content_block=block))
+        elif self._open != "tool_use" or self._open_call != delta.id:
+            # Blocks follow one another: a call resumed after another began cannot be told.
+            raise UpstreamStreamError(f"the upstream interleaved the arguments of '{delta.name}' with another call")
+        if delta.fragment:
+            partial = {"type": "input_json_delta", "partial_json": delta.fragment}
+            out.append(event("content_block_delta", index=self._index, delta=partial))
+        return out
+
     def _call(self, call: ToolCall) -> list[dict[str, Any]]:
         arguments = arguments_object(call)  # not JSON: an error event, not a broken tool call
         self._tool_calls += 1
+        if call.id in self._streamed:
+            # Its arguments went out as they came: the call is complete, its block closes.
+            return self._stop_block() if self._open == "tool_use" and self._open_call == call.id else []
         if self.keep_text:
             self.blocks.append({"type": "tool_use", "id": call.id, "name": call.name, "input": arguments})
             return []

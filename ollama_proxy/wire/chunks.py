@@ -43,6 +43,17 @@ class ToolCall:
 
 
 @dataclass
+class CallDelta:
+    """A tool call's arguments as they stream (only from a reader asked to stream calls):
+    ``first`` when the call starts here, with what its arguments held so far."""
+
+    id: str
+    name: str
+    fragment: str
+    first: bool = False
+
+
+@dataclass
 class Piece:
     """What one upstream event added to the answer."""
 
@@ -50,9 +61,10 @@ class Piece:
     thinking: str = ""
     tool_calls: list[ToolCall] = field(default_factory=list)
     logprobs: list[dict[str, Any]] = field(default_factory=list)
+    call_deltas: list[CallDelta] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.content or self.thinking or self.tool_calls or self.logprobs)
+        return bool(self.content or self.thinking or self.tool_calls or self.logprobs or self.call_deltas)
 
 
 @dataclass
@@ -61,6 +73,7 @@ class _CallBuilder:
     id: str = ""
     name: str = ""
     fragments: list[str] = field(default_factory=list)
+    announced: bool = False
 
 
 def error_text(error: Any) -> str:
@@ -115,8 +128,11 @@ def _logprobs(choice: Mapping[str, Any]) -> list[dict[str, Any]]:
 class ChunkReader:
     """Reads one upstream stream; :meth:`feed` per event, :meth:`close` at its end."""
 
-    def __init__(self, new_id: Callable[[], str] = new_call_id) -> None:
+    def __init__(self, new_id: Callable[[], str] = new_call_id, stream_calls: bool = False) -> None:
         self._new_id = new_id
+        # Also hand on each call's arguments as they arrive (CallDelta), for surfaces
+        # that stream them (Messages, Responses); the whole call still comes at the end.
+        self.stream_calls = stream_calls
         self._calls: dict[int, _CallBuilder] = {}
         self.finish_reason: str | None = None
         self.prompt_tokens: int | None = None
@@ -152,7 +168,9 @@ class ChunkReader:
                 logprobs=_logprobs(choice),
             )
             self.size += len(piece.content) + len(piece.thinking)
-            self._collect_calls(delta.get("tool_calls"))
+            calls = delta.get("tool_calls")
+            if calls is not None:
+                piece.call_deltas = self._collect_calls(calls)
             if reason:
                 self.finish_reason = reason
                 piece.tool_calls = self._finished_calls()
@@ -174,9 +192,10 @@ class ChunkReader:
         refusal = delta.get("refusal")
         return refusal if isinstance(refusal, str) else ""
 
-    def _collect_calls(self, deltas: Any) -> None:
+    def _collect_calls(self, deltas: Any) -> list[CallDelta]:
+        streamed: list[CallDelta] = []
         if not isinstance(deltas, list):
-            return
+            return streamed
         for delta in deltas:
             if not isinstance(delta, dict):
                 continue
@@ -198,6 +217,15 @@ class ChunkReader:
             if isinstance(arguments, str):
                 builder.fragments.append(arguments)
                 self.size += len(arguments)
+            if self.stream_calls and builder.name:
+                if not builder.announced:
+                    # Named at last: it starts now, under the id it will finish with.
+                    builder.announced = True
+                    builder.id = builder.id or self._new_id()
+                    streamed.append(CallDelta(builder.id, builder.name, "".join(builder.fragments), first=True))
+                elif isinstance(arguments, str) and arguments:
+                    streamed.append(CallDelta(builder.id, builder.name, arguments))
+        return streamed
 
     def _finished_calls(self) -> list[ToolCall]:
         calls = [
@@ -279,7 +307,7 @@ class RendersBlocks(ReadsChunks):
         out: list[dict[str, Any]] = []
         for piece in pieces:
             thinking = piece.thinking if self.show_thinking else ""
-            if not (thinking or piece.content or piece.tool_calls):
+            if not (thinking or piece.content or piece.tool_calls or piece.call_deltas):
                 continue
             if self.timings.first_token is None:
                 self.timings.first_token = self.clock()
@@ -287,6 +315,8 @@ class RendersBlocks(ReadsChunks):
                 out += self._thinking(thinking)
             if piece.content:
                 out += self._text(piece.content)
+            for delta in piece.call_deltas:
+                out += self._call_delta(delta)
             for call in piece.tool_calls:
                 out += self._call(call)
         return out
@@ -298,4 +328,7 @@ class RendersBlocks(ReadsChunks):
         raise NotImplementedError
 
     def _call(self, call: ToolCall) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def _call_delta(self, delta: CallDelta) -> list[dict[str, Any]]:
         raise NotImplementedError

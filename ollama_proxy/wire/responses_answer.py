@@ -17,7 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ollama_proxy.wire.chunks import ChunkReader, RendersBlocks, ToolCall, new_call_id
+from ollama_proxy.errors import UpstreamStreamError
+from ollama_proxy.wire.chunks import CallDelta, ChunkReader, RendersBlocks, ToolCall, new_call_id
 from ollama_proxy.wire.timings import Timings
 
 
@@ -45,10 +46,11 @@ class ResponsesRenderer(RendersBlocks):
     started: bool = False
     _sequence: int = 0
     _open: dict[str, Any] | None = None  # the item being streamed
+    _streamed: set[str] = field(default_factory=set)  # calls whose arguments went out as they came
 
     def __post_init__(self) -> None:
         self.timings = Timings(started=self.clock())
-        self.reader = ChunkReader(self.new_call_id)
+        self.reader = ChunkReader(self.new_call_id, stream_calls=not self.keep_text)
         self.response_id = self.make_id("resp")
         self.created_at = int(self.timings.started)
 
@@ -160,15 +162,38 @@ class ResponsesRenderer(RendersBlocks):
             out.append(self._located("response.output_text.delta", content_index=0, delta=text, logprobs=[]))
         return out
 
-    def _call(self, call: ToolCall) -> list[dict[str, Any]]:
-        item = {
+    def _call_delta(self, delta: CallDelta) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        if delta.first:
+            self._streamed.add(delta.id)
+            item = self._call_item(delta.id, delta.name)
+            out += self._begin(item)
+            item["fragments"] = []
+        elif self._open is None or self._open.get("call_id") != delta.id:
+            # Items follow one another: a call resumed after another began cannot be told.
+            raise UpstreamStreamError(f"the upstream interleaved the arguments of '{delta.name}' with another call")
+        if delta.fragment:
+            assert self._open is not None
+            self._open["fragments"].append(delta.fragment)
+            out.append(self._located("response.function_call_arguments.delta", delta=delta.fragment))
+        return out
+
+    def _call_item(self, call_id: str, name: str) -> dict[str, Any]:
+        return {
             "type": "function_call",
             "id": self.make_id("fc"),
-            "call_id": call.id,
-            "name": call.name,
+            "call_id": call_id,
+            "name": name,
             "arguments": "",
             "status": "completed",
         }
+
+    def _call(self, call: ToolCall) -> list[dict[str, Any]]:
+        if call.id in self._streamed:
+            # Its arguments went out as they came: the call is complete, its item is done.
+            open_here = self._open is not None and self._open.get("call_id") == call.id
+            return self._finish_open() if open_here else []
+        item = self._call_item(call.id, call.name)
         out = self._begin(item)
         arguments = call.arguments or "{}"
         item["arguments"] = arguments
@@ -203,6 +228,8 @@ class ResponsesRenderer(RendersBlocks):
                 out.append(self._located("response.output_text.done", content_index=0, text=text, logprobs=[]))
                 out.append(self._located("response.content_part.done", content_index=0, part=part))
         elif streaming:
+            if "fragments" in item:
+                item["arguments"] = "".join(item.pop("fragments")) or "{}"
             done = self._located("response.function_call_arguments.done", arguments=item["arguments"])
             out.append({**done, "name": item["name"]})
         if streaming:
