@@ -106,12 +106,17 @@ def log_text(azure: Any) -> Any:
 def body_for(path: str, model: str, stream: bool) -> dict[str, Any]:
     if path.endswith("generate") or path == "/v1/completions":
         return {"model": model, "prompt": "a b c", "stream": stream}
-    return {"model": model, "messages": [{"role": "user", "content": "a b c"}], "stream": stream}
+    if path == "/v1/responses":
+        return {"model": model, "input": "a b c", "stream": stream}
+    extra = {"max_tokens": 50} if path == "/v1/messages" else {}
+    return {"model": model, "messages": [{"role": "user", "content": "a b c"}], "stream": stream, **extra}
 
 
 @pytest.mark.parametrize("model", ["sim/leaky-error", "sim/leaky-quoted", "sim/leaky-text", "sim/midstream-leak"])
 @pytest.mark.parametrize("stream", [True, False])
-@pytest.mark.parametrize("path", ["/api/chat", "/api/generate", "/v1/chat/completions", "/v1/completions"])
+@pytest.mark.parametrize(
+    "path", ["/api/chat", "/api/generate", "/v1/chat/completions", "/v1/completions", "/v1/messages", "/v1/responses"]
+)
 @pytest_twisted.ensureDeferred
 async def test_echoed_credentials_reach_neither_client_nor_stats_nor_log(azure, log_text, path, stream, model):
     response = await http("POST", azure.url + path, body_for(path, model, stream))
