@@ -126,6 +126,7 @@ CHAT_MODELS: list[dict[str, Any]] = [
     _model("sim/leaky-error"),
     _model("sim/leaky-quoted"),
     _model("sim/leaky-text"),
+    _model("sim/deep-error"),
     _model("sim/hold"),
     _model("sim/flood"),
     _model("sim/raw"),
@@ -424,6 +425,11 @@ class UpstreamSimulator(SimulatorBase):
             echoed = _headers_echoed(request)
             encoded = "".join(c if c.isalnum() else f"%{ord(c):02X}" for c in echoed)  # "_" too, as some do
             return self._error(request, 400, f"bad request ?q={encoded} {json.dumps(echoed)[1:-1]}")
+        if model == "sim/deep-error":
+            # An error body nested deeper than any parser follows.
+            request.setResponseCode(500)
+            request.setHeader(b"content-type", b"application/json")
+            return b"[" * 100_000 + b"]" * 100_000
         if model == "sim/leaky-text":
             # A non-JSON error body in which the first credential straddles character 500.
             request.setResponseCode(502)

@@ -233,3 +233,26 @@ async def test_an_upstream_that_echoes_a_lone_surrogate_gets_valid_utf8(proxy, s
     assert "echo \ufffd!" in text.replace("\\ufffd", "\ufffd")
     assert "Internal server error" not in text and '"error": {' not in text and '"error":{' not in text
     assert [e["status"] for e in access_events if e["path"] == path] == [200]
+
+
+@pytest.mark.parametrize("stream", [True, False])
+@pytest.mark.parametrize("path", ["/api/chat", "/v1/chat/completions"])
+@pytest_twisted.ensureDeferred
+async def test_an_upstream_event_nested_too_deeply_is_an_unreadable_event(proxy, simulator, path, stream):
+    deep = b"[" * 100_000 + b"]" * 100_000
+    simulator.raw_stream = (
+        b'data: {"choices": [{"delta": {"content": "hi"}}]}\n\ndata: ' + deep + b"\n\ndata: [DONE]\n\n"
+    )
+    body = {"model": "sim/raw", "messages": [{"role": "user", "content": "x"}], "stream": stream}
+    response = await http("POST", proxy.url + path, body)
+    # Said as what it is, not as a connection the upstream closed early.
+    assert b"sent an event that is not JSON" in response.body, response.body[-300:]
+    assert response.code == (200 if stream else 502)
+
+
+@pytest.mark.parametrize("path", ["/api/chat", "/v1/chat/completions"])
+@pytest_twisted.ensureDeferred
+async def test_an_upstream_error_body_nested_too_deeply_is_a_502_with_its_start(proxy, path):
+    body = {"model": "sim/deep-error", "messages": [{"role": "user", "content": "x"}], "stream": False}
+    response = await http("POST", proxy.url + path, body)
+    assert "500 Internal Server Error: [[[[" in assert_error_in_dialect(response, path, 502)

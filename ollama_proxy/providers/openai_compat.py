@@ -27,6 +27,7 @@ from ollama_proxy.errors import UpstreamError
 from ollama_proxy.ops.redaction import Redactor
 from ollama_proxy.providers.interfaces import IProvider, IUpstreamStream
 from ollama_proxy.providers.stream import BodyTimeout, BodyTooLarge, SSEStream, read_body
+from ollama_proxy.wire.fastjson import loads
 from ollama_proxy.wire.models import UpstreamModel, from_openrouter
 from ollama_proxy.wire.ollama_request import NATIVE_KEY
 
@@ -225,7 +226,7 @@ class OpenAICompatibleProvider:
         except Exception:  # noqa: BLE001 - the status alone is still worth reporting
             raw = b""
         try:
-            parsed = json.loads(raw)
+            parsed = loads(raw)
         except ValueError:
             parsed = None
         if isinstance(parsed, dict) and parsed.get("error") is not None:
@@ -257,7 +258,7 @@ class OpenAICompatibleProvider:
     async def _json(self, response: Any) -> Any:
         raw = await self._read(response)
         try:
-            return json.loads(raw)
+            return loads(raw)
         except ValueError:
             raise UpstreamError(self.label, self.type, None, "answered with a body that is not JSON") from None
 

@@ -27,9 +27,13 @@ _SCALARS = (str, int, type(None))  # bool is an int
 def loads(data: str | bytes) -> Any:
     """``json.loads(data)``, faster; the stdlib's ``ValueError`` for what is not JSON."""
     try:
-        return _decoder.decode(data)
-    except msgspec.DecodeError:
-        return json.loads(data)
+        try:
+            return _decoder.decode(data)
+        except msgspec.DecodeError:
+            return json.loads(data)
+    except RecursionError:
+        # Nesting no parser here can follow: as unreadable as any other JSON error.
+        raise ValueError("nested too deeply") from None
 
 
 def dumps_compact_or_none(obj: Any) -> bytes | None:
