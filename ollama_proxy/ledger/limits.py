@@ -21,7 +21,7 @@ from ollama_proxy.config.schema import TokenLimits
 from ollama_proxy.errors import ProxyError
 from ollama_proxy.ledger.rows import UsageRow
 from ollama_proxy.ledger.store import Snapshot, WindowKey, window_totals
-from ollama_proxy.ledger.windows import PERIODS, Period, window
+from ollama_proxy.ledger.windows import PERIODS, Period, starts, window
 
 
 class LimitExceeded(ProxyError):
@@ -90,12 +90,12 @@ class Meter:
         policy = self.limits_for(token)
         if policy is not None:
             self._check(token, policy, now)
-        self._add(((token, period, window(period, now)[0]) for period in PERIODS), 1, 0, 0.0)
+        self._add(((token, period, start) for period, start in starts(now)), 1, 0, 0.0)
         return Admission(token, now)
 
     def release(self, admission: Admission) -> None:
         """The admitted request finished; its row (:meth:`queued`) counts it from now on."""
-        self._add(((admission.token, p, window(p, admission.ts)[0]) for p in PERIODS), -1, 0, 0.0)
+        self._add(((admission.token, period, start) for period, start in starts(admission.ts)), -1, 0, 0.0)
 
     def usage(self, token: str, period: Period, now: float | None = None) -> tuple[int, int, float]:
         """``(requests, tokens, cost)`` of ``token`` in the ``period`` window holding ``now``."""

@@ -6,6 +6,8 @@ names a provider answered for, so the label set stays bounded.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter
 
 from ollama_proxy.ledger.rows import UsageRow
@@ -34,12 +36,27 @@ class UsageMetrics:
             registry=registry,
         )
 
+        # (token, model) -> its three children: a label lookup per request costs more
+        # than the increment (bounded like the labels themselves).
+        self._children: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
+
     def observe(self, row: UsageRow) -> None:
         """Count one finished request (only what it used: a failure before any
         token adds no label)."""
+        if not (row.prompt_tokens or row.completion_tokens or row.cost):
+            return
+        key = (row.token, row.model)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (
+                self.tokens.labels(row.token, row.model, "prompt"),
+                self.tokens.labels(row.token, row.model, "completion"),
+                self.cost.labels(row.token, row.model),
+            )
+        prompt, completion, cost = children
         if row.prompt_tokens:
-            self.tokens.labels(row.token, row.model, "prompt").inc(row.prompt_tokens)
+            prompt.inc(row.prompt_tokens)
         if row.completion_tokens:
-            self.tokens.labels(row.token, row.model, "completion").inc(row.completion_tokens)
+            completion.inc(row.completion_tokens)
         if row.cost:
-            self.cost.labels(row.token, row.model).inc(row.cost)
+            cost.inc(row.cost)

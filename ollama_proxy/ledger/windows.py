@@ -8,6 +8,7 @@ the database, and a ``Retry-After`` that is simply the window's end.
 from __future__ import annotations
 
 import calendar
+import functools
 import time
 from typing import Literal
 
@@ -24,17 +25,30 @@ def window(period: Period, ts: float) -> tuple[int, int]:
     if period == "day":
         start = int(ts // DAY) * DAY
         return start, start + DAY
-    year, month = time.gmtime(ts)[:2]
+    return _month(int(ts // DAY))
+
+
+def starts(ts: float) -> tuple[tuple[Period, int], ...]:
+    """The ``(period, start)`` of every window ``ts`` falls in (every request asks,
+    several times: the month's is computed once a day)."""
+    minute = int(ts // 60) * 60
+    day = int(ts // DAY)
+    return (("minute", minute), ("day", day * DAY), ("month", _month(day)[0]))
+
+
+def day_of(ts: float) -> str:
+    """``YYYY-MM-DD`` of ``ts`` in UTC (the ledger's ``day`` column)."""
+    return _day_text(int(ts // DAY))
+
+
+@functools.lru_cache(maxsize=64)
+def _month(day: int) -> tuple[int, int]:
+    year, month = time.gmtime(day * DAY)[:2]
     start = calendar.timegm((year, month, 1, 0, 0, 0))
     year, month = (year + 1, 1) if month == 12 else (year, month + 1)
     return start, calendar.timegm((year, month, 1, 0, 0, 0))
 
 
-def starts(ts: float) -> tuple[tuple[Period, int], ...]:
-    """The ``(period, start)`` of every window ``ts`` falls in."""
-    return tuple((period, window(period, ts)[0]) for period in PERIODS)
-
-
-def day_of(ts: float) -> str:
-    """``YYYY-MM-DD`` of ``ts`` in UTC (the ledger's ``day`` column)."""
-    return time.strftime("%Y-%m-%d", time.gmtime(ts))
+@functools.lru_cache(maxsize=64)
+def _day_text(day: int) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(day * DAY))
