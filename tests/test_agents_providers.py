@@ -172,6 +172,13 @@ async def test_both_surfaces_over_an_ollama_upstream(make_multi, ollama_sim):
     assert response.output[0].type == "function_call" and json.loads(response.output[0].arguments) == {
         "query": "find it"
     }
+    # Cut by the token cap: Anthropic's max_tokens stop reason, the Responses API's incomplete status.
+    cut = await in_thread(
+        claude(proxy).messages.create, model="llama3.2", max_tokens=2, messages=[{"role": "user", "content": "a b c d"}]
+    )
+    assert cut.stop_reason == "max_tokens" and cut.content[0].text == "Echo: a"
+    short = await in_thread(gpt(proxy).responses.create, model="llama3.2", input="a b c d", max_output_tokens=2)
+    assert short.status == "incomplete" and short.incomplete_details.reason == "max_output_tokens"
 
 
 @pytest_twisted.ensureDeferred
@@ -259,3 +266,27 @@ async def test_an_overloaded_anthropic_is_retried_then_falls_back_through_transl
     assert len(anthropic_sim.posts("/v1/messages")) == 2  # natively, tried and retried
     sent = simulator.chat_requests()[-1].body  # then the fallback, as an OpenAI chat body
     assert sent["model"] == "google/gemini-pro" and sent["messages"][0] == {"role": "system", "content": "Be brief."}
+
+
+@pytest_twisted.ensureDeferred
+async def test_both_surfaces_over_an_openai_compatible_server(make_multi, openai_sim):
+    # A local OpenAI-compatible server (vLLM, llama.cpp): OpenRouter's fields pass, max_tokens stays.
+    proxy = make_multi([provider("vllm", "openai", openai_sim.base_url, "sk-openai-simulator-key")], openrouter=False)
+
+    def streamed():
+        with claude(proxy).messages.stream(
+            model="google/gemini-pro",
+            max_tokens=30,
+            messages=[{"role": "user", "content": "local words"}],
+            extra_body={"top_k": 4},
+        ) as stream:
+            return stream.get_final_message()
+
+    message = await in_thread(streamed)
+    assert message.content[0].text == "Echo: local words"
+    sent = openai_sim.chat_requests()[-1].body
+    assert sent["max_tokens"] == 30 and sent["top_k"] == 4 and "max_completion_tokens" not in sent
+    response = await in_thread(
+        gpt(proxy).responses.create, model="google/gemini-pro", input="and here", max_output_tokens=7
+    )
+    assert response.output_text == "Echo: and here" and openai_sim.chat_requests()[-1].body["max_tokens"] == 7
