@@ -19,7 +19,7 @@ import pytest_twisted
 from twisted.logger import globalLogPublisher, textFileLogObserver
 
 from ollama_proxy.config.providers import ProviderConfig
-from ollama_proxy.config.settings import Config, OpenRouterConfig
+from ollama_proxy.config.settings import Config, OpenRouterConfig, load_config
 from ollama_proxy.ops.logs import RedactingObserver
 from ollama_proxy.ops.redaction import REDACTED, Redactor
 
@@ -81,6 +81,32 @@ def test_every_header_value_is_a_configured_secret():
         )
     )
     assert {"key-from-a-file", AZURE_KEY} <= set(config.secrets())
+
+
+def test_every_way_of_giving_a_key_makes_it_a_secret(tmp_path):
+    key_file = tmp_path / "groq.key"
+    key_file.write_text("key-from-a-file-0001\n")
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "openrouter_api_key").write_text("key-from-a-credential-02\n")
+    config_file = tmp_path / "proxy.toml"
+    config_file.write_text(
+        "[[providers]]\nname = 'groq'\ntype = 'openai'\nbase_url = 'http://127.0.0.1:9/v1'\n"
+        f"key_file = '{key_file}'\nheaders = {{ 'api-key' = '{AZURE_KEY}', 'X-Team' = 'blue' }}\n"
+        "[[providers]]\nname = 'other'\ntype = 'openai'\nbase_url = 'http://127.0.0.1:9/v1'\nkey_env = 'OTHER_KEY'\n"
+        "[[providers]]\nname = 'inline'\ntype = 'openai'\nbase_url = 'http://127.0.0.1:9/v1'\n"
+        "key = 'key-in-the-file-0004'\n"
+    )
+    environ = {"CREDENTIALS_DIRECTORY": str(credentials), "OTHER_KEY": "key-from-the-env-003"}
+    secrets = set(load_config(environ=environ, config_file=str(config_file)).secrets())
+    assert {
+        "key-from-a-file-0001",
+        "key-from-a-credential-02",
+        "key-from-the-env-003",
+        "key-in-the-file-0004",
+        AZURE_KEY,
+    } <= secrets
+    assert Redactor(secrets).redact("X-Team: blue") == "X-Team: blue"  # 4 characters: too short to hide
 
 
 # -- on the wire ---------------------------------------------------------------------------------
