@@ -11,7 +11,7 @@ from ollama_proxy.config.providers import ProviderConfig
 from ollama_proxy.config.settings import Timeouts, load_config
 from ollama_proxy.providers.anthropic import AnthropicProvider
 from ollama_proxy.providers.echo import EchoProvider, EchoStream
-from ollama_proxy.providers.interfaces import IProvider, IUpstreamStream
+from ollama_proxy.providers.interfaces import IMessagesProvider, IProvider, IUpstreamStream
 from ollama_proxy.providers.ollama import OllamaProvider
 from ollama_proxy.providers.openai_compat import OpenAICompatibleProvider
 from ollama_proxy.providers.registry import build_provider
@@ -35,6 +35,9 @@ async def test_every_provider_type_provides_IProvider():
         EchoProvider,
     ]
     assert built[0].label == "OpenRouter (my-openrouter)"
+    # Only Anthropic speaks the Messages API itself (/v1/messages goes to it natively).
+    assert [IMessagesProvider.providedBy(p) for p in built] == [False, False, True, False, False]
+    assert verifyObject(IMessagesProvider, built[2])
     for provider in built:
         await provider.close()
 
