@@ -16,7 +16,7 @@ from ollama_proxy.config.settings import load_config
 from ollama_proxy.service import makeService
 
 from .anthropic_simulator import SIGNATURE
-from .conftest import http, in_thread
+from .conftest import LineReader, http, in_thread
 from .multi import ANTHROPIC_KEY, provider
 
 LOOKUP = {
@@ -290,3 +290,22 @@ async def test_both_surfaces_over_an_openai_compatible_server(make_multi, openai
         gpt(proxy).responses.create, model="google/gemini-pro", input="and here", max_output_tokens=7
     )
     assert response.output_text == "Echo: and here" and openai_sim.chat_requests()[-1].body["max_tokens"] == 7
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/messages", {"max_tokens": 50, "messages": [{"role": "user", "content": "go on"}]}),
+        ("/v1/responses", {"input": "go on"}),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_a_client_leaving_closes_the_upstream(make_proxy, simulator, path, body):
+    proxy = make_proxy()
+    aborted = simulator.wait_for_abort()
+    reader = LineReader()
+    await reader.connect(proxy.port, path, {"model": "sim/endless", "stream": True, **body})
+    await reader.wait_for_lines(8)  # events are flowing
+    reader.hang_up()
+    await aborted
+    assert simulator.streams_aborted == 1 and proxy.service.stats.active_streams == 0
