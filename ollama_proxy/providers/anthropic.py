@@ -6,10 +6,16 @@ Messages API bodies; the answer is Anthropic's SSE, turned back into OpenAI
 like any other provider. The translation, both ways, is pure and lives in
 :mod:`ollama_proxy.wire.anthropic_upstream`; this module is the HTTP side
 (``x-api-key``, ``anthropic-version``, the paged model list).
+
+A ``/v1/messages`` request routed here goes as the client sent it (only the model
+id is the provider's): no round trip through the OpenAI shape, so thinking blocks
+keep their signatures and ``cache_control`` its effect; ``count_tokens`` asks
+Anthropic's own counter.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -17,28 +23,34 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from ollama_proxy import __version__
-from ollama_proxy.errors import BadRequest
-from ollama_proxy.providers.anthropic_native import NativeMessages
+from ollama_proxy.errors import BadRequest, UpstreamError
+from ollama_proxy.providers.http import HTTPProvider
 from ollama_proxy.providers.interfaces import IMessagesProvider, IUpstreamStream
-from ollama_proxy.providers.openai_compat import OpenAICompatibleProvider
 from ollama_proxy.providers.stream import SSEStream
+from ollama_proxy.wire.anthropic_answer import native_decoder
 from ollama_proxy.wire.anthropic_upstream import AnthropicDecoder, messages_request, model_from
 from ollama_proxy.wire.models import UpstreamModel
 
 log = Logger()
 
 API_VERSION = "2023-06-01"
+# What count_tokens takes of a Messages request (it refuses the rest).
+_COUNTED = ("model", "messages", "system", "tools", "tool_choice", "thinking")
+
+
+def _beta(beta: str | None) -> dict[str, str]:
+    return {"anthropic-beta": beta} if beta else {}
 
 
 @implementer(IMessagesProvider)
-class AnthropicProvider(NativeMessages, OpenAICompatibleProvider):
+class AnthropicProvider(HTTPProvider):
     """Anthropic's Messages API: ``x-api-key`` auth, ``messages`` and ``models``."""
 
     models_path = "models?limit=1"
     _MAX_PAGES = 20
 
     def __init__(self, *, label: str = "", default_max_tokens: int = 4096, **settings: Any) -> None:
-        """``settings`` as for :class:`OpenAICompatibleProvider` (name, base_url, api_key, ...)."""
+        """``settings`` as for :class:`~ollama_proxy.providers.http.HTTPProvider` (name, base_url, api_key, ...)."""
         super().__init__(type="anthropic", label=label or "Anthropic", **settings)
         self.default_max_tokens = default_max_tokens
 
@@ -80,3 +92,23 @@ class AnthropicProvider(NativeMessages, OpenAICompatibleProvider):
         self, model: str, inputs: Sequence[str], dimensions: int | None = None
     ) -> tuple[list[list[float]], int]:
         raise BadRequest(f"{self.label} offers no embeddings")
+
+    async def open_messages(self, body: Mapping[str, Any], beta: str | None = None) -> IUpstreamStream:
+        """POST the Messages request as given (streamed); the events come through whole."""
+        self._require_key()
+        response = await self._request("POST", "messages", {**body, "stream": True}, _beta(beta))
+        return SSEStream(response, self._clock, self.timeouts.idle, self.label, decode=native_decoder(self.label))
+
+    async def count_tokens(self, body: Mapping[str, Any], beta: str | None = None) -> int:
+        """Anthropic's own count of the request's input tokens."""
+        self._require_key()
+        request = {k: body[k] for k in _COUNTED if body.get(k) is not None}
+        response = await self._request("POST", "messages/count_tokens", request, _beta(beta))
+        raw = await self._read(response)
+        try:
+            count = json.loads(raw).get("input_tokens")
+        except (ValueError, AttributeError):
+            count = None
+        if not isinstance(count, int):
+            raise UpstreamError(self.label, self.type, None, "the token count answer has no input_tokens")
+        return count

@@ -21,8 +21,8 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from ollama_proxy.errors import UpstreamError, UpstreamStreamError
+from ollama_proxy.providers.http import HTTPProvider
 from ollama_proxy.providers.interfaces import IProvider, IUpstreamStream
-from ollama_proxy.providers.openai_compat import OpenAICompatibleProvider
 from ollama_proxy.providers.stream import NDJSONParser, SSEStream
 from ollama_proxy.wire.jsontext import as_object
 from ollama_proxy.wire.models import UpstreamModel
@@ -253,14 +253,14 @@ def with_show(model: UpstreamModel, shown: Mapping[str, Any]) -> UpstreamModel:
 
 
 @implementer(IProvider)
-class OllamaProvider(OpenAICompatibleProvider):
+class OllamaProvider(HTTPProvider):
     """An Ollama server reached at ``base_url`` (``http://host:11434``), optionally
     behind a bearer key (an authenticating reverse proxy)."""
 
     models_path = "api/tags"
 
     def __init__(self, *, label: str = "", **settings: Any) -> None:
-        """``settings`` as for :class:`OpenAICompatibleProvider`; no key is required
+        """``settings`` as for :class:`~ollama_proxy.providers.http.HTTPProvider`; no key is required
         (a bearer key is sent if given, for an authenticating reverse proxy)."""
         super().__init__(type="ollama", label=label or "Ollama", requires_key=False, **settings)
 
