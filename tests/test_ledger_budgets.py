@@ -153,3 +153,16 @@ async def test_a_database_outage_fails_no_request_and_the_rows_land_when_it_retu
     assert count_rows(pg_url) == 4
     report = (await http("GET", proxy.url + "/api/usage?group_by=token", headers=CI)).json()
     assert report["usage"][0]["requests"] == 4 and report["pending_rows"] == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_reload_applies_new_limits_to_the_usage_already_counted(limited):
+    proxy = limited(TokenLimits())
+    assert (await http("POST", proxy.url + "/api/chat", CHAT, headers=CI)).code == 200
+    config = proxy.service.config
+    tokens = tuple(
+        replace(t, limits=TokenLimits(requests_per_minute=1)) if t.name == "ci" else t for t in config.ops.auth.tokens
+    )
+    proxy.service.reconfigure(replace(config, ops=replace(config.ops, auth=replace(config.ops.auth, tokens=tokens))))
+    refused = await http("POST", proxy.url + "/api/chat", CHAT, headers=CI)
+    assert refused.code == 429 and "1 requests per minute" in refused.json()["error"]

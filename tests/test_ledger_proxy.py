@@ -250,3 +250,27 @@ async def test_the_agent_surfaces_write_their_rows_too(ledgered):
     assert row["cost_source"] == "provider" and row["cost"] > 0
     row = written["/v1/responses"]
     assert row["completion_tokens"] == response.json()["usage"]["output_tokens"] and row["cost"] > 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_that_leaves_mid_stream_leaves_a_cancelled_row(ledgered, simulator):
+    from .conftest import LineReader
+
+    proxy = ledgered(auth=AuthConfig())
+    aborted = simulator.wait_for_abort()
+    reader = LineReader()
+    await reader.connect(proxy.port, "/api/chat", {"model": "sim/hold", "messages": HELLO})
+    await simulator.wait_for_hold()
+    await reader.wait_for_lines(1)
+    reader.hang_up()
+    await aborted  # the proxy noticed (the row is queued before the upstream is cut)
+    assert await proxy.ledger.service.writer.flush()
+    (row,) = rows(proxy.path).values()
+    assert (row["token"], row["model"], row["status"], row["outcome"], row["streamed"]) == (
+        "anonymous",
+        "sim/hold",
+        499,
+        "cancelled",
+        1,
+    )
+    assert row["provider"] == "openrouter" and row["cost"] is None  # the usage never came
