@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ollama_proxy.errors import BadRequest
@@ -46,7 +46,6 @@ class MessagesPlan:
     stream: bool
     show_thinking: bool = False
     beta: str | None = None  # the client's anthropic-beta header, for a native upstream
-    tool_names: list[str] = field(default_factory=list)
 
 
 def _number(body: Mapping[str, Any], key: str, kind: type | tuple[type, ...] = (int, float)) -> Any:
@@ -379,7 +378,6 @@ def plan_messages(body: Mapping[str, Any], model: UpstreamModel, name: str, beta
         stream=stream,
         show_thinking=thinking not in (None, False),
         beta=beta,
-        tool_names=names,
     )
 
 
