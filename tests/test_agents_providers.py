@@ -309,3 +309,18 @@ async def test_a_client_leaving_closes_the_upstream(make_proxy, simulator, path,
     reader.hang_up()
     await aborted
     assert simulator.streams_aborted == 1 and proxy.service.stats.active_streams == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_server_tools_reach_anthropic_and_are_refused_elsewhere(make_multi, anthropic_sim):
+    routing = RoutingConfig(aliases=(("claude-sonnet-4-5-20250929", "claude-sonnet-4-5"),))
+    proxy = make_multi([provider("claude", "anthropic", anthropic_sim.base_url, ANTHROPIC_KEY)], routing=routing)
+    search = {"type": "web_search_20250305", "name": "web_search", "max_uses": 8}
+    body = {"max_tokens": 100, "tools": [search], "messages": [{"role": "user", "content": "news today"}]}
+    # Claude Code's WebSearch asks Anthropic's own server tool: natively, it goes as written.
+    r = await http("POST", proxy.url + "/v1/messages", {"model": "claude-sonnet-4-5-20250929", **body})
+    assert r.code == 200 and anthropic_sim.posts("/v1/messages")[-1].body["tools"] == [search]
+    # A model another provider serves cannot run it: 400 naming the type, in Anthropic's shape.
+    r = await http("POST", proxy.url + "/v1/messages", {"model": "google/gemini-pro", **body})
+    assert r.code == 400 and r.json()["error"]["type"] == "invalid_request_error"
+    assert "web_search_20250305" in r.json()["error"]["message"]

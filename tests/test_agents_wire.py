@@ -99,19 +99,38 @@ def test_thinking_asks_for_reasoning_only_where_the_model_can_reason():
         ({"temperature": "hot"}, "temperature"),
         ({"messages": "hi"}, "messages: Input should be a valid list"),
         ({"messages": [{"role": "system", "content": "x"}]}, "role"),
-        ({"messages": [{"role": "user", "content": [{"type": "video"}]}]}, "'video'"),
         ({"messages": [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "nope"}]}]}, "nope"),
-        ({"tools": [{"type": "bash_20250124", "name": "bash"}]}, "bash_20250124"),
         ({"tools": [{"name": "f"}]}, "input_schema"),
         ({"thinking": {"type": "enabled", "budget_tokens": 10}}, "1024"),
         ({"tool_choice": {"type": "sometimes"}}, "sometimes"),
         ({"stream": "yes"}, "stream"),
-        ({"system": [{"type": "image"}]}, "system"),
     ],
 )
 def test_bad_messages_requests_are_400_saying_what(body, words):
     with pytest.raises(BadRequest, match=words):
         plan_messages(messages(**body), SMART, "c")
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        ({"messages": [{"role": "user", "content": [{"type": "document", "source": {}}]}]}, "'document'"),
+        ({"tools": [{"type": "web_search_20250305", "name": "web_search"}]}, "web_search_20250305"),
+        ({"system": [{"type": "image"}]}, "system.0"),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": [{"type": "image", "source": {"type": "file", "file_id": "f"}}]}
+                ]
+            },
+            "'file'",
+        ),
+    ],
+)
+def test_what_only_anthropic_takes_is_planned_natively(body, words):
+    plan = plan_messages(messages(**body), SMART, "c")
+    assert plan.upstream == {} and plan.native["model"] == "up/smart"
+    assert isinstance(plan.untranslatable, BadRequest) and words in plan.untranslatable.message
 
 
 def test_a_tool_use_left_without_its_result_is_refused():

@@ -126,7 +126,14 @@ class Messages:
         )
 
         def for_target(target: Target) -> ChatCall | None:
-            return native if IMessagesProvider.providedBy(target.provider) else None
+            if IMessagesProvider.providedBy(target.provider):
+                return native
+            if plan.untranslatable is not None:
+                raise plan.untranslatable  # this target cannot take it; a 400 naming what
+            return None
+
+        if plan.untranslatable is not None and not any(IMessagesProvider.providedBy(t.provider) for t in route.targets):
+            raise plan.untranslatable
 
         if stream:
             request.setHeader(b"cache-control", b"no-cache")
