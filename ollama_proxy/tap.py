@@ -17,8 +17,11 @@ from typing import Any
 from twisted.python import usage
 
 from ollama_proxy.config.settings import ConfigError, load_config
+from ollama_proxy.ops import workermode
 from ollama_proxy.ops.daemon import DaemonService
 from ollama_proxy.ops.logs import daemon_observer
+from ollama_proxy.ops.redaction import Redactor
+from ollama_proxy.ops.workers import worker_count
 from ollama_proxy.service import makeService as build
 
 
@@ -29,6 +32,13 @@ class Options(usage.Options):
     optParameters = [
         ["config", "c", None, "TOML configuration file (default: $OLLAMA_PROXY_CONFIG)."],
         ["log-format", None, None, "Log lines as 'text' or 'json' (default: [log] format in the config, else text)."],
+        [
+            "workers",
+            "w",
+            None,
+            "Worker processes: a number, or 'auto' for one per CPU (default: workers in the config, else 1).",
+        ],
+        ["worker", None, None, "(internal) run as worker I/N of a main process started with --workers."],
     ]
     optFlags = [
         ["demo", None, "Add the built-in 'echo' provider: demo models that answer offline, deterministically."],
@@ -98,7 +108,7 @@ def tac_foreground(argv: list[str] | None = None) -> bool:
     return bool(_twistd_options(argv).get("nodaemon"))
 
 
-def makeService(options: Any) -> DaemonService:
+def makeService(options: Any) -> Any:
     # The same loader serves start-up and every SIGHUP reload (so --demo survives a reload).
     load = functools.partial(
         load_config, config_file=options["config"], listen=options["listen"], demo=bool(options["demo"])
@@ -111,9 +121,27 @@ def makeService(options: Any) -> DaemonService:
         raise SystemExit(1) from None
     from twisted.internet import reactor  # the entry point: the one place that picks the reactor
 
+    twistd = getattr(options, "parent", None)
+    if options["worker"]:
+        observer = (
+            observer_for(twistd, options["log-format"], config, Redactor(config.secrets()), reactor)
+            if twistd is not None
+            else None
+        )
+        return workermode.worker_service(options, load, reactor, observer)
+    try:
+        count = worker_count(options["workers"] if options["workers"] is not None else config.workers)
+    except ValueError:
+        sys.stderr.write(f"ollama-proxy: --workers must be a number or 'auto', not {options['workers']!r}\n")
+        raise SystemExit(1) from None
+    if count > 1:
+        main = workermode.main_service(options, config, load, reactor, count)
+        if twistd is not None:
+            main.log_observer = observer_for(twistd, options["log-format"], config, Redactor(config.secrets()), reactor)
+        return main
+
     proxy = build(config, reactor)
     observer = None
-    twistd = getattr(options, "parent", None)
     if twistd is not None:
         observer = observer_for(twistd, options["log-format"], config, proxy.redactor, reactor)
     foreground = twistd is None or bool(twistd.get("nodaemon"))

@@ -57,6 +57,9 @@ ProviderName = Annotated[
         description="a name of up to 64 characters that may hold only letters, digits, '.', '_' and '-'",
     ),
 ]
+Workers = Annotated[
+    Count | Literal["auto"], msgspec.Meta(description='a number of worker processes ≥ 1, or "auto" (one per CPU)')
+]
 Duration = Annotated[str | int | float, msgspec.Meta(description='a duration (seconds or a string such as "5m")')]
 
 
@@ -265,6 +268,7 @@ class ConfigFile(Section, frozen=True, kw_only=True):
     ollama_version: str = DEFAULT_OLLAMA_VERSION
     max_body_bytes: PositiveInt = 32 * 1024 * 1024
     listen: Annotated[Strings, default_text('["tcp:11434:interface=127.0.0.1"]')] = ()
+    workers: Workers = 1
     keep_alive: Annotated[Duration | None, default_text('"5m"')] = None
     timeouts: Timeouts = Timeouts()
     refresh: RefreshTable = RefreshTable()

@@ -41,6 +41,7 @@ from ollama_proxy.config.schema import (
     OpenRouterConfig,
     PriceTable,
     Timeouts,
+    Workers,
     as_written,
     decode,
 )
@@ -67,6 +68,8 @@ class Config:
     """Everything the service tree needs, immutable once loaded."""
 
     listen: tuple[str, ...] = (DEFAULT_LISTEN,)
+    # Worker processes (--workers wins): see ollama_proxy.ops.workermode.
+    workers: Workers = 1
     openrouter: OpenRouterConfig = field(default_factory=OpenRouterConfig)
     timeouts: Timeouts = field(default_factory=Timeouts)
     filter: FilterConfig = field(default_factory=FilterConfig)

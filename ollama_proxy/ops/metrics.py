@@ -105,6 +105,7 @@ class Metrics:
         self.draining = draining
         self.models = models
         self.breaker_states = breaker_states
+        self._shared: Any = None
         self.registry = CollectorRegistry(auto_describe=False)
         r = self.registry
         self.requests = Counter(
@@ -179,4 +180,21 @@ class Metrics:
     def exposition(self, accept: str | None) -> tuple[bytes, str]:
         """The registry in the format ``accept`` asks for: (body, content type)."""
         encoder, content_type = choose_encoder(accept or "")
+        if self._shared is not None:
+            self.refresh_gauges()
+            return encoder(self._shared.registry()), content_type
         return encoder(self.registry), content_type
+
+    def share_between_processes(self, directory: str) -> None:
+        """Worker mode: every worker's samples, read from ``directory`` (prometheus_client's
+        multiprocess mode, chosen by ``PROMETHEUS_MULTIPROC_DIR`` before it is imported):
+        counters and histograms add up across workers, a dead worker's included; the
+        gauges are written by each worker (see :mod:`ollama_proxy.ops.sharedmetrics`)."""
+        from ollama_proxy.ops.sharedmetrics import SharedGauges
+
+        self._shared = SharedGauges(directory)
+
+    def refresh_gauges(self) -> None:
+        """Write this worker's gauges where the other workers' scrapes read them."""
+        if self._shared is not None:
+            self._shared.set(self)

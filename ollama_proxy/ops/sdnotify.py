@@ -73,8 +73,11 @@ class SystemdNotifier(Service):
         environ: Mapping[str, str] | None = None,
         send: Callable[[str, Mapping[str, str]], bool] = notify,
         pid: int | None = None,
+        alive: Callable[[], bool] | None = None,
     ) -> None:
         self.clock = clock
+        # Worker mode: the main process pings the watchdog only while every worker runs.
+        self.alive = alive
         self.environ = dict(os.environ if environ is None else environ)
         self._send = send
         self._pid = pid
@@ -112,9 +115,13 @@ class SystemdNotifier(Service):
         super().startService()
         interval = watchdog_interval(self.environ, self.pid)
         if interval is not None and self.enabled:
-            self._watchdog = LoopingCall(self.send, "WATCHDOG=1")
+            self._watchdog = LoopingCall(self._ping)
             self._watchdog.clock = self.clock
             self._watchdog.start(interval, now=True)
+
+    def _ping(self) -> None:
+        if self.alive is None or self.alive():
+            self.send("WATCHDOG=1")
 
     def stopService(self) -> None:
         super().stopService()
