@@ -37,6 +37,7 @@ class _Channel(Protocol):
 
     def connectionMade(self) -> None:
         self.receiver.channel = self
+        assert self.transport is not None
         self.transport.write(b"R")
 
     def fileDescriptorReceived(self, descriptor: int) -> None:

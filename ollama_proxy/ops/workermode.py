@@ -71,7 +71,7 @@ def for_worker(config: Config, index: int, count: int) -> Config:
         max_streams_per_client=share(limits.max_streams_per_client, index, count),
     )
     ops = _replace(config.ops, limits=limits)
-    return _replace(config, listen=(), providers=providers, openrouter=openrouter, ops=ops)  # type: ignore[no-any-return]
+    return _replace(config, listen=(), providers=providers, openrouter=openrouter, ops=ops)
 
 
 def unsplittable(config: Config, count: int) -> list[str]:
