@@ -37,6 +37,8 @@ async def flush(proxy) -> None:
 @pytest_twisted.ensureDeferred
 async def test_a_budget_spent_through_one_process_refuses_in_the_other(make_multi, ledger_url):
     first, second = twins(make_multi, ledger_url, TokenLimits(budget_per_day=0.00001))
+    await flush(first)
+    await flush(second)  # both started and read the (empty) shared totals; the timers wait an hour
     for _ in range(2):
         assert (await http("POST", first.url + "/api/chat", CHAT, headers=CI)).code == 200
     assert (await http("POST", first.url + "/api/chat", CHAT, headers=CI)).code == 429
