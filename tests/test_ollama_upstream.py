@@ -15,8 +15,9 @@ from twisted.internet.task import Clock
 from ollama_proxy.config.providers import ProviderTimeouts
 from ollama_proxy.config.settings import Timeouts
 from ollama_proxy.errors import UpstreamError, UpstreamStreamError
-from ollama_proxy.providers.ollama import OllamaDecoder, OllamaProvider, chat_body, model_from
+from ollama_proxy.providers.ollama import OllamaProvider
 from ollama_proxy.providers.stream import NDJSONParser
+from ollama_proxy.wire.ollama_upstream import OllamaDecoder, chat_body, model_from
 
 from .conftest import http, in_thread
 from .multi import provider, pump
