@@ -49,6 +49,8 @@ from twisted.web.server import NOT_DONE_YET, Request
 from .simbase import RecordedRequest, SimulatorBase
 
 API_KEY = "sk-or-v1-simulator-secret-0123456789abcdef"
+# The signature on the simulator's reasoning (handed back in reasoning_details).
+REASONING_SIGNATURE = "or-sig=="
 # USD per token, as every model's listing publishes it.
 PROMPT_PRICE = 0.000001
 COMPLETION_PRICE = 0.000002
@@ -549,6 +551,10 @@ def _events(
         if model != "sim/reasoning-details":
             delta["reasoning"] = thought
         events.append({"delta": delta})
+    if thoughts:
+        # As OpenRouter passes Claude's on: the signature in a detail of its own, after the text.
+        sealed = {"type": "reasoning.text", "text": "", "signature": REASONING_SIGNATURE, "index": 0}
+        events.append({"delta": {"content": "", "reasoning_details": [sealed]}})
     top = int(body.get("top_logprobs") or 0)
     for rank, word in enumerate(words):
         event: dict[str, Any] = {"delta": {"content": word}}

@@ -70,6 +70,10 @@ def test_system_blocks_tools_and_results_become_the_chat_body():
         "role": "assistant",
         "content": "calling",
         "tool_calls": [{"id": "t1", "type": "function", "function": {"name": "f", "arguments": '{"a": 1}'}}],
+        # Signed thinking goes back as OpenRouter takes it (Claude wants it before a tool result).
+        "reasoning_details": [
+            {"type": "reasoning.text", "text": "hm", "signature": "sig", "format": "anthropic-claude-v1"}
+        ],
     }
     assert up["messages"][3] == {"role": "tool", "tool_call_id": "t1", "content": "Error: bad"}
     assert up["messages"][4]["content"] == [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]

@@ -14,6 +14,7 @@ from ollama_proxy.config.settings import Timeouts
 
 from .conftest import LineReader, http, in_thread
 from .multi import turn
+from .simulator import REASONING_SIGNATURE
 
 WEATHER = {
     "name": "get_weather",
@@ -153,3 +154,39 @@ async def test_a_silent_stream_gets_pings(make_multi, simulator):
     await turn()
     assert len(reader.lines) == count
     reader.hang_up()
+
+
+@pytest_twisted.ensureDeferred
+async def test_thinking_keeps_openrouters_signature_across_turns(proxy, simulator):
+    c = client(proxy)
+    thinking = {"type": "enabled", "budget_tokens": 2048}
+
+    def first_turn():
+        with c.messages.stream(
+            model="deepseek/deepseek-r1",
+            max_tokens=4096,
+            thinking=thinking,
+            messages=[{"role": "user", "content": "why"}],
+        ) as stream:
+            kinds = [e.delta.type for e in stream if e.type == "content_block_delta"]
+            return kinds, stream.get_final_message()
+
+    kinds, first = await in_thread(first_turn)
+    assert "thinking_delta" in kinds and "signature_delta" in kinds
+    thought, answer = first.content
+    assert thought.type == "thinking" and thought.signature == REASONING_SIGNATURE and answer.text == "Echo: why"
+    assert simulator.chat_requests()[-1].body["reasoning"] == {"effort": "low"}
+    await in_thread(
+        c.messages.create,
+        model="deepseek/deepseek-r1",
+        max_tokens=4096,
+        thinking=thinking,
+        messages=[
+            {"role": "user", "content": "why"},
+            {"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in first.content]},
+            {"role": "user", "content": "and then?"},
+        ],
+    )
+    handed_back = simulator.chat_requests()[-1].body["messages"][1]
+    assert handed_back["reasoning_details"][0]["signature"] == REASONING_SIGNATURE
+    assert handed_back["reasoning_details"][0]["text"] == thought.thinking

@@ -92,8 +92,9 @@ _NOT_OPENAI = ("top_k", "min_p", "repetition_penalty", "reasoning")
 
 def openai_dialect(body: Mapping[str, Any]) -> dict[str, Any]:
     """A chat body as OpenAI's own API takes it: OpenRouter's extra sampling
-    fields dropped, ``reasoning.effort`` as ``reasoning_effort``, and the cap as
-    ``max_completion_tokens`` (reasoning models refuse ``max_tokens``)."""
+    fields dropped (``reasoning_details`` in messages too), ``reasoning.effort`` as
+    ``reasoning_effort``, and the cap as ``max_completion_tokens`` (reasoning models
+    refuse ``max_tokens``)."""
     adapted = {k: v for k, v in body.items() if k not in _NOT_OPENAI}
     if "max_tokens" in adapted:
         cap = adapted.pop("max_tokens")
@@ -101,6 +102,12 @@ def openai_dialect(body: Mapping[str, Any]) -> dict[str, Any]:
     reasoning = body.get("reasoning")
     if isinstance(reasoning, Mapping) and reasoning.get("effort") and "reasoning_effort" not in adapted:
         adapted["reasoning_effort"] = reasoning["effort"]
+    messages = adapted.get("messages")
+    if isinstance(messages, list) and any(isinstance(m, Mapping) and "reasoning_details" in m for m in messages):
+        # Another provider's signed reasoning (handed back by /v1/messages): OpenAI has no such field.
+        adapted["messages"] = [
+            {k: v for k, v in m.items() if k != "reasoning_details"} if isinstance(m, Mapping) else m for m in messages
+        ]
     return adapted
 
 

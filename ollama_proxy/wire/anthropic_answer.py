@@ -114,6 +114,17 @@ class MessagesRenderer(RendersBlocks):
         out.append(event("content_block_delta", index=self._index, delta=delta))
         return out
 
+    def _signed(self, signature: str) -> list[dict[str, Any]]:
+        if self.keep_text:
+            thoughts = [b for b in self.blocks if b["type"] == "thinking"]
+            if thoughts:
+                thoughts[-1]["signature"] = signature
+            return []
+        if self._open != "thinking":
+            return []  # its block is closed: nothing left to seal
+        delta = {"type": "signature_delta", "signature": signature}
+        return [event("content_block_delta", index=self._index, delta=delta)]
+
     def _call_delta(self, delta: CallDelta) -> list[dict[str, Any]]:
         out = []
         if delta.first:

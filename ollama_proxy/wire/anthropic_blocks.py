@@ -24,6 +24,8 @@ class Untranslatable(BadRequest):
     """Valid for Anthropic's API, but not expressible as an OpenAI chat request."""
 
 
+# How OpenRouter names Claude's reasoning format in reasoning_details.
+ANTHROPIC_FORMAT = "anthropic-claude-v1"
 # Block types this proxy translates, by role; any other is untranslatable.
 BLOCK_TYPES = {
     "user": ("text", "image", "tool_result"),
@@ -102,6 +104,19 @@ def _result_text(block: Mapping[str, Any], where: str, images: list[dict[str, An
     return f"Error: {text}" if is_error else text
 
 
+def _reasoning_detail(block: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A signed thinking block as OpenRouter's ``reasoning_details`` entry; unsigned
+    thinking (made by another provider) cannot be handed back and is dropped."""
+    if block.get("type") == "redacted_thinking":
+        data = block.get("data")
+        return {"type": "reasoning.encrypted", "data": data, "format": ANTHROPIC_FORMAT} if data else None
+    signature = block.get("signature")
+    if not isinstance(signature, str) or not signature:
+        return None
+    thinking = text_of(block.get("thinking", ""), "thinking")
+    return {"type": "reasoning.text", "text": thinking, "signature": signature, "format": ANTHROPIC_FORMAT}
+
+
 class Conversation:
     """Builds the OpenAI messages turn by turn, checking tool results against calls."""
 
@@ -153,6 +168,7 @@ class Conversation:
             raise BadRequest(f"{where}: the tool_use blocks of the previous assistant turn have no tool_result")
         text: list[str] = []
         calls: list[dict[str, Any]] = []
+        details: list[dict[str, Any]] = []
         ids: set[str] = set()
         for i, block in enumerate(blocks):
             here = f"{where}.content.{i}"
@@ -174,12 +190,18 @@ class Conversation:
                     }
                 )
             elif kind in ("thinking", "redacted_thinking"):
-                continue  # signed reasoning only its own provider can read back
+                detail = _reasoning_detail(block)
+                if detail is not None:
+                    details.append(detail)
             else:
                 raise Untranslatable(f"{here}: content block type '{kind}' is not supported in an assistant message")
         message: dict[str, Any] = {"role": "assistant", "content": "".join(text)}
         if calls:
             message["tool_calls"] = calls
+        if details:
+            # OpenRouter hands signed reasoning back to Claude this way (which it requires
+            # before a tool result when thinking is on); other upstreams drop or ignore it.
+            message["reasoning_details"] = details
         if text or calls:
             self.messages.append(message)
         self.pending = ids

@@ -62,6 +62,9 @@ class Piece:
     tool_calls: list[ToolCall] = field(default_factory=list)
     logprobs: list[dict[str, Any]] = field(default_factory=list)
     call_deltas: list[CallDelta] = field(default_factory=list)
+    # The signature that seals the reasoning so far (OpenRouter passes Anthropic's on in
+    # reasoning_details); not output on its own, so not part of the piece's truth value.
+    signature: str = ""
 
     def __bool__(self) -> bool:
         return bool(self.content or self.thinking or self.tool_calls or self.logprobs or self.call_deltas)
@@ -102,6 +105,14 @@ def _reasoning_text(delta: Mapping[str, Any]) -> str:
         elif isinstance(detail.get("text"), str):
             texts.append(detail["text"])
     return "".join(texts)
+
+
+def _signature(delta: Mapping[str, Any]) -> str:
+    details = delta.get("reasoning_details")
+    if not isinstance(details, list):
+        return ""
+    signed = [d["signature"] for d in details if isinstance(d, dict) and isinstance(d.get("signature"), str)]
+    return signed[-1] if signed else ""
 
 
 def _logprobs(choice: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -174,7 +185,9 @@ class ChunkReader:
             if reason:
                 self.finish_reason = reason
                 piece.tool_calls = self._finished_calls()
-            if piece:
+            if "reasoning_details" in delta:
+                piece.signature = _signature(delta)
+            if piece or piece.signature:
                 pieces.append(piece)
         return pieces
 
@@ -307,12 +320,15 @@ class RendersBlocks(ReadsChunks):
         out: list[dict[str, Any]] = []
         for piece in pieces:
             thinking = piece.thinking if self.show_thinking else ""
-            if not (thinking or piece.content or piece.tool_calls or piece.call_deltas):
+            signature = piece.signature if self.show_thinking else ""
+            if not (thinking or signature or piece.content or piece.tool_calls or piece.call_deltas):
                 continue
             if self.timings.first_token is None:
                 self.timings.first_token = self.clock()
             if thinking:
                 out += self._thinking(thinking)
+            if signature:
+                out += self._signed(signature)
             if piece.content:
                 out += self._text(piece.content)
             for delta in piece.call_deltas:
@@ -332,3 +348,7 @@ class RendersBlocks(ReadsChunks):
 
     def _call_delta(self, delta: CallDelta) -> list[dict[str, Any]]:
         raise NotImplementedError
+
+    def _signed(self, signature: str) -> list[dict[str, Any]]:
+        """The reasoning so far is sealed with ``signature`` (only Messages shows it)."""
+        return []
