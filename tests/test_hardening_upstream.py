@@ -6,13 +6,17 @@ import json
 
 import pytest
 import pytest_twisted
+from twisted.internet import reactor
 from twisted.internet.defer import ensureDeferred, gatherResults
+from twisted.internet.task import Clock
 
 from ollama_proxy.api.relay import ChatRelay
 from ollama_proxy.config.ops import LimitsConfig, OpsConfig
+from ollama_proxy.config.settings import Timeouts
 from ollama_proxy.providers.sse import MAX_EVENT_BYTES, SSEEvent, SSEParser, SSEProtocolError
+from ollama_proxy.service import makeService
 
-from .conftest import http
+from .conftest import base_config, http
 
 MIB = 1024 * 1024
 
@@ -103,3 +107,45 @@ async def test_non_streamed_generations_count_against_the_stream_limits(make_pro
     again = await http("POST", proxy.url + "/api/chat", chat("google/gemini-pro", stream=False))
     assert again.code == 200
     assert proxy.service.gate.streams.active == 0
+
+
+# -- item 17: [timeouts] response bounds a whole non-streamed answer ----------------------
+@pytest.mark.parametrize("path", ["/api/chat", "/v1/chat/completions"])
+@pytest_twisted.ensureDeferred
+async def test_a_non_streamed_answer_that_trickles_past_the_response_deadline_is_a_504(simulator, path):
+    clock = Clock()
+    config = base_config(simulator, timeouts=Timeouts(connect=5, response=2, idle=60))
+    service = makeService(config, reactor, clock=clock)
+    service.startService()
+    url = f"http://127.0.0.1:{service.listening_ports()[0].getHost().port}"
+    try:
+        aborted = simulator.wait_for_abort()
+        answer = ensureDeferred(http("POST", url + path, chat("sim/hold", stream=False)))
+        await simulator.wait_for_hold()  # headers and a first token sent; the rest is held back
+        assert (await http("GET", url + "/api/version")).code == 200  # the proxy has read them by now
+        clock.advance(1.9)
+        assert not answer.called
+        clock.advance(0.2)  # the upstream call is cut here, at the deadline
+        assert (await http("GET", url + "/api/version")).code == 200  # and the 504 has reached the client
+        if not answer.called:
+            simulator.release_holds()  # without a deadline the held answer would end as a 200
+        r = await answer
+        assert r.code == 504
+        assert "no complete answer within 2 seconds" in r.body.decode()
+        await aborted  # the upstream connection was closed
+        (slot,) = service.router.slots
+        assert slot.limiter.in_flight == 0  # and the provider's slot given back
+    finally:
+        simulator.release_holds()
+        await service.stopService()
+
+
+def test_a_provider_s_own_response_timeout_bounds_its_answers(simulator):
+    from ollama_proxy.config.providers import ProviderConfig, ProviderTimeouts
+
+    slow = ProviderConfig(
+        name="slow", type="openai", base_url=simulator.base_url, timeouts=ProviderTimeouts(response=7)
+    )
+    config = base_config(simulator, providers=(slow,), timeouts=Timeouts(connect=5, response=3, idle=60))
+    slots = {s.name: s.response_timeout for s in makeService(config, reactor, clock=Clock()).router.slots}
+    assert slots == {"openrouter": 3, "slow": 7}

@@ -178,7 +178,7 @@ class Pipeline:
             _mark(request, target)
             body = {**chosen.upstream, "model": target.model.id}
             if not stream:
-                return await relay.answer(body)
+                return await relay.answer(body, deadline=target.slot.response_timeout)
             await relay.stream(body)
             if relay.failed:
                 raise AnsweredWithError(relay.error or "the stream broke after output began")

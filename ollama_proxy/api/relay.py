@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from typing import Any, Protocol, cast
 
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import CancelledError, ensureDeferred
+from twisted.internet.defer import TimeoutError as DeadlinePassed
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from twisted.web.server import Request
@@ -128,16 +129,37 @@ class ChatRelay:
             raise CancelledError()
         return upstream
 
-    async def answer(self, body: dict[str, Any]) -> bytes:
-        """Non-streamed: gather the stream, answer one JSON object."""
-        upstream = await self._open(body)
+    async def answer(self, body: dict[str, Any], deadline: float | None = None) -> bytes:
+        """Non-streamed: gather the stream, answer one JSON object.
+
+        The whole answer must come within ``deadline`` seconds (``[timeouts]
+        response``): the upstream is asked for a stream even here, and a provider
+        that trickles tokens would otherwise hold the request, its slot and its
+        connection for as long as it likes. Past it the upstream call is cancelled
+        (the connection closed) and the client gets a 504.
+        """
+        gathering = ensureDeferred(self._gathered(body))
+        if deadline:
+            gathering.addTimeout(deadline, self._clock)
         try:
-            await upstream.deliver(self._gather)
-            self.translator.close()
+            await gathering
         except UpstreamStreamError as error:
             raise UpstreamError(self.provider.label, self.provider.type, None, self._clean(error.message)) from None
+        except DeadlinePassed:
+            raise UpstreamError(
+                self.provider.label,
+                self.provider.type,
+                None,
+                f"no complete answer within {deadline:g} seconds",
+                status=504,
+            ) from None
         self.request.setHeader(b"content-type", JSON)
         return dumps(self.translator.final())
+
+    async def _gathered(self, body: dict[str, Any]) -> None:
+        upstream = await self._open(body)
+        await upstream.deliver(self._gather)
+        self.translator.close()
 
     async def stream(self, body: dict[str, Any]) -> None:
         """Streamed: one line per upstream event, then the ``done`` line."""

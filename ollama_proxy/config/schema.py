@@ -75,7 +75,8 @@ class Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=T
 # -- sections used as written ------------------------------------------------------
 class Timeouts(Section, frozen=True, kw_only=True):
     """Seconds. ``connect`` bounds reaching the provider, ``response`` waiting for
-    its status line and headers, ``idle`` the silence allowed inside a stream."""
+    its status line and headers (and, for a request that does not stream, the
+    whole answer), ``idle`` the silence allowed inside a stream."""
 
     connect: Positive = 10.0
     response: Positive = 120.0

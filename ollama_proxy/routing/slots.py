@@ -92,6 +92,8 @@ class ProviderSlot:
     limiter: ConcurrencyLimiter
     stats: ProviderStats = field(default_factory=ProviderStats)
     health: ProviderHealth = field(default_factory=ProviderHealth)
+    # [timeouts] response (or the provider's own): its headers, and a whole non-streamed answer.
+    response_timeout: float = 120.0
 
     @property
     def name(self) -> str:
@@ -195,7 +197,7 @@ def build_slots(
     config: Any, reactor: Any, clock: IReactorTime, rng: random.Random, redactor: Any = None
 ) -> list[ProviderSlot]:
     """One slot per configured provider (see :func:`~ollama_proxy.providers.registry.provider_configs`)."""
-    from ollama_proxy.providers.registry import build_provider, provider_configs
+    from ollama_proxy.providers.registry import build_provider, provider_configs, timeouts_for
 
     slots = []
     for order, settings in enumerate(provider_configs(config)):
@@ -212,6 +214,7 @@ def build_slots(
                 limiter=ConcurrencyLimiter(
                     settings.max_in_flight, settings.max_queue, settings.queue_timeout, clock, name=settings.name
                 ),
+                response_timeout=timeouts_for(settings, config.timeouts).response,
             )
         )
     return slots
