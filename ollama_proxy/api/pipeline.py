@@ -7,12 +7,13 @@ server. It reads the body (with its size limit), resolves the model to a route
 along it (:class:`~ollama_proxy.routing.dispatch.Dispatcher`: retries, failover,
 breakers, concurrency limits), keeps ``/api/ps`` (:attr:`Pipeline.running`) and
 notes what happened on the request's record (:mod:`ollama_proxy.front.record`),
-which the front door hands to the statistics, metrics and access log when the
-request finishes. Auth, CORS, stream limits and the
-drain happened before, in the front door (:mod:`ollama_proxy.front.door`).
+which the front door hands to the statistics, metrics, ledger and access log when
+the request finishes. Auth, CORS, stream limits and the drain happened before, in
+the front door (:mod:`ollama_proxy.front.door`).
 
-Adding a surface (say ``POST /v1/messages``) is three pieces, none of them a copy
-of routing, retries, limits, auth or bookkeeping:
+Adding a surface is three pieces, none of them a copy of routing, retries, limits,
+auth or bookkeeping (:mod:`~ollama_proxy.api.responses` is a short worked example,
+:mod:`~ollama_proxy.api.messages` one with a provider that speaks the surface's API):
 
 1. **Parse** its body into the internal chat request: an OpenAI chat-completions
    body (``upstream``) plus whether to stream, in a pure function in ``wire/``.
