@@ -9,6 +9,7 @@ import pytest
 import pytest_twisted
 
 from .conftest import http, in_thread
+from .simulator import REASONING_SIGNATURE
 
 WEATHER = {
     "type": "function",
@@ -93,16 +94,44 @@ async def test_function_call_round_trip(proxy):
 
 
 @pytest_twisted.ensureDeferred
-async def test_reasoning_becomes_a_reasoning_item(proxy):
-    response = await in_thread(
-        client(proxy).responses.create,
+async def test_reasoning_becomes_a_reasoning_item_sealed_when_asked(proxy, simulator):
+    c = client(proxy)
+    plain = await in_thread(
+        c.responses.create, model="deepseek/deepseek-r1", input="why", reasoning={"effort": "high", "summary": "auto"}
+    )
+    assert [item.type for item in plain.output] == ["reasoning", "message"]
+    assert plain.output[0].summary[0].text and plain.output_text and not plain.output[0].encrypted_content
+    # As Codex asks (store false, include the encrypted content): the signature comes opaque,
+    # and goes back upstream as OpenRouter's reasoning_details when the item is sent back.
+    sealed = await in_thread(
+        c.responses.create,
         model="deepseek/deepseek-r1",
         input="why",
         reasoning={"effort": "high", "summary": "auto"},
+        store=False,
+        include=["reasoning.encrypted_content"],
     )
-    kinds = [item.type for item in response.output]
-    assert kinds == ["reasoning", "message"]
-    assert response.output[0].summary[0].text and response.output_text
+    reasoning = sealed.output[0]
+    assert reasoning.encrypted_content == REASONING_SIGNATURE
+    await in_thread(
+        c.responses.create,
+        model="deepseek/deepseek-r1",
+        input=[
+            {"role": "user", "content": "why"},
+            *[item.model_dump(exclude_none=True) for item in sealed.output],
+            {"role": "user", "content": "and then?"},
+        ],
+    )
+    handed_back = simulator.chat_requests()[-1].body["messages"][1]
+    assert handed_back["role"] == "assistant" and handed_back["content"] == sealed.output_text
+    assert handed_back["reasoning_details"] == [
+        {
+            "type": "reasoning.text",
+            "text": reasoning.summary[0].text,
+            "signature": REASONING_SIGNATURE,
+            "format": "anthropic-claude-v1",
+        }
+    ]
 
 
 @pytest_twisted.ensureDeferred

@@ -45,6 +45,7 @@ class Responses:
                 echo=plan.echo,
                 keep_text=not stream,
                 show_thinking=plan.show_thinking,
+                encrypted=plan.encrypted,
             )
 
         if stream:

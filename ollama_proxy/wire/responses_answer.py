@@ -36,6 +36,7 @@ class ResponsesRenderer(RendersBlocks):
     echo: dict[str, Any] = field(default_factory=dict)
     keep_text: bool = False
     show_thinking: bool = True
+    encrypted: bool = False  # put the reasoning's signature in encrypted_content (as include asked)
     make_id: Callable[[str], str] = new_id
     new_call_id: Callable[[], str] = new_call_id
     timings: Timings = field(init=False)
@@ -161,6 +162,12 @@ class ResponsesRenderer(RendersBlocks):
         if not self.keep_text:
             out.append(self._located("response.output_text.delta", content_index=0, delta=text, logprobs=[]))
         return out
+
+    def _signed(self, signature: str) -> list[dict[str, Any]]:
+        # Sealed reasoning goes back to the client opaque, as OpenAI's own does.
+        if self.encrypted and self._open is not None and self._open["type"] == "reasoning":
+            self._open["encrypted_content"] = signature
+        return []
 
     def _call_delta(self, delta: CallDelta) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ollama_proxy.errors import BadRequest
+from ollama_proxy.wire.anthropic_blocks import ANTHROPIC_FORMAT
 from ollama_proxy.wire.models import UpstreamModel
 from ollama_proxy.wire.openai_request import reasoning_effort
 from ollama_proxy.wire.request_body import require_capability
@@ -34,6 +35,7 @@ class ResponsesPlan:
     stream: bool
     echo: dict[str, Any] = field(default_factory=dict)
     show_thinking: bool = True
+    encrypted: bool = False  # include asks for reasoning.encrypted_content (the signature)
 
 
 def _text(value: Any, where: str) -> str:
@@ -103,6 +105,7 @@ class _Input:
         self.messages: list[dict[str, Any]] = []
         self.calls: set[str] = set()
         self.has_images = False
+        self.reasoning: list[dict[str, Any]] = []  # signed reasoning awaiting its assistant turn
 
     def add(self, item: Any, where: str) -> None:
         if not isinstance(item, Mapping):
@@ -119,7 +122,11 @@ class _Input:
             output = _output_text(item.get("output"), f"{where}.output")
             self.messages.append({"role": "tool", "tool_call_id": call_id, "content": output})
         elif kind == "reasoning":
-            return  # the upstream's reasoning from an earlier turn; not sent back
+            # Sent back only when sealed (this proxy puts OpenRouter's signature in
+            # encrypted_content): Claude wants its signed thinking before a tool result.
+            detail = _signed_reasoning(item)
+            if detail is not None:
+                self.reasoning.append(detail)
         elif kind == "item_reference":
             raise BadRequest(STATELESS.format(field="'item_reference'"))
         else:
@@ -137,8 +144,13 @@ class _Input:
             last = self.messages[-1] if self.messages else None
             if last is not None and last["role"] == "assistant" and not last.get("tool_calls"):
                 last["content"] += content  # one turn said in several items
+                self._seal(last)
                 return
         self.messages.append({"role": "system" if role == "developer" else role, "content": content})
+        if role == "assistant":
+            self._seal(self.messages[-1])
+        else:
+            self.reasoning = []  # reasoning not followed by the assistant's turn belongs to none
 
     def _call(self, item: Mapping[str, Any], where: str) -> None:
         call_id = _text(item.get("call_id"), f"{where}.call_id")
@@ -153,6 +165,23 @@ class _Input:
             last.setdefault("tool_calls", []).append(call)  # parallel calls: one assistant turn
         else:
             self.messages.append({"role": "assistant", "content": "", "tool_calls": [call]})
+        self._seal(self.messages[-1])
+
+    def _seal(self, message: dict[str, Any]) -> None:
+        if self.reasoning:
+            message.setdefault("reasoning_details", []).extend(self.reasoning)
+            self.reasoning = []
+
+
+def _signed_reasoning(item: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A reasoning item sealed by this proxy, as OpenRouter's ``reasoning_details`` entry."""
+    signature = item.get("encrypted_content")
+    if not isinstance(signature, str) or not signature:
+        return None
+    summary = item.get("summary")
+    parts = summary if isinstance(summary, list) else []
+    text = "".join(p["text"] for p in parts if isinstance(p, Mapping) and isinstance(p.get("text"), str))
+    return {"type": "reasoning.text", "text": text, "signature": signature, "format": ANTHROPIC_FORMAT}
 
 
 def _input(raw: Any) -> _Input:
@@ -297,4 +326,5 @@ def plan_responses(body: Mapping[str, Any], model: UpstreamModel, name: str) -> 
     echo["text"] = {"format": dict(body["text"]["format"])} if fmt else {"format": {"type": "text"}}
     if isinstance(reasoning, Mapping):
         echo["reasoning"] = {"effort": reasoning.get("effort"), "summary": reasoning.get("summary")}
-    return ResponsesPlan(upstream=upstream, stream=bool(stream), echo=echo, show_thinking=effort != "none")
+    encrypted = "reasoning.encrypted_content" in (include or ())
+    return ResponsesPlan(upstream, bool(stream), echo, show_thinking=effort != "none", encrypted=encrypted)
