@@ -87,3 +87,19 @@ async def test_the_provider_views_are_closed_to_a_limited_token(make_proxy, path
         "type": "forbidden",
     }
     assert (await http("GET", proxy.url + path, headers=as_(OPERATOR))).code == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_alias_the_token_cannot_use_is_not_listed_either(make_proxy):
+    routing = RoutingConfig(aliases=(("fast", "google/gemini-pro"), ("quick", "sim/slow")))
+    proxy = make_proxy(ops=tokens("fast", "quick", "sim/*"), routing=routing)
+    tags = (await http("GET", proxy.url + "/api/tags", headers=as_(LIMITED))).json()["models"]
+    names = {m["name"] for m in tags}
+    assert "quick:latest" in names and "fast:latest" not in names
+    assert all(name.startswith(("sim/", "quick")) for name in names)
+    models = (await http("GET", proxy.url + "/v1/models", headers=as_(LIMITED))).json()["data"]
+    ids = {m["id"] for m in models}
+    assert "quick:latest" in ids and not {"fast", "fast:latest"} & ids
+    assert (await http("GET", proxy.url + "/v1/models/fast", headers=as_(LIMITED))).code == 404
+    assert (await http("GET", proxy.url + "/v1/models/quick", headers=as_(LIMITED))).code == 200
+    assert (await http("GET", proxy.url + "/v1/models/fast", headers=as_(OPERATOR))).code == 200

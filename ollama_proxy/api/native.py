@@ -20,7 +20,7 @@ from ollama_proxy.api.routes import Routes, klein_app
 from ollama_proxy.api.v1 import OpenAICompatAPI
 from ollama_proxy.config.settings import Config
 from ollama_proxy.errors import NATIVE, NotImplementedByProxy, RouteNotFound, dialect_for, json_response
-from ollama_proxy.front.door import Gate, relative_path, visible_to
+from ollama_proxy.front.door import Gate, relative_path, token_models, visible_to
 from ollama_proxy.front.record import record_of
 from ollama_proxy.ops.metrics import Metrics, wants_prometheus
 from ollama_proxy.ops.stats import Stats
@@ -154,17 +154,13 @@ class OllamaAPI:
     @route("/api/tags", methods=["GET"])
     async def tags(self, request: IRequest) -> bytes:
         await self.router.ensure_loaded()
-        return json_response(
-            request, {"models": [e for e in self.router.tag_entries() if visible_to(request, e["name"])]}
-        )
+        return json_response(request, {"models": self.router.tag_entries(allowed=token_models(request))})
 
     @route("/api/tags/<provider>", methods=["GET"])
     async def provider_tags(self, request: IRequest, provider: str) -> bytes:
         self.router.slot(provider)
         await self.router.ensure_loaded()
-        return json_response(
-            request, {"models": [e for e in self.router.tag_entries(provider) if visible_to(request, e["name"])]}
-        )
+        return json_response(request, {"models": self.router.tag_entries(provider, token_models(request))})
 
     # -- providers ----------------------------------------------------------------
     @route("/api/providers", methods=["GET"])

@@ -44,6 +44,7 @@ from twisted.web.iweb import IRequest
 from ollama_proxy.api.relay import ChatRelay, Translator
 from ollama_proxy.config.settings import Config
 from ollama_proxy.errors import BadRequest, ErrorDialect, RequestTooLarge, error_response
+from ollama_proxy.front.door import token_models
 from ollama_proxy.front.record import record_of, record_translation
 from ollama_proxy.routing.dispatch import AnsweredWithError, Dispatcher
 from ollama_proxy.routing.embeddings import embed
@@ -138,10 +139,8 @@ class Pipeline:
         record.model = name
         if self.ledger is not None and purpose in _METERED:
             self.ledger.admit(record)
-        principal = record.principal
         # A token's model list binds aliases and fallbacks too, not only the name asked for.
-        allowed = principal.may_use if principal is not None and principal.models else None
-        route = await self.router.route(name, purpose, allowed)
+        route = await self.router.route(name, purpose, token_models(request))
         record_of(request).provider = route.targets[0].slot.name if route.targets else None
         if purpose == "embed" and not route.model.embedding:
             raise BadRequest(f'"{name}" does not support embeddings')

@@ -26,12 +26,13 @@ from ollama_proxy.errors import (
     OPENAI,
     RESPONSES,
     BadRequest,
+    ModelNotAllowed,
     ModelNotFound,
     NotImplementedByProxy,
     dialect_for,
     json_response,
 )
-from ollama_proxy.front.door import visible_to
+from ollama_proxy.front.door import token_models
 from ollama_proxy.front.record import record_of
 from ollama_proxy.routing.router import Route
 from ollama_proxy.wire.framing import EVENT_STREAM, SSE_DONE, sse_event
@@ -82,14 +83,15 @@ class OpenAICompatAPI:
     async def models(self, request: IRequest) -> bytes:
         router = self.pipeline.router
         await router.ensure_loaded()
-        tags = [t for t in router.tag_entries() if visible_to(request, t["name"])]
+        tags = router.tag_entries(allowed=token_models(request))
         return json_response(request, {"object": "list", "data": [model_entry_from_tag(t) for t in tags]})
 
     @route("/models/<path:name>", methods=["GET"], endpoint="/v1/models/{model}")
     async def model(self, request: IRequest, name: str) -> bytes:
-        if not visible_to(request, name):
-            raise ModelNotFound(name)  # what a token may not use, it does not see
-        model = await self.pipeline.router.resolve(name)
+        try:
+            model = await self.pipeline.router.resolve(name, token_models(request))
+        except ModelNotAllowed:
+            raise ModelNotFound(name) from None  # what a token may not use, it does not see
         return json_response(request, model_entry(model, name))
 
     # -- inference ------------------------------------------------------------------------

@@ -253,7 +253,13 @@ class FrontDoor(Resource):
         return self.gate.render(request, self.inner)
 
 
+def token_models(request: Any) -> Callable[[str], bool] | None:
+    """The client's token's model list as a test of a name; None when it may use every model."""
+    principal = record_of(request).principal
+    return principal.may_use if principal is not None and principal.models else None
+
+
 def visible_to(request: Any, name: str) -> bool:
     """Whether the client's token may see model ``name`` (True without auth)."""
-    principal = record_of(request).principal
-    return principal is None or principal.may_use(name)
+    allowed = token_models(request)
+    return allowed is None or allowed(name)

@@ -179,9 +179,12 @@ class Router:
         """How many models the filter keeps from clients."""
         return sum(1 for m in self.all_models() if not self.filter.allows_model(m))
 
-    def tag_entries(self, provider: str | None = None) -> list[dict[str, Any]]:
-        """``/api/tags`` (merged, aliases included) or ``/api/tags/{provider}``."""
+    def tag_entries(self, provider: str | None = None, allowed: Allowed | None = None) -> list[dict[str, Any]]:
+        """``/api/tags`` (merged, aliases included) or ``/api/tags/{provider}``; with
+        ``allowed`` (a client token's model list) only what the token may use."""
         entries = [_tag(m) for m in self.allowed_models(provider)]
+        if allowed is not None:
+            entries = [e for e in entries if allowed(e["name"])]
         if provider is not None:
             return entries
         listed = {e["name"] for e in entries}
@@ -190,9 +193,9 @@ class Router:
             if name in listed:
                 continue
             try:
-                route = self.route_now(alias)
+                route = self.route_now(alias, None, allowed)
             except ProxyError:
-                continue  # an alias to a model no provider has (yet), or a forbidden one
+                continue  # an alias to a model no provider has (yet), a forbidden one, or not the token's
             entry = _tag(route.model)
             entry.update(name=name, model=name, digest=hashlib.sha256(alias.encode("utf-8")).hexdigest())
             entry["details"] = {**entry["details"], "parent_model": route.model.ollama_name}
@@ -246,9 +249,9 @@ class Router:
             if failed:
                 failed[0][1].raiseException()
 
-    async def resolve(self, name: str) -> UpstreamModel:
+    async def resolve(self, name: str, allowed: Allowed | None = None) -> UpstreamModel:
         """The model a client's name means (the first target's); 404 or 403 errors."""
-        return (await self.route(name)).model
+        return (await self.route(name, None, allowed)).model
 
     def lookup(self, name: str) -> UpstreamModel:
         return self.route_now(name).model
