@@ -83,6 +83,16 @@ async def test_oversized_headers_get_431_json(make_proxy):
 
 
 @pytest_twisted.ensureDeferred
+async def test_the_header_limit_counts_each_request_of_a_connection_anew(make_proxy):
+    proxy = make_proxy(ops=limits(max_header_bytes=4096))
+    one = b"GET /api/version HTTP/1.1\r\nHost: localhost\r\nX-Pad: " + b"a" * 2000 + b"\r\n"
+    pipelined = one + b"\r\n" + one + b"\r\n" + one + b"Connection: close\r\n\r\n"  # 6000 bytes over three
+    client = await raw(proxy.port, pipelined)
+    await client.closed
+    assert client.received.count(b"HTTP/1.1 200 ") == 3 and b" 431 " not in client.received
+
+
+@pytest_twisted.ensureDeferred
 async def test_oversized_bodies_get_413_json(make_proxy):
     proxy = make_proxy(max_body_bytes=1000)
     r = await http("POST", proxy.url + "/api/chat", chat("google/gemini-pro", text="x" * 2000))

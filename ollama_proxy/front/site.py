@@ -113,6 +113,7 @@ class LimitedChannel(HTTPChannel):
     _header_timer: IDelayedCall | None = None
     _partial_request = False  # bytes of a request whose headers are not complete yet
     _silenced = False  # answered and closing: whatever else the client sends is ignored
+    _header_bytes = 0  # header bytes of the request being read
 
     def connectionMade(self) -> None:
         limit = getattr(self.site, "max_header_bytes", DEFAULT_MAX_HEADER_BYTES)
@@ -194,11 +195,17 @@ class LimitedChannel(HTTPChannel):
     def lineReceived(self, line: bytes) -> None:
         if self._silenced:
             return
-        # The same sum HTTPChannel keeps; checked first to answer 431 rather than a bare 400.
-        if getattr(self, "_receivedHeaderSize", 0) + len(line) > self.totalHeadersSize:
+        # The same sum HTTPChannel keeps (privately), kept here: checked first to answer
+        # 431 rather than a bare 400.
+        self._header_bytes += len(line)
+        if self._header_bytes > self.totalHeadersSize:
             self._refuse_headers()
             return
         super().lineReceived(line)
+
+    def allContentReceived(self) -> None:
+        self._header_bytes = 0  # the next request's headers count from nothing
+        super().allContentReceived()
 
     def lineLengthExceeded(self, line: bytes) -> None:
         self._refuse_headers()
