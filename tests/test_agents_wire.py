@@ -86,6 +86,24 @@ def test_system_blocks_tools_and_results_become_the_chat_body():
     assert plan.native["system"][0]["cache_control"] == {"type": "ephemeral"} and plan.native["model"] == "up/smart"
 
 
+def test_the_native_body_drops_only_unsigned_thinking():
+    history = [
+        {"role": "user", "content": "go"},
+        {
+            "role": "assistant",
+            "content": [
+                {"type": "thinking", "thinking": "another provider's", "signature": ""},
+                {"type": "thinking", "thinking": "Claude's", "signature": "sig"},
+                {"type": "text", "text": "done"},
+            ],
+        },
+        {"role": "user", "content": "next"},
+    ]
+    plan = plan_messages(messages(messages=history), SMART, "c")
+    assert [b.get("signature") for b in plan.native["messages"][1]["content"]] == ["sig", None]
+    assert plan.native["messages"][0] == history[0] and plan.native["messages"][2] == history[2]
+
+
 def test_thinking_asks_for_reasoning_only_where_the_model_can_reason():
     enabled = {"type": "enabled", "budget_tokens": 10000}
     assert plan_messages(messages(thinking=enabled), SMART, "c").upstream["reasoning"] == {"effort": "medium"}
@@ -102,6 +120,7 @@ def test_thinking_asks_for_reasoning_only_where_the_model_can_reason():
         ({"max_tokens": "9"}, "max_tokens: Input should be an integer"),
         ({"temperature": "hot"}, "temperature"),
         ({"messages": "hi"}, "messages: Input should be a valid list"),
+        ({"messages": [1, "x"]}, "messages.0: Input should be an object"),
         ({"messages": [{"role": "system", "content": "x"}]}, "role"),
         ({"messages": [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "nope"}]}]}, "nope"),
         ({"tools": [{"name": "f"}]}, "input_schema"),

@@ -179,6 +179,20 @@ def _translated(
     return upstream
 
 
+def _without_unsigned_thinking(message: Any) -> Any:
+    """An assistant turn without thinking that has no signature: another provider's
+    reasoning, shown through this proxy, which Anthropic would refuse to read back."""
+    if not isinstance(message, Mapping) or message.get("role") != "assistant":
+        return message
+    content = message.get("content")
+    if not isinstance(content, list):
+        return message
+    kept = [
+        b for b in content if not (isinstance(b, Mapping) and b.get("type") == "thinking" and not b.get("signature"))
+    ]
+    return {**message, "content": kept} if len(kept) != len(content) else message
+
+
 def plan_messages(body: Mapping[str, Any], model: UpstreamModel, name: str, beta: str | None = None) -> MessagesPlan:
     """Check a Messages request as Anthropic does; plan the OpenAI and the native bodies."""
     max_tokens = _number(body, "max_tokens", int)
@@ -199,6 +213,8 @@ def plan_messages(body: Mapping[str, Any], model: UpstreamModel, name: str, beta
     # A native upstream gets all the client sent: fields this proxy does not know
     # (newer API features) mean something to it.
     native = {**body, "model": model.id, "stream": True}
+    if isinstance(body.get("messages"), list):
+        native["messages"] = [_without_unsigned_thinking(m) for m in body["messages"]]
     plan = MessagesPlan({}, native, stream, show_thinking=thinking not in (None, False), beta=beta)
     try:
         plan.upstream = _translated(body, model, name, max_tokens, thinking)
