@@ -12,7 +12,7 @@ import pytest
 from twisted.internet import reactor
 
 from ollama_proxy.ledger.rows import UsageRow
-from ollama_proxy.ledger.store import LedgerStore
+from ollama_proxy.ledger.store import SQLITE_BUSY_TIMEOUT, LedgerStore
 
 # 2026-11-30 12:00:00 UTC, and the day before.
 NOON = float(calendar.timegm((2026, 11, 30, 12, 0, 0)))
@@ -47,12 +47,12 @@ def ledger_url(request: Any, tmp_path: Any) -> str:
 
 @pytest.fixture
 def stores(ledger_url: str) -> Iterator[Any]:
-    """``stores()`` opens a store on the test's database; all are closed after."""
+    """``stores(busy_timeout=...)`` opens a store on the test's database; all are closed after."""
     opened: list[LedgerStore] = []
 
-    def open_store() -> LedgerStore:
-        # A short busy timeout: the outage tests hold SQLite's write lock.
-        store = LedgerStore(ledger_url, reactor, busy_timeout=0.05)
+    def open_store(busy_timeout: float = SQLITE_BUSY_TIMEOUT) -> LedgerStore:
+        # The outage tests hold SQLite's write lock: they pass a short busy timeout.
+        store = LedgerStore(ledger_url, reactor, busy_timeout=busy_timeout)
         opened.append(store)
         return store
 

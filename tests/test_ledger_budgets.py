@@ -164,5 +164,8 @@ async def test_a_reload_applies_new_limits_to_the_usage_already_counted(limited)
         replace(t, limits=TokenLimits(requests_per_minute=1)) if t.name == "ci" else t for t in config.ops.auth.tokens
     )
     proxy.service.reconfigure(replace(config, ops=replace(config.ops, auth=replace(config.ops.auth, tokens=tokens))))
+    # Limits that were not there before see the shared totals from the next flush on
+    # (the reload starts one).
+    assert await proxy.ledger.service.writer.flush()
     refused = await http("POST", proxy.url + "/api/chat", CHAT, headers=CI)
     assert refused.code == 429 and "1 requests per minute" in refused.json()["error"]

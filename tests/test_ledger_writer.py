@@ -37,7 +37,7 @@ def clock_at(when: float) -> Clock:
 @pytest_twisted.ensureDeferred
 async def test_rows_queued_during_an_outage_land_when_the_database_returns(stores, ledger_url, logged):
     meter = Meter(clock_at(NOON), {"ci": TokenLimits(requests_per_minute=100)})
-    writer = LedgerWriter(stores(), meter)
+    writer = LedgerWriter(stores(busy_timeout=0.05), meter)
     for _ in range(3):
         writer.add(row())
     assert await writer.flush() is True
@@ -67,7 +67,7 @@ async def test_rows_queued_during_an_outage_land_when_the_database_returns(store
 @pytest_twisted.ensureDeferred
 async def test_the_queue_is_bounded_and_drops_the_oldest_rows(stores, ledger_url, logged):
     meter = Meter(clock_at(NOON))
-    writer = LedgerWriter(stores(), meter, max_queue=3)
+    writer = LedgerWriter(stores(busy_timeout=0.05), meter, max_queue=3)
     assert await writer.flush() is True  # migrated
     outage = Outage(ledger_url)
     outage.begin()

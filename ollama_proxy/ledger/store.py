@@ -108,6 +108,9 @@ class LedgerStore:
     # -- in the pool's threads ------------------------------------------------------
     def _write(self, txn: Any, rows: list[UsageRow], watch: tuple[tuple[Period, int], ...]) -> Snapshot:
         sql = self.dialect.sql
+        if not rows:
+            # Only the totals to read: no write lock (SQLite workers would queue for it).
+            return self._windows(txn, watch, True)
         self.dialect.begin_write(txn)
         if rows:
             marks = ", ".join("?" for _ in COLUMNS)

@@ -72,7 +72,11 @@ class UsageLedger:
         limits = {token.name: token.limits for token in auth.tokens}
         settings = config.ledger
         currency = settings.currency if settings is not None else self.meter.currency
+        was_enabled = self.meter.enabled
         self.meter.configure(limits, auth.default_limits or TokenLimits(), currency)
+        if self.meter.enabled and not was_enabled and self.service.running:
+            # Limits just appeared: read the shared totals now rather than at the next tick.
+            self.service.writer.flush()
         self.prices = Prices(config.prices)
         if settings is not None and settings.url != self.store.url:
             log.warn("the ledger's url changed; it takes effect at the next restart")
