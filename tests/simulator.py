@@ -84,6 +84,11 @@ def _model(
     }
 
 
+def _bare(entry: dict[str, Any]) -> dict[str, Any]:
+    """A listing entry as OpenAI's own ``/models`` writes it: nothing about capabilities."""
+    return {"id": entry["id"], "object": "model", "created": entry["created"], "owned_by": "system"}
+
+
 CHAT_MODELS: list[dict[str, Any]] = [
     _model(
         "openai/gpt-4o-mini",
@@ -268,6 +273,9 @@ class UpstreamSimulator(SimulatorBase):
         # "no-headers": /models never answers at all.
         self.models_behaviour: str | None = None
         self.held_model_requests: list[Any] = []
+        # "bare": /models lists only {id, object, created, owned_by}, as OpenAI's own API, Groq,
+        # vLLM, LM Studio and llama.cpp do (no supported_parameters, no architecture).
+        self.listing = "openrouter"
         # sim/hold: streams that sent their first token and wait for release_holds().
         self.held: list[_Stream] = []
         self._hold_waiters: list[Deferred[None]] = []
@@ -351,6 +359,8 @@ class UpstreamSimulator(SimulatorBase):
                     request.setHeader(b"content-type", b"application/json")
                     request.write(b'{"data": [')
                 return NOT_DONE_YET
+            if self.listing == "bare":
+                return self.json(request, {"object": "list", "data": [_bare(m) for m in self.chat_models]})
             return self.json(request, {"data": self.chat_models})
         if request.method == b"GET" and route == "/embeddings/models":
             return self.json(request, {"data": self.embedding_models})

@@ -30,6 +30,10 @@ class UpstreamModel:
     context_length: int | None = None
     input_modalities: tuple[str, ...] = ("text",)
     supported_parameters: tuple[str, ...] = ()
+    # False when the provider's listing says nothing of what the model can do (OpenAI's own
+    # /models, Groq, vLLM, LM Studio, llama.cpp list only ids): then the common chat
+    # capabilities are assumed rather than refused (see ``capabilities``).
+    described: bool = True
     embedding: bool = False
     name: str = ""
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
@@ -50,17 +54,31 @@ class UpstreamModel:
         return family_of(self.id)
 
     def capabilities(self) -> list[str]:
+        """What ``/api/show`` lists and requests are checked against. A model whose
+        listing publishes no ``supported_parameters`` is assumed to chat with tools (what
+        every OpenAI-compatible server's chat models do); vision and thinking are not
+        promised for it, since a bare listing cannot tell ``gpt-4o`` from a text-only model
+        (images are then left to the upstream to judge: see :meth:`refuses`)."""
         if self.embedding:
             return ["embedding"]
         capabilities = ["completion"]
         params = set(self.supported_parameters)
-        if "tools" in params:
+        if "tools" in params or not self.described:
             capabilities.append("tools")
         if "image" in self.input_modalities:
             capabilities.append("vision")
         if params & {"reasoning", "include_reasoning"}:
             capabilities.append("thinking")
         return capabilities
+
+    def refuses(self, capability: str) -> bool:
+        """Whether a request needing ``capability`` is refused before going upstream: when
+        the listing says the model lacks it. Images to an undescribed model go upstream, which
+        knows whether the model sees (OpenAI's ``gpt-4o`` does, a text-only vLLM model answers
+        its own 400); thinking stays refused, as Ollama refuses it for a model not known to think."""
+        if capability in self.capabilities():
+            return False
+        return self.described or capability != "vision"
 
 
 def ollama_name(model_id: str) -> str:
@@ -173,7 +191,8 @@ def from_openrouter(entry: dict[str, Any], provider: str, embedding: bool = Fals
     architecture = as_object(entry.get("architecture"))
     modalities = architecture.get("input_modalities") or ["text"]
     output = architecture.get("output_modalities") or []
-    params = entry.get("supported_parameters") or []
+    listed = entry.get("supported_parameters")
+    params = listed if isinstance(listed, list) else []
     created = entry.get("created")
     context = entry.get("context_length")
     return UpstreamModel(
@@ -186,6 +205,7 @@ def from_openrouter(entry: dict[str, Any], provider: str, embedding: bool = Fals
         embedding=embedding or output == ["embeddings"] or "embedding" in model_id.split("/")[-1],
         name=str(entry.get("name") or ""),
         pricing=_pricing(entry.get("pricing")),
+        described=isinstance(listed, list),
     )
 
 

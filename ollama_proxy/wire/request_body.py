@@ -89,7 +89,7 @@ def logprob_fields(body: Mapping[str, Any]) -> dict[str, Any]:
 
 def require_capability(model: UpstreamModel, name: str, capability: str) -> None:
     """A 400 naming what the model cannot do, in Ollama's words."""
-    if capability in model.capabilities():
+    if not model.refuses(capability):
         return
     if capability == "thinking":
         raise BadRequest(f'"{name}" does not support thinking')
