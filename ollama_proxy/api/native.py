@@ -30,7 +30,7 @@ from ollama_proxy.routing.router import Route, Router
 from ollama_proxy.wire.models import show_response
 from ollama_proxy.wire.ollama_answer import ChatTranslator, instant_answer
 from ollama_proxy.wire.ollama_request import ChatPlan, embed_inputs, plan_chat, plan_generate
-from ollama_proxy.wire.request_body import field_of, keep_alive_of, model_name, wants_stream
+from ollama_proxy.wire.request_body import embedding_dimensions, field_of, keep_alive_of, model_name, wants_stream
 
 log = Logger()
 
@@ -248,7 +248,7 @@ class OllamaAPI:
         body = self.pipeline.body(request)
         name = model_name(body)
         inputs = embed_inputs(body)
-        dimensions = field_of(body, "dimensions", int, None)
+        dimensions = embedding_dimensions(body)
         truncate = field_of(body, "truncate", bool, True)
         keep_alive = keep_alive_of(body)
         route = await self.pipeline.route(request, name, "embed")

@@ -25,7 +25,6 @@ from ollama_proxy.errors import (
     ANTHROPIC,
     OPENAI,
     RESPONSES,
-    BadRequest,
     ModelNotAllowed,
     ModelNotFound,
     NotImplementedByProxy,
@@ -50,7 +49,7 @@ from ollama_proxy.wire.openai_request import (
     plan_chat_completion,
     plan_completion,
 )
-from ollama_proxy.wire.request_body import model_name
+from ollama_proxy.wire.request_body import embedding_dimensions, model_name
 
 
 class OpenAICompatAPI:
@@ -147,9 +146,7 @@ class OpenAICompatAPI:
         name = model_name(body)
         fmt = encoding_format(body)
         inputs = embedding_inputs(body)
-        dimensions = body.get("dimensions")
-        if dimensions is not None and (isinstance(dimensions, bool) or not isinstance(dimensions, int)):
-            raise BadRequest("'dimensions' must be an integer")
+        dimensions = embedding_dimensions(body)
         route = await self.pipeline.route(request, name, "embed")
         done = await self.pipeline.embed(request, route, inputs, dimensions)
         return json_response(request, embedding_list(name, done.vectors, done.tokens, fmt))

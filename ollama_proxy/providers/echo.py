@@ -28,6 +28,7 @@ from ollama_proxy.errors import BadRequest, UpstreamError
 from ollama_proxy.providers.demo import CHAT_MODEL, DEMO_MODELS, EMBED_MODEL, last_user_text, words_of
 from ollama_proxy.providers.interfaces import IProvider, IUpstreamStream
 from ollama_proxy.wire.models import UpstreamModel
+from ollama_proxy.wire.request_body import MAX_EMBEDDING_DIMENSIONS
 
 __all__ = ["CHAT_MODEL", "EMBED_MODEL", "EchoProvider", "EchoStream", "echo_words", "embed_text"]
 
@@ -42,6 +43,9 @@ def echo_words(messages: Sequence[Any]) -> list[str]:
 
 def embed_text(text: str, dimensions: int = EMBED_DIMENSIONS) -> list[float]:
     """A unit vector from the words of ``text``; the zero vector for no words."""
+    if not 0 < dimensions <= MAX_EMBEDDING_DIMENSIONS:
+        # The request parser bounds it; this is the allocation, so it checks too.
+        raise BadRequest(f"'dimensions' must be between 1 and {MAX_EMBEDDING_DIMENSIONS}")
     vector = [0.0] * dimensions
     for word in text.lower().split():
         digest = hashlib.sha256(word.encode("utf-8")).digest()
@@ -208,7 +212,10 @@ class EchoProvider:
         if model != EMBED_MODEL:
             return fail(BadRequest(f"'{model}' is not an embedding model"))
         size = dimensions if isinstance(dimensions, int) and dimensions > 0 else EMBED_DIMENSIONS
-        vectors = [embed_text(text, size) for text in inputs]
+        try:
+            vectors = [embed_text(text, size) for text in inputs]
+        except BadRequest as error:
+            return fail(error)
         return succeed((vectors, sum(len(t.split()) for t in inputs)))
 
     def check_health(self) -> Deferred[None]:

@@ -41,6 +41,22 @@ def field_of(body: Mapping[str, Any], key: str, types: type | tuple[type, ...], 
     return value
 
 
+# No embedding model has more dimensions than this (the largest ones have a few
+# thousand); a larger number is a mistake or an attack on memory, refused at once.
+MAX_EMBEDDING_DIMENSIONS = 65536
+
+
+def embedding_dimensions(body: Mapping[str, Any]) -> int | None:
+    """``dimensions`` of an embedding request (every surface): an integer at most
+    :data:`MAX_EMBEDDING_DIMENSIONS`; None when absent, null or not positive (not asked)."""
+    value = field_of(body, "dimensions", int)
+    if value is None or value <= 0:
+        return None
+    if value > MAX_EMBEDDING_DIMENSIONS:
+        raise BadRequest(f"'dimensions' must be at most {MAX_EMBEDDING_DIMENSIONS}")
+    return value
+
+
 def _type_name(kind: type) -> str:
     return {
         str: "a string",

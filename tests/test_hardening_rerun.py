@@ -1,0 +1,41 @@
+"""What an independent re-run of the attack (issue #10) still found open.
+
+Each test here failed before its fix: unbounded embedding ``dimensions``, ...
+"""
+
+from __future__ import annotations
+
+import pytest
+import pytest_twisted
+
+from ollama_proxy.config.providers import ProviderConfig
+from ollama_proxy.errors import BadRequest
+from ollama_proxy.providers.echo import embed_text
+from ollama_proxy.wire.request_body import MAX_EMBEDDING_DIMENSIONS
+
+from .conftest import http
+
+
+# -- embedding dimensions ----------------------------------------------------------------------
+def test_the_demo_never_allocates_from_an_unchecked_dimension():
+    for size in (0, -1, MAX_EMBEDDING_DIMENSIONS + 1, 2**70):
+        with pytest.raises(BadRequest):
+            embed_text("a b", size)
+    assert len(embed_text("a b", MAX_EMBEDDING_DIMENSIONS)) == MAX_EMBEDDING_DIMENSIONS
+
+
+@pytest_twisted.ensureDeferred
+async def test_embedding_dimensions_are_bounded_on_every_surface(make_multi, simulator):
+    proxy = make_multi([ProviderConfig(name="demo", type="echo", priority=50)])
+    for size in (MAX_EMBEDDING_DIMENSIONS + 1, 2**70):
+        for model in ("demo/echo-embed", "openai/text-embedding-3-small"):
+            native = await http("POST", proxy.url + "/api/embed", {"model": model, "input": "hi", "dimensions": size})
+            assert native.code == 400, native.body
+            assert native.json()["error"] == f"'dimensions' must be at most {MAX_EMBEDDING_DIMENSIONS}"
+            v1 = await http("POST", proxy.url + "/v1/embeddings", {"model": model, "input": "hi", "dimensions": size})
+            assert v1.code == 400, v1.body
+            assert v1.json()["error"]["message"] == f"'dimensions' must be at most {MAX_EMBEDDING_DIMENSIONS}"
+    # Refused before anything went upstream.
+    assert [r.path for r in simulator.requests if r.method == "POST"] == []
+    fine = await http("POST", proxy.url + "/api/embed", {"model": "demo/echo-embed", "input": "hi", "dimensions": 32})
+    assert fine.code == 200 and len(fine.json()["embeddings"][0]) == 32
