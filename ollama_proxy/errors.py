@@ -131,7 +131,8 @@ class InternalError(ProxyError):
 # on them (fix the request, back off, try later). Everything else is the
 # gateway's problem with its upstream, which HTTP calls 502.
 _PASSED_THROUGH = {400, 404, 413, 429, 503, 504}
-_RENAMED = {408: 504, 422: 400}
+# 529 is Anthropic's "overloaded": clients know it as 503 (Anthropic's SDK: overloaded_error).
+_RENAMED = {408: 504, 422: 400, 529: 503}
 
 
 class UpstreamError(ProxyError):

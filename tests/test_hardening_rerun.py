@@ -14,6 +14,7 @@ from ollama_proxy.providers.echo import embed_text
 from ollama_proxy.wire.request_body import MAX_EMBEDDING_DIMENSIONS
 
 from .conftest import http
+from .multi import ANTHROPIC_KEY, provider
 
 
 # -- embedding dimensions ----------------------------------------------------------------------
@@ -39,3 +40,17 @@ async def test_embedding_dimensions_are_bounded_on_every_surface(make_multi, sim
     assert [r.path for r in simulator.requests if r.method == "POST"] == []
     fine = await http("POST", proxy.url + "/api/embed", {"model": "demo/echo-embed", "input": "hi", "dimensions": 32})
     assert fine.code == 200 and len(fine.json()["embeddings"][0]) == 32
+
+
+# -- Anthropic's 529 -----------------------------------------------------------------------------
+@pytest_twisted.ensureDeferred
+async def test_an_overloaded_anthropic_is_503_overloaded_error_as_the_readme_says(make_multi, anthropic_sim):
+    proxy = make_multi([provider("claude", "anthropic", anthropic_sim.base_url, ANTHROPIC_KEY)], openrouter=False)
+    anthropic_sim.behaviour = "overloaded"
+    body = {"model": "claude-sonnet-4-5", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+    messages = await http("POST", proxy.url + "/v1/messages", body)
+    assert messages.code == 503, messages.body
+    assert messages.json()["error"]["type"] == "overloaded_error"
+    native = await http("POST", proxy.url + "/api/chat", {**body, "stream": False})
+    assert native.code == 503 and "529" in native.json()["error"]
+    assert len(anthropic_sim.posts("/v1/messages")) >= 2  # still retried as an overload
