@@ -40,7 +40,16 @@ sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
 from loadclient import EventCounter, LatencyResult, LoadClient  # noqa: E402
-from processes import Child, Children, free_port, raise_fd_limit, tree, tree_cpu_seconds, tree_rss_kib  # noqa: E402
+from processes import (  # noqa: E402
+    Child,
+    Children,
+    free_port,
+    raise_fd_limit,
+    tree,
+    tree_cpu_seconds,
+    tree_pss_kib,
+    tree_rss_kib,
+)
 from report import render  # noqa: E402
 from twisted.internet import task  # noqa: E402
 from twisted.internet.defer import Deferred, gatherResults  # noqa: E402
@@ -88,6 +97,7 @@ class Results:
     scaling_tool: str = ""
     workers_held: int = 1
     rss: dict[str, int] = field(default_factory=dict)  # KiB, the proxy's processes together
+    pss: dict[str, int] = field(default_factory=dict)  # KiB, shared pages counted once
     held: int = 0
     open_seconds: float = 0.0
     upstream_open_while_held: int = 0
@@ -160,7 +170,7 @@ class Bench:
         try:
             await self.start_proxy(None)
             await self.sleep(0.5)
-            self.results.rss["idle"] = tree_rss_kib(self.proxy.pid)  # type: ignore[union-attr]
+            self.memory("idle")
             for concurrency in CONCURRENCIES:
                 await self.latency(concurrency)
             await self.streaming()
@@ -275,6 +285,13 @@ class Bench:
                 self.results.notes.append(f"wrk: {errors} errors in {requests} requests")
         return requests / (duration_us / 1e6)
 
+    def memory(self, key: str, peak: bool = False) -> None:
+        assert self.proxy is not None
+        rss, pss = tree_rss_kib(self.proxy.pid), tree_pss_kib(self.proxy.pid)
+        if peak:
+            rss, pss = max(rss, self.results.rss.get(key, 0)), max(pss, self.results.pss.get(key, 0))
+        self.results.rss[key], self.results.pss[key] = rss, pss
+
     # -- 4. memory with many streams open --------------------------------------------------
     async def hold_streams(self) -> None:
         plan, results = self.plan, self.results
@@ -282,18 +299,16 @@ class Bench:
         count = plan.streams_held
         results.held = count
         await self.sleep(0.5)
-        results.rss["before streams"] = tree_rss_kib(self.proxy.pid)
+        self.memory("before streams")
         baseline = await self.upstream.open_connections(self.client)
         started = time.perf_counter()
         body = chat_body(self.roles.slow_model, "hold me", True)
         await self.client.open_many(count, self.proxy_url + "/api/chat", body, self.headers, b"\n", self.held, 100)
         results.open_seconds = time.perf_counter() - started
         results.upstream_open_while_held = await self.upstream.open_connections(self.client) - baseline
-        peak = 0
         for _ in range(max(1, round(plan.hold_seconds / 0.25))):
             await self.sleep(0.25)
-            peak = max(peak, tree_rss_kib(self.proxy.pid))
-        results.rss["streams open (peak)"] = peak
+            self.memory("streams open (peak)", peak=True)
         ended = [c for c in self.held if c.ended_at is not None]
         if ended:
             raise RuntimeError(f"{len(ended)} of the held streams ended by themselves")
@@ -311,7 +326,7 @@ class Bench:
             await self.sleep(0.05)
         results.close_seconds = time.perf_counter() - closing
         await self.sleep(2.0)
-        results.rss["after streams closed"] = tree_rss_kib(self.proxy.pid)
+        self.memory("after streams closed")
 
 
 async def _run(reactor: Any, argv: list[str], timeout: float) -> str:

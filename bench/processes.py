@@ -94,6 +94,24 @@ def tree_rss_kib(pid: int) -> int:
     return total
 
 
+def pss_kib(pid: int) -> int:
+    """The process's proportional set size: shared pages divided among their sharers."""
+    with open(f"/proc/{pid}/smaps_rollup", encoding="ascii") as rollup:
+        for line in rollup:
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no Pss for pid {pid}")
+
+
+def tree_pss_kib(pid: int) -> int:
+    """Memory of ``pid`` and its descendants together, shared pages counted once (PSS)."""
+    total = 0
+    for member in tree(pid):
+        with contextlib.suppress(OSError, RuntimeError):
+            total += pss_kib(member)
+    return total
+
+
 def tree_cpu_seconds(pid: int) -> float:
     """CPU time of ``pid`` and its living descendants."""
     total = 0.0

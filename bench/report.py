@@ -74,12 +74,13 @@ def render(
     add("")
 
     held = results.held
-    add(f"4. memory, {held:,} streams held open ({results.workers_held} worker(s); VmRSS of every proxy process)")
+    add(f"4. memory, {held:,} streams held open ({results.workers_held} worker(s); every proxy process together)")
+    add(f"   {'':<34}{'PSS':>9}     {'RSS sum':>9}")
     for key in ("idle", "before streams", "streams open (peak)", "after streams closed"):
         if key in results.rss:
-            add(f"   {key:<34}{results.rss[key] / 1024:>9.1f} MiB")
-    per_stream = (results.rss["streams open (peak)"] - results.rss["before streams"]) / max(1, held)
-    add(f"   {'per open stream':<34}{per_stream:>9.1f} KiB")
+            add(f"   {key:<34}{results.pss[key] / 1024:>9.1f} MiB {results.rss[key] / 1024:>9.1f} MiB")
+    per_stream = (results.pss["streams open (peak)"] - results.pss["before streams"]) / max(1, held)
+    add(f"   {'per open stream (PSS)':<34}{per_stream:>9.1f} KiB")
     add(
         f"   opened in {results.open_seconds:.1f} s; {results.upstream_open_while_held:,} upstream connections open "
         "while held"
