@@ -401,7 +401,10 @@ def main(argv: list[str] | None = None) -> int:
         upstream = start_upstream(children, args.upstream, plan.streams_held)
         config = os.path.join(workdir, "proxy.toml")
         with open(config, "w", encoding="utf-8") as f:
-            f.write("[log]\naccess = true\n\n" + upstream.proxy_config(plan.streams_held))
+            f.write(
+                f"[log]\naccess = true\n[limits]\nmax_connections = {plan.streams_held + 1024}\n\n"
+                + upstream.proxy_config(plan.streams_held)
+            )
         bench = Bench(reactor, plan, upstream, children, config, workers)
         reactor.suggestThreadPoolSize(2)
 
