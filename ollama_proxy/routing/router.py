@@ -315,10 +315,7 @@ class Router:
 
     @staticmethod
     def _find(slot: ProviderSlot, name: str) -> UpstreamModel | None:
-        try:
-            return slot.catalogue.lookup(name)
-        except ModelNotFound:
-            return None
+        return slot.catalogue.find(name)
 
     def _targets(self, name: str, fallback: bool, allowed: Allowed | None = None) -> list[Target]:
         wanted = self._alias(name) or name
