@@ -259,3 +259,23 @@ async def test_plain_bad_inputs_are_4xx_in_each_surface_shape(make_proxy):
         "POST", proxy.url + "/v1/responses", {"model": "google/gemini-pro", "input": "x", "conversation": "c"}
     )
     assert r.code == 400 and "stateless" in r.json()["error"]["message"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failure_after_output_ends_each_stream_in_its_own_way(proxy):
+    body = {"model": "sim/midstream-error", "stream": True}
+    r = await http(
+        "POST",
+        proxy.url + "/v1/messages",
+        {**body, "max_tokens": 20, "messages": [{"role": "user", "content": "a b c d"}]},
+    )
+    events = named_events(r.body)
+    assert r.code == 200 and events[0][0] == "message_start" and "text_delta" in r.body.decode()
+    assert events[-1][0] == "error" and events[-1][1]["error"]["type"] == "api_error"
+    assert "message_stop" not in [name for name, _ in events]
+    r = await http("POST", proxy.url + "/v1/responses", {**body, "input": "a b c d"})
+    events = named_events(r.body)
+    assert r.code == 200 and events[0][0] == "response.created"
+    name, last = events[-1]
+    assert name == "response.failed" and last["response"]["status"] == "failed" and last["response"]["error"]["message"]
+    assert [d["sequence_number"] for _, d in events] == list(range(len(events)))
