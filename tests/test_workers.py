@@ -277,3 +277,45 @@ def test_merged_views_add_counts_and_recompute_rates() -> None:
         ]
     )
     assert health == {"status": "degraded", "circuit_breaker_state": "open"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_socket_passed_by_systemd_is_shared_by_the_workers(tmp_path: Any, simulator: Any) -> None:
+    # As systemd passes it: already listening, at fd 3 + index, counted in LISTEN_FDS.
+    inherited = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    inherited.bind(("127.0.0.1", 0))
+    inherited.listen(16)
+    index = 600
+    os.dup2(inherited.fileno(), 3 + index)
+    inherited.close()
+    probe = socket.socket(fileno=os.dup(3 + index))
+    port = probe.getsockname()[1]
+    probe.close()
+    runtime = tmp_path / "run"
+    (runtime / "metrics").mkdir(parents=True)
+    env = worker_environment(
+        {k: v for k, v in os.environ.items() if not k.startswith(("OPENROUTER", "OLLAMA"))}, str(runtime / "metrics")
+    )
+    env[RUNTIME_ENV] = str(runtime)
+    env["PYTHONPATH"] = REPO
+    argv = ["-n", "--pidfile=", "ollama-proxy", "--worker", "{worker}/2", "--config", _config(tmp_path, simulator)]
+    events = Events()
+    os.environ["LISTEN_FDS"] = str(index + 1)
+    try:
+        supervisor = Supervisor(
+            2,
+            [f"systemd:domain=INET:index={index}"],
+            twistd_spawner(global_reactor, argv, env),
+            global_reactor,
+            on_event=events,
+        )
+        supervisor.startService()
+    finally:
+        del os.environ["LISTEN_FDS"]
+    try:
+        await events.wait("ready", 2)
+        answers = await _keep_alive_requests(port, 4)
+        assert all(a.startswith(b"HTTP/1.1 200") for a in answers)
+        assert supervisor.handed_over == [2, 2]
+    finally:
+        await supervisor.stopService()
