@@ -65,3 +65,25 @@ async def test_two_daemons_share_one_sqlite_ledger(simulator, running, tmp_path)
         proc.signal("TERM")
     assert await gatherResults([proc.wait_ended() for proc in procs]) == [0, 0]
     assert count_rows(f"sqlite://{path}") == 20
+
+
+@pytest_twisted.ensureDeferred
+async def test_worker_mode_writes_every_row_to_the_one_ledger(simulator, running, tmp_path):
+    path = tmp_path / "ledger.sqlite3"
+    env = {"OPENROUTER_API_KEY": API_KEY, "OPENROUTER_BASE_URL": simulator.base_url}
+    args = ["ollama-proxy", "--workers", "2", "--listen", LOOPBACK, "--config", ledger_config(tmp_path, path)]
+    proc = daemon.start(args, env=env)
+    running.append(proc)
+    ready = await proc.wait_for(rb"ready: 2 workers listening on [\d.]+:(\d+)")
+    url = f"http://127.0.0.1:{int(ready.group(1))}"
+    body = {"model": "google/gemini-pro", "messages": HELLO, "stream": False}
+    answers = await gatherResults([ensureDeferred(http("POST", url + "/api/chat", body)) for _ in range(20)])
+    assert [a.code for a in answers] == [200] * 20
+    # The ledger's counters are summed over the workers like every other counter.
+    metrics = (await http("GET", url + "/metrics?format=prometheus")).body.decode()
+    prompt = sum(a.json()["prompt_eval_count"] for a in answers)
+    labels = '{kind="prompt",model="google/gemini-pro",token="anonymous"}'
+    assert f"ollama_proxy_usage_tokens_total{labels} {float(prompt)}" in metrics
+    proc.signal("TERM")
+    assert await proc.wait_ended() == 0
+    assert count_rows(f"sqlite://{path}") == 20
