@@ -21,7 +21,7 @@ from ollama_proxy.errors import ANTHROPIC, BadRequest, json_response
 from ollama_proxy.providers.interfaces import IMessagesProvider
 from ollama_proxy.routing.router import Target
 from ollama_proxy.wire.anthropic_answer import MessagesPassthrough, MessagesRenderer
-from ollama_proxy.wire.anthropic_request import check_count_request, estimate_tokens, plan_messages
+from ollama_proxy.wire.anthropic_request import estimate_tokens, plan_messages
 
 # Carries the client's anthropic-beta header beside a native body, to the relay.
 _BETA_KEY = "x-anthropic-beta"
@@ -144,18 +144,25 @@ class Messages:
 
     async def count_tokens(self, request: IRequest) -> bytes:
         """``POST /v1/messages/count_tokens``: Anthropic's own count where Anthropic serves
-        the model, an estimate otherwise (never a 404: Claude Code calls it)."""
+        the model, an estimate otherwise (never a 404: Claude Code calls it). The body is
+        checked exactly as ``/v1/messages`` checks it (``max_tokens`` aside, which a count
+        does not take): what only Anthropic can take passes only where Anthropic serves it."""
         pipeline = self.pipeline
         body = pipeline.body(request)
         name = _model(body)
-        check_count_request(body)
         route = await pipeline.route(request, name, "chat")
+        plan = plan_messages({**body, "max_tokens": 1, "stream": False}, route.model, name)
+        untranslatable = plan.untranslatable
         if not route.targets or not IMessagesProvider.providedBy(route.targets[0].provider):
+            if untranslatable is not None:
+                raise untranslatable  # /v1/messages refuses it on this first target
             return json_response(request, {"input_tokens": estimate_tokens(body)})
         beta = _beta(request)
 
         async def count(target: Target) -> int:
             if not IMessagesProvider.providedBy(target.provider):
+                if untranslatable is not None:
+                    raise untranslatable  # as /v1/messages refuses it on this fallback
                 return estimate_tokens(body)  # a fallback that cannot count: estimate
             return int(await target.provider.count_tokens({**body, "model": target.model.id}, beta))
 

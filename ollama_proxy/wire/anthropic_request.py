@@ -223,18 +223,6 @@ def plan_messages(body: Mapping[str, Any], model: UpstreamModel, name: str, beta
     return plan
 
 
-def check_count_request(body: Mapping[str, Any]) -> None:
-    """A ``count_tokens`` body checked as a Messages request (``max_tokens`` not needed);
-    what only Anthropic can take is fine: Anthropic counts it, or the estimate does."""
-    try:
-        system_text(body.get("system"))
-        conversation_of(body.get("messages"))
-        names = [t["function"]["name"] for t in _tools(body.get("tools"))]
-        _tool_choice(body.get("tool_choice"), names)
-    except Untranslatable:
-        pass
-
-
 def estimate_tokens(body: Mapping[str, Any]) -> int:
     """An estimate of the input tokens: one per four characters of the system prompt,
     the messages and the tool definitions as JSON (generous rather than short, so a
