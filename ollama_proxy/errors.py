@@ -30,7 +30,7 @@ from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
 from werkzeug.exceptions import NotFound as WerkzeugNotFound
 from werkzeug.routing import RequestRedirect
 
-from ollama_proxy.wire.framing import dumps, ndjson, sse_event
+from ollama_proxy.wire.framing import NonFiniteNumber, dumps, ndjson, sse_event
 
 log = Logger()
 
@@ -322,6 +322,8 @@ def client_error(request: Any, failure: Failure) -> ProxyError | None:
                 message=value.message,
             )
         return value
+    if isinstance(value, NonFiniteNumber):
+        return ProxyError(str(value), status=502, type="upstream_error")
     # Werkzeug would redirect "/api//tags" to "/api/tags"; Ollama's router answers 404.
     if isinstance(value, (WerkzeugNotFound, RequestRedirect)):
         return RouteNotFound(f"no such endpoint: {_path(request)}")

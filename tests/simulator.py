@@ -26,7 +26,8 @@ get OpenRouter's 404. It answers with what the request asks for:
 - reasoning (``delta.reasoning`` plus ``reasoning_details``, as OpenRouter sends
   both) before the answer, for models that support it, unless the request
   turns it off; ``sim/reasoning-details`` sends only ``reasoning_details``;
-- logprobs per token when ``logprobs`` is asked for;
+- logprobs per token when ``logprobs`` is asked for (-Infinity for the word "impossible");
+- embeddings: NaN and infinities for the text "non-finite";
 - JSON (``{"echo": ...}``, or an object filling a ``json_schema``'s properties)
   when a ``response_format`` asks for it;
 - `` [image/png]`` (the media type) appended for each image received.
@@ -149,6 +150,8 @@ EMBEDDING_MODELS: list[dict[str, Any]] = [
 
 def fake_vector(text: str, size: int = 8) -> list[float]:
     """A deterministic vector for ``text``, what the simulator's embeddings answer."""
+    if text == "non-finite":  # a broken upstream's numbers, which JSON cannot carry
+        return [math.nan, math.inf, -math.inf] + [0.5] * (size - 3)
     digest = hashlib.sha256(text.encode("utf-8")).digest()
     return [round((digest[i] - 128) / 128.0, 6) for i in range(size)]
 
@@ -540,7 +543,8 @@ class UpstreamSimulator(SimulatorBase):
 def _logprob(word: str, rank: int, top: int) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "token": word,
-        "logprob": round(-0.25 * (rank % 4), 4),
+        # "impossible" gets what a broken upstream may send, which JSON cannot carry.
+        "logprob": -math.inf if word.strip() == "impossible" else round(-0.25 * (rank % 4), 4),
         "bytes": list(word.encode("utf-8")),
     }
     entry["top_logprobs"] = [

@@ -5,6 +5,8 @@ Each test here failed before its fix: unbounded embedding ``dimensions``, ...
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import pytest_twisted
 
@@ -54,3 +56,54 @@ async def test_an_overloaded_anthropic_is_503_overloaded_error_as_the_readme_say
     native = await http("POST", proxy.url + "/api/chat", {**body, "stream": False})
     assert native.code == 503 and "529" in native.json()["error"]
     assert len(anthropic_sim.posts("/v1/messages")) >= 2  # still retried as an overload
+
+
+# -- non-finite numbers from an upstream ---------------------------------------------------------
+def strict_json(text: str | bytes):
+    """JSON as a strict client reads it: ``NaN`` and ``Infinity`` are not JSON."""
+
+    def refuse(constant: str):
+        raise AssertionError(f"{constant} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_upstreams_non_finite_numbers_become_a_502_not_invalid_json(proxy):
+    model = "openai/text-embedding-3-small"
+    for path, body in [
+        ("/api/embed", {"model": model, "input": "non-finite"}),
+        ("/api/embeddings", {"model": model, "prompt": "non-finite"}),
+        ("/v1/embeddings", {"model": model, "input": "non-finite"}),
+        (
+            "/api/chat",
+            {
+                "model": "google/gemini-pro",
+                "messages": [{"role": "user", "content": "impossible"}],
+                "stream": False,
+                "logprobs": True,
+            },
+        ),
+    ]:
+        r = await http("POST", proxy.url + path, body)
+        assert r.code == 502, (path, r.body)
+        answer = strict_json(r.body)
+        message = answer["error"]["message"] if path.startswith("/v1/") else answer["error"]
+        assert message == "the upstream sent a number JSON cannot carry (NaN or Infinity)"
+    fine = await http("POST", proxy.url + "/api/embed", {"model": model, "input": "finite"})
+    assert fine.code == 200 and len(strict_json(fine.body)["embeddings"][0]) == 8
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stream_that_meets_a_non_finite_number_ends_with_an_error_line(proxy):
+    body = {
+        "model": "google/gemini-pro",
+        "messages": [{"role": "user", "content": "quite impossible"}],
+        "logprobs": True,
+    }
+    native = await http("POST", proxy.url + "/api/chat", {**body, "stream": True})
+    lines = [strict_json(line) for line in native.body.splitlines()]
+    assert lines[-1] == {"error": "the upstream sent a number JSON cannot carry (NaN or Infinity)"}
+    v1 = await http("POST", proxy.url + "/v1/chat/completions", {**body, "stream": True})
+    events = [strict_json(line[6:]) for line in v1.body.splitlines() if line.startswith(b"data: {")]
+    assert events[-1]["error"]["message"] == "the upstream sent a number JSON cannot carry (NaN or Infinity)"

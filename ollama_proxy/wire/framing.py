@@ -3,7 +3,9 @@
 Compact JSON, never ASCII-escaped, one object per line or per event: the bytes the
 relay writes and the bytes an error ends a stream with come from here. Every JSON
 answer is encoded by :func:`utf8`, so a lone UTF-16 surrogate (which an upstream may
-send, and UTF-8 cannot hold) becomes U+FFFD instead of failing the answer.
+send, and UTF-8 cannot hold) becomes U+FFFD instead of failing the answer. A NaN or
+an infinity (which an upstream may send, and JSON cannot hold: Python would write
+``NaN``, which no client parses) fails it with :class:`NonFiniteNumber`.
 """
 
 from __future__ import annotations
@@ -29,6 +31,23 @@ def _to_replacement(error: UnicodeError) -> tuple[bytes, int]:
 codecs.register_error("ollama_proxy.replace", _to_replacement)
 
 
+class NonFiniteNumber(ValueError):
+    """An answer held NaN or an infinity. Only an upstream can have sent it (the request
+    parser refuses them), so the funnel answers 502, or ends a stream with an error line."""
+
+    def __init__(self) -> None:
+        super().__init__("the upstream sent a number JSON cannot carry (NaN or Infinity)")
+
+
+def _json_text(obj: Any, **options: Any) -> str:
+    try:
+        return json.dumps(obj, ensure_ascii=False, allow_nan=False, **options)
+    except ValueError as error:
+        if "JSON compliant" in str(error):  # the stdlib's wording for NaN and infinities
+            raise NonFiniteNumber() from None
+        raise
+
+
 def utf8(text: str) -> bytes:
     """``text`` as UTF-8; a lone surrogate (which UTF-8 cannot hold) becomes U+FFFD."""
     try:
@@ -39,7 +58,7 @@ def utf8(text: str) -> bytes:
 
 def dumps(obj: Any) -> bytes:
     """``obj`` as UTF-8 JSON text, as Ollama writes a whole answer."""
-    return utf8(json.dumps(obj, ensure_ascii=False))
+    return utf8(_json_text(obj))
 
 
 def compact(obj: Any) -> bytes:
@@ -48,7 +67,7 @@ def compact(obj: Any) -> bytes:
     fast = dumps_compact_or_none(obj)
     if fast is not None:
         return fast
-    return utf8(json.dumps(obj, separators=(",", ":"), ensure_ascii=False))
+    return utf8(_json_text(obj, separators=(",", ":")))
 
 
 def ndjson(obj: Mapping[str, Any]) -> bytes:
