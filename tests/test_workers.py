@@ -319,3 +319,24 @@ async def test_a_socket_passed_by_systemd_is_shared_by_the_workers(tmp_path: Any
         assert supervisor.handed_over == [2, 2]
     finally:
         await supervisor.stopService()
+
+
+def test_workers_get_the_main_process_options_less_listeners_and_a_log_file_each() -> None:
+    from ollama_proxy.ops.workermode import worker_argv
+
+    class Options(dict):  # type: ignore[type-arg]
+        parent: dict[str, Any] = {"logfile": "/var/log/ollama-proxy.log", "nodaemon": False}
+
+    options = Options(config="proxy.toml", listen=["tcp:11434"], demo=True, workers="2", **{"log-format": "json"})
+    argv = worker_argv(options, 2)
+    assert argv[:3] == ["-n", "--pidfile=", "--logfile=/var/log/ollama-proxy.log.worker-{worker}"]
+    assert argv[3:] == [
+        "ollama-proxy",
+        "--worker",
+        "{worker}/2",
+        "--config",
+        os.path.abspath("proxy.toml"),
+        "--log-format",
+        "json",
+        "--demo",
+    ]

@@ -199,8 +199,12 @@ def worker_argv(options: Any, count: int) -> list[str]:
     """twistd's arguments for a worker: the main process's, less listeners and workers."""
     twistd = getattr(options, "parent", None) or {}
     argv = ["-n", "--pidfile="]
-    if twistd.get("logfile"):
-        argv.append(f"--logfile={twistd['logfile']}")
+    if twistd.get("logfile") and twistd["logfile"] != "-":
+        # A file of its own each: twistd's LogFile rotates by size, and two processes
+        # rotating one file would lose lines.
+        argv.append(f"--logfile={twistd['logfile']}.worker-{{worker}}")
+    elif twistd.get("logfile"):
+        argv.append("--logfile=-")
     if twistd.get("syslog"):
         argv += ["--syslog", f"--prefix={twistd.get('prefix') or 'ollama-proxy'}"]
     argv += ["ollama-proxy", "--worker", f"{{worker}}/{count}"]
