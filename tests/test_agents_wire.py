@@ -315,7 +315,7 @@ def test_input_items_become_chat_messages():
                     "role": "user",
                     "content": [
                         {"type": "input_text", "text": "look"},
-                        {"type": "input_image", "image_url": "data:image/png;base64,AA"},
+                        {"type": "input_image", "image_url": "data:image/png;base64,AA=="},
                     ],
                 },
                 {"type": "reasoning", "id": "rs_1", "summary": []},
@@ -337,7 +337,7 @@ def test_input_items_become_chat_messages():
     )
     m = plan.upstream["messages"]
     assert m[0] == {"role": "system", "content": "Be kind."} and m[1] == {"role": "system", "content": "rules"}
-    assert m[2]["content"][1] == {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA"}}
+    assert m[2]["content"][1] == {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA=="}}
     assert [c["id"] for c in m[3]["tool_calls"]] == ["c1", "c2"]
     assert m[4:] == [
         {"role": "tool", "tool_call_id": "c1", "content": "one"},

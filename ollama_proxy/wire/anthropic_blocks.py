@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ollama_proxy.errors import BadRequest
+from ollama_proxy.wire.images import decode_base64
 
 
 class Untranslatable(BadRequest):
@@ -74,6 +75,8 @@ def image_url(block: Mapping[str, Any], where: str) -> dict[str, Any]:
     if kind == "base64":
         media = text_of(source.get("media_type"), f"{where}.source.media_type")
         data = text_of(source.get("data"), f"{where}.source.data")
+        # Checked here: a provider that is sent bad base64 answers a less helpful error, or a 5xx.
+        data, _ = decode_base64(data, f"{where}.source.data")
         return {"type": "image_url", "image_url": {"url": f"data:{media};base64,{data}"}}
     if kind == "url":
         return {"type": "image_url", "image_url": {"url": text_of(source.get("url"), f"{where}.source.url")}}

@@ -21,7 +21,7 @@ from typing import Any
 from ollama_proxy.errors import BadRequest
 from ollama_proxy.wire.anthropic_blocks import Untranslatable, conversation_of, system_text, text_of
 from ollama_proxy.wire.models import UpstreamModel
-from ollama_proxy.wire.request_body import require_capability
+from ollama_proxy.wire.request_body import MAX_TOKEN_CAP, require_capability
 
 
 def effort_for_budget(budget: int) -> str:
@@ -200,6 +200,8 @@ def plan_messages(body: Mapping[str, Any], model: UpstreamModel, name: str, beta
         raise BadRequest("max_tokens: Field required")
     if max_tokens < 1:
         raise BadRequest("max_tokens: Input should be greater than or equal to 1")
+    if max_tokens > MAX_TOKEN_CAP:
+        raise BadRequest(f"max_tokens: Input should be less than or equal to {MAX_TOKEN_CAP}")
     stream = body.get("stream", False)
     if stream is None:
         stream = False

@@ -40,7 +40,8 @@ def sniff_media_type(data: bytes) -> str | None:
     return None
 
 
-def _decode(text: str, where: str) -> tuple[str, bytes]:
+def decode_base64(text: str, where: str) -> tuple[str, bytes]:
+    """``text`` without whitespace, and its bytes; a 400 naming ``where`` when it is not base64."""
     cleaned = "".join(text.split())
     try:
         return cleaned, base64.b64decode(cleaned, validate=True)
@@ -58,7 +59,7 @@ def image_data_uri(value: Any, where: str) -> str:
         if ";base64" not in head:
             raise BadRequest(f"{where} is not valid base64 image data")
         value = payload
-    encoded, data = _decode(value, where)
+    encoded, data = decode_base64(value, where)
     media_type = sniff_media_type(data)
     if media_type is None:
         raise BadRequest(f"invalid image input: {where} is not a PNG, JPEG, GIF, WebP, BMP, TIFF, AVIF or HEIC image")

@@ -103,6 +103,11 @@ def logprob_fields(body: Mapping[str, Any]) -> dict[str, Any]:
     return fields
 
 
+# The largest token cap taken (a signed 32-bit count, as Ollama's num_predict and the
+# providers' own APIs hold it): a larger one is a mistake, refused before it goes upstream.
+MAX_TOKEN_CAP = 2**31 - 1
+
+
 def require_capability(model: UpstreamModel, name: str, capability: str) -> None:
     """A 400 naming what the model cannot do, in Ollama's words."""
     if not model.refuses(capability):

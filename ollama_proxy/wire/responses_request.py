@@ -18,11 +18,14 @@ from typing import Any
 
 from ollama_proxy.errors import BadRequest
 from ollama_proxy.wire.anthropic_blocks import ANTHROPIC_FORMAT
+from ollama_proxy.wire.images import decode_base64
 from ollama_proxy.wire.models import UpstreamModel
 from ollama_proxy.wire.openai_request import reasoning_effort
-from ollama_proxy.wire.request_body import require_capability
+from ollama_proxy.wire.request_body import MAX_TOKEN_CAP, require_capability
 
 # Request fields the answer's ``response`` object repeats back.
+# reasoning.effort as OpenAI's API takes it (none .. xhigh), and Ollama's "max".
+EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
 ECHOED = ("instructions", "max_output_tokens", "temperature", "top_p", "metadata", "user", "tool_choice", "tools")
 STATELESS = "this server is stateless: {field} is not supported; send the whole conversation in 'input'"
 
@@ -65,11 +68,58 @@ def _part(part: Any, where: str) -> dict[str, Any]:
         url = part.get("image_url")
         if not isinstance(url, str) or not url:
             raise BadRequest(f"'{where}.image_url' is required: images are accepted as URLs or data URLs (no file_id)")
+        _check_data_url(url, f"{where}.image_url")
         image: dict[str, Any] = {"url": url}
         if isinstance(part.get("detail"), str):
             image["detail"] = part["detail"]
         return {"type": "image_url", "image_url": image}
     raise BadRequest(f"Invalid value for '{where}.type': content part type '{kind}' is not supported")
+
+
+def _check_data_url(url: str, where: str) -> None:
+    """A ``data:`` image URL must carry base64 (OpenAI refuses anything else; a provider
+    sent broken bytes answers worse)."""
+    if not url.startswith("data:"):
+        return
+    head, _, payload = url.partition(",")
+    if not head.endswith(";base64") or not payload:
+        raise BadRequest(_BAD_DATA_URL.format(where=where))
+    try:
+        decode_base64(payload, where)
+    except BadRequest:
+        raise BadRequest(_BAD_DATA_URL.format(where=where)) from None
+
+
+_BAD_DATA_URL = (
+    "Invalid '{where}'. Expected a base64-encoded data URL with an image MIME type "
+    "(e.g. 'data:image/png;base64,aW1nIGJ5dGVzIGhlcmU='), but got a value with an invalid format."
+)
+
+
+def _effort(reasoning: Mapping[str, Any] | None) -> None:
+    """``reasoning.effort`` among the values OpenAI's API (and Ollama's) take, named when not."""
+    effort = (reasoning or {}).get("effort")
+    if effort in (None, "") or effort in EFFORTS:
+        return
+    supported = ", ".join(f"'{e}'" for e in EFFORTS[:-1]) + f" and '{EFFORTS[-1]}'"
+    raise BadRequest(f"Invalid value for 'reasoning.effort': {json.dumps(effort)}. Supported values are: {supported}.")
+
+
+def _cap(body: Mapping[str, Any]) -> int | None:
+    """``max_output_tokens``: a positive integer (OpenAI's bounds checks, in its words)."""
+    cap = _number(body, "max_output_tokens", int)
+    if cap is None:
+        return None
+    if cap < 1:
+        raise BadRequest(
+            f"Invalid 'max_output_tokens': integer below minimum value. Expected a value >= 1, but got {cap} instead."
+        )
+    if cap > MAX_TOKEN_CAP:
+        raise BadRequest(
+            "Invalid 'max_output_tokens': integer above maximum value. "
+            f"Expected a value <= {MAX_TOKEN_CAP}, but got {cap} instead."
+        )
+    return int(cap)
 
 
 def _content(content: Any, where: str) -> tuple[Any, bool]:
@@ -285,6 +335,7 @@ def plan_responses(body: Mapping[str, Any], model: UpstreamModel, name: str) -> 
     reasoning = body.get("reasoning")
     if reasoning is not None and not isinstance(reasoning, Mapping):
         raise BadRequest("Invalid type for 'reasoning': expected an object")
+    _effort(reasoning)
     effort = reasoning_effort({"reasoning": reasoning} if reasoning else {})
     for key in ("store", "parallel_tool_calls"):
         if body.get(key) is not None and not isinstance(body[key], bool):
@@ -306,7 +357,7 @@ def plan_responses(body: Mapping[str, Any], model: UpstreamModel, name: str) -> 
     for key in ("temperature", "top_p"):
         if _number(body, key) is not None:
             upstream[key] = body[key]
-    cap = _number(body, "max_output_tokens", int)
+    cap = _cap(body)
     if cap is not None:
         upstream["max_tokens"] = cap
     if tools:
