@@ -274,3 +274,13 @@ async def test_a_client_that_leaves_mid_stream_leaves_a_cancelled_row(ledgered, 
         1,
     )
     assert row["provider"] == "openrouter" and row["cost"] is None  # the usage never came
+
+
+def test_the_ledger_provides_its_interface(ledgered):
+    from zope.interface.verify import verifyObject
+
+    from ollama_proxy.ledger.interfaces import IUsageLedger
+
+    proxy = ledgered()
+    assert verifyObject(IUsageLedger, proxy.ledger)
+    assert proxy.service.api.pipeline.ledger is proxy.ledger

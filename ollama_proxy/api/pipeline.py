@@ -46,6 +46,7 @@ from ollama_proxy.config.settings import Config
 from ollama_proxy.errors import BadRequest, ErrorDialect, RequestTooLarge, error_response
 from ollama_proxy.front.door import token_models
 from ollama_proxy.front.record import record_of, record_translation
+from ollama_proxy.ledger.interfaces import IUsageLedger
 from ollama_proxy.routing.dispatch import AnsweredWithError, Dispatcher
 from ollama_proxy.routing.embeddings import embed
 from ollama_proxy.routing.router import Route, Router, Target
@@ -92,7 +93,7 @@ class Pipeline:
         dispatcher: Dispatcher,
         clock: Any,
         gate: Any = None,
-        ledger: Any = None,
+        ledger: IUsageLedger | None = None,
     ) -> None:
         self.config = config
         # The usage ledger (limits and budgets before dispatch); None without one.

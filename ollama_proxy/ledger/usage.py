@@ -15,9 +15,11 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from ollama_proxy.config.settings import Config
 from ollama_proxy.errors import ServiceUnavailable
+from ollama_proxy.ledger.interfaces import IUsageLedger
 from ollama_proxy.ledger.limits import LimitExceeded, Meter, TokenLimits
 from ollama_proxy.ledger.metrics import UsageMetrics
 from ollama_proxy.ledger.pricing import Prices
@@ -45,6 +47,7 @@ def outcome_of(record: Any) -> str:
     return "ok"
 
 
+@implementer(IUsageLedger)
 class UsageLedger:
     """Limits, pricing, metrics and the ledger's service for one proxy."""
 
