@@ -6,17 +6,24 @@ Each test here failed before its fix: unbounded embedding ``dimensions``, ...
 from __future__ import annotations
 
 import json
+from dataclasses import replace
+from typing import Any
 
 import pytest
 import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.task import Clock
 
+from ollama_proxy.config.ops import LimitsConfig, OpsConfig
 from ollama_proxy.config.providers import ProviderConfig
 from ollama_proxy.errors import BadRequest
 from ollama_proxy.providers.echo import embed_text
+from ollama_proxy.service import makeService
 from ollama_proxy.wire.request_body import MAX_EMBEDDING_DIMENSIONS
 
-from .conftest import http
+from .conftest import base_config, http
 from .multi import ANTHROPIC_KEY, provider
+from .test_hardening_connections import answer, connect
 
 
 # -- embedding dimensions ----------------------------------------------------------------------
@@ -107,3 +114,28 @@ async def test_a_stream_that_meets_a_non_finite_number_ends_with_an_error_line(p
     v1 = await http("POST", proxy.url + "/v1/chat/completions", {**body, "stream": True})
     events = [strict_json(line[6:]) for line in v1.body.splitlines() if line.startswith(b"data: {")]
     assert events[-1]["error"]["message"] == "the upstream sent a number JSON cannot carry (NaN or Infinity)"
+
+
+# -- the front of the channel --------------------------------------------------------------------
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def site(simulator: Any, clock: Clock) -> Any:
+    """The Site of a proxy on a Clock, not started: its channels are driven by hand."""
+    limits = LimitsConfig(header_timeout=5, max_connections=50)
+    return makeService(replace(base_config(simulator), ops=OpsConfig(limits=limits)), reactor, clock=clock).site
+
+
+def test_an_http_1_1_request_without_host_is_a_400(site, access_events):
+    channel, transport = connect(site)
+    channel.dataReceived(b"GET /api/version HTTP/1.1\r\n\r\n")
+    status, _, body = answer(transport)
+    assert status == b"HTTP/1.1 400 Bad Request"
+    assert body == {"error": "missing required Host header", "type": "invalid_request"}
+    assert [(e["status"], e["path"]) for e in access_events] == [(400, "/api/version")]
+    old, transport = connect(site)
+    old.dataReceived(b"GET /api/version HTTP/1.0\r\n\r\n")  # HTTP/1.0 has no Host to require
+    assert answer(transport)[0] == b"HTTP/1.0 200 OK"

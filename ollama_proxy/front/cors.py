@@ -103,8 +103,13 @@ def host_allowed(header: str | None) -> bool:
 def check_host(request: Any) -> None:
     """Refuse DNS rebinding: on a loopback listener, a ``Host`` that names some
     other site means a browser was tricked into calling us (403, as Ollama).
-    A request with several ``Host`` headers is refused on any listener (400)."""
-    if len(request.requestHeaders.getRawHeaders(b"host") or ()) > 1:
+    A request with several ``Host`` headers, or an HTTP/1.1 request with none,
+    is refused on any listener (400)."""
+    hosts = request.requestHeaders.getRawHeaders(b"host") or ()
+    if not hosts and request.clientproto == b"HTTP/1.1":
+        # RFC 9112, 3.2: a server MUST answer 400 (Go's server, so Ollama, does).
+        raise BadRequest("missing required Host header")
+    if len(hosts) > 1:
         # HTTP/1.1 (RFC 9112, 3.2): more than one Host is a bad request; which one
         # would count is exactly what an attacker plays with.
         raise BadRequest("more than one Host header")
