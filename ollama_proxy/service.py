@@ -89,10 +89,12 @@ class ProxyService(MultiService):
             limits.max_header_bytes,
             header_timeout=limits.header_timeout,
             max_connections=limits.max_connections,
+            request_read_timeout=limits.request_read_timeout,
             reactor=reactor,
             clock=clock,
         )
         self.site.on_refusal = self.gate.refused
+        self.site.refuses_at_headers = self.gate.refuses_at_headers
 
         for index, description in enumerate(config.listen):
             listener = ListenerService(description, self.site, reactor)
@@ -209,7 +211,11 @@ class ProxyService(MultiService):
         self.router.filter = ModelFilter(config.filter.allow, config.filter.deny)
         limits = config.ops.limits
         self.site.set_limits(
-            config.max_body_bytes, limits.max_header_bytes, limits.header_timeout, limits.max_connections
+            config.max_body_bytes,
+            limits.max_header_bytes,
+            limits.header_timeout,
+            limits.max_connections,
+            limits.request_read_timeout,
         )
         self.gate.reconfigure(config)
         if self.ledger is not None:

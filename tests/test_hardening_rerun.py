@@ -5,6 +5,7 @@ Each test here failed before its fix: unbounded embedding ``dimensions``, ...
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import replace
 from typing import Any
@@ -14,7 +15,8 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.task import Clock
 
-from ollama_proxy.config.ops import LimitsConfig, OpsConfig
+from ollama_proxy.config.credentials import ClientToken
+from ollama_proxy.config.ops import AuthConfig, LimitsConfig, OpsConfig
 from ollama_proxy.config.providers import ProviderConfig
 from ollama_proxy.errors import BadRequest
 from ollama_proxy.providers.echo import embed_text
@@ -127,6 +129,80 @@ def site(simulator: Any, clock: Clock) -> Any:
     """The Site of a proxy on a Clock, not started: its channels are driven by hand."""
     limits = LimitsConfig(header_timeout=5, max_connections=50)
     return makeService(replace(base_config(simulator), ops=OpsConfig(limits=limits)), reactor, clock=clock).site
+
+
+@pytest.fixture
+def guarded_site(simulator: Any, clock: Clock) -> Any:
+    """The same with client tokens required."""
+    auth = AuthConfig(enabled=True, tokens=(ClientToken(hashlib.sha256(b"s3cret").hexdigest(), "dev"),))
+    ops = OpsConfig(limits=LimitsConfig(header_timeout=5, max_connections=50), auth=auth)
+    return makeService(replace(base_config(simulator), ops=ops), reactor, clock=clock).site
+
+
+SLOW_UPLOAD = b"POST /api/show HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100000\r\n"
+
+
+def test_a_body_trickled_a_byte_every_two_seconds_is_cut_at_the_request_deadline(site, clock, access_events):
+    channel, transport = connect(site)
+    channel.dataReceived(SLOW_UPLOAD + b"\r\n")
+    for _ in range(29):
+        clock.advance(2)
+        channel.dataReceived(b" ")  # each byte within the idle timeout; the deadline holds
+    assert not transport.disconnecting
+    clock.advance(2)  # 60 s after the connection opened
+    assert transport.disconnecting
+    status, headers, body = answer(transport)
+    assert status == b"HTTP/1.1 408 Request Timeout" and headers["connection"] == "close"
+    assert body == {"error": "the request did not arrive within 60 seconds", "type": "request_timeout"}
+    assert [(e["status"], e["method"], e["path"]) for e in access_events] == [(408, "POST", "/api/show")]
+
+
+def test_headers_then_nothing_get_a_408_and_an_access_line(site, clock, access_events):
+    channel, transport = connect(site)
+    channel.dataReceived(SLOW_UPLOAD + b"\r\n{")
+    clock.advance(59.9)
+    assert not transport.disconnecting
+    clock.advance(0.1)
+    assert answer(transport)[0] == b"HTTP/1.1 408 Request Timeout"
+    assert [e["status"] for e in access_events] == [408]
+
+
+def test_a_whole_request_in_time_is_served_and_the_next_one_has_its_own_deadline(site, clock):
+    channel, transport = connect(site)
+    channel.dataReceived(b"POST /api/version HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\n\r\n{")
+    clock.advance(59)
+    channel.dataReceived(b"}")
+    assert transport.value().startswith(b"HTTP/1.1 405 ")  # read whole and answered, not cut
+    clock.advance(2)
+    assert not transport.disconnecting  # the next request's headers are due 5 s after the answer
+    clock.advance(3)
+    assert transport.disconnecting and transport.value().count(b"HTTP/1.1 ") == 1
+
+
+def test_an_unauthenticated_upload_is_refused_at_its_headers(guarded_site, clock, access_events):
+    for token in (b"", b"Authorization: Bearer wrong\r\n"):
+        channel, transport = connect(guarded_site)
+        channel.dataReceived(SLOW_UPLOAD + token + b"Expect: 100-continue\r\n\r\n")
+        status, headers, body = answer(transport)  # at once: no byte of the body was sent
+        assert status == b"HTTP/1.1 401 Unauthorized", transport.value()[:200]
+        assert b"100 Continue" not in transport.value()
+        assert headers["connection"] == "close" and body["type"] == "unauthorized"
+    assert [(e["status"], e["path"]) for e in access_events] == [(401, "/api/show"), (401, "/api/show")]
+    # With its token, the same upload is read and served.
+    channel, transport = connect(guarded_site)
+    upload = SLOW_UPLOAD.replace(b"100000", b"2").replace(b"/api/show", b"/api/version")
+    channel.dataReceived(upload + b"Authorization: Bearer s3cret\r\n\r\n{}")
+    assert transport.value().startswith(b"HTTP/1.1 405 ")  # past the token check, read and routed
+
+
+def test_a_client_that_hangs_up_in_the_middle_of_its_body_gets_an_access_line(site, access_events):
+    channel, transport = connect(site)
+    channel.dataReceived(SLOW_UPLOAD + b'\r\n{"mo')
+    channel.connectionLost(None)
+    assert [(e["status"], e["method"], e["path"]) for e in access_events] == [(499, "POST", "/api/show")]
+    idle, _ = connect(site)
+    idle.connectionLost(None)  # a connection that sent nothing is no request
+    assert len(access_events) == 1
 
 
 def test_an_http_1_1_request_without_host_is_a_400(site, access_events):

@@ -206,7 +206,7 @@ def test_refusals_at_the_channel_get_one_access_line_each(clocked_site, access_e
     _, refused = connect(site)  # 503: past the cap
     assert refused.value().startswith(b"HTTP/1.1 503 ")
     assert [(e["status"], e["client"], e["method"], e["path"]) for e in access_events] == [
-        (408, "127.0.0.1", "-", "-"),
-        (431, "127.0.0.1", "-", "-"),
+        (408, "127.0.0.1", "GET", "/api/version"),  # as far as the request line came
+        (431, "127.0.0.1", "GET", "/api/version"),
         (503, "127.0.0.1", "-", "-"),
     ]

@@ -115,6 +115,7 @@ class LimitsConfig(Section, frozen=True, kw_only=True):
     max_streams: NonNegativeInt = 0
     header_timeout: Positive = 30.0  # seconds to send a request's headers (not reset by each byte)
     max_connections: Count = 4096  # open client connections; past it a new one gets 503 and is closed
+    request_read_timeout: Positive = 60.0  # seconds to send a whole request, headers and body (then 408)
 
 
 class LogConfig(Section, frozen=True, kw_only=True):

@@ -32,6 +32,7 @@ from ollama_proxy.errors import (
     ProxyError,
     RequestTooLarge,
     ServiceUnavailable,
+    Unauthorized,
     render_error,
 )
 from ollama_proxy.front.auth import (
@@ -169,14 +170,15 @@ class Gate:
             except Exception:  # noqa: BLE001 - bookkeeping must never break a response
                 log.failure("recording request {request_id} failed", request_id=record.request_id)
 
-    def refused(self, status: int, peer: Any) -> None:
+    def refused(self, status: int, peer: Any, method: str = "-", path: str = "-") -> None:
         """The access line (and metrics) of a request the channel refused before it was
-        parsed (431, 408, 503 at the connection cap): its method and path are unknown."""
+        parsed (431, 408, 503 at the connection cap, 499 abandoned by its client): its
+        method and path as far as they came (``-`` when unknown)."""
         now = self.clock.seconds()
         record = RequestRecord(
             request_id=self._new_id(),
-            method="-",
-            path="-",
+            method=method,
+            path=path,
             client=getattr(peer, "host", None) or "-",
             started=now,
             finished=now,
@@ -186,6 +188,17 @@ class Gate:
             self.metrics.observe(record)
         if self.access_log:
             log_access(record)
+
+    def refuses_at_headers(self, request: Any, path: str) -> bool:
+        """Whether a request whose headers just came will be refused 401 whatever its
+        body (the channel then answers it without reading the body)."""
+        if path in PUBLIC_PATHS or not self.authenticator.enabled:
+            return False
+        try:
+            self.authenticator.authenticate(presented_token(request, path))
+        except Unauthorized:
+            return True
+        return False
 
     def render(self, request: Any, inner: IResource) -> Any:
         record = self._open(request)

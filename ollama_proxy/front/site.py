@@ -8,9 +8,12 @@ read, and the connection closed. Request headers are bounded in size (past
 ``max_header_bytes`` the channel answers 431 with a JSON body and closes) and in
 time: they must be complete within ``header_timeout`` seconds of the connection
 opening (or of the previous answer on a kept-alive connection), however slowly
-the bytes trickle in. The Site refuses connections past ``max_connections`` with
-a 503. When the resource is mounted in someone else's Site, the API still checks
-the body length itself, and the other limits are that Site's.
+the bytes trickle in; and the whole request, body included, within
+``request_read_timeout`` (past either, 408 JSON). A request whose token the front
+door will refuse is answered 401 at its headers, its body never read. The Site
+refuses connections past ``max_connections`` with a 503. When the resource is
+mounted in someone else's Site, the API still checks the body length itself, and
+the other limits are that Site's.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import json
 from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol
@@ -35,6 +39,7 @@ log = Logger()
 
 DEFAULT_MAX_HEADER_BYTES = 16384
 DEFAULT_HEADER_TIMEOUT = 30.0
+DEFAULT_REQUEST_READ_TIMEOUT = 60.0
 DEFAULT_MAX_CONNECTIONS = 4096
 
 
@@ -48,6 +53,15 @@ def _json_answer(status: bytes, body: dict[str, Any], extra: bytes = b"") -> byt
         + extra
         + b"content-length: %d\r\n\r\n%s" % (len(data), data)
     )
+
+
+def _target_path(request_line: bytes) -> str:
+    """The path of a request line's target, decoded as the Site decodes it for resources."""
+    target = request_line.split(b" ")[1] if request_line.count(b" ") >= 2 else b"/"
+    if b"://" in target:  # the absolute form a proxy client may send
+        target = b"/" + target.split(b"://", 1)[1].partition(b"/")[2]
+    path = target.partition(b"?")[0]
+    return "/" + "/".join(unquote_to_bytes(s).decode("utf-8", "replace") for s in path[1:].split(b"/"))
 
 
 class LimitedRequest(Request):
@@ -111,6 +125,9 @@ class LimitedChannel(HTTPChannel):
 
     site: ProxySite  # set by the site that built the channel
     _header_timer: IDelayedCall | None = None
+    _request_timer: IDelayedCall | None = None
+    _reading = False  # a request is being read (headers or body), not yet handed on
+    _request_line: bytes | None = None  # the first line of the request being read
     _partial_request = False  # bytes of a request whose headers are not complete yet
     _silenced = False  # answered and closing: whatever else the client sends is ignored
     _header_bytes = 0  # header bytes of the request being read
@@ -126,16 +143,43 @@ class LimitedChannel(HTTPChannel):
 
     def connectionLost(self, reason: Any = None) -> None:
         self._headers_arrived()
+        self._stop_request_timer()
+        if self._reading and self._partial_request and not self._silenced:
+            # The client hung up in the middle of its request: no request object
+            # will ever finish, so its access line is written here (499, as for
+            # a client that leaves before its answer).
+            self._refused(499)
         self.site.connection_closed()
         super().connectionLost(reason)
 
     # -- the header deadline: it does not restart with each byte, as the idle timeout does --
     def _await_headers(self) -> None:
         self._headers_arrived()
+        self._stop_request_timer()
         self._partial_request = False
+        self._reading = True
+        self._request_line = None
         timeout = getattr(self.site, "header_timeout", DEFAULT_HEADER_TIMEOUT)
         if timeout:
             self._header_timer = self.site.clock.callLater(timeout, self._headers_too_slow)
+        # The whole request (a body trickled a byte at a time too) has a deadline of its own.
+        whole = getattr(self.site, "request_read_timeout", DEFAULT_REQUEST_READ_TIMEOUT)
+        if whole:
+            self._request_timer = self.site.clock.callLater(whole, self._request_too_slow)
+
+    def _stop_request_timer(self) -> None:
+        if self._request_timer is not None and self._request_timer.active():
+            self._request_timer.cancel()
+        self._request_timer = None
+
+    def _refused(self, status: int) -> None:
+        """The access line of a request answered (or abandoned) before it became a request object."""
+        method, path = b"-", b"-"
+        if self._request_line:
+            method, _, rest = self._request_line.partition(b" ")
+            path = rest.partition(b" ")[0] or b"-"
+        assert self.transport is not None
+        self.site.refused(status, self.transport.getPeer(), method.decode("latin-1"), path.decode("latin-1"))
 
     def _headers_arrived(self) -> None:
         if self._header_timer is not None and self._header_timer.active():
@@ -144,19 +188,19 @@ class LimitedChannel(HTTPChannel):
 
     def _headers_too_slow(self) -> None:
         self._header_timer = None
+        self._too_slow(f"the request headers did not arrive within {self.site.header_timeout:g} seconds")
+
+    def _request_too_slow(self) -> None:
+        self._request_timer = None
+        self._too_slow(f"the request did not arrive within {self.site.request_read_timeout:g} seconds")
+
+    def _too_slow(self, message: str) -> None:
+        self._headers_arrived()
+        self._stop_request_timer()
         if self._partial_request:
-            timeout = self.site.header_timeout
             assert self.transport is not None
-            self.site.refused(408, self.transport.getPeer())
-            self.transport.write(
-                _json_answer(
-                    b"408 Request Timeout",
-                    {
-                        "error": f"the request headers did not arrive within {timeout:g} seconds",
-                        "type": "request_timeout",
-                    },
-                )
-            )
+            self._refused(408)
+            self.transport.write(_json_answer(b"408 Request Timeout", {"error": message, "type": "request_timeout"}))
         # Nothing of a next request came: an idle kept-alive connection, closed quietly.
         self._silenced = True
         self.loseConnection()
@@ -164,7 +208,7 @@ class LimitedChannel(HTTPChannel):
     def dataReceived(self, data: bytes) -> None:
         if self._silenced:
             return
-        if self._header_timer is not None:
+        if self._reading:
             self._partial_request = True
         super().dataReceived(data)
 
@@ -173,17 +217,26 @@ class LimitedChannel(HTTPChannel):
         request = self.requests[-1]
         declared = self.length
         too_large = declared is not None and declared > getattr(request, "max_body_bytes", declared)
-        if too_large:
+        refused = too_large or (declared != 0 and self._refused_at_headers(request))
+        if refused:
             # Do not invite the body: no "100 Continue" for it.
             request.requestHeaders.removeHeader(b"expect")
         super().allHeadersReceived()
-        if too_large:
-            # Refuse at the headers: the request is answered now (413, by the API)
-            # as if its body had come, and the connection closes after the answer
-            # instead of reading what the client still sends.
+        if refused:
+            # Refuse at the headers: the request is answered now (413 by the API,
+            # 401 by the front door) as if its body had come, and the connection
+            # closes after the answer instead of reading what the client still sends.
             self.persistent = False
             request.setHeader(b"connection", b"close")
             self.length = 0
+
+    def _refused_at_headers(self, request: Any) -> bool:
+        """Whether the site's ``refuses_at_headers`` (the front door's token check) will
+        refuse this request whatever its body: an unauthenticated upload is not read."""
+        check = getattr(self.site, "refuses_at_headers", None)
+        if check is None or not self._request_line:
+            return False
+        return bool(check(request, _target_path(self._request_line)))
 
     def requestDone(self, request: Any) -> None:
         if self.persistent:
@@ -201,10 +254,14 @@ class LimitedChannel(HTTPChannel):
         if self._header_bytes > self.totalHeadersSize:
             self._refuse_headers()
             return
+        if self._request_line is None and line:
+            self._request_line = line
         super().lineReceived(line)
 
     def allContentReceived(self) -> None:
         self._header_bytes = 0  # the next request's headers count from nothing
+        self._reading = False
+        self._stop_request_timer()
         super().allContentReceived()
 
     def lineLengthExceeded(self, line: bytes) -> None:
@@ -212,8 +269,9 @@ class LimitedChannel(HTTPChannel):
 
     def _refuse_headers(self) -> None:
         self._headers_arrived()
+        self._stop_request_timer()
         assert self.transport is not None
-        self.site.refused(431, self.transport.getPeer())
+        self._refused(431)
         self.transport.write(
             _json_answer(
                 b"431 Request Header Fields Too Large",
@@ -257,10 +315,14 @@ class ProxySite(Site):
     protocol = LimitedChannel  # type: ignore[assignment]
     max_header_bytes = DEFAULT_MAX_HEADER_BYTES
     header_timeout = DEFAULT_HEADER_TIMEOUT
+    request_read_timeout = DEFAULT_REQUEST_READ_TIMEOUT
     max_connections = DEFAULT_MAX_CONNECTIONS
     connections = 0
     _refusals_logged = 0
-    on_refusal: Callable[[int, Any], None] | None = None
+    on_refusal: Callable[[int, Any, str, str], None] | None = None
+    # Given a request whose headers came and its path: whether it will be refused
+    # whatever its body (then the body is not read). The front door's token check.
+    refuses_at_headers: Callable[[Any, str], bool] | None = None
 
     def __init__(self, *args: Any, clock: IReactorTime | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -279,13 +341,14 @@ class ProxySite(Site):
             return _Refused(self.max_connections, self)
         return super().buildProtocol(addr)
 
-    def refused(self, status: int, peer: Any) -> None:
-        """A request refused before it became one (431, 408, 503 at the connection cap):
-        ``on_refusal`` (the front door's) still gives it its access line."""
+    def refused(self, status: int, peer: Any, method: str = "-", path: str = "-") -> None:
+        """A request refused before it became one (431, 408, 503 at the connection cap,
+        499 for one the client abandoned): ``on_refusal`` (the front door's) still gives
+        it its access line."""
         if self.on_refusal is None:
             return
         try:
-            self.on_refusal(status, peer)
+            self.on_refusal(status, peer, method, path)
         except Exception:  # noqa: BLE001 - bookkeeping must never stop the refusal
             log.failure("recording a refused request failed")
 
@@ -306,12 +369,14 @@ class ProxySite(Site):
         max_header_bytes: int,
         header_timeout: float = DEFAULT_HEADER_TIMEOUT,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        request_read_timeout: float = DEFAULT_REQUEST_READ_TIMEOUT,
     ) -> None:
         """New limits for requests and connections to come (a reload)."""
         self.requestFactory.max_body_bytes = max_body_bytes  # type: ignore[attr-defined]
         self.max_header_bytes = max_header_bytes
         self.header_timeout = header_timeout
         self.max_connections = max_connections
+        self.request_read_timeout = request_read_timeout
 
 
 def make_site(
@@ -321,11 +386,12 @@ def make_site(
     *,
     header_timeout: float = DEFAULT_HEADER_TIMEOUT,
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    request_read_timeout: float = DEFAULT_REQUEST_READ_TIMEOUT,
     **kwargs: Any,
 ) -> ProxySite:
     """A Site for ``resource`` whose requests stop storing bodies past the limit."""
     limited = type("LimitedRequest", (LimitedRequest,), {"max_body_bytes": max_body_bytes})
     site = ProxySite(resource, requestFactory=limited, **kwargs)
     site.displayTracebacks = False
-    site.set_limits(max_body_bytes, max_header_bytes, header_timeout, max_connections)
+    site.set_limits(max_body_bytes, max_header_bytes, header_timeout, max_connections, request_read_timeout)
     return site
