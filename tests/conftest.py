@@ -17,8 +17,11 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor as global_reactor
 from twisted.internet import threads
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
+from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogPublisher
+from twisted.protocols.policies import TimeoutMixin
 
 from ollama_proxy.config.providers import RetryConfig
 from ollama_proxy.config.settings import Config, OpenRouterConfig, Timeouts, load_config
@@ -145,6 +148,33 @@ def access_events() -> Any:
     globalLogPublisher.addObserver(observe)
     yield events
     globalLogPublisher.removeObserver(observe)
+
+
+# Channels built by hand over a StringTransport (``connect``), stopped after their test.
+_hand_driven: list[Any] = []
+
+
+def connect(site: Any) -> tuple[Any, StringTransport]:
+    """A channel of ``site`` on a StringTransport, as if a client had connected (the
+    test drives it byte by byte, its timers on the site's Clock)."""
+    protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+    transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+    protocol.makeConnection(transport)
+    _hand_driven.append(protocol)
+    return protocol, transport
+
+
+@pytest.fixture(autouse=True)
+def _hand_driven_channels_stop() -> Any:
+    """Twisted's idle timeout of a channel (60 s) runs on the real reactor, not on the
+    site's Clock: a hand-driven channel left with it would time out a minute later inside
+    whichever test runs then, and log an error there ('Cannot unregister a producer' from
+    the StringTransport). Stopping it is what the close of a real socket would do."""
+    yield
+    while _hand_driven:
+        channel = _hand_driven.pop()
+        if isinstance(channel, TimeoutMixin):
+            channel.setTimeout(None)
 
 
 def in_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[Any]:

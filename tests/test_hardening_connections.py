@@ -13,14 +13,13 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
-from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from ollama_proxy.config.ops import LimitsConfig, OpsConfig
 from ollama_proxy.service import makeService
 
-from .conftest import base_config
+from .conftest import base_config, connect
 from .test_limits import raw
 
 
@@ -34,13 +33,6 @@ def site(simulator: Any, clock: Clock) -> Any:
     """The Site of a proxy built on a Clock (not started: the channels are driven by hand)."""
     config = replace(base_config(simulator), ops=OpsConfig(limits=LimitsConfig(header_timeout=10, max_connections=2)))
     return makeService(config, reactor, clock=clock).site
-
-
-def connect(site: Any) -> tuple[Any, StringTransport]:
-    protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
-    transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
-    protocol.makeConnection(transport)
-    return protocol, transport
 
 
 def answer(transport: StringTransport) -> tuple[bytes, dict[str, str], Any]:
