@@ -21,7 +21,8 @@ in its usage; thinking blocks sent back must carry the signature the simulator g
 
 Behaviours (``behaviour`` attribute): ``overloaded`` (529), ``midstream-error``
 (an ``error`` event after the first words), ``stall`` (silent after the
-first word), ``silent`` (silent before any content), plus :meth:`fail_next`.
+first word), ``silent`` (silent before any content), plus :meth:`fail_next`;
+``tool_uses``: how many tool_use blocks answer a request with tools (1).
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ class AnthropicSimulator(SimulatorBase):
         self.api_key = api_key
         self.models = list(MODELS)
         self.page_size = page_size
+        self.tool_uses = 1  # tool_use blocks in an answer to a request with tools
 
     def start(self, prefix: str = "") -> str:
         return super().start(prefix) + "/v1"
@@ -214,7 +216,8 @@ class _MessageStream:
             blocks.append(("text", f"Tool said: {content}".split(" ")))
         elif body.get("tools"):
             tool = body["tools"][0]
-            blocks.append(("tool_use", {"id": "toolu_sim_1", "name": tool["name"], "input": {"query": text}}))
+            for n in range(1, self.sim.tool_uses + 1):
+                blocks.append(("tool_use", {"id": f"toolu_sim_{n}", "name": tool["name"], "input": {"query": text}}))
             stop = "tool_use"
         else:
             words = ["Echo:"] + text.split()

@@ -15,6 +15,7 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.task import Clock
 
+from ollama_proxy.api.relay import MAX_TOOL_CALLS
 from ollama_proxy.config.credentials import ClientToken
 from ollama_proxy.config.ops import AuthConfig, LimitsConfig, OpsConfig
 from ollama_proxy.config.providers import ProviderConfig
@@ -215,3 +216,21 @@ def test_an_http_1_1_request_without_host_is_a_400(site, access_events):
     old, transport = connect(site)
     old.dataReceived(b"GET /api/version HTTP/1.0\r\n\r\n")  # HTTP/1.0 has no Host to require
     assert answer(transport)[0] == b"HTTP/1.0 200 OK"
+
+
+# -- the number of tool calls in a gathered answer ------------------------------------------------
+@pytest_twisted.ensureDeferred
+async def test_a_gathered_answer_holds_at_most_1024_tool_calls(make_multi, anthropic_sim):
+    proxy = make_multi([provider("claude", "anthropic", anthropic_sim.base_url, ANTHROPIC_KEY)], openrouter=False)
+    tools = [{"name": "look", "description": "d", "input_schema": {"type": "object"}}]
+    ask = {"model": "claude-sonnet-4-5", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+    native_tools = [{"type": "function", "function": {"name": "look", "parameters": {"type": "object"}}}]
+    anthropic_sim.tool_uses = MAX_TOOL_CALLS
+    r = await http("POST", proxy.url + "/api/chat", {**ask, "tools": native_tools, "stream": False})
+    assert r.code == 200 and len(r.json()["message"]["tool_calls"]) == MAX_TOOL_CALLS
+    anthropic_sim.tool_uses = MAX_TOOL_CALLS + 1
+    limit = f"the answer holds more than the limit of {MAX_TOOL_CALLS} tool calls"
+    r = await http("POST", proxy.url + "/api/chat", {**ask, "tools": native_tools, "stream": False})
+    assert r.code == 502 and limit in r.json()["error"], r.body[:300]
+    r = await http("POST", proxy.url + "/v1/messages", {**ask, "tools": tools})
+    assert r.code == 502 and limit in r.json()["error"]["message"], r.body[:300]

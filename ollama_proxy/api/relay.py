@@ -52,6 +52,11 @@ class Translator(Protocol):
         """Characters gathered so far (content, thinking, tool arguments)."""
         ...
 
+    @property
+    def tool_call_count(self) -> int:
+        """Tool calls gathered so far (content blocks, for a Messages passthrough)."""
+        ...
+
     def feed(self, chunk: dict[str, Any]) -> list[dict[str, Any]]:
         """The objects one upstream chunk becomes (none, while it gathers)."""
         ...
@@ -69,6 +74,9 @@ class Translator(Protocol):
 # content, thinking and tool arguments): a misbehaving upstream must not grow
 # the proxy's memory without bound. Past it the request ends with a 502.
 MAX_ANSWER_CHARS = 32 * 1024 * 1024
+# And the most tool calls it may hold: an empty call costs no characters but a
+# few hundred bytes of memory (200,000 of them grew the proxy from 62 to 265 MB).
+MAX_TOOL_CALLS = 1024
 
 
 class ChatRelay:
@@ -81,6 +89,7 @@ class ChatRelay:
     content_type = NDJSON
     dialect: ErrorDialect = NATIVE
     max_answer_chars = MAX_ANSWER_CHARS
+    max_tool_calls = MAX_TOOL_CALLS
 
     def __init__(self, request: IRequest, provider: IProvider, translator: Translator, clock: Any) -> None:
         # Klein hands every route a twisted.web.server.Request: IRequest declares neither its
@@ -205,6 +214,8 @@ class ChatRelay:
         if self.translator.answer_size > self.max_answer_chars:
             # Raised inside the upstream reader's sink: it closes the connection.
             raise UpstreamStreamError(f"the answer is larger than the limit of {self.max_answer_chars} characters")
+        if self.translator.tool_call_count > self.max_tool_calls:
+            raise UpstreamStreamError(f"the answer holds more than the limit of {self.max_tool_calls} tool calls")
 
     def _fail(self) -> None:
         """The stream ended with an error line after output began (counted as an error)."""

@@ -247,6 +247,7 @@ class MessagesPassthrough:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     answer_size: int = 0  # characters of deltas read (a gathered answer has a cap)
+    tool_call_count: int = 0  # content blocks begun (so is their number)
     message: dict[str, Any] = field(default_factory=dict)
     _json: dict[int, list[str]] = field(default_factory=dict)
 
@@ -265,6 +266,7 @@ class MessagesPassthrough:
         elif kind == "message_delta":
             self._usage(upstream_event.get("usage"))
         elif kind in ("content_block_start", "content_block_delta"):
+            self.tool_call_count += kind == "content_block_start"
             if self.timings.first_token is None:
                 self.timings.first_token = self.clock()
             delta = upstream_event.get("delta")

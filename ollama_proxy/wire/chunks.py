@@ -191,6 +191,11 @@ class ChunkReader:
                 pieces.append(piece)
         return pieces
 
+    @property
+    def calls_open(self) -> int:
+        """Tool calls being assembled (not finished yet)."""
+        return len(self._calls)
+
     def close(self) -> list[Piece]:
         """The stream ended: tool calls still being assembled are complete now."""
         calls = self._finished_calls()
@@ -273,6 +278,11 @@ class ReadsChunks:
     def answer_size(self) -> int:
         """Characters of the answer read so far (content, thinking, tool arguments)."""
         return self.reader.size
+
+    @property
+    def tool_call_count(self) -> int:
+        """Tool calls read so far, finished or still being assembled."""
+        return self.reader.tool_calls_sent + self.reader.calls_open
 
     @property
     def prompt_tokens(self) -> int | None:
