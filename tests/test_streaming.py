@@ -1,6 +1,9 @@
 """The hot path: events relayed as they arrive, upstream closed when the client leaves."""
 
+import socket
+
 import pytest_twisted
+from twisted.logger import globalLogPublisher
 
 from ollama_proxy.config.providers import RetryConfig
 
@@ -101,3 +104,34 @@ async def test_a_client_leaving_while_headers_are_awaited_is_not_retried(make_pr
     assert stats.cancelled_requests == 1
     assert stats.failed_requests == 0 and stats.retries == 0
     assert len(simulator.chat_requests()) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_upstream_is_closed_before_the_leaving_clients_access_line(proxy, simulator):
+    # Ten thousand clients leaving at once must not have their upstreams closed one
+    # after the other behind each one's bookkeeping (cancelling the handler, the access
+    # line): when the access line of a client that left is written, its upstream
+    # connection is already closed (the simulator's end of it reads end-of-file).
+    reader = LineReader()
+    await reader.connect(proxy.port, "/api/chat", chat("sim/hold"))
+    await reader.wait_for_lines(1)
+    [held] = simulator.held
+    upstream_end = held.request.transport.getHandle()
+    seen: list[bytes | None] = []
+
+    def observe(event: dict) -> None:
+        if event.get("log_namespace") == "ollama_proxy.access":
+            try:
+                seen.append(upstream_end.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+            except BlockingIOError:
+                seen.append(None)  # still open: nothing to read, no end-of-file
+
+    aborted = simulator.wait_for_abort()
+    globalLogPublisher.addObserver(observe)
+    try:
+        reader.hang_up()
+        await aborted
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    assert seen == [b""]
+    assert simulator.streams_aborted == 1

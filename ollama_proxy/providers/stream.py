@@ -203,6 +203,10 @@ class SSEStream:
         except Exception as error:  # noqa: BLE001 - the sink failed: end the stream, keep the cause
             self._fail(error)
 
+    def _cancelled(self) -> None:
+        if self._finished is not None and not self._finished.called:
+            self._finished.errback(Failure(CancelledError()))
+
     def _lost(self, reason: Failure | None) -> None:
         self._disarm()
         finished = self._finished
@@ -216,7 +220,11 @@ class SSEStream:
             return
         clean = reason is None or reason.check(ResponseDone, PotentialDataLoss)
         if self._stopped and not clean:
-            finished.errback(Failure(CancelledError()))
+            # Stopped by us (its client left, a cancel): whoever stopped it cancels
+            # what waits on it, and unwinding that is costly. Done here, a burst of
+            # such closes would each wait for the one before's unwinding; a turn
+            # later, all of them are closed first.
+            self._clock.callLater(0, self._cancelled)
         elif clean and (self._saw_done or self._saw_finish):
             finished.callback(None)
         else:
