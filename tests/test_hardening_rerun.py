@@ -234,3 +234,52 @@ async def test_a_gathered_answer_holds_at_most_1024_tool_calls(make_multi, anthr
     assert r.code == 502 and limit in r.json()["error"], r.body[:300]
     r = await http("POST", proxy.url + "/v1/messages", {**ask, "tools": tools})
     assert r.code == 502 and limit in r.json()["error"]["message"], r.body[:300]
+
+
+# -- what Twisted would refuse with a bare 400 -----------------------------------------------------
+@pytest.mark.parametrize(
+    ("head", "message"),
+    [
+        (b"GET /api/version HTTP/1.1\r\nHost: x\r\nNoColonHere\r\n\r\n", "malformed header line"),
+        (b"GARBAGE\r\n\r\n", "malformed request line: expected 'METHOD target HTTP/1.1'"),
+        (b"GET /api/version HTTP/9.9\r\n\r\n", "unsupported HTTP version: HTTP/1.0 and HTTP/1.1 are served"),
+        (
+            b"POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+            "Content-Length must be a number of bytes",
+        ),
+        (
+            b"POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n",
+            "Content-Length must be a number of bytes",
+        ),
+        (
+            b"POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "a request declares its length once (Content-Length or Transfer-Encoding, not both)",
+        ),
+        (
+            b"GET /api/tags?q=\xff HTTP/1.1\r\nHost: x\r\n\r\n",
+            "the request target must be printable ASCII (percent-encode other bytes)",
+        ),
+        (
+            b"GET /api/version HTTP/1.1\r\nHost: x\r\n folded\r\n\r\n",
+            "obsolete line folding in the headers is not accepted",
+        ),
+    ],
+)
+def test_a_malformed_head_gets_a_json_400_and_an_access_line(site, access_events, head, message):
+    channel, transport = connect(site)
+    channel.dataReceived(head)
+    status, headers, body = answer(transport)
+    assert status == b"HTTP/1.1 400 Bad Request", transport.value()[:200]
+    assert headers["content-type"] == "application/json; charset=utf-8" and transport.disconnecting
+    assert body == {"error": message, "type": "invalid_request"}
+    assert [e["status"] for e in access_events] == [400]
+
+
+def test_a_malformed_chunk_still_gets_its_access_line(site, access_events):
+    # Only Twisted's private chunked decoder sees this one: its bare 400 stays (see README).
+    channel, transport = connect(site)
+    channel.dataReceived(b"POST /api/chat HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
+    assert transport.value().startswith(b"HTTP/1.1 400 Bad Request") and transport.disconnecting
+    assert [(e["status"], e["method"], e["path"]) for e in access_events] == [(400, "POST", "/api/chat")]
+    channel.connectionLost(None)
+    assert len(access_events) == 1

@@ -18,11 +18,9 @@ the other limits are that Site's.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
-from urllib.parse import unquote_to_bytes
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol
@@ -34,6 +32,7 @@ from twisted.web.server import Request, Site
 
 from ollama_proxy.errors import InternalError, dialect_for, render_error
 from ollama_proxy.front.record import record_of
+from ollama_proxy.front.syntax import HeadCheck, json_answer, request_line_problem, target_path
 
 log = Logger()
 
@@ -41,27 +40,6 @@ DEFAULT_MAX_HEADER_BYTES = 16384
 DEFAULT_HEADER_TIMEOUT = 30.0
 DEFAULT_REQUEST_READ_TIMEOUT = 60.0
 DEFAULT_MAX_CONNECTIONS = 4096
-
-
-def _json_answer(status: bytes, body: dict[str, Any], extra: bytes = b"") -> bytes:
-    """A whole HTTP/1.1 answer written by the channel itself (no request object exists)."""
-    data = json.dumps(body).encode()
-    return (
-        b"HTTP/1.1 "
-        + status
-        + b"\r\ncontent-type: application/json; charset=utf-8\r\nconnection: close\r\n"
-        + extra
-        + b"content-length: %d\r\n\r\n%s" % (len(data), data)
-    )
-
-
-def _target_path(request_line: bytes) -> str:
-    """The path of a request line's target, decoded as the Site decodes it for resources."""
-    target = request_line.split(b" ")[1] if request_line.count(b" ") >= 2 else b"/"
-    if b"://" in target:  # the absolute form a proxy client may send
-        target = b"/" + target.split(b"://", 1)[1].partition(b"/")[2]
-    path = target.partition(b"?")[0]
-    return "/" + "/".join(unquote_to_bytes(s).decode("utf-8", "replace") for s in path[1:].split(b"/"))
 
 
 class LimitedRequest(Request):
@@ -128,6 +106,7 @@ class LimitedChannel(HTTPChannel):
     _request_timer: IDelayedCall | None = None
     _reading = False  # a request is being read (headers or body), not yet handed on
     _request_line: bytes | None = None  # the first line of the request being read
+    _head: HeadCheck | None = None  # its header lines so far
     _partial_request = False  # bytes of a request whose headers are not complete yet
     _silenced = False  # answered and closing: whatever else the client sends is ignored
     _header_bytes = 0  # header bytes of the request being read
@@ -164,6 +143,7 @@ class LimitedChannel(HTTPChannel):
         self._partial_request = False
         self._reading = True
         self._request_line = None
+        self._head = HeadCheck(self.maxHeaders)
         timeout = getattr(self.site, "header_timeout", DEFAULT_HEADER_TIMEOUT)
         if timeout:
             self._header_timer = self.site.clock.callLater(timeout, self._headers_too_slow)
@@ -200,13 +180,12 @@ class LimitedChannel(HTTPChannel):
         self._too_slow(f"the request did not arrive within {self.site.request_read_timeout:g} seconds")
 
     def _too_slow(self, message: str) -> None:
+        if self._partial_request:
+            self._answer_and_close(b"408 Request Timeout", message, "request_timeout")
+            return
+        # Nothing of a next request came: an idle kept-alive connection, closed quietly.
         self._headers_arrived()
         self._stop_request_timer()
-        if self._partial_request:
-            assert self.transport is not None
-            self._refused(408)
-            self.transport.write(_json_answer(b"408 Request Timeout", {"error": message, "type": "request_timeout"}))
-        # Nothing of a next request came: an idle kept-alive connection, closed quietly.
         self._silenced = True
         self.loseConnection()
 
@@ -240,7 +219,7 @@ class LimitedChannel(HTTPChannel):
         check = getattr(self.site, "refuses_at_headers", None)
         if check is None or not self._request_line:
             return False
-        return bool(check(request, _target_path(self._request_line)))
+        return bool(check(request, target_path(self._request_line)))
 
     def requestDone(self, request: Any) -> None:
         if self.persistent:
@@ -258,9 +237,25 @@ class LimitedChannel(HTTPChannel):
         if self._header_bytes > self.totalHeadersSize:
             self._refuse_headers()
             return
-        if self._request_line is None and line:
-            self._request_line = line
+        problem = None
+        if self._request_line is None:
+            if line:
+                self._request_line = line
+                problem = request_line_problem(line)
+        elif line and self._head is not None:
+            problem = self._head.problem(line)
+        if problem is not None:
+            self._answer_and_close(b"400 Bad Request", problem, "invalid_request")
+            return
         super().lineReceived(line)
+
+    def loseConnection(self) -> None:
+        if self._reading and self._partial_request and not self._silenced:
+            # Twisted refused what it was reading (a malformed chunk: its decoder is
+            # private) with its own bare 400; the request still gets its access line.
+            self._silenced = True
+            self._refused(400)
+        super().loseConnection()
 
     def allContentReceived(self) -> None:
         self._header_bytes = 0  # the next request's headers count from nothing
@@ -272,20 +267,20 @@ class LimitedChannel(HTTPChannel):
         self._refuse_headers()
 
     def _refuse_headers(self) -> None:
+        self._answer_and_close(
+            b"431 Request Header Fields Too Large",
+            f"request headers are larger than the limit of {self.totalHeadersSize} bytes",
+            "headers_too_large",
+        )
+
+    def _answer_and_close(self, status: bytes, message: str, kind: str) -> None:
+        """Answer the request being read with a JSON error, write its access line, close."""
         self._headers_arrived()
         self._stop_request_timer()
         assert self.transport is not None
-        self._refused(431)
-        self.transport.write(
-            _json_answer(
-                b"431 Request Header Fields Too Large",
-                {
-                    "error": f"request headers are larger than the limit of {self.totalHeadersSize} bytes",
-                    "type": "headers_too_large",
-                },
-            )
-        )
         self._silenced = True
+        self._refused(int(status[:3]))
+        self.transport.write(json_answer(status, {"error": message, "type": kind}))
         self.loseConnection()
 
 
@@ -299,7 +294,7 @@ class _Refused(Protocol):
         assert self.transport is not None
         self.site.refused(503, self.transport.getPeer())
         self.transport.write(
-            _json_answer(
+            json_answer(
                 b"503 Service Unavailable",
                 {
                     "error": f"the proxy is serving its maximum of {self.limit} connections; try again shortly",
