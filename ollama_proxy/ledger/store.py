@@ -9,6 +9,8 @@ when replicas on several machines share one ledger) take the same statements.
 from __future__ import annotations
 
 import os
+import sqlite3
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
@@ -39,6 +41,7 @@ class LedgerStore:
     def __init__(self, url: str, reactor: Any = None, busy_timeout: float = SQLITE_BUSY_TIMEOUT) -> None:
         self.url = url
         self.closed = False
+        self.busy_timeout = busy_timeout
         self.dialect, args, kwargs = _connection(url, busy_timeout)
         # One connection per process: the writer runs one transaction at a time anyway,
         # a lost connection is noticed by the next statement and replaced, and a
@@ -66,7 +69,7 @@ class LedgerStore:
     def _opened(self, connection: Any) -> None:
         cursor = connection.cursor()
         if self.dialect is SQLITE:
-            cursor.execute("PRAGMA journal_mode=WAL")
+            _switch_to_wal(cursor, self.busy_timeout)
             cursor.execute("PRAGMA synchronous=NORMAL")
         else:
             # A hung statement would hold a pool thread, and the stop joins those threads.
@@ -167,6 +170,29 @@ def window_totals(rows: Iterable[UsageRow]) -> dict[WindowKey, Totals]:
             requests, tokens, cost = totals.get(key, (0, 0, 0.0))
             totals[key] = (requests + 1, tokens + row.tokens, cost + (row.cost or 0.0))
     return totals
+
+
+def _switch_to_wal(cursor: Any, patience: float) -> None:
+    """``PRAGMA journal_mode=WAL``, waiting up to ``patience`` seconds for another
+    process that is switching the same new file.
+
+    The switch takes the write lock while its statement already holds a read lock,
+    and SQLite never waits in that case (its busy handler could deadlock there): of
+    two workers opening a new ledger at once, one got "database is locked" at once,
+    whatever the busy timeout (6 pairs in 2000). The other holds the lock for a
+    moment only; this waits for it as the busy handler would, in the pool's thread.
+    """
+    deadline = time.monotonic() + patience
+    pause = 0.001
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() >= deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
 
 
 def _connection(url: str, busy_timeout: float) -> tuple[Dialect, tuple[Any, ...], dict[str, Any]]:
