@@ -18,7 +18,7 @@ from twisted.python import usage
 
 from ollama_proxy.config.settings import ConfigError, load_config
 from ollama_proxy.ops import workermode
-from ollama_proxy.ops.daemon import DaemonService
+from ollama_proxy.ops.daemon import DaemonService, freeze_startup_heap
 from ollama_proxy.ops.logs import daemon_observer
 from ollama_proxy.ops.redaction import Redactor
 from ollama_proxy.ops.workers import worker_count
@@ -120,6 +120,8 @@ def makeService(options: Any) -> Any:
         sys.stderr.write(f"ollama-proxy: configuration error: {error}\n")
         raise SystemExit(1) from None
     from twisted.internet import reactor  # the entry point: the one place that picks the reactor
+
+    reactor.callWhenRunning(freeze_startup_heap)
 
     twistd = getattr(options, "parent", None)
     if options["worker"]:

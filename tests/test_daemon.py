@@ -276,3 +276,27 @@ async def test_the_api_mounts_in_another_site(simulator):
         await theirs.stopListening()
         await proxy_tree.stopService()
     assert not [s for s in proxy_tree if isinstance(s, ListenerService)]
+
+
+def test_the_startup_heap_is_frozen_and_later_garbage_still_collected():
+    import gc
+    import weakref
+
+    from ollama_proxy.ops.daemon import freeze_startup_heap
+
+    class Node:
+        pass
+
+    gc.unfreeze()
+    try:
+        assert gc.get_freeze_count() == 0
+        freeze_startup_heap()
+        assert gc.get_freeze_count() > 1000  # every module, class and function loaded so far
+        cycle = Node()
+        cycle.self = cycle  # type: ignore[attr-defined]
+        gone = weakref.ref(cycle)
+        del cycle
+        gc.collect()
+        assert gone() is None
+    finally:
+        gc.unfreeze()
