@@ -23,6 +23,7 @@ import contextlib
 import errno
 import gc
 import signal
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -55,6 +56,16 @@ def freeze_startup_heap() -> None:
 
 class StartupError(Exception):
     """The daemon cannot start; the message says why and what to do (twistd's parent shows it)."""
+
+
+def _quiet_about_startup_errors(previous: Callable[..., Any]) -> Callable[..., Any]:
+    """``sys.excepthook`` that prints nothing for a :class:`StartupError` (already logged)."""
+
+    def hook(kind: type[BaseException], value: BaseException, traceback: Any) -> None:
+        if not isinstance(value, StartupError):
+            previous(kind, value, traceback)
+
+    return hook
 
 
 def cannot_listen_message(error: CannotListenError) -> str:
@@ -134,6 +145,10 @@ class DaemonService(MultiService):
             if self.foreground:
                 raise SystemExit(1) from None
             # twistd's parent shows about 60 characters of it: the address and the reason.
+            # The daemonized child then dies of it, and Python would print its traceback
+            # into the log below the line just written: the interpreter's hook stays quiet
+            # for this one exception.
+            sys.excepthook = _quiet_about_startup_errors(sys.excepthook)
             raise StartupError(message.split(";")[0]) from None
 
     def _announce(self) -> None:
