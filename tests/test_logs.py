@@ -156,3 +156,38 @@ async def test_access_lines_can_be_turned_off(make_proxy, events):
     proxy = make_proxy(ops=OpsConfig(log=LogConfig(access=False)))
     assert (await http("GET", proxy.url + "/api/version", headers={"X-Request-Id": "quiet-1"})).code == 200
     assert not [e for e in events if e.get("log_namespace") == "ollama_proxy.access"]
+
+
+@pytest.mark.parametrize(
+    "when",
+    [1764520000.0, 1764520000.25, 1764520000.9999994, 1764520000.9999996, 1764520001.5, 1764520061.0, None],
+)
+def test_text_lines_are_twisteds_own_with_the_stamp_made_once_a_second(when):
+    from twisted.logger import FileLogObserver, LogLevel, textFileLogObserver
+
+    from ollama_proxy.ops.logs import ClassicText
+
+    classic = ClassicText()
+    ours, twisteds = io.StringIO(), io.StringIO()
+    reference = textFileLogObserver(twisteds)
+    events = [
+        {"log_format": "{access_text}", "access_text": "POST /api/chat 200", "log_namespace": "ollama_proxy.access"},
+        {"log_format": "{a} and {b!r}", "a": 1, "b": "two", "log_system": "sys"},
+        {"log_format": "multi\nline", "log_level": LogLevel.warn},
+    ]
+    for seconds in (0.0, 0.5, 1.0):  # the cached stamp of one second must not leak into the next
+        for event in events:
+            event = {**event, "log_time": None if when is None else when + seconds}
+            FileLogObserver(ours, classic)(event)
+            reference(event)
+    assert ours.getvalue() == twisteds.getvalue()
+    assert ours.getvalue().count("\n") > len(events) * 3 - 1
+
+
+def test_a_one_field_format_is_that_field_and_others_are_formatted(tmp_path):
+    from ollama_proxy.ops.logs import _formatted
+
+    assert _formatted({"log_format": "{access_text}", "access_text": "a {b} c"}) == "a {b} c"
+    assert _formatted({"log_format": "{n}", "n": 5}) == "5"
+    assert _formatted({"log_format": "{x} {y}", "x": "1", "y": "2"}) == "1 2"
+    assert _formatted({"log_format": "{f()}", "f": lambda: "called"}) == "called"

@@ -29,7 +29,8 @@ from twisted.logger import (
     LogLevel,
     PredicateResult,
     formatEvent,
-    textFileLogObserver,
+    formatEventAsClassicLogText,
+    formatTime,
 )
 from twisted.python.failure import Failure
 from zope.interface import implementer, provider
@@ -137,11 +138,51 @@ class RedactingObserver:
         if "log_format" in event and "log_text" not in event:
             # Render once with the original fields, then redact the text: a secret
             # assembled from several fields is still caught.
-            text = formatEvent(event)
+            text = _formatted(event)
             if self.redactor.found_in(text):
                 clean["log_format"] = "{log_text}"
                 clean["log_text"] = self.redactor.redact(text)
         self.observer(clean)
+
+
+# A format that is one field, as the access line's "{access_text}" is.
+_ONE_FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _formatted(event: dict[str, Any]) -> str:
+    """``formatEvent(event)``; a format that is one text field is that text, without a trip
+    through ``string.Formatter`` (once per access line: about 1 % of a request's CPU)."""
+    match = _ONE_FIELD.fullmatch(event["log_format"]) if isinstance(event.get("log_format"), str) else None
+    if match is not None:
+        value = event.get(match.group(1))
+        if type(value) is str:
+            return value
+    return formatEvent(event)
+
+
+class ClassicText:
+    """Twisted's text line (``textFileLogObserver``'s: time, ``[system]``, message), with the
+    time stamp made once a second instead of once a line (a time zone lookup and
+    ``strftime`` per access line were 1.7 % of a request's CPU)."""
+
+    def __init__(self) -> None:
+        self._second: int | None = None
+        self._stamp = ""
+
+    def time(self, when: float | None) -> str:
+        """``formatTime(when)``: the stamp has whole seconds, so one second shares it."""
+        if when is None:
+            return formatTime(when)
+        second = int(when)
+        if when - second >= 0.9999995:  # datetime rounds it up to the next second
+            return formatTime(when)
+        if second != self._second:
+            self._stamp = formatTime(second)
+            self._second = second
+        return self._stamp
+
+    def __call__(self, event: dict[str, Any]) -> str | None:
+        return formatEventAsClassicLogText(event, formatTime=self.time)
 
 
 def redacting(observer: ILogObserver, secrets: Iterable[str]) -> RedactingObserver:
@@ -246,7 +287,7 @@ def daemon_observer(
         if install_rotation is not None:
             install_rotation(out)
     text = log_format != "json"
-    inner = textFileLogObserver(out) if text else jsonLinesObserver(out)
+    inner = FileLogObserver(out, ClassicText()) if text else jsonLinesObserver(out)
     return RedactingObserver(FilteringLogObserver(inner, [_not_noise]), redactor, escape=text)
 
 
