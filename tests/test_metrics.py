@@ -132,3 +132,25 @@ async def test_every_surface_is_counted_in_the_json_statistics(proxy):
     assert (await http("POST", proxy.url + "/api/chat", chat("google/gemini-pro", stream=False))).code == 200
     statistics = (await http("GET", proxy.url + "/metrics")).json()["statistics"]
     assert statistics["request_count"] == 2, statistics
+
+
+def test_each_metric_counts_its_own_label_sets():
+    """Children are kept per metric and label values: two metrics with the same values
+    (duration and overhead share the endpoint) and two values of one metric stay apart."""
+    from types import SimpleNamespace
+
+    from ollama_proxy.ops.metrics import Metrics
+
+    metrics = Metrics()
+    base = dict(method="POST", duration=0.5, provider="p", ttft=None, upstream_seconds=0.0, overhead=0.25)
+    base |= dict(tokens_in=3, tokens_out=0, failed=False)
+    for status in (200, 200, 503):
+        metrics.observe(SimpleNamespace(endpoint="/api/chat", status=status, **base))  # type: ignore[arg-type]
+    metrics.observe(SimpleNamespace(**{**base, "endpoint": "/api/embed", "status": 200, "provider": "q"}))  # type: ignore[arg-type]
+    value = metrics.registry.get_sample_value
+    assert value("ollama_proxy_requests_total", {"endpoint": "/api/chat", "method": "POST", "status": "200"}) == 2
+    assert value("ollama_proxy_requests_total", {"endpoint": "/api/chat", "method": "POST", "status": "503"}) == 1
+    assert value("ollama_proxy_request_duration_seconds_sum", {"endpoint": "/api/chat"}) == 1.5
+    assert value("ollama_proxy_overhead_seconds_sum", {"endpoint": "/api/chat"}) == 0.75
+    assert value("ollama_proxy_tokens_total", {"provider": "p", "kind": "prompt"}) == 9
+    assert value("ollama_proxy_tokens_total", {"provider": "q", "kind": "prompt"}) == 3

@@ -153,6 +153,16 @@ class Metrics:
             "ollama_proxy_config_reloads", "Configuration reloads (SIGHUP), by result.", ["result"], registry=r
         )
         r.register(_Gauges(self))
+        # Each metric's child per label values: prometheus_client's labels() checks and
+        # joins the values and takes a lock on every call; the label sets here are few.
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def _child(self, metric: Any, *values: str) -> Any:
+        key = (metric, *values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
 
     def observe(self, record: RequestRecord) -> None:
         """Account for one finished request."""
@@ -160,22 +170,22 @@ class Metrics:
         method = (
             record.method if record.method in _METHODS else "OTHER"
         )  # clients choose methods: keep the label set finite
-        self.requests.labels(endpoint, method, str(record.status or 0)).inc()
+        self._child(self.requests, endpoint, method, str(record.status or 0)).inc()
         if record.duration is not None:
-            self.duration.labels(endpoint).observe(record.duration)
+            self._child(self.duration, endpoint).observe(record.duration)
         provider = record.provider or "none"
         if record.ttft is not None:
-            self.ttft.labels(endpoint, provider).observe(record.ttft)
+            self._child(self.ttft, endpoint, provider).observe(record.ttft)
         if record.upstream_seconds > 0:
-            self.upstream.labels(provider, endpoint).observe(record.upstream_seconds)
+            self._child(self.upstream, provider, endpoint).observe(record.upstream_seconds)
         if record.overhead is not None:
-            self.overhead.labels(endpoint).observe(record.overhead)
+            self._child(self.overhead, endpoint).observe(record.overhead)
         if record.tokens_in:
-            self.tokens.labels(provider, "prompt").inc(record.tokens_in)
+            self._child(self.tokens, provider, "prompt").inc(record.tokens_in)
         if record.tokens_out:
-            self.tokens.labels(provider, "completion").inc(record.tokens_out)
+            self._child(self.tokens, provider, "completion").inc(record.tokens_out)
         if record.failed:
-            self.stream_errors.labels(endpoint).inc()
+            self._child(self.stream_errors, endpoint).inc()
 
     def exposition(self, accept: str | None) -> tuple[bytes, str]:
         """The registry in the format ``accept`` asks for: (body, content type)."""
