@@ -39,12 +39,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
-from loadclient import EventCounter, LatencyResult, LoadClient  # noqa: E402
+from loadclient import LatencyResult, LoadClient  # noqa: E402
 from processes import (  # noqa: E402
     Child,
     Children,
     free_port,
     raise_fd_limit,
+    read_line,
     tree,
     tree_cpu_seconds,
     tree_pss_kib,
@@ -52,7 +53,7 @@ from processes import (  # noqa: E402
 )
 from report import render  # noqa: E402
 from twisted.internet import task  # noqa: E402
-from twisted.internet.defer import Deferred, gatherResults  # noqa: E402
+from twisted.internet.defer import Deferred  # noqa: E402
 from upstreams import NginxUpstream, Roles, SimulatorUpstream, nginx_binary  # noqa: E402
 
 from tests.simulator import API_KEY  # noqa: E402
@@ -102,7 +103,10 @@ class Results:
     open_seconds: float = 0.0
     upstream_open_while_held: int = 0
     upstream_left: int = -1
-    close_seconds: float = 0.0
+    left_seconds: float = 0.0  # the holder's loop closing every client
+    close_seconds: float = 0.0  # from the first client's close to nginx's last upstream gone
+    close_poll: float = 0.0  # how long before that nginx was last seen with one still open
+    close_each: list[float] = field(default_factory=list)  # each upstream's end, from the first client's close
     notes: list[str] = field(default_factory=list)
 
 
@@ -125,7 +129,6 @@ class Bench:
         self.workers = workers
         self.client = LoadClient(reactor, max_connections=max(CONCURRENCIES))
         self.results = Results(upstream=upstream.name)
-        self.held: list[EventCounter] = []
         self.proxy: Child | None = None
         self.proxy_url = ""
         self.headers = {"Content-Type": "application/json"}
@@ -166,20 +169,24 @@ class Bench:
                 raise RuntimeError(f"the proxy was not ready within {timeout:g}s (see its log)")
             await self.sleep(0.1)
 
-    async def run(self) -> Results:
+    async def run(self, memory_only: bool = False) -> Results:
         try:
-            await self.start_proxy(None)
-            await self.sleep(0.5)
-            self.memory("idle")
-            for concurrency in CONCURRENCIES:
-                await self.latency(concurrency)
-            await self.streaming()
-            await self.scaling()
+            if memory_only:
+                await self.start_proxy(self.workers if self.workers > 1 else None)
+                self.results.workers_held = self.workers
+                await self.sleep(0.5)
+                self.memory("idle")
+            else:
+                await self.start_proxy(None)
+                await self.sleep(0.5)
+                self.memory("idle")
+                for concurrency in CONCURRENCIES:
+                    await self.latency(concurrency)
+                await self.streaming()
+                await self.scaling()
             await self.hold_streams()
             return self.results
         finally:
-            for counter in self.held:
-                counter.close()
             await self.client.close()
 
     # -- 1. non-streamed ----------------------------------------------------------------
@@ -294,39 +301,73 @@ class Bench:
 
     # -- 4. memory with many streams open --------------------------------------------------
     async def hold_streams(self) -> None:
+        """Streams held by ``bench/holder.py`` (raw sockets in a process of its own), then
+        all its clients leave in one loop; the holder times when nginx's last upstream
+        connection is gone, nginx's log when each one went."""
         plan, results = self.plan, self.results
         assert self.proxy is not None
         count = plan.streams_held
         results.held = count
         await self.sleep(0.5)
         self.memory("before streams")
-        baseline = await self.upstream.open_connections(self.client)
-        started = time.perf_counter()
-        body = chat_body(self.roles.slow_model, "hold me", True)
-        await self.client.open_many(count, self.proxy_url + "/api/chat", body, self.headers, b"\n", self.held, 100)
-        results.open_seconds = time.perf_counter() - started
-        results.upstream_open_while_held = await self.upstream.open_connections(self.client) - baseline
-        for _ in range(max(1, round(plan.hold_seconds / 0.25))):
-            await self.sleep(0.25)
-            self.memory("streams open (peak)", peak=True)
-        ended = [c for c in self.held if c.ended_at is not None]
-        if ended:
-            raise RuntimeError(f"{len(ended)} of the held streams ended by themselves")
-
-        closing = time.perf_counter()
-        for counter in self.held:
-            counter.close()
-        await gatherResults([c.finished for c in self.held])
-        self.held = []
-        deadline = time.monotonic() + 30.0
-        while time.monotonic() < deadline:
-            results.upstream_left = await self.upstream.open_connections(self.client) - baseline
-            if results.upstream_left <= 0:
-                break
-            await self.sleep(0.05)
-        results.close_seconds = time.perf_counter() - closing
-        await self.sleep(2.0)
+        body_file = os.path.join(self.children.workdir, "hold.json")
+        with open(body_file, "wb") as f:
+            f.write(chat_body(self.roles.slow_model, "hold me", True))
+        port, path = self.upstream.status_endpoint()
+        holder = self.children.start_holder(
+            [
+                "--port",
+                self.proxy_url.rsplit(":", 1)[1],
+                "--body-file",
+                body_file,
+                "--count",
+                str(count),
+                "--status-port",
+                str(port),
+                "--status-path",
+                path,
+                "--deadline",
+                str(plan.deadline),
+            ]
+        )
+        try:
+            opened = await self.holder_says(holder, timeout=300.0)
+            results.open_seconds = opened["seconds"]
+            results.upstream_open_while_held = opened["upstream"]
+            for _ in range(max(1, round(plan.hold_seconds / 0.25))):
+                await self.sleep(0.25)
+                self.memory("streams open (peak)", peak=True)
+            assert holder.process.stdin is not None
+            holder.process.stdin.write(b"close\n")
+            holder.process.stdin.flush()
+            closed = await self.holder_says(holder, timeout=120.0)
+        finally:
+            self.children.stop(holder)
+        if closed["ended"]:
+            raise RuntimeError(f"{closed['ended']} of the held streams ended by themselves")
+        results.upstream_left = closed["left"]
+        results.left_seconds = closed["left_until"] - closed["left_from"]
+        results.close_seconds = closed["upstream_gone"] - closed["left_from"]
+        results.close_poll = closed["upstream_gone"] - closed["polled_before"]
+        await self.sleep(2.0)  # nginx writes its log within a second
+        results.close_each = [t - closed["left_from"] for t in self.upstream.held_closes(closed["left_from"] - 1.0)]
         self.memory("after streams closed")
+
+    async def holder_says(self, holder: Child, timeout: float) -> dict[str, Any]:
+        """The holder's next line (off the reactor thread); its error, raised."""
+        import json
+
+        from twisted.internet.threads import deferToThread
+
+        assert holder.process.stdout is not None
+        line = await deferToThread(read_line, holder.process.stdout, timeout)
+        if not line:
+            holder.check_alive()
+            raise RuntimeError(f"the holder said nothing within {timeout:g} s")
+        said: dict[str, Any] = json.loads(line)
+        if "error" in said:
+            raise RuntimeError(f"holder: {said['error']}")
+        return said
 
 
 async def _run(reactor: Any, argv: list[str], timeout: float) -> str:
@@ -381,6 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--streams", type=int, default=None, help="streams held open for the memory measurement")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="N for the scaling table")
     parser.add_argument("--upstream", choices=("auto", "nginx", "simulator"), default="auto")
+    parser.add_argument("--memory-only", action="store_true", help="only section 4 (streams held, then left)")
     parser.add_argument("--keep-logs", action="store_true", help="keep the children's logs and print where")
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
@@ -414,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
                 reactor.stop()
 
         def start() -> None:
-            d = Deferred.fromCoroutine(bench.run())  # type: ignore[union-attr]
+            d = Deferred.fromCoroutine(bench.run(args.memory_only))  # type: ignore[union-attr]
             d.addErrback(lambda failure: failure.value)
             d.addCallback(finished)
 

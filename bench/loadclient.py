@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults, succeed
+from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone, readBody
@@ -180,31 +180,3 @@ class LoadClient:
         await gatherResults([Deferred.fromCoroutine(worker()) for _ in range(concurrency)], consumeErrors=True)
         result.wall = time.perf_counter() - started
         return result
-
-    async def open_many(
-        self,
-        count: int,
-        url: str,
-        body: bytes,
-        headers: dict[str, str],
-        marker: bytes,
-        into: list[EventCounter],
-        parallel: int = 50,
-    ) -> None:
-        """Open ``count`` streams, ``parallel`` at a time, each appended to ``into``
-        (so the caller can close them even if a later one fails); returns once every
-        stream has sent an event. Opening in waves keeps under the listen backlog."""
-        semaphore = DeferredSemaphore(parallel)
-
-        async def one() -> None:
-            await semaphore.acquire()
-            try:
-                counter = await self.open_stream(url, body, headers, marker)
-                into.append(counter)
-                await counter.opened
-                if not counter.events:
-                    raise RuntimeError(f"POST {url}: the stream ended before its first event")
-            finally:
-                semaphore.release()
-
-        await gatherResults([Deferred.fromCoroutine(one()) for _ in range(count)], consumeErrors=True)

@@ -161,7 +161,9 @@ class Children:
         self.workdir = workdir
         self.children: list[Child] = []
 
-    def _spawn(self, name: str, argv: list[str], env: dict[str, str], *, pipe_stdout: bool = False) -> Child:
+    def _spawn(
+        self, name: str, argv: list[str], env: dict[str, str], *, pipe_stdout: bool = False, pipe_stdin: bool = False
+    ) -> Child:
         """Start ``argv``; stderr (and stdout unless piped) go to ``WORKDIR/NAME.log``."""
         log_path = os.path.join(self.workdir, f"{name}.log")
         log = open(log_path, "wb")  # noqa: SIM115 - the child owns it from here
@@ -170,7 +172,7 @@ class Children:
                 argv,
                 cwd=REPO,
                 env=env,
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.PIPE if pipe_stdin else subprocess.DEVNULL,
                 stdout=subprocess.PIPE if pipe_stdout else log,
                 stderr=log,
                 preexec_fn=_child_setup,
@@ -186,7 +188,7 @@ class Children:
         argv = [sys.executable, os.path.join(REPO, "bench", "run_simulator.py"), "--slow-interval", str(slow_interval)]
         child = self._spawn("simulator", argv, dict(os.environ), pipe_stdout=True)
         assert child.process.stdout is not None
-        url = _read_line(child.process.stdout, timeout)
+        url = read_line(child.process.stdout, timeout)
         if not url.startswith("http://127.0.0.1:"):
             child.check_alive()
             raise RuntimeError(f"simulator did not announce its URL within {timeout:g}s (got {url!r})")
@@ -195,6 +197,11 @@ class Children:
     def start_nginx(self, argv: list[str]) -> Child:
         """Start nginx in the foreground (its configuration says ``daemon off``)."""
         return self._spawn("nginx", argv, dict(os.environ))
+
+    def start_holder(self, argv: list[str]) -> Child:
+        """Start ``bench/holder.py`` with ``argv``: commands on its stdin, JSON lines on its stdout."""
+        script = [sys.executable, os.path.join(REPO, "bench", "holder.py"), *argv]
+        return self._spawn("holder", script, dict(os.environ), pipe_stdout=True, pipe_stdin=True)
 
     def start_proxy(self, port: int, config_file: str, workers: int | None = None, name: str = "proxy") -> Child:
         """Start the proxy the way it is deployed: ``twistd -n ollama-proxy --config FILE``
@@ -231,6 +238,10 @@ class Children:
             except subprocess.TimeoutExpired:
                 child.process.kill()
                 child.process.wait()
+        for pipe in (child.process.stdout, child.process.stdin):
+            if pipe is not None:
+                with contextlib.suppress(OSError):
+                    pipe.close()
         self.children.remove(child)
 
     def stop_all(self, grace: float = 5.0) -> None:
@@ -246,11 +257,13 @@ class Children:
             except subprocess.TimeoutExpired:
                 child.process.kill()
                 child.process.wait()
-            if child.process.stdout is not None:
-                child.process.stdout.close()
+            for pipe in (child.process.stdout, child.process.stdin):
+                if pipe is not None:
+                    with contextlib.suppress(OSError):
+                        pipe.close()
 
 
-def _read_line(stream: Any, timeout: float) -> str:
+def read_line(stream: Any, timeout: float) -> str:
     """The first line of a child's stdout, waiting at most ``timeout`` seconds."""
     selector = selectors.DefaultSelector()
     selector.register(stream, selectors.EVENT_READ)

@@ -17,7 +17,9 @@ path picks the answer, and each path is its own provider in the proxy's configur
 
 nginx refuses POST to a static file with 405; ``error_page 405 =200 $uri`` turns that
 into the file itself. ``stub_status`` counts the open connections, which is how the
-benchmark sees from outside that the proxy closed every upstream stream.
+benchmark sees from outside that the proxy closed every upstream stream; the slow
+answer's access log (``held.log``: the wall-clock time each one ended, and its status)
+says when each of them closed.
 
 When nginx is not installed the test suite's simulator (``bench/run_simulator.py``)
 stands in, with the same roles under other model names.
@@ -144,6 +146,7 @@ worker_rlimit_nofile {nofile};
 events {{ worker_connections {connections}; multi_accept on; }}
 http {{
     access_log off;
+    log_format held '$msec $status';
     client_body_temp_path {root}/tmp;
     proxy_temp_path {root}/tmp;
     fastcgi_temp_path {root}/tmp;
@@ -169,6 +172,9 @@ http {{
             default_type text/event-stream;
             limit_rate {slow_rate};
             limit_rate_after 512;
+            # When each held stream ended (its $msec is taken at the close): the memory
+            # section's per-connection view of the clients' leaving.
+            access_log {root}/held.log held buffer=64k flush=1s;
         }}
     }}
 }}
@@ -256,13 +262,23 @@ class NginxUpstream:
             ]
         return "\n".join(lines)
 
-    async def open_connections(self, client: Any) -> int:
-        """nginx's open connections, less the one asking."""
-        code, body = await client.request_within(5.0, "GET", self.url + "/nginx_status")
-        if code != 200:
-            raise RuntimeError(f"nginx_status answered {code}")
-        first = body.split(b"\n", 1)[0]  # b"Active connections: N "
-        return int(first.split(b":")[1]) - 1
+    def status_endpoint(self) -> tuple[int, str]:
+        """Where the holder (``bench/holder.py``) reads the open connections."""
+        return self.port, "/nginx_status"
+
+    def held_closes(self, since: float) -> list[float]:
+        """Wall-clock times at which slow answers ended since ``since`` (nginx's
+        ``$msec`` when it closed each), in order."""
+        times = []
+        try:
+            with open(os.path.join(self.root, "held.log"), encoding="ascii") as log:
+                for line in log:
+                    stamp = float(line.split()[0])
+                    if stamp >= since:
+                        times.append(stamp)
+        except OSError:
+            return []
+        return sorted(times)
 
 
 class SimulatorUpstream:
@@ -302,6 +318,8 @@ class SimulatorUpstream:
             ]
         )
 
-    async def open_connections(self, client: Any) -> int:
-        code, body = await client.request_within(5.0, "GET", self.root + "/_bench/stats")
-        return int(json.loads(body)["open_connections"])
+    def status_endpoint(self) -> tuple[int, str]:
+        return int(self.root.rsplit(":", 1)[1]), "/_bench/stats"
+
+    def held_closes(self, since: float) -> list[float]:
+        return []  # the simulator keeps no log of them
