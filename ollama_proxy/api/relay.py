@@ -61,6 +61,11 @@ class Translator(Protocol):
         """The objects one upstream chunk becomes (none, while it gathers)."""
         ...
 
+    # Optional: ``encode_text(text) -> bytes | None``, what ``feed`` makes of a chunk
+    # holding only ``text``, as the compact JSON of its one object (b"": none), or
+    # None when that chunk must be fed. A relay with :attr:`ChatRelay.text_frame`
+    # then frames those bytes itself, without an object in between.
+
     def close(self) -> list[dict[str, Any]]:
         """The objects still owed when the upstream stream ended."""
         ...
@@ -88,6 +93,9 @@ class ChatRelay:
 
     content_type = NDJSON
     dialect: ErrorDialect = NATIVE
+    # What goes before and after one object's JSON: what _encode writes, for text
+    # lines the translator encodes itself (None: the relay has no such frame).
+    text_frame: tuple[bytes, bytes] | None = (b"", b"\n")
     max_answer_chars = MAX_ANSWER_CHARS
     max_tool_calls = MAX_TOOL_CALLS
 
@@ -177,7 +185,7 @@ class ChatRelay:
         try:
             if IBatchedUpstreamStream.providedBy(upstream):
                 self._pending = []
-                await upstream.deliver_batched(self._write_all, self._flush)
+                await upstream.deliver_batched(self._write_all, self._flush, self._text_sink())
                 self._flush()
             else:
                 await upstream.deliver(self._write_all)
@@ -240,11 +248,30 @@ class ChatRelay:
             else:
                 self._write(self._encode(obj))
 
+    def _text_sink(self) -> Any:
+        encode_text = getattr(self.translator, "encode_text", None)
+        frame = self.text_frame
+        if encode_text is None or frame is None:
+            return None
+        head, tail = frame
+        pending = self._pending
+        assert pending is not None
+
+        def write_text(text: str) -> None:
+            body = encode_text(text)
+            if body is None:
+                self._write_all({"choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]})
+            elif body:
+                pending.append(head + body + tail)
+
+        return write_text
+
     def _flush(self) -> None:
         pending = self._pending
         if pending:
-            self._pending = []
-            self._write(b"".join(pending))
+            data = b"".join(pending)
+            pending.clear()  # the same list: the text sink holds it
+            self._write(data)
 
     def _write(self, line: bytes) -> None:
         if not self._connected:
@@ -260,6 +287,7 @@ class SSERelay(ChatRelay):
 
     content_type = EVENT_STREAM
     dialect = OPENAI
+    text_frame = (b"data: ", b"\n\n")
 
     def _encode(self, obj: dict[str, Any]) -> bytes:
         return sse_event(obj)
@@ -275,6 +303,7 @@ class NamedEventRelay(ChatRelay):
     stream which broke after output began (``closing()``, ``failure(message)``)."""
 
     content_type = EVENT_STREAM
+    text_frame = None  # each event's name is in its object
 
     def _encode(self, obj: dict[str, Any]) -> bytes:
         return sse_event(obj, str(obj.get("type", "message")))

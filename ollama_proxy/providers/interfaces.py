@@ -27,9 +27,13 @@ class IUpstreamStream(IPushProducer):
 class IBatchedUpstreamStream(IUpstreamStream):
     """A stream that can tell where one network read's events end."""
 
-    def deliver_batched(on_event, on_batch_end):
+    def deliver_batched(on_event, on_batch_end, on_text=None):
         """As :meth:`IUpstreamStream.deliver`, and ``on_batch_end()`` after the events
-        of each read: a consumer writes them to its client at once, not one by one."""
+        of each read: a consumer writes them to its client at once, not one by one.
+
+        With ``on_text``, an event that holds only text (one choice, a content delta,
+        see :func:`~ollama_proxy.wire.plain_chunk.plain_content`) may be handed to
+        ``on_text(str)`` instead of ``on_event``: the same event, not decoded whole."""
 
 
 class IProvider(Interface):

@@ -23,8 +23,10 @@ from ollama_proxy.errors import UpstreamStreamError
 from ollama_proxy.providers.interfaces import IBatchedUpstreamStream
 from ollama_proxy.providers.sse import MAX_EVENT_BYTES, SSEEvent, SSEParser, SSEProtocolError
 from ollama_proxy.wire.fastjson import loads
+from ollama_proxy.wire.plain_chunk import plain_content
 
 EventSink = Callable[[dict[str, Any]], None]
+TextSink = Callable[[str], None]
 # Turns one upstream JSON object into the OpenAI chunks it means (maybe none):
 # how providers with another wire format (Anthropic, Ollama) reuse this reader.
 Decoder = Callable[[dict[str, Any]], Sequence[dict[str, Any]]]
@@ -73,6 +75,7 @@ class SSEStream:
         self._decode = decode
         self._sink: EventSink | None = None
         self._batch_end: Callable[[], None] | None = None
+        self._text: TextSink | None = None
         self._deadline = 0.0
         self._reader: _SSEBodyReader | None = None
         self._idle: IDelayedCall | None = None
@@ -87,9 +90,13 @@ class SSEStream:
     def deliver(self, on_event: EventSink) -> Deferred[None]:
         return self.deliver_batched(on_event, None)
 
-    def deliver_batched(self, on_event: EventSink, on_batch_end: Callable[[], None] | None) -> Deferred[None]:
+    def deliver_batched(
+        self, on_event: EventSink, on_batch_end: Callable[[], None] | None, on_text: TextSink | None = None
+    ) -> Deferred[None]:
         self._sink = on_event
         self._batch_end = on_batch_end
+        # Only OpenAI's own chunks can be plain: another wire format is decoded whole.
+        self._text = on_text if self._decode is None else None
         self._finished = Deferred(canceller=lambda _: self.stopProducing())
         self._reader = _SSEBodyReader(self)
         self._arm()
@@ -174,6 +181,14 @@ class SSEStream:
             if self._finished is not None and not self._finished.called:
                 self._finished.callback(None)
             return
+        if self._text is not None:
+            text = plain_content(data)
+            if text is not None:
+                try:
+                    self._text(text)
+                except Exception as error:  # noqa: BLE001 - the sink failed: end the stream, keep the cause
+                    self._fail(error)
+                return
         try:
             obj = loads(data)
         except ValueError:

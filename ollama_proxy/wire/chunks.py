@@ -25,6 +25,7 @@ from typing import Any
 
 from ollama_proxy.errors import UpstreamStreamError
 from ollama_proxy.wire.jsontext import as_object
+from ollama_proxy.wire.plain_chunk import json_string
 
 
 def new_call_id() -> str:
@@ -273,6 +274,8 @@ class ReadsChunks:
     has ``reader``, a :class:`ChunkReader`, and renders pieces in ``_render``)."""
 
     reader: ChunkReader
+    clock: Callable[[], float]
+    timings: Any
 
     @property
     def answer_size(self) -> int:
@@ -307,6 +310,19 @@ class ReadsChunks:
 
     def _render(self, pieces: list[Piece]) -> list[dict[str, Any]]:
         raise NotImplementedError
+
+    def _take_text(self, text: str) -> bytes | None:
+        """``text`` as a JSON string, counted as reading a piece of it counts (a renderer's
+        ``encode_text`` writes it into its line); ``b""`` for no text (no piece, nothing
+        to write); ``None``: it must be fed."""
+        if not text:
+            return b""
+        encoded = json_string(text)
+        if encoded is not None:
+            self.reader.size += len(text)
+            if self.timings.first_token is None:
+                self.timings.first_token = self.clock()
+        return encoded
 
 
 class RendersBlocks(ReadsChunks):

@@ -16,6 +16,7 @@ from ollama_proxy.wire.chunks import ChunkReader, Piece, ReadsChunks, new_call_i
 from ollama_proxy.wire.models import rfc3339
 from ollama_proxy.wire.ollama_generate import encode_context
 from ollama_proxy.wire.ollama_request import ChatPlan
+from ollama_proxy.wire.plain_chunk import json_string
 from ollama_proxy.wire.timings import Timings
 from ollama_proxy.wire.tools import ollama_tool_call
 
@@ -66,10 +67,18 @@ class ChatTranslator(ReadsChunks):
     thinking: list[str] = field(default_factory=list)
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
     logprobs: list[dict[str, Any]] = field(default_factory=list)
+    # A streamed line of text, around its time stamp and its text (see encode_text).
+    _text_line: tuple[bytes, bytes, bytes] | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.timings = Timings(started=self.clock())
         self.reader = ChunkReader(self.new_call_id)
+        model = json_string(self.model)
+        if model is not None and not self.keep_text:
+            # The bytes _line's object encodes to, with only the stamp and the text left open.
+            text_field = b'","message":{"role":"assistant","content":' if self.kind == "chat" else b'","response":'
+            tail = b'},"done":false}' if self.kind == "chat" else b',"done":false}'
+            self._text_line = (b'{"model":' + model + b',"created_at":"', text_field, tail)
 
     @classmethod
     def for_plan(
@@ -112,6 +121,19 @@ class ChatTranslator(ReadsChunks):
             else:
                 out.append(self._line(piece.content, piece.thinking, calls, piece.logprobs, done=False))
         return out
+
+    def encode_text(self, text: str) -> bytes | None:
+        """What :meth:`feed` answers for a chunk that holds only ``text`` (see
+        :mod:`~ollama_proxy.wire.plain_chunk`), as the compact JSON of its one line
+        (``b""``: no line); ``None``: feed the chunk instead."""
+        template = self._text_line
+        encoded = self._take_text(text) if template is not None else None
+        if not encoded or template is None:
+            return encoded
+        if self.kind == "generate":
+            self.pieces.append(text)  # for the context it hands back
+        head, text_field, tail = template
+        return head + rfc3339(self.clock()).encode() + text_field + encoded + tail
 
     def _line(
         self, text: str, thinking: str, calls: list[dict[str, Any]], logprobs: list[dict[str, Any]], done: bool

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ollama_proxy.wire.chunks import ChunkReader, Piece, ReadsChunks, new_call_id
+from ollama_proxy.wire.fastjson import dumps_compact_or_none
 from ollama_proxy.wire.models import UpstreamModel
 from ollama_proxy.wire.timings import Timings
 from ollama_proxy.wire.tools import openai_tool_call
@@ -94,12 +95,22 @@ class OpenAIRenderer(ReadsChunks):
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
     logprobs: list[dict[str, Any]] = field(default_factory=list)
     text_length: int = 0
+    # A streamed chunk of text, around its text (see encode_text).
+    _text_chunk: tuple[bytes, bytes] | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.timings = Timings(started=self.clock())
         self.reader = ChunkReader(self.new_call_id)
         # OpenAI stamps one ``created`` on every chunk of a stream.
         self.created = int(self.timings.started)
+        if self.kind == "chat" and not self.keep_text:
+            head = dumps_compact_or_none(self._head())
+            if head is not None:
+                # The bytes _chat_chunk's object encodes to (once the role went out), the text left open.
+                self._text_chunk = (
+                    head[:-1] + b',"choices":[{"index":0,"delta":{"content":',
+                    b'},"finish_reason":null}]}',
+                )
 
     def _head(self) -> dict[str, Any]:
         kind = "chat.completion" if self.kind == "chat" else "text_completion"
@@ -138,6 +149,16 @@ class OpenAIRenderer(ReadsChunks):
                 self.text_length += len(piece.content)
                 out.append({**self._head(), "choices": [choice]})
         return out
+
+    def encode_text(self, text: str) -> bytes | None:
+        """What :meth:`feed` answers for a chunk that holds only ``text`` (see
+        :mod:`~ollama_proxy.wire.plain_chunk`), as the compact JSON of its one chunk
+        (``b""``: none); ``None``: feed the chunk instead (the first, with the role)."""
+        template = self._text_chunk
+        if template is None or not self.role_sent:
+            return None
+        encoded = self._take_text(text)
+        return template[0] + encoded + template[1] if encoded else encoded
 
     def _chat_chunk(self, piece: Piece, calls: list[dict[str, Any]]) -> dict[str, Any]:
         delta: dict[str, Any] = {}

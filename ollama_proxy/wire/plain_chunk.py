@@ -1,0 +1,72 @@
+"""The common streamed chunk, read and written without the general machinery (pure).
+
+Nearly every event of a streamed answer is the same shape: one choice, a delta that
+holds some text, nothing else. Reading each into a dict, through
+:class:`~ollama_proxy.wire.chunks.ChunkReader` and back into a dict to encode costs
+several times what the token's bytes do. :func:`plain_content` reads that shape
+straight to its text, and says ``None`` for anything else (a finish, usage, tool
+calls, reasoning, logprobs, an error, a second choice, an unknown delta field),
+which then takes the general path; a renderer writes the text into a line prepared
+once per stream, around the one string :func:`json_string` encodes.
+
+What counts as plain is what the general path would read as only text: a field it
+would act on must be absent or null here, or the chunk is not plain.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+_encode = msgspec.json.Encoder().encode
+
+
+class _Delta(msgspec.Struct, forbid_unknown_fields=True):
+    # Any other field (tool_calls with calls, reasoning text, a refusal, reasoning
+    # details, a function_call) makes the chunk not plain: the general path reads it.
+    content: str | None = None
+    role: str | None = None
+    refusal: None = None
+    reasoning: None = None
+    reasoning_content: None = None
+    tool_calls: None = None
+
+
+class _Choice(msgspec.Struct):
+    # Other fields of a choice (OpenRouter's native_finish_reason, ...) mean nothing
+    # to a reader while there is no finish_reason.
+    delta: _Delta
+    index: int = 0
+    finish_reason: None = None
+    logprobs: None = None
+
+
+class _Chunk(msgspec.Struct):
+    # Exactly one choice; the envelope's id, model, created, ... are not read.
+    choices: tuple[_Choice]
+    error: None = None
+    usage: None = None
+
+
+_decode = msgspec.json.Decoder(_Chunk).decode
+
+
+def plain_content(data: str | bytes) -> str | None:
+    """The text of a plain content chunk (``""`` when its delta holds none), or
+    ``None`` when ``data`` is anything else (for the general path to read)."""
+    try:
+        choice = _decode(data).choices[0]
+    except msgspec.DecodeError:  # not JSON, or JSON of another shape
+        return None
+    if choice.index != 0:
+        return None
+    content = choice.delta.content
+    return content if content is not None else ""
+
+
+def json_string(text: str) -> bytes | None:
+    """``text`` as a JSON string, the bytes :func:`~ollama_proxy.wire.framing.compact`
+    writes for it; ``None`` where that needs the general path (a lone surrogate)."""
+    try:
+        return _encode(text)
+    except UnicodeEncodeError:
+        return None

@@ -1,0 +1,155 @@
+"""The plain-chunk fast path says what the general path says, byte for byte.
+
+A streamed token usually skips :class:`ChunkReader` and the answer's dict: the
+upstream chunk is read straight to its text and the line written around it. Here
+every shape the general path acts on is shown to be refused by the fast reader,
+and what the fast path writes is compared with what the general path writes.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from ollama_proxy.wire.chunks import ChunkReader, Piece
+from ollama_proxy.wire.framing import compact
+from ollama_proxy.wire.ollama_answer import ChatTranslator
+from ollama_proxy.wire.openai_answer import OpenAIRenderer
+from ollama_proxy.wire.plain_chunk import json_string, plain_content
+
+
+def chunk(delta: Any, finish: Any = None, **extra: Any) -> dict[str, Any]:
+    return {
+        "id": "gen-1",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "m",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        **extra,
+    }
+
+
+PLAIN = [
+    chunk({"content": "Hello"}),
+    chunk({"role": "assistant", "content": ""}),
+    chunk({"content": None}),
+    chunk({}),
+    chunk({"content": 'a "quoted"\n\ttab \u2028 \x00 \x7f é 😀'}),
+    chunk({"content": "x", "reasoning": None, "reasoning_content": None, "refusal": None, "tool_calls": None}),
+    chunk({"content": "x"}, usage=None, error=None, system_fingerprint="fp", provider="p"),
+    {"choices": [{"index": 0, "delta": {"content": "x"}, "finish_reason": None, "native_finish_reason": None}]},
+    {"choices": [{"delta": {"content": "no index"}}]},
+]
+
+NOT_PLAIN = [
+    chunk({"content": "x"}, "stop"),
+    chunk({"content": "x"}, "error"),
+    chunk({"content": "x"}, usage={"prompt_tokens": 1, "completion_tokens": 2}),
+    chunk({"content": "x"}, error={"message": "boom"}),
+    chunk({"content": "x"}, error=""),
+    chunk({"reasoning": "thinking"}),
+    chunk({"reasoning_content": "thinking"}),
+    chunk({"content": "", "reasoning_details": [{"type": "reasoning.text", "text": "t"}]}),
+    chunk({"refusal": "no"}),
+    chunk({"tool_calls": [{"index": 0, "id": "c", "function": {"name": "f", "arguments": "{}"}}]}),
+    chunk({"content": "x", "audio": {"data": "..."}}),
+    chunk(None),
+    chunk({"content": 5}),
+    {"choices": [{"index": 0, "delta": {"content": "x"}, "logprobs": {"content": [{"token": "x", "logprob": -1}]}}]},
+    {"choices": [{"index": 1, "delta": {"content": "other answer"}}]},
+    {"choices": [{"index": 0, "delta": {"content": "a"}}, {"index": 1, "delta": {"content": "b"}}]},
+    {"choices": []},
+    {"usage": {"prompt_tokens": 1}},
+    {"choices": [{"index": 0, "message": {"content": "whole"}}]},
+]
+
+
+@pytest.mark.parametrize("obj", PLAIN)
+def test_a_plain_chunk_is_only_its_text_to_the_general_reader(obj: dict[str, Any]) -> None:
+    text = plain_content(json.dumps(obj))
+    assert text is not None
+    reader = ChunkReader()
+    assert reader.feed(obj) == ([Piece(content=text)] if text else [])
+    assert (reader.finish_reason, reader.prompt_tokens, reader.calls_open) == (None, None, 0)
+
+
+@pytest.mark.parametrize("obj", NOT_PLAIN)
+def test_anything_else_takes_the_general_path(obj: dict[str, Any]) -> None:
+    assert plain_content(json.dumps(obj)) is None
+
+
+@pytest.mark.parametrize("data", ["[DONE]", "", "{", '"text"', "{}", '{"choices":[{"delta":{"content":"\\ud800"}}]}'])
+def test_what_is_not_a_chunk_at_all_takes_the_general_path(data: str) -> None:
+    assert plain_content(data) is None
+
+
+def test_json_string_writes_what_the_general_encoder_writes() -> None:
+    text = "".join(chr(c) for c in range(0, 0x3000)) + "😀"
+    assert json_string(text) == compact(text)
+    assert json_string("lone \ud800") is None  # the general path writes U+FFFD
+
+
+class Ticks:
+    """A clock that moves on every reading, as the reactor's does."""
+
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.25
+
+    def __call__(self) -> float:
+        self.now += 0.001234
+        return self.now
+
+
+TEXTS = ["Hel", "", "lo é", 'a "q" \\ \n', "😀", "end"]
+
+
+def fast(translator: Any, texts: list[str]) -> list[bytes]:
+    """Lines as the relay writes them with the fast path: encoded text, else the chunk fed."""
+    out = []
+    for text in texts:
+        body = translator.encode_text(text)
+        if body is None:
+            out += [compact(o) for o in translator.feed(chunk({"content": text}))]
+        elif body:
+            out.append(body)
+    return out
+
+
+def general(translator: Any, texts: list[str]) -> list[bytes]:
+    return [compact(o) for text in texts for o in translator.feed(chunk({"content": text}))]
+
+
+@pytest.mark.parametrize("kind", ["chat", "generate"])
+def test_native_lines_are_the_general_paths_bytes(kind: str) -> None:
+    a = ChatTranslator(model="acme/m ü", kind=kind, clock=Ticks())
+    b = ChatTranslator(model="acme/m ü", kind=kind, clock=Ticks())
+    assert a.encode_text("x") is not None  # the fast path is taken
+    b.feed(chunk({"content": "x"}))
+    assert fast(a, TEXTS) == general(b, TEXTS)
+    assert (a.answer_size, a.timings, a.pieces) == (b.answer_size, b.timings, b.pieces)
+    assert compact(a.final()) == compact(b.final())
+
+
+def test_native_text_that_the_fast_path_cannot_write_is_fed() -> None:
+    translator = ChatTranslator(model="m", kind="chat", clock=Ticks())
+    assert translator.encode_text("lone \ud800") is None
+    assert translator.answer_size == 0  # nothing counted twice when it is fed next
+    kept = ChatTranslator(model="m", kind="chat", clock=Ticks(), keep_text=True)
+    assert kept.encode_text("x") is None  # a whole answer gathers through feed
+
+
+def test_openai_chunks_are_the_general_paths_bytes() -> None:
+    def renderer() -> OpenAIRenderer:
+        return OpenAIRenderer(kind="chat", model="acme/m", response_id="chatcmpl-1", clock=Ticks())
+
+    a, b = renderer(), renderer()
+    assert a.encode_text("first") is None  # the first chunk carries the role: fed
+    assert fast(a, ["first", *TEXTS]) == general(b, ["first", *TEXTS])
+    assert a.encode_text("x") is not None
+    b.feed(chunk({"content": "x"}))
+    assert (a.answer_size, a.timings) == (b.answer_size, b.timings)
+    assert [compact(c) for c in a.closing_chunks()] == [compact(c) for c in b.closing_chunks()]
+    completion = OpenAIRenderer(kind="completion", model="m", response_id="cmpl-1", clock=Ticks())
+    assert completion.encode_text("x") is None
