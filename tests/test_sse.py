@@ -86,3 +86,62 @@ def test_a_long_line_in_many_reads_is_one_event():
     for i in range(0, len(data), 4096):
         events.extend(parser.feed(data[i : i + 4096]))
     assert [len(e.data) for e in events] == [300_000]
+
+
+def _reference(stream: bytes) -> tuple[list[SSEEvent], int]:
+    """The SSE rules, read plainly from a whole LF stream: what any split must give."""
+    events, data, name, comments = [], [], "", 0
+    lines = stream.split(b"\n")
+    last = lines.pop()
+    for line in lines + ([last] if last else []):
+        if not line:
+            if data:
+                events.append(SSEEvent(b"\n".join(data).decode("utf-8", "replace"), name or "message"))
+            data, name = [], ""
+        elif line.startswith(b":"):
+            comments += 1
+        else:
+            field, _, value = line.partition(b":")
+            value = value[1:] if value.startswith(b" ") else value
+            if field == b"data":
+                data.append(value)
+            elif field == b"event":
+                name = value.decode()
+    if data:
+        events.append(SSEEvent(b"\n".join(data).decode("utf-8", "replace"), name or "message"))
+    return events, comments
+
+
+def test_random_streams_in_random_pieces_give_what_the_rules_say():
+    import random
+
+    odd = [b"data:tight", b"data: ", b"data", b"event: named", b": comment", b"", b"", b"id: 3", b"data: \xff\xfe"]
+    rng = random.Random(11)  # the same streams every run
+    for _ in range(600):
+        # Mostly plain events (one data line, one blank line), now and then another line.
+        lines = [
+            rng.choice(odd) if rng.random() < 0.1 else b'data: {"n":%d}\n' % n for n in range(rng.randrange(1, 30))
+        ]
+        stream = b"\n".join(lines)
+        if rng.random() < 0.7:
+            stream += b"\n" * rng.randrange(0, 3)
+        parser, data_parser = SSEParser(), SSEParser()
+        events, data, position = [], [], 0
+        while position < len(stream):
+            size = rng.choice((1, 2, 5, 13, 64, len(stream)))
+            events += parser.feed(stream[position : position + size])
+            data += data_parser.feed_data(stream[position : position + size])
+            position += size
+        events += parser.close()
+        data += [event.data for event in data_parser.close()]
+        assert (events, parser.comments) == _reference(stream), stream
+        assert data == [event.data for event in events]
+
+
+def test_an_overlong_event_in_one_read_is_an_error():
+    import pytest
+
+    from ollama_proxy.providers.sse import SSEProtocolError
+
+    with pytest.raises(SSEProtocolError):
+        SSEParser(max_event_bytes=10).feed(b"data: " + b"x" * 20 + b"\n\n")

@@ -57,22 +57,59 @@ class SSEParser:
         Linear in the bytes fed: a long line arriving in many reads is searched
         once, not once per read (image-bearing events run to megabytes).
         """
+        data, events = self._read(chunk)
+        return [SSEEvent(d) for d in data] if data is not None else events
+
+    def feed_data(self, chunk: bytes) -> list[str]:
+        """As :meth:`feed`, only each event's data (what a stream of JSON events reads:
+        their names are in their data), without making an event of each."""
+        data, events = self._read(chunk)
+        return data if data is not None else [event.data for event in events]
+
+    def _read(self, chunk: bytes) -> tuple[list[str] | None, list[SSEEvent]]:
+        """The events ``chunk`` completed: as data strings when all are plain unnamed
+        one-line events (most reads), else as events."""
         if self._cr or b"\r" in chunk:
             if not self._cr:
                 self._cr = True
                 self._scanned = len(self._buffer)  # what the fast path kept holds no line end
-            return self._feed_any(chunk)
-        # LF only, as every provider sends: one split per read, no regex.
+            return None, self._feed_any(chunk)
+        # LF only, as every provider sends: no regex.
         buffer = self._buffer
         if b"\n" not in chunk:
             buffer += chunk
             if len(buffer) + self._data_bytes > self._max_event:
                 raise self._too_large()
-            return []
-        lines = (bytes(buffer) + chunk if buffer else chunk).split(b"\n")
-        rest = lines.pop()
+            return None, []
+        text = bytes(buffer) + chunk if buffer else chunk
+        end = text.rfind(b"\n\n")  # where the last event of this read ends
+        lines = text[end + 2 :].split(b"\n") if end >= 0 else text.split(b"\n")
+        rest = lines.pop()  # a part of a line
         self._buffer = bytearray(rest)
+        data: list[str] | None = None
         events: list[SSEEvent] = []
+        if end >= 0:
+            complete = text[:end]
+            if (
+                complete.startswith(b"data: ")
+                and not self._data
+                and not self._event
+                and len(complete) <= self._max_event
+            ):
+                # Most reads: each event one data line and a blank one. Then every line
+                # end is in a separator, and the events are one decode and one split.
+                data = complete[6:].decode("utf-8", "replace").split("\n\ndata: ")
+                if complete.count(b"\n") != 2 * (len(data) - 1):
+                    data = None
+            if data is None:
+                self._lf_lines(complete.split(b"\n") + [b""], events)  # its lines and the blank one
+        if lines:
+            self._lf_lines(lines, events)  # lines of an event not finished yet: no event
+        if len(rest) + self._data_bytes > self._max_event:
+            raise self._too_large()
+        return data, events
+
+    def _lf_lines(self, lines: list[bytes], events: list[SSEEvent]) -> None:
         for line in lines:
             if not line:
                 data = self._data
@@ -88,9 +125,6 @@ class SSEParser:
                     raise self._too_large()
             else:
                 self._line(line)
-        if len(rest) + self._data_bytes > self._max_event:
-            raise self._too_large()
-        return events
 
     def _feed_any(self, chunk: bytes) -> list[SSEEvent]:
         """Any line ends (LF, CRLF, a lone CR), a CRLF possibly split across reads."""

@@ -33,9 +33,9 @@ Decoder = Callable[[dict[str, Any]], Sequence[dict[str, Any]]]
 
 
 class BodyParser(TypingProtocol):
-    """Bytes in, records with a ``data`` string out (SSE events, NDJSON lines)."""
+    """Bytes in, each record's ``data`` string out (SSE events, NDJSON lines)."""
 
-    def feed(self, chunk: bytes) -> Sequence[SSEEvent]: ...
+    def feed_data(self, chunk: bytes) -> Sequence[str]: ...
 
     def close(self) -> Sequence[SSEEvent]: ...
 
@@ -156,20 +156,30 @@ class SSEStream:
         if finished is not None and not finished.called:
             finished.errback(Failure(error))
 
-    def _data(self, data: bytes) -> None:
+    def _data(self, received: bytes) -> None:
         if self._stopped or (self._finished is not None and self._finished.called):
             return  # cut, or complete at [DONE]: whatever trails is not ours to time
         if not self._paused:
             self._arm()
         try:
-            events = self._parser.feed(data)
+            events = self._parser.feed_data(received)
         except SSEProtocolError as error:
             self._fail(UpstreamStreamError(f"{self._label} sent an unreadable stream: {error}"))
             return
-        for event in events:
+        text_sink = self._text
+        for data in events:
             if self._stopped:
                 return
-            self._event(event.data)
+            if text_sink is not None:
+                # Most events: a plain chunk's text, straight to the sink.
+                text = plain_content(data)
+                if text is not None:
+                    try:
+                        text_sink(text)
+                    except Exception as error:  # noqa: BLE001 - the sink failed: end the stream, keep the cause
+                        self._fail(error)
+                    continue
+            self._event(data)
         if events and self._batch_end is not None and not self._stopped:
             self._batch_end()
 
@@ -181,14 +191,6 @@ class SSEStream:
             if self._finished is not None and not self._finished.called:
                 self._finished.callback(None)
             return
-        if self._text is not None:
-            text = plain_content(data)
-            if text is not None:
-                try:
-                    self._text(text)
-                except Exception as error:  # noqa: BLE001 - the sink failed: end the stream, keep the cause
-                    self._fail(error)
-                return
         try:
             obj = loads(data)
         except ValueError:
@@ -255,9 +257,14 @@ class NDJSONParser:
         self._max_line = max_line_bytes
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
+        """The lines ``chunk`` completed, as events."""
+        return [SSEEvent(line) for line in self.feed_data(chunk)]
+
+    def feed_data(self, chunk: bytes) -> list[str]:
+        """The lines ``chunk`` completed (blank ones left out)."""
         buffer = self._buffer
         buffer += chunk
-        events: list[SSEEvent] = []
+        events: list[str] = []
         start = 0
         while True:
             end = buffer.find(b"\n", max(start, self._scanned))
@@ -266,7 +273,7 @@ class NDJSONParser:
             line = bytes(buffer[start:end])
             start = end + 1
             if line.strip():
-                events.append(SSEEvent(line.decode("utf-8", errors="replace")))
+                events.append(line.decode("utf-8", errors="replace"))
         if start:
             del buffer[:start]
         self._scanned = len(buffer)  # searched already: a long line is not searched again

@@ -25,7 +25,7 @@ from typing import Any
 
 from ollama_proxy.errors import UpstreamStreamError
 from ollama_proxy.wire.jsontext import as_object
-from ollama_proxy.wire.plain_chunk import json_string
+from ollama_proxy.wire.plain_chunk import encode_json
 
 
 def new_call_id() -> str:
@@ -317,11 +317,13 @@ class ReadsChunks:
         to write); ``None``: it must be fed."""
         if not text:
             return b""
-        encoded = json_string(text)
-        if encoded is not None:
-            self.reader.size += len(text)
-            if self.timings.first_token is None:
-                self.timings.first_token = self.clock()
+        try:
+            encoded = encode_json(text)
+        except UnicodeEncodeError:  # a lone surrogate: the general path writes U+FFFD
+            return None
+        self.reader.size += len(text)
+        if self.timings.first_token is None:
+            self.timings.first_token = self.clock()
         return encoded
 
 

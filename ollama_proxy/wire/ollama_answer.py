@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ollama_proxy.wire.chunks import ChunkReader, Piece, ReadsChunks, new_call_id
-from ollama_proxy.wire.models import rfc3339
+from ollama_proxy.wire.models import rfc3339, rfc3339_bytes
 from ollama_proxy.wire.ollama_generate import encode_context
 from ollama_proxy.wire.ollama_request import ChatPlan
 from ollama_proxy.wire.plain_chunk import json_string
@@ -133,7 +133,7 @@ class ChatTranslator(ReadsChunks):
         if self.kind == "generate":
             self.pieces.append(text)  # for the context it hands back
         head, text_field, tail = template
-        return head + rfc3339(self.clock()).encode() + text_field + encoded + tail
+        return b"".join((head, rfc3339_bytes(self.clock()), text_field, encoded, tail))
 
     def _line(
         self, text: str, thinking: str, calls: list[dict[str, Any]], logprobs: list[dict[str, Any]], done: bool

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import msgspec
 
-_encode = msgspec.json.Encoder().encode
+# Writes a str as compact() does (see json_string).
+encode_json = msgspec.json.Encoder().encode
 
 
 class _Delta(msgspec.Struct, forbid_unknown_fields=True):
@@ -67,6 +68,6 @@ def json_string(text: str) -> bytes | None:
     """``text`` as a JSON string, the bytes :func:`~ollama_proxy.wire.framing.compact`
     writes for it; ``None`` where that needs the general path (a lone surrogate)."""
     try:
-        return _encode(text)
+        return encode_json(text)
     except UnicodeEncodeError:
         return None
