@@ -136,6 +136,7 @@ CHAT_MODELS: list[dict[str, Any]] = [
     _model("sim/leaky-text"),
     _model("sim/deep-error"),
     _model("sim/hold"),
+    _model("sim/hold-partial"),
     _model("sim/flood"),
     _model("sim/raw"),
     _model("sim/fail-leak"),
@@ -715,7 +716,10 @@ class _Stream:
             self._event(self._chunk(delta, logprobs=event.get("logprobs")))
             if self.position == 1 and model == "sim/stall":
                 return False  # goes silent for good
-            if self.position == 1 and model == "sim/hold":
+            if self.position == 1 and model in ("sim/hold", "sim/hold-partial"):
+                if model == "sim/hold-partial":
+                    # Held with half of the next event sent: the reader has bytes of an unfinished event.
+                    self.request.write(b'data: {"id": "chatcmpl-half", "choi')
                 self.sim._held(self)
                 return False  # goes on when the test calls release_holds()
             if self.position == 2 and model == "sim/midstream-leak":

@@ -135,3 +135,29 @@ async def test_the_upstream_is_closed_before_the_leaving_clients_access_line(pro
         globalLogPublisher.removeObserver(observe)
     assert seen == [b""]
     assert simulator.streams_aborted == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_leaving_amid_an_upstream_event_is_a_cancel_not_an_upstream_error(proxy, simulator):
+    # Streams are mostly read between the parts of an event. When the client leaves,
+    # the half event left in the reader is not the upstream's error ("not JSON"): the
+    # request is cancelled (499), nothing is blamed on the provider, and its unwinding
+    # waits for the turn after the closes as for any client that left.
+    reader = LineReader()
+    await reader.connect(proxy.port, "/api/chat", chat("sim/hold-partial"))
+    await reader.wait_for_lines(1)
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    aborted = simulator.wait_for_abort()
+    try:
+        reader.hang_up()
+        await aborted
+        await proxy.service.lifecycle.when_idle()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    stats = proxy.service.router.slot("openrouter").stats
+    assert stats.cancelled_requests == 1 and stats.failed_requests == 0
+    warnings = [e for e in events if e.get("log_level") is not None and e["log_level"].name in ("warn", "error")]
+    assert warnings == []
+    [access] = [e for e in events if e.get("log_namespace") == "ollama_proxy.access"]
+    assert access["status"] == 499

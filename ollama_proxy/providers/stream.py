@@ -229,20 +229,22 @@ class SSEStream:
         finished = self._finished
         if finished is None or finished.called:
             return
+        clean = reason is None or reason.check(ResponseDone, PotentialDataLoss)
+        if self._stopped and not clean:
+            # Stopped by us (its client left, a cancel): whoever stopped it cancels
+            # what waits on it, and unwinding that is costly. Done here, a burst of
+            # such closes would each wait for the one before's unwinding; a turn
+            # later, all of them are closed first. What is left in the parser is
+            # half an event cut by our own close, not the upstream's error.
+            self._clock.callLater(0, self._cancelled)
+            return
         for event in self._parser.close():
             if finished.called:
                 return
             self._event(event.data)
         if finished.called:
             return
-        clean = reason is None or reason.check(ResponseDone, PotentialDataLoss)
-        if self._stopped and not clean:
-            # Stopped by us (its client left, a cancel): whoever stopped it cancels
-            # what waits on it, and unwinding that is costly. Done here, a burst of
-            # such closes would each wait for the one before's unwinding; a turn
-            # later, all of them are closed first.
-            self._clock.callLater(0, self._cancelled)
-        elif clean and (self._saw_done or self._saw_finish):
+        if clean and (self._saw_done or self._saw_finish):
             finished.callback(None)
         else:
             finished.errback(Failure(UpstreamStreamError(f"{self._label} closed the stream before it was complete")))
