@@ -75,9 +75,9 @@ def test_json_lines_are_one_object_per_line_with_fields_and_a_redacted_traceback
 
 
 def _unwrap(observer: Any) -> Any:
-    assert isinstance(observer, RedactingObserver)
-    assert isinstance(observer.observer, FilteringLogObserver)
-    return observer.observer._observer
+    assert isinstance(observer, FilteringLogObserver)
+    assert isinstance(observer._observer, RedactingObserver)
+    return observer._observer.observer
 
 
 def test_daemon_observer_follows_twistd_options(tmp_path):

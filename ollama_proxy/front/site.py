@@ -33,6 +33,7 @@ from twisted.web.server import Request, Site
 from ollama_proxy.errors import InternalError, dialect_for, render_error
 from ollama_proxy.front.record import record_of
 from ollama_proxy.front.syntax import HeadCheck, json_answer, request_line_problem, target_path
+from ollama_proxy.ops.later import later
 
 log = Logger()
 
@@ -133,8 +134,9 @@ class LimitedChannel(HTTPChannel):
             return super().connectionLost(reason)
         # Left mid-answer: its upstream (our producer, stopped) closes at the next poll, but the
         # request's loss (unwinding the handler, access line) costs ~1 ms: in a burst of 10,000,
-        # upstreams would close one by one for seconds. Two turns on, after that poll, all are.
-        self.site.reactor.callLater(0, self.site.reactor.callLater, 0, super().connectionLost, reason)
+        # upstreams would close one by one for seconds. Queued, it runs after that poll, a slice
+        # per reactor turn, so the closes of those leaving meanwhile are not kept waiting either.
+        later(self.site.reactor).call(super().connectionLost, reason)
 
     # -- the header deadline: it does not restart with each byte, as the idle timeout does --
     def _await_headers(self) -> None:

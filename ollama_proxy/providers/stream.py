@@ -20,6 +20,7 @@ from twisted.web.iweb import IResponse
 from zope.interface import implementer
 
 from ollama_proxy.errors import UpstreamStreamError
+from ollama_proxy.ops.later import later
 from ollama_proxy.providers.interfaces import IBatchedUpstreamStream
 from ollama_proxy.providers.sse import MAX_EVENT_BYTES, SSEEvent, SSEParser, SSEProtocolError
 from ollama_proxy.wire.fastjson import loads
@@ -233,10 +234,10 @@ class SSEStream:
         if self._stopped and not clean:
             # Stopped by us (its client left, a cancel): whoever stopped it cancels
             # what waits on it, and unwinding that is costly. Done here, a burst of
-            # such closes would each wait for the one before's unwinding; a turn
-            # later, all of them are closed first. What is left in the parser is
+            # such closes would each wait for the one before's unwinding; queued,
+            # all of them are closed first. What is left in the parser is
             # half an event cut by our own close, not the upstream's error.
-            self._clock.callLater(0, self._cancelled)
+            later(self._clock).call(self._cancelled)
             return
         for event in self._parser.close():
             if finished.called:

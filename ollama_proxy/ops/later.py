@@ -1,0 +1,81 @@
+"""Work that may wait for the sockets being closed now: a client's leaving, unwound later.
+
+A client that leaves mid-stream costs two things: closing its upstream connection
+(cheap, and what stops the provider generating) and unwinding its request (the
+handler's coroutines cancelled, the access line, the counters: most of a
+millisecond). When thousands leave at once and each does both in turn, the last
+upstream is closed seconds after its client left. Here the unwinding is queued:
+it runs two reactor turns after it was queued at the earliest (after the poll
+that closes the upstream sockets stopped in the meantime), and at most
+``budget`` seconds of it per turn, so the reactor keeps polling, and closing,
+while a burst is unwound.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+log = Logger()
+
+DEFAULT_BUDGET = 0.005  # seconds of queued work per reactor turn
+
+
+class Later:
+    """A queue of calls run after the next poll, a slice of them per reactor turn."""
+
+    __slots__ = ("_clock", "_budget", "_timer", "_incoming", "_aging", "_ready", "_tick", "__weakref__")
+
+    def __init__(
+        self, clock: IReactorTime, budget: float = DEFAULT_BUDGET, timer: Callable[[], float] = time.perf_counter
+    ) -> None:
+        self._clock = clock
+        self._budget = budget
+        self._timer = timer
+        self._incoming: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []  # queued this turn
+        self._aging: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []  # queued the turn before
+        self._ready: deque[tuple[Callable[..., Any], tuple[Any, ...]]] = deque()
+        self._tick: IDelayedCall | None = None
+
+    def __len__(self) -> int:
+        return len(self._incoming) + len(self._aging) + len(self._ready)
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` two reactor turns from now or later (an exception is logged)."""
+        self._incoming.append((fn, args))
+        if self._tick is None:
+            self._tick = self._clock.callLater(0, self._run)
+
+    def _run(self) -> None:
+        # self._tick stays set while this runs: a call queued meanwhile schedules no second run.
+        ready = self._ready
+        ready.extend(self._aging)
+        self._aging, self._incoming = self._incoming, []
+        deadline = self._timer() + self._budget
+        while ready:
+            fn, args = ready.popleft()
+            try:
+                fn(*args)
+            except Exception:  # noqa: BLE001 - one failed unwinding must not keep the others queued
+                log.failure("deferred cleanup {fn!r} failed", fn=fn)
+            if self._timer() >= deadline:
+                break
+        self._tick = self._clock.callLater(0, self._run) if ready or self._aging or self._incoming else None
+
+
+_QUEUES: weakref.WeakKeyDictionary[Any, Later] = weakref.WeakKeyDictionary()
+
+
+def later(clock: IReactorTime) -> Later:
+    """The one queue of ``clock`` (the reactor's is shared by everything running on it,
+    so its budget holds for all of them together)."""
+    queue = _QUEUES.get(clock)
+    if queue is None:
+        queue = _QUEUES[clock] = Later(clock)
+    return queue
