@@ -106,26 +106,34 @@ TEXTS = ["Hel", "", "lo é", 'a "q" \\ \n', "😀", "end"]
 
 
 def fast(translator: Any, texts: list[str]) -> list[bytes]:
-    """Lines as the relay writes them with the fast path: encoded text, else the chunk fed."""
-    out = []
+    """Lines as the relay writes them with the fast path: the text writer's, and what it feeds."""
+    out: list[bytes] = []
+
+    def feed(text: str) -> None:
+        out.extend(compact(o) + b"\n" for o in translator.feed(chunk({"content": text})))
+
+    write = translator.text_writer((b"", b"\n"), out.append, feed)
     for text in texts:
-        body = translator.encode_text(text)
-        if body is None:
-            out += [compact(o) for o in translator.feed(chunk({"content": text}))]
-        elif body:
-            out.append(body)
+        write(text)
     return out
 
 
 def general(translator: Any, texts: list[str]) -> list[bytes]:
-    return [compact(o) for text in texts for o in translator.feed(chunk({"content": text}))]
+    return [compact(o) + b"\n" for text in texts for o in translator.feed(chunk({"content": text}))]
+
+
+def fed(translator: Any, text: str) -> bool:
+    """Whether the text writer leaves ``text`` to the general path."""
+    left: list[str] = []
+    translator.text_writer((b"", b""), lambda line: None, left.append)(text)
+    return left == [text]
 
 
 @pytest.mark.parametrize("kind", ["chat", "generate"])
 def test_native_lines_are_the_general_paths_bytes(kind: str) -> None:
     a = ChatTranslator(model="acme/m ü", kind=kind, clock=Ticks())
     b = ChatTranslator(model="acme/m ü", kind=kind, clock=Ticks())
-    assert a.encode_text("x") is not None  # the fast path is taken
+    assert not fed(a, "x")  # the fast path is taken
     b.feed(chunk({"content": "x"}))
     assert fast(a, TEXTS) == general(b, TEXTS)
     assert (a.answer_size, a.timings, a.pieces) == (b.answer_size, b.timings, b.pieces)
@@ -134,10 +142,10 @@ def test_native_lines_are_the_general_paths_bytes(kind: str) -> None:
 
 def test_native_text_that_the_fast_path_cannot_write_is_fed() -> None:
     translator = ChatTranslator(model="m", kind="chat", clock=Ticks())
-    assert translator.encode_text("lone \ud800") is None
-    assert translator.answer_size == 0  # nothing counted twice when it is fed next
+    assert fed(translator, "lone \ud800")
+    assert translator.answer_size == 0  # nothing counted twice when it is fed
     kept = ChatTranslator(model="m", kind="chat", clock=Ticks(), keep_text=True)
-    assert kept.encode_text("x") is None  # a whole answer gathers through feed
+    assert kept.text_writer((b"", b""), print, print) is None  # a whole answer gathers through feed
 
 
 def test_openai_chunks_are_the_general_paths_bytes() -> None:
@@ -145,11 +153,11 @@ def test_openai_chunks_are_the_general_paths_bytes() -> None:
         return OpenAIRenderer(kind="chat", model="acme/m", response_id="chatcmpl-1", clock=Ticks())
 
     a, b = renderer(), renderer()
-    assert a.encode_text("first") is None  # the first chunk carries the role: fed
+    assert fed(renderer(), "first")  # the first chunk carries the role: fed
     assert fast(a, ["first", *TEXTS]) == general(b, ["first", *TEXTS])
-    assert a.encode_text("x") is not None
+    assert not fed(a, "x")
     b.feed(chunk({"content": "x"}))
     assert (a.answer_size, a.timings) == (b.answer_size, b.timings)
     assert [compact(c) for c in a.closing_chunks()] == [compact(c) for c in b.closing_chunks()]
     completion = OpenAIRenderer(kind="completion", model="m", response_id="cmpl-1", clock=Ticks())
-    assert completion.encode_text("x") is None
+    assert completion.text_writer((b"", b""), print, print) is None

@@ -271,3 +271,16 @@ def test_context_round_trip():
     assert all(isinstance(v, int) and 0 <= v < 256 for v in context)
     assert decode_context(context) == history
     assert decode_context([1, 2, 3]) == [] and decode_context([100000] * 40) == []
+
+
+def test_the_stamp_of_a_streamed_line_is_rfc3339s_text():
+    import random
+
+    from ollama_proxy.wire.models import rfc3339, rfc3339_bytes
+
+    rng = random.Random(7)  # the same times every run
+    times = [rng.uniform(-1e6, 4e9) for _ in range(20000)]
+    # Half a microsecond either side of rounding, and the carry into the next second.
+    times += [1.7e9 + k / 1e6 + d for k in range(0, 10**6, 9973) for d in (0, 4.999e-7, 5e-7, 5.001e-7)]
+    times += [0.0, 1.9999996, 1e9 + 0.9999995, 1e9 + 0.9999994, -1.5, -2.0]
+    assert [rfc3339_bytes(t) for t in times] == [rfc3339(t).encode() for t in times]

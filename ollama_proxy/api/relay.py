@@ -61,10 +61,10 @@ class Translator(Protocol):
         """The objects one upstream chunk becomes (none, while it gathers)."""
         ...
 
-    # Optional: ``encode_text(text) -> bytes | None``, what ``feed`` makes of a chunk
-    # holding only ``text``, as the compact JSON of its one object (b"": none), or
-    # None when that chunk must be fed. A relay with :attr:`ChatRelay.text_frame`
-    # then frames those bytes itself, without an object in between.
+    # Optional: ``text_writer(frame, write, feed)``, a function that writes what ``feed``
+    # makes of a chunk holding only the text it is given, framed in the relay's
+    # :attr:`ChatRelay.text_frame`, without an object in between (see
+    # :func:`~ollama_proxy.wire.plain_chunk.text_writer`), or None.
 
     def close(self) -> list[dict[str, Any]]:
         """The objects still owed when the upstream stream ended."""
@@ -249,22 +249,14 @@ class ChatRelay:
                 self._write(self._encode(obj))
 
     def _text_sink(self) -> Any:
-        encode_text = getattr(self.translator, "encode_text", None)
-        frame = self.text_frame
-        if encode_text is None or frame is None:
+        text_writer = getattr(self.translator, "text_writer", None)
+        if text_writer is None or self.text_frame is None or self._pending is None:
             return None
-        head, tail = frame
-        pending = self._pending
-        assert pending is not None
+        return text_writer(self.text_frame, self._pending.append, self._feed_text)
 
-        def write_text(text: str) -> None:
-            body = encode_text(text)
-            if body is None:
-                self._write_all({"choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]})
-            elif body:
-                pending.append(head + body + tail)
-
-        return write_text
+    def _feed_text(self, text: str) -> None:
+        """A plain chunk's text the translator's text writer leaves to the general path."""
+        self._write_all({"choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]})
 
     def _flush(self) -> None:
         pending = self._pending

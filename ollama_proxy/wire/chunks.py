@@ -25,7 +25,6 @@ from typing import Any
 
 from ollama_proxy.errors import UpstreamStreamError
 from ollama_proxy.wire.jsontext import as_object
-from ollama_proxy.wire.plain_chunk import encode_json
 
 
 def new_call_id() -> str:
@@ -274,8 +273,6 @@ class ReadsChunks:
     has ``reader``, a :class:`ChunkReader`, and renders pieces in ``_render``)."""
 
     reader: ChunkReader
-    clock: Callable[[], float]
-    timings: Any
 
     @property
     def answer_size(self) -> int:
@@ -310,21 +307,6 @@ class ReadsChunks:
 
     def _render(self, pieces: list[Piece]) -> list[dict[str, Any]]:
         raise NotImplementedError
-
-    def _take_text(self, text: str) -> bytes | None:
-        """``text`` as a JSON string, counted as reading a piece of it counts (a renderer's
-        ``encode_text`` writes it into its line); ``b""`` for no text (no piece, nothing
-        to write); ``None``: it must be fed."""
-        if not text:
-            return b""
-        try:
-            encoded = encode_json(text)
-        except UnicodeEncodeError:  # a lone surrogate: the general path writes U+FFFD
-            return None
-        self.reader.size += len(text)
-        if self.timings.first_token is None:
-            self.timings.first_token = self.clock()
-        return encoded
 
 
 class RendersBlocks(ReadsChunks):

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ollama_proxy.wire.chunks import ChunkReader, Piece, ReadsChunks, new_call_id
-from ollama_proxy.wire.models import rfc3339, rfc3339_bytes
+from ollama_proxy.wire.models import rfc3339
 from ollama_proxy.wire.ollama_generate import encode_context
 from ollama_proxy.wire.ollama_request import ChatPlan
-from ollama_proxy.wire.plain_chunk import json_string
+from ollama_proxy.wire.plain_chunk import TextWriter, json_string, text_writer
 from ollama_proxy.wire.timings import Timings
 from ollama_proxy.wire.tools import ollama_tool_call
 
@@ -67,7 +67,7 @@ class ChatTranslator(ReadsChunks):
     thinking: list[str] = field(default_factory=list)
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
     logprobs: list[dict[str, Any]] = field(default_factory=list)
-    # A streamed line of text, around its time stamp and its text (see encode_text).
+    # A streamed line of text, around its time stamp and its text (see text_writer).
     _text_line: tuple[bytes, bytes, bytes] | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
@@ -122,18 +122,18 @@ class ChatTranslator(ReadsChunks):
                 out.append(self._line(piece.content, piece.thinking, calls, piece.logprobs, done=False))
         return out
 
-    def encode_text(self, text: str) -> bytes | None:
-        """What :meth:`feed` answers for a chunk that holds only ``text`` (see
-        :mod:`~ollama_proxy.wire.plain_chunk`), as the compact JSON of its one line
-        (``b""``: no line); ``None``: feed the chunk instead."""
+    def text_writer(
+        self, frame: tuple[bytes, bytes], write: Callable[[bytes], None], feed: TextWriter
+    ) -> TextWriter | None:
+        """A function that writes (framed in ``frame``, to ``write``) the line :meth:`feed`
+        makes of a chunk holding only the text it is given (see
+        :func:`~ollama_proxy.wire.plain_chunk.text_writer`); ``None``: no such lines."""
         template = self._text_line
-        encoded = self._take_text(text) if template is not None else None
-        if not encoded or template is None:
-            return encoded
-        if self.kind == "generate":
-            self.pieces.append(text)  # for the context it hands back
+        if template is None:
+            return None
         head, text_field, tail = template
-        return b"".join((head, rfc3339_bytes(self.clock()), text_field, encoded, tail))
+        keep = self.pieces if self.kind == "generate" else None  # for the context it hands back
+        return text_writer(self, (frame[0] + head, text_field, tail + frame[1]), write, feed, keep=keep)
 
     def _line(
         self, text: str, thinking: str, calls: list[dict[str, Any]], logprobs: list[dict[str, Any]], done: bool

@@ -19,6 +19,7 @@ from typing import Any
 from ollama_proxy.wire.chunks import ChunkReader, Piece, ReadsChunks, new_call_id
 from ollama_proxy.wire.fastjson import dumps_compact_or_none
 from ollama_proxy.wire.models import UpstreamModel
+from ollama_proxy.wire.plain_chunk import TextWriter, text_writer
 from ollama_proxy.wire.timings import Timings
 from ollama_proxy.wire.tools import openai_tool_call
 
@@ -95,7 +96,7 @@ class OpenAIRenderer(ReadsChunks):
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
     logprobs: list[dict[str, Any]] = field(default_factory=list)
     text_length: int = 0
-    # A streamed chunk of text, around its text (see encode_text).
+    # A streamed chunk of text, around its text (see text_writer).
     _text_chunk: tuple[bytes, bytes] | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
@@ -150,15 +151,17 @@ class OpenAIRenderer(ReadsChunks):
                 out.append({**self._head(), "choices": [choice]})
         return out
 
-    def encode_text(self, text: str) -> bytes | None:
-        """What :meth:`feed` answers for a chunk that holds only ``text`` (see
-        :mod:`~ollama_proxy.wire.plain_chunk`), as the compact JSON of its one chunk
-        (``b""``: none); ``None``: feed the chunk instead (the first, with the role)."""
+    def text_writer(
+        self, frame: tuple[bytes, bytes], write: Callable[[bytes], None], feed: TextWriter
+    ) -> TextWriter | None:
+        """A function that writes (framed in ``frame``, to ``write``) the chunk :meth:`feed`
+        makes of an upstream chunk holding only the text it is given, once the role went
+        out (see :func:`~ollama_proxy.wire.plain_chunk.text_writer`); ``None``: no such chunks."""
         template = self._text_chunk
-        if template is None or not self.role_sent:
+        if template is None:
             return None
-        encoded = self._take_text(text)
-        return template[0] + encoded + template[1] if encoded else encoded
+        head, tail = template
+        return text_writer(self, (frame[0] + head, None, tail + frame[1]), write, feed, ready=lambda: self.role_sent)
 
     def _chat_chunk(self, piece: Piece, calls: list[dict[str, Any]]) -> dict[str, Any]:
         delta: dict[str, Any] = {}

@@ -15,7 +15,12 @@ would act on must be absent or null here, or the chunk is not plain.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import msgspec
+
+from ollama_proxy.wire.models import rfc3339_bytes
 
 # Writes a str as compact() does (see json_string).
 encode_json = msgspec.json.Encoder().encode
@@ -71,3 +76,55 @@ def json_string(text: str) -> bytes | None:
         return encode_json(text)
     except UnicodeEncodeError:
         return None
+
+
+TextWriter = Callable[[str], None]
+
+
+def text_writer(
+    renderer: Any,
+    line: tuple[bytes, bytes | None, bytes],
+    write: Callable[[bytes], None],
+    feed: TextWriter,
+    ready: Callable[[], bool] | None = None,
+    keep: list[str] | None = None,
+) -> TextWriter:
+    """A function that takes the text of each plain chunk for ``renderer`` (a
+    :class:`~ollama_proxy.wire.chunks.ReadsChunks`: its reader, timings and clock)
+    and writes the line it becomes: ``line``'s head, a time stamp and the middle
+    bytes when there is a middle, the text as a JSON string, its tail. It counts the
+    text as feeding the chunk would (and appends it to ``keep``); until ``ready()``
+    and for text only the general path can write, it hands the text to ``feed``.
+
+    One call per token, with everything it reads bound here once: the hot path.
+    """
+    head, middle, tail = line
+    reader, timings, clock = renderer.reader, renderer.timings, renderer.clock
+    join = b"".join
+    gate = ready
+
+    def write_text(text: str) -> None:
+        nonlocal gate
+        if not text:
+            return  # no piece: nothing to write, nothing to count
+        if gate is not None:
+            if not gate():
+                feed(text)
+                return
+            gate = None
+        try:
+            encoded = encode_json(text)
+        except UnicodeEncodeError:  # a lone surrogate: the general path writes U+FFFD
+            feed(text)
+            return
+        reader.size += len(text)
+        if timings.first_token is None:
+            timings.first_token = clock()
+        if keep is not None:
+            keep.append(text)
+        if middle is None:
+            write(join((head, encoded, tail)))
+        else:
+            write(join((head, rfc3339_bytes(clock()), middle, encoded, tail)))
+
+    return write_text
