@@ -27,6 +27,9 @@ setup(
         # The configuration file as one declared schema (typed Structs, ranges in Meta);
         # the same library can later encode and decode the hot path's JSON.
         "msgspec>=0.18",
+        # The chat path's HTTP/1.1 responses parsed by llhttp (Node's parser) in C: framing
+        # (chunked, Content-Length, close-delimited) that is right and costs little per read.
+        "httptools>=0.6",
     ],
     extras_require={
         "test": [

@@ -85,7 +85,7 @@ class AnthropicProvider(HTTPProvider):
     async def open_chat(self, body: Mapping[str, Any]) -> IUpstreamStream:
         self._require_key()
         request = messages_request(body, self.default_max_tokens)
-        response = await self._request("POST", "messages", request)
+        response = await self._request("POST", "messages", request, lean=True)
         return SSEStream(response, self._clock, self.timeouts.idle, self.label, decode=AnthropicDecoder(self.label))
 
     async def embed(
@@ -96,7 +96,7 @@ class AnthropicProvider(HTTPProvider):
     async def open_messages(self, body: Mapping[str, Any], beta: str | None = None) -> IUpstreamStream:
         """POST the Messages request as given (streamed); the events come through whole."""
         self._require_key()
-        response = await self._request("POST", "messages", {**body, "stream": True}, _beta(beta))
+        response = await self._request("POST", "messages", {**body, "stream": True}, _beta(beta), lean=True)
         return SSEStream(response, self._clock, self.timeouts.idle, self.label, decode=native_decoder(self.label))
 
     async def count_tokens(self, body: Mapping[str, Any], beta: str | None = None) -> int:

@@ -20,19 +20,20 @@ from typing import Any
 
 from hyperlink import EncodedURL
 from treq.client import HTTPClient
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, gatherResults
 from twisted.internet.error import ConnectError, DNSLookupError
 from twisted.internet.error import TimeoutError as ConnectTimeout
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed, ResponseNeverReceived
+from twisted.web.client import URI, Agent, HTTPConnectionPool, ResponseFailed, ResponseNeverReceived
 from twisted.web.http_headers import Headers
 
 from ollama_proxy import __version__
 from ollama_proxy.config.settings import Timeouts
 from ollama_proxy.errors import UpstreamError
 from ollama_proxy.ops.redaction import Redactor
+from ollama_proxy.providers.http1 import HTTP1Pool, render_headers
 from ollama_proxy.providers.stream import BodyTimeout, BodyTooLarge, read_body
 from ollama_proxy.wire.fastjson import loads
 from ollama_proxy.wire.ollama_request import NATIVE_KEY
@@ -115,6 +116,10 @@ class HTTPProvider:
         agent = Agent(reactor, connectTimeout=timeouts.connect, pool=self._pool)
         self._http = HTTPClient(agent)
         self._urls: dict[str, EncodedURL | str] = {}  # per path without a query: few
+        # Chat requests: the lean client (see providers/http1.py for why), its own pool.
+        self._lean = HTTP1Pool(reactor, self.base_url, connect_timeout=timeouts.connect, max_idle=max_connections)
+        self._targets: dict[str, bytes] = {}  # request targets per path
+        self._heads: dict[bool, bytes] = {}  # the provider's header lines, with and without a body
 
     # -- IProvider -----------------------------------------------------------
     @property
@@ -129,8 +134,8 @@ class HTTPProvider:
         response = await self._request("GET", self.models_path, None)
         await self._read(response)
 
-    def close(self) -> Deferred[None]:
-        return self._pool.closeCachedConnections()
+    def close(self) -> Deferred[Any]:
+        return gatherResults([self._pool.closeCachedConnections(), self._lean.close()])
 
     # -- HTTP ------------------------------------------------------------------
     def _require_key(self) -> None:
@@ -146,23 +151,52 @@ class HTTPProvider:
         headers.update(self._extra_headers)
         return headers
 
-    async def _request(
-        self, method: str, path: str, body: Mapping[str, Any] | None, headers: Mapping[str, str] | None = None
-    ) -> Any:
-        """Send a request; return the response once its headers arrived with a 2xx status.
+    def _target(self, path: str) -> bytes:
+        target = self._targets.get(path)
+        if target is None:
+            uri = EncodedURL.from_text(f"{self.base_url}/{path}").to_uri()
+            target = self._targets[path] = URI.fromBytes(uri.to_text().encode("ascii")).originForm
+        return target
 
-        ``headers`` add to (or replace) the provider's own for this one request."""
+    def _lean_head(self, headers: Mapping[str, str] | None) -> bytes:
+        if headers:
+            return render_headers({**self._headers(True), **headers})
+        head = self._heads.get(True)
+        if head is None:
+            head = self._heads[True] = render_headers(self._headers(True))
+        return head
+
+    def _send(
+        self, method: str, path: str, body: Mapping[str, Any] | None, headers: Mapping[str, str] | None, lean: bool
+    ) -> Deferred[Any]:
+        if body is not None and NATIVE_KEY in body:
+            body = {k: v for k, v in body.items() if k != NATIVE_KEY}
+        data = json.dumps(body).encode("utf-8") if body is not None else None
+        if lean and data is not None:
+            return self._lean.request(method.encode("ascii"), self._target(path), self._lean_head(headers), data)
         url = self._urls.get(path)
         if url is None:
             url = f"{self.base_url}/{path}"
             if "?" not in path:
                 url = self._urls[path] = upstream_url(url)
-        if body is not None and NATIVE_KEY in body:
-            body = {k: v for k, v in body.items() if k != NATIVE_KEY}
-        data = json.dumps(body).encode("utf-8") if body is not None else None
         merged = {**self._headers(data is not None), **(headers or {})}
         sent = Headers({name: [value] for name, value in merged.items()})
-        d = self._http.request(method, url, data=data, headers=sent, unbuffered=True)
+        return self._http.request(method, url, data=data, headers=sent, unbuffered=True)
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        body: Mapping[str, Any] | None,
+        headers: Mapping[str, str] | None = None,
+        *,
+        lean: bool = False,
+    ) -> Any:
+        """Send a request; return the response once its headers arrived with a 2xx status.
+
+        ``headers`` add to (or replace) the provider's own for this one request. ``lean``
+        (a request with a body) goes through the lean client (:mod:`.http1`), not treq."""
+        d = self._send(method, path, body, headers, lean)
 
         def timed_out(result: Any, timeout: float) -> Any:
             # However the cancelled request failed, the reason is the deadline.

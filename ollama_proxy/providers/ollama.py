@@ -59,7 +59,7 @@ class OllamaProvider(HTTPProvider):
         return with_show(model, answer) if isinstance(answer, dict) else model
 
     async def open_chat(self, body: Mapping[str, Any]) -> IUpstreamStream:
-        response = await self._request("POST", "api/chat", chat_body(body))
+        response = await self._request("POST", "api/chat", chat_body(body), lean=True)
         return SSEStream(
             response,
             self._clock,

@@ -63,7 +63,7 @@ class OpenAICompatibleProvider(HTTPProvider):
             # OpenRouter's usage accounting: the answer's usage then says what the call cost.
             asked = body.get("usage")
             body = {**body, "usage": {**(asked if isinstance(asked, Mapping) else {}), "include": True}}
-        response = await self._request("POST", "chat/completions", body)
+        response = await self._request("POST", "chat/completions", body, lean=True)
         return SSEStream(response, self._clock, self.timeouts.idle, self.label)
 
     async def embed(

@@ -1,0 +1,340 @@
+"""The lean HTTP/1.1 client of the chat path, against raw servers on loopback.
+
+Each server here writes canned bytes, so every way an upstream can frame (or break) an
+answer is exercised exactly: Content-Length, chunked, close-delimited, ``Connection:
+close``, cut bodies, garbage, silence, TLS with and without a trusted certificate.
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+import pytest
+import pytest_twisted
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from OpenSSL import SSL
+from service_identity import VerificationError
+from twisted.internet import reactor
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.ssl import Certificate, PrivateCertificate
+from twisted.python.failure import Failure
+from twisted.web.client import PotentialDataLoss, ResponseDone, ResponseFailed, ResponseNeverReceived
+
+from ollama_proxy.providers.http1 import HTTP1Pool, UpstreamProtocolError, render_headers
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
+CHUNKED = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\none\r\n3\r\ntwo\r\n5\r\nthree\r\n0\r\n\r\n"
+
+
+class CannedServer(Protocol):
+    """Answers each request (a head ending in a blank line; bodies are ignored) with
+    the server's next canned answer; ``None`` answers nothing; ``b"CLOSE"`` closes."""
+
+    def connectionMade(self) -> None:
+        self.factory.connections.append(self)  # type: ignore[attr-defined]
+        self.received = b""
+        self.lost: Deferred[None] = Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+        factory: Any = self.factory
+        factory.heads.append(data)
+        answer = factory.answers.pop(0) if factory.answers else OK
+        if answer == b"CLOSE":
+            self.transport.loseConnection()  # type: ignore[union-attr]
+        elif answer is not None:
+            self.transport.write(answer)  # type: ignore[union-attr]
+            if factory.close_after:
+                self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.lost.callback(None)
+
+
+class Server:
+    def __init__(self, *answers: bytes | None, close_after: bool = False, context: Any = None) -> None:
+        factory: Any = Factory.forProtocol(CannedServer)
+        factory.answers = list(answers)
+        factory.connections = []
+        factory.heads = []
+        factory.close_after = close_after
+        self.factory = factory
+        if context is None:
+            self.port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        else:
+            self.port = reactor.listenSSL(0, factory, context, interface="127.0.0.1")
+        self.url = f"http://127.0.0.1:{self.port.getHost().port}"
+
+    @property
+    def connections(self) -> list[CannedServer]:
+        return self.factory.connections  # type: ignore[no-any-return]
+
+    @property
+    def heads(self) -> list[bytes]:
+        return self.factory.heads  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def servers():
+    started: list[Server] = []
+    pools: list[HTTP1Pool] = []
+
+    def make(*answers: bytes | None, **options: Any) -> tuple[Server, HTTP1Pool]:
+        server = Server(*answers, **options)
+        started.append(server)
+        pool = HTTP1Pool(reactor, server.url, connect_timeout=5, max_idle=4)
+        pools.append(pool)
+        return server, pool
+
+    yield make
+    for pool in pools:
+        pool.close()
+    for server in started:
+        for connection in server.connections:
+            if not connection.lost.called:
+                connection.transport.abortConnection()  # type: ignore[union-attr]
+        server.port.stopListening()
+
+
+class Body(Protocol):
+    """Collects a body: each ``dataReceived`` as it came, and how it ended."""
+
+    def __init__(self, pause_on_data: bool = False) -> None:
+        self.reads: list[bytes] = []
+        self.ended: Deferred[list[Failure]] = Deferred()  # [reason]: a bare Failure would be an errback
+        self.pause_on_data = pause_on_data
+
+    def dataReceived(self, data: bytes) -> None:
+        self.reads.append(data)
+        if self.pause_on_data:
+            self.transport.pauseProducing()  # type: ignore[union-attr]
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.ended.callback([reason])
+
+
+async def fetch(pool: HTTP1Pool, head: bytes = b"") -> tuple[Any, Body, Failure]:
+    response = await pool.request(b"POST", b"/v1/chat/completions", head, b"{}")
+    body = Body()
+    response.deliverBody(body)
+    reason = (await body.ended)[0]
+    return response, body, reason
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_content_length_answer_is_read_and_its_connection_reused(servers):
+    server, pool = servers(OK, OK)
+    first, body, reason = await fetch(pool)
+    assert first.code == 200 and first.length == 5 and b"".join(body.reads) == b"hello" and reason.check(ResponseDone)
+    _, again, reason = await fetch(pool)
+    assert b"".join(again.reads) == b"hello" and reason.check(ResponseDone)
+    assert len(server.connections) == 1 and len(server.heads) == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_request_is_sent_as_one_http11_message(servers):
+    server, pool = servers(OK)
+    await fetch(pool, render_headers({"Authorization": "Bearer k", "Content-Type": "application/json"}))
+    port = server.port.getHost().port
+    assert server.heads[0] == (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n"
+        b"Authorization: Bearer k\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}" % port
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_line_break_in_a_header_value_cannot_start_a_header_of_its_own(servers):
+    server, pool = servers(OK)
+    await fetch(pool, render_headers({"X-Title": "a\r\nEvil: 1", "X-Other": "b\nc"}))
+    lines = server.heads[0].split(b"\r\n")
+    assert b"X-Title: a Evil: 1" in lines and b"X-Other: b c" in lines
+    assert not any(line.startswith(b"Evil") for line in lines)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_chunks_of_one_read_reach_the_reader_as_one_piece(servers):
+    server, pool = servers(CHUNKED, OK)
+    response, body, reason = await fetch(pool)
+    assert body.reads == [b"onetwothree"] and reason.check(ResponseDone)
+    await fetch(pool)
+    assert len(server.connections) == 1  # chunked framing ends the answer: the connection goes on
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_answer_ended_by_the_close_is_complete_but_flagged(servers):
+    server, pool = servers(b"HTTP/1.1 200 OK\r\n\r\nno length", OK, close_after=True)
+    _, body, reason = await fetch(pool)
+    assert b"".join(body.reads) == b"no length" and reason.check(PotentialDataLoss)
+
+
+@pytest_twisted.ensureDeferred
+async def test_connection_close_is_honoured(servers):
+    server, pool = servers(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok", OK)
+    _, body, reason = await fetch(pool)
+    assert body.reads == [b"ok"] and reason.check(ResponseDone)
+    await server.connections[0].lost  # we closed it: it said so
+    await fetch(pool)
+    assert len(server.connections) == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_body_cut_short_fails(servers):
+    cut = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\none\r\n"
+    server, pool = servers(cut, close_after=True)
+    _, body, reason = await fetch(pool)
+    assert body.reads == [b"one"] and reason.check(ResponseFailed)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_close_before_any_answer_is_response_never_received(servers):
+    server, pool = servers(b"CLOSE")
+    with pytest.raises(ResponseNeverReceived):
+        await pool.request(b"POST", b"/x", b"", b"{}")
+
+
+@pytest_twisted.ensureDeferred
+async def test_bytes_that_are_not_http_fail_the_request(servers):
+    server, pool = servers(b"SSH-2.0-OpenSSH\r\n\r\n")
+    with pytest.raises(ResponseNeverReceived) as caught:
+        await pool.request(b"POST", b"/x", b"", b"{}")
+    assert caught.value.reasons[0].check(UpstreamProtocolError)
+    await server.connections[0].lost  # and the connection is given up
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_refused_connection_fails_the_request(servers):
+    server, pool = servers()
+    await server.port.stopListening()
+    with pytest.raises(Exception) as caught:  # noqa: PT011 - any ConnectError subclass
+        await pool.request(b"POST", b"/x", b"", b"{}")
+    assert "refused" in type(caught.value).__name__.lower() or "refused" in str(caught.value).lower()
+
+
+@pytest_twisted.ensureDeferred
+async def test_cancelling_a_request_awaiting_its_answer_closes_the_connection(servers):
+    server, pool = servers(None)
+    waiting = pool.request(b"POST", b"/x", b"", b"{}")
+    while not server.heads:  # the request has left
+        await deferLater0()
+    waiting.cancel()
+    with pytest.raises(CancelledError):
+        await waiting
+    await server.connections[0].lost
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_reader_that_stops_closes_the_connection(servers):
+    head_and_one = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\none\r\n"
+    server, pool = servers(head_and_one)
+    response = await pool.request(b"POST", b"/x", b"", b"{}")
+    body = Body()
+    response.deliverBody(body)
+    body.transport.stopProducing()  # type: ignore[union-attr]
+    await server.connections[0].lost  # the upstream stops generating
+    reason = (await body.ended)[0]
+    assert reason.check(ResponseFailed)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_connection_a_reader_paused_still_reads_the_next_answer(servers):
+    server, pool = servers(OK, OK)
+    response = await pool.request(b"POST", b"/x", b"", b"{}")
+    paused = Body(pause_on_data=True)  # pauses and never resumes: the answer is complete anyway
+    response.deliverBody(paused)
+    assert (await paused.ended)[0].check(ResponseDone)
+    _, body, reason = await fetch(pool)
+    assert b"".join(body.reads) == b"hello" and len(server.connections) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_body_delivered_late_is_kept_until_then(servers):
+    server, pool = servers(CHUNKED)
+    response = await pool.request(b"POST", b"/x", b"", b"{}")
+    await deferLater0()
+    await deferLater0()
+    body = Body()
+    response.deliverBody(body)
+    assert b"".join(body.reads) == b"onetwothree" and ((await body.ended)[0]).check(ResponseDone)
+
+
+@pytest_twisted.ensureDeferred
+async def test_error_statuses_come_with_their_headers(servers):
+    answer = b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 7\r\nContent-Length: 2\r\n\r\n{}"
+    server, pool = servers(answer)
+    response, body, _ = await fetch(pool)
+    assert response.code == 429 and response.phrase == b"Too Many Requests"
+    assert response.headers.getRawHeaders(b"retry-after") == [b"7"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_close_closes_the_idle_connections(servers):
+    server, pool = servers(OK)
+    await fetch(pool)
+    await pool.close()
+    await server.connections[0].lost
+
+
+# -- TLS ----------------------------------------------------------------------------------
+def _certificate(name: str) -> PrivateCertificate:
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    pem = cert.public_bytes(serialization.Encoding.PEM) + key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return PrivateCertificate.loadPEM(pem)
+
+
+@pytest_twisted.ensureDeferred
+async def test_tls_to_a_trusted_certificate_for_the_host(servers):
+    private = _certificate("localhost")
+    server, _ = servers(OK, context=private.options())
+    port = server.port.getHost().port
+    trust = Certificate.loadPEM(private.dumpPEM())
+    pool = HTTP1Pool(reactor, f"https://localhost:{port}", connect_timeout=5, max_idle=2, trust_root=trust)
+    try:
+        _, body, reason = await fetch(pool)
+        assert b"".join(body.reads) == b"hello" and reason.check(ResponseDone)
+    finally:
+        await pool.close()
+
+
+@pytest.mark.parametrize(("name", "trusted"), [("localhost", False), ("upstream.example", True)])
+@pytest_twisted.ensureDeferred
+async def test_tls_refuses_an_untrusted_or_misnamed_certificate(servers, name, trusted):
+    private = _certificate(name)
+    server, _ = servers(OK, context=private.options())
+    port = server.port.getHost().port
+    trust = Certificate.loadPEM(private.dumpPEM()) if trusted else None
+    pool = HTTP1Pool(reactor, f"https://localhost:{port}", connect_timeout=5, max_idle=2, trust_root=trust)
+    try:
+        with pytest.raises(ResponseNeverReceived) as caught:
+            await pool.request(b"POST", b"/x", b"", b"{}")
+        assert not server.heads  # nothing was sent to it
+        # Not trusted: OpenSSL's verification; trusted but for another name: service_identity's.
+        assert any(reason.check(SSL.Error, VerificationError) for reason in caught.value.reasons)
+    finally:
+        await pool.close()
+
+
+def deferLater0() -> Deferred[None]:
+    from twisted.internet import task
+
+    return task.deferLater(reactor, 0, lambda: None)
