@@ -134,10 +134,6 @@ def rfc3339(seconds: float) -> str:
     return f"{cached[1]}.{micro:06d}Z"
 
 
-# Thousandths and millionths as text: a streamed line's stamp is put together from
-# the second's text and two of these, without formatting a number.
-_DIGITS = [b"%03d" % n for n in range(1000)]
-_DIGITS_Z = [b"%03dZ" % n for n in range(1000)]
 _last_second_bytes: list[Any] = [None, b""]  # the whole second formatted last, to the dot
 
 
@@ -145,16 +141,13 @@ def rfc3339_bytes(seconds: float) -> bytes:
     """``rfc3339(seconds)`` as ASCII bytes, made the cheap way: one per streamed line."""
     whole = int(seconds)
     micro = round((seconds - whole) * 1e6)
-    if micro >= 1_000_000:
-        whole += 1
-        micro -= 1_000_000
-    elif micro < 0:
-        return rfc3339(seconds).encode()
     cached = _last_second_bytes
-    if cached[0] != whole:
-        cached[1] = rfc3339(whole)[:-7].encode()  # up to and with the dot
-        cached[0] = whole
-    return cached[1] + _DIGITS[micro // 1000] + _DIGITS_Z[micro % 1000]
+    if cached[0] == whole and 0 <= micro < 1_000_000:
+        return b"%s%06dZ" % (cached[1], micro)
+    stamp = rfc3339(seconds)
+    if 0 <= micro < 1_000_000:
+        cached[0], cached[1] = whole, stamp[:-7].encode()  # up to and with the dot
+    return stamp.encode()
 
 
 def details(model: UpstreamModel) -> dict[str, Any]:

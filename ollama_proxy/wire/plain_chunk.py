@@ -16,7 +16,7 @@ would act on must be absent or null here, or the chunk is not plain.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -26,7 +26,8 @@ from ollama_proxy.wire.models import rfc3339_bytes
 encode_json = msgspec.json.Encoder().encode
 
 
-class _Delta(msgspec.Struct, forbid_unknown_fields=True):
+# gc=False: they hold no containers that could make a cycle, so the collector need not track them.
+class _Delta(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     # Any other field (tool_calls with calls, reasoning text, a refusal, reasoning
     # details, a function_call) makes the chunk not plain: the general path reads it.
     content: str | None = None
@@ -37,16 +38,16 @@ class _Delta(msgspec.Struct, forbid_unknown_fields=True):
     tool_calls: None = None
 
 
-class _Choice(msgspec.Struct):
+class _Choice(msgspec.Struct, gc=False):
     # Other fields of a choice (OpenRouter's native_finish_reason, ...) mean nothing
     # to a reader while there is no finish_reason.
     delta: _Delta
-    index: int = 0
+    index: Literal[0] = 0  # other choices are not ours: another index is not plain
     finish_reason: None = None
     logprobs: None = None
 
 
-class _Chunk(msgspec.Struct):
+class _Chunk(msgspec.Struct, gc=False):
     # Exactly one choice; the envelope's id, model, created, ... are not read.
     choices: tuple[_Choice]
     error: None = None
@@ -60,12 +61,9 @@ def plain_content(data: str | bytes) -> str | None:
     """The text of a plain content chunk (``""`` when its delta holds none), or
     ``None`` when ``data`` is anything else (for the general path to read)."""
     try:
-        choice = _decode(data).choices[0]
+        content = _decode(data).choices[0].delta.content
     except msgspec.DecodeError:  # not JSON, or JSON of another shape
         return None
-    if choice.index != 0:
-        return None
-    content = choice.delta.content
     return content if content is not None else ""
 
 
