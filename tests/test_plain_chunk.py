@@ -112,7 +112,7 @@ def fast(translator: Any, texts: list[str]) -> list[bytes]:
     def feed(text: str) -> None:
         out.extend(compact(o) + b"\n" for o in translator.feed(chunk({"content": text})))
 
-    write = translator.text_writer((b"", b"\n"), out.append, feed)
+    write = translator.text_writer(lambda kind: (b"", b"\n"), out.append, feed)
     for text in texts:
         write(text)
     return out
@@ -125,7 +125,7 @@ def general(translator: Any, texts: list[str]) -> list[bytes]:
 def fed(translator: Any, text: str) -> bool:
     """Whether the text writer leaves ``text`` to the general path."""
     left: list[str] = []
-    translator.text_writer((b"", b""), lambda line: None, left.append)(text)
+    translator.text_writer(lambda kind: (b"", b""), lambda line: None, left.append)(text)
     return left == [text]
 
 
@@ -145,7 +145,7 @@ def test_native_text_that_the_fast_path_cannot_write_is_fed() -> None:
     assert fed(translator, "lone \ud800")
     assert translator.answer_size == 0  # nothing counted twice when it is fed
     kept = ChatTranslator(model="m", kind="chat", clock=Ticks(), keep_text=True)
-    assert kept.text_writer((b"", b""), print, print) is None  # a whole answer gathers through feed
+    assert kept.text_writer(lambda kind: (b"", b""), print, print) is None  # a whole answer gathers through feed
 
 
 def test_openai_chunks_are_the_general_paths_bytes() -> None:
@@ -160,4 +160,90 @@ def test_openai_chunks_are_the_general_paths_bytes() -> None:
     assert (a.answer_size, a.timings) == (b.answer_size, b.timings)
     assert [compact(c) for c in a.closing_chunks()] == [compact(c) for c in b.closing_chunks()]
     completion = OpenAIRenderer(kind="completion", model="m", response_id="cmpl-1", clock=Ticks())
-    assert completion.text_writer((b"", b""), print, print) is None
+    assert completion.text_writer(lambda kind: (b"", b""), print, print) is None
+
+
+# -- every streamed surface, a stream that switches between text, thinking and tools --
+
+STREAM = [
+    chunk({"role": "assistant", "content": ""}),
+    chunk({"content": "Hel"}),
+    chunk({"content": "lo"}),
+    chunk({"content": "", "reasoning": "hmm"}),
+    chunk({"content": "after thought"}),
+    chunk({"content": ""}),
+    chunk({"tool_calls": [{"index": 0, "id": "call_1", "function": {"name": "f", "arguments": '{"a":'}}]}),
+    chunk({"tool_calls": [{"index": 0, "function": {"arguments": "1}"}}]}),
+    chunk({"content": "and text é \ud800 again"}),
+    chunk({"content": "more"}),
+    chunk({}, "tool_calls"),
+    {"id": "gen-1", "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 9}},
+]
+
+
+def _surfaces() -> dict[str, Any]:
+    from ollama_proxy.api.relay import ChatRelay, NamedEventRelay, SSERelay
+    from ollama_proxy.wire.anthropic_answer import MessagesRenderer
+    from ollama_proxy.wire.framing import ndjson, sse_event
+    from ollama_proxy.wire.responses_answer import ResponsesRenderer
+
+    def named(obj: dict[str, Any]) -> bytes:
+        return sse_event(obj, obj["type"])
+
+    return {
+        "native chat": (lambda: ChatTranslator(model="m", kind="chat", clock=Ticks()), ChatRelay, ndjson),
+        "native generate": (lambda: ChatTranslator(model="m", kind="generate", clock=Ticks()), ChatRelay, ndjson),
+        "v1 chat": (
+            lambda: OpenAIRenderer(kind="chat", model="m", response_id="chatcmpl-1", clock=Ticks()),
+            SSERelay,
+            sse_event,
+        ),
+        "messages": (
+            lambda: MessagesRenderer(model="m", message_id="msg_1", clock=Ticks(), show_thinking=True),
+            NamedEventRelay,
+            named,
+        ),
+        "responses": (
+            lambda: ResponsesRenderer(model="m", clock=Ticks(), make_id=lambda prefix: prefix + "_1"),
+            NamedEventRelay,
+            named,
+        ),
+    }
+
+
+def _closing(translator: Any) -> list[dict[str, Any]]:
+    for name in ("closing", "closing_chunks"):
+        if hasattr(translator, name):
+            return getattr(translator, name)()
+    return [translator.final()]
+
+
+@pytest.mark.parametrize("surface", list(_surfaces()))
+def test_every_surface_writes_the_general_paths_bytes(surface: str) -> None:
+    make, relay, encode = _surfaces()[surface]
+    frame = lambda kind: relay.text_frame(None, kind)  # noqa: E731 - the relay's own framing, without a request
+
+    general = make()
+    expected = [encode(o) for c in STREAM for o in general.feed(c)] + [encode(o) for o in general.close()]
+    expected += [encode(o) for o in _closing(general)]
+
+    fast = make()
+    out: list[bytes] = []
+
+    def feed(text: str) -> None:
+        out.extend(encode(o) for o in fast.feed(chunk({"content": text})))
+
+    write = fast.text_writer(frame, out.append, feed)
+    written = 0
+    for c in STREAM:
+        text = plain_content(json.dumps(c))
+        if text is None:
+            out.extend(encode(o) for o in fast.feed(c))
+        else:
+            before = len(out)
+            write(text)
+            written += len(out) - before
+    out += [encode(o) for o in fast.close()] + [encode(o) for o in _closing(fast)]
+    assert b"".join(out) == b"".join(expected)
+    assert written >= 4  # the plain text went through the writer
+    assert (fast.answer_size, fast.timings) == (general.answer_size, general.timings)

@@ -62,9 +62,9 @@ class Translator(Protocol):
         ...
 
     # Optional: ``text_writer(frame, write, feed)``, a function that writes what ``feed``
-    # makes of a chunk holding only the text it is given, framed in the relay's
-    # :attr:`ChatRelay.text_frame`, without an object in between (see
-    # :func:`~ollama_proxy.wire.plain_chunk.text_writer`), or None.
+    # makes of a chunk holding only the text it is given, each object framed as
+    # ``frame(its type)`` says (:meth:`ChatRelay.text_frame`), without an object in
+    # between (see :func:`~ollama_proxy.wire.plain_chunk.text_writer`), or None.
 
     def close(self) -> list[dict[str, Any]]:
         """The objects still owed when the upstream stream ended."""
@@ -93,9 +93,6 @@ class ChatRelay:
 
     content_type = NDJSON
     dialect: ErrorDialect = NATIVE
-    # What goes before and after one object's JSON: what _encode writes, for text
-    # lines the translator encodes itself (None: the relay has no such frame).
-    text_frame: tuple[bytes, bytes] | None = (b"", b"\n")
     max_answer_chars = MAX_ANSWER_CHARS
     max_tool_calls = MAX_TOOL_CALLS
 
@@ -250,9 +247,14 @@ class ChatRelay:
 
     def _text_sink(self) -> Any:
         text_writer = getattr(self.translator, "text_writer", None)
-        if text_writer is None or self.text_frame is None or self._pending is None:
+        if text_writer is None or self._pending is None:
             return None
         return text_writer(self.text_frame, self._pending.append, self._feed_text)
+
+    def text_frame(self, kind: str) -> tuple[bytes, bytes]:
+        """What :meth:`_encode` writes before and after the JSON of an object of type
+        ``kind``: for lines a translator's text writer encodes itself."""
+        return b"", b"\n"
 
     def _feed_text(self, text: str) -> None:
         """A plain chunk's text the translator's text writer leaves to the general path."""
@@ -279,10 +281,12 @@ class SSERelay(ChatRelay):
 
     content_type = EVENT_STREAM
     dialect = OPENAI
-    text_frame = (b"data: ", b"\n\n")
 
     def _encode(self, obj: dict[str, Any]) -> bytes:
         return sse_event(obj)
+
+    def text_frame(self, kind: str) -> tuple[bytes, bytes]:
+        return b"data: ", b"\n\n"
 
     def _closing(self) -> bytes:
         chunks = self.translator.closing_chunks()  # type: ignore[attr-defined]
@@ -295,10 +299,12 @@ class NamedEventRelay(ChatRelay):
     stream which broke after output began (``closing()``, ``failure(message)``)."""
 
     content_type = EVENT_STREAM
-    text_frame = None  # each event's name is in its object
 
     def _encode(self, obj: dict[str, Any]) -> bytes:
         return sse_event(obj, str(obj.get("type", "message")))
+
+    def text_frame(self, kind: str) -> tuple[bytes, bytes]:
+        return b"event: " + kind.encode() + b"\ndata: ", b"\n\n"
 
     def _closing(self) -> bytes:
         return b"".join(self._encode(e) for e in self.translator.closing())  # type: ignore[attr-defined]

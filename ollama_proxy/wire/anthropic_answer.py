@@ -22,6 +22,7 @@ from typing import Any
 from ollama_proxy.errors import UpstreamStreamError
 from ollama_proxy.wire.chunks import CallDelta, ChunkReader, RendersBlocks, ToolCall, new_call_id
 from ollama_proxy.wire.jsontext import as_object
+from ollama_proxy.wire.plain_chunk import Frame, TextWriter, text_writer
 from ollama_proxy.wire.timings import Timings
 from ollama_proxy.wire.tools import arguments_object
 
@@ -95,6 +96,26 @@ class MessagesRenderer(RendersBlocks):
 
     def _text(self, text: str) -> list[dict[str, Any]]:
         return self._delta("text", {"type": "text_delta", "text": text})
+
+    def text_writer(self, frame: Frame, write: Callable[[bytes], None], feed: TextWriter) -> TextWriter | None:
+        """A function that writes (framed as ``frame`` says, to ``write``) the
+        ``content_block_delta`` event :meth:`feed` makes of a chunk holding only the text
+        it is given, while a text block is open (see
+        :func:`~ollama_proxy.wire.plain_chunk.text_writer`); ``None``: no such events."""
+        if self.keep_text:
+            return None
+        before, after = frame("content_block_delta")
+        made: list[Any] = [None, b""]  # the block index the head was made for, and the head
+
+        def head(text: str) -> bytes | None:
+            if self._open != "text":
+                return None  # a text block opens (and any other closes) through feed
+            if made[0] != self._index:
+                opening = b'{"type":"content_block_delta","index":%d,"delta":{"type":"text_delta","text":' % self._index
+                made[0], made[1] = self._index, before + opening
+            return made[1]
+
+        return text_writer(self, (head, None, b"}}" + after), write, feed, ready=lambda: self.started)
 
     def _delta(self, kind: str, delta: dict[str, Any]) -> list[dict[str, Any]]:
         if self.keep_text:

@@ -16,7 +16,7 @@ from ollama_proxy.wire.chunks import ChunkReader, Piece, ReadsChunks, new_call_i
 from ollama_proxy.wire.models import rfc3339
 from ollama_proxy.wire.ollama_generate import encode_context
 from ollama_proxy.wire.ollama_request import ChatPlan
-from ollama_proxy.wire.plain_chunk import TextWriter, json_string, text_writer
+from ollama_proxy.wire.plain_chunk import Frame, TextWriter, json_string, text_writer
 from ollama_proxy.wire.timings import Timings
 from ollama_proxy.wire.tools import ollama_tool_call
 
@@ -122,18 +122,17 @@ class ChatTranslator(ReadsChunks):
                 out.append(self._line(piece.content, piece.thinking, calls, piece.logprobs, done=False))
         return out
 
-    def text_writer(
-        self, frame: tuple[bytes, bytes], write: Callable[[bytes], None], feed: TextWriter
-    ) -> TextWriter | None:
-        """A function that writes (framed in ``frame``, to ``write``) the line :meth:`feed`
+    def text_writer(self, frame: Frame, write: Callable[[bytes], None], feed: TextWriter) -> TextWriter | None:
+        """A function that writes (framed as ``frame`` says, to ``write``) the line :meth:`feed`
         makes of a chunk holding only the text it is given (see
         :func:`~ollama_proxy.wire.plain_chunk.text_writer`); ``None``: no such lines."""
         template = self._text_line
         if template is None:
             return None
         head, text_field, tail = template
+        before, after = frame("")
         keep = self.pieces if self.kind == "generate" else None  # for the context it hands back
-        return text_writer(self, (frame[0] + head, text_field, tail + frame[1]), write, feed, keep=keep)
+        return text_writer(self, (before + head, text_field, tail + after), write, feed, keep=keep)
 
     def _line(
         self, text: str, thinking: str, calls: list[dict[str, Any]], logprobs: list[dict[str, Any]], done: bool

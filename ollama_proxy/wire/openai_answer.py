@@ -19,7 +19,7 @@ from typing import Any
 from ollama_proxy.wire.chunks import ChunkReader, Piece, ReadsChunks, new_call_id
 from ollama_proxy.wire.fastjson import dumps_compact_or_none
 from ollama_proxy.wire.models import UpstreamModel
-from ollama_proxy.wire.plain_chunk import TextWriter, text_writer
+from ollama_proxy.wire.plain_chunk import Frame, TextWriter, text_writer
 from ollama_proxy.wire.timings import Timings
 from ollama_proxy.wire.tools import openai_tool_call
 
@@ -151,17 +151,16 @@ class OpenAIRenderer(ReadsChunks):
                 out.append({**self._head(), "choices": [choice]})
         return out
 
-    def text_writer(
-        self, frame: tuple[bytes, bytes], write: Callable[[bytes], None], feed: TextWriter
-    ) -> TextWriter | None:
-        """A function that writes (framed in ``frame``, to ``write``) the chunk :meth:`feed`
+    def text_writer(self, frame: Frame, write: Callable[[bytes], None], feed: TextWriter) -> TextWriter | None:
+        """A function that writes (framed as ``frame`` says, to ``write``) the chunk :meth:`feed`
         makes of an upstream chunk holding only the text it is given, once the role went
         out (see :func:`~ollama_proxy.wire.plain_chunk.text_writer`); ``None``: no such chunks."""
         template = self._text_chunk
         if template is None:
             return None
         head, tail = template
-        return text_writer(self, (frame[0] + head, None, tail + frame[1]), write, feed, ready=lambda: self.role_sent)
+        before, after = frame("")
+        return text_writer(self, (before + head, None, tail + after), write, feed, ready=lambda: self.role_sent)
 
     def _chat_chunk(self, piece: Piece, calls: list[dict[str, Any]]) -> dict[str, Any]:
         delta: dict[str, Any] = {}

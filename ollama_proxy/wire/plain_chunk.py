@@ -77,11 +77,16 @@ def json_string(text: str) -> bytes | None:
 
 
 TextWriter = Callable[[str], None]
+# The bytes a relay writes before and after the JSON of an object of the type given.
+Frame = Callable[[str], tuple[bytes, bytes]]
+# The bytes before a line's text, made for each text (the line holds a counter, or an
+# index that changes); None: the renderer cannot write this text so (it is fed).
+HeadMaker = Callable[[str], bytes | None]
 
 
 def text_writer(
     renderer: Any,
-    line: tuple[bytes, bytes | None, bytes],
+    line: tuple[bytes | HeadMaker, bytes | None, bytes],
     write: Callable[[bytes], None],
     feed: TextWriter,
     ready: Callable[[], bool] | None = None,
@@ -89,40 +94,51 @@ def text_writer(
 ) -> TextWriter:
     """A function that takes the text of each plain chunk for ``renderer`` (a
     :class:`~ollama_proxy.wire.chunks.ReadsChunks`: its reader, timings and clock)
-    and writes the line it becomes: ``line``'s head, a time stamp and the middle
-    bytes when there is a middle, the text as a JSON string, its tail. It counts the
-    text as feeding the chunk would (and appends it to ``keep``); until ``ready()``
-    and for text only the general path can write, it hands the text to ``feed``.
+    and writes the line it becomes: ``line``'s head (bytes, or made for the text),
+    a time stamp and the middle bytes when there is a middle, the text as a JSON
+    string, its tail. It counts the text as feeding the chunk would (and appends it
+    to ``keep``). Until ``ready()`` every text (even an empty one: the renderer may
+    owe its opening events) and after it any text the line cannot hold is handed to
+    ``feed``, the general path.
 
     One call per token, with everything it reads bound here once: the hot path.
     """
     head, middle, tail = line
+    fixed_head = head if isinstance(head, bytes) else b""
+    make_head = None if isinstance(head, bytes) else head
     reader, timings, clock = renderer.reader, renderer.timings, renderer.clock
     join = b"".join
     gate = ready
 
     def write_text(text: str) -> None:
         nonlocal gate
-        if not text:
-            return  # no piece: nothing to write, nothing to count
         if gate is not None:
             if not gate():
                 feed(text)
                 return
             gate = None
+        if not text:
+            return  # no piece: nothing to write, nothing to count
         try:
             encoded = encode_json(text)
         except UnicodeEncodeError:  # a lone surrogate: the general path writes U+FFFD
             feed(text)
             return
+        start = fixed_head
+        if make_head is not None:
+            made = make_head(text)
+            if made is None:
+                feed(text)
+                return
+            start = made
         reader.size += len(text)
         if timings.first_token is None:
             timings.first_token = clock()
         if keep is not None:
             keep.append(text)
         if middle is None:
-            write(join((head, encoded, tail)))
+            write(join((start, encoded, tail)))
         else:
-            write(join((head, rfc3339_bytes(clock()), middle, encoded, tail)))
+            write(join((start, rfc3339_bytes(clock()), middle, encoded, tail)))
 
     return write_text

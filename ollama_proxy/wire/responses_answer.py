@@ -19,6 +19,7 @@ from typing import Any
 
 from ollama_proxy.errors import UpstreamStreamError
 from ollama_proxy.wire.chunks import CallDelta, ChunkReader, RendersBlocks, ToolCall, new_call_id
+from ollama_proxy.wire.plain_chunk import Frame, TextWriter, json_string, text_writer
 from ollama_proxy.wire.timings import Timings
 
 
@@ -208,6 +209,34 @@ class ResponsesRenderer(RendersBlocks):
             out.append(self._located("response.function_call_arguments.delta", delta=arguments))
         out += self._finish_open()
         return out
+
+    def text_writer(self, frame: Frame, write: Callable[[bytes], None], feed: TextWriter) -> TextWriter | None:
+        """A function that writes (framed as ``frame`` says, to ``write``) the
+        ``response.output_text.delta`` event :meth:`feed` makes of a chunk holding only
+        the text it is given, while a message item is open (see
+        :func:`~ollama_proxy.wire.plain_chunk.text_writer`); ``None``: no such events."""
+        if self.keep_text:
+            return None
+        before, after = frame("response.output_text.delta")
+        opening = before + b'{"type":"response.output_text.delta","sequence_number":'
+        made: list[Any] = [None, b""]  # the item the head's rest was made for, and that rest
+
+        def head(text: str) -> bytes | None:
+            item = self._open
+            if item is None or item["type"] != "message":
+                return None  # a message item opens (and any other closes) through feed
+            if made[0] is not item:
+                item_id = json_string(item["id"])
+                if item_id is None:
+                    return None
+                rest = b',"item_id":%s,"output_index":%d,"content_index":0,"delta":' % (item_id, self._index())
+                made[0], made[1] = item, rest
+            sequence = self._sequence
+            self._sequence += 1
+            item["text"].append(text)
+            return b"%s%d%s" % (opening, sequence, made[1])
+
+        return text_writer(self, (head, None, b',"logprobs":[]}' + after), write, feed, ready=lambda: self.started)
 
     def _located(self, kind: str, **fields: Any) -> dict[str, Any]:
         assert self._open is not None
