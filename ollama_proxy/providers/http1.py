@@ -131,6 +131,11 @@ class UpstreamResponse:
         if self._connection is not None:
             self._connection.stop()
 
+    def abortConnection(self) -> None:
+        """As :meth:`stopProducing`, at once (what ``readBody`` calls when it is cancelled)."""
+        if self._connection is not None:
+            self._connection.abort()
+
 
 class _Connection(Protocol):
     """One upstream connection: one request at a time, back to the pool when the body ended."""
