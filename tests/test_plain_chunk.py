@@ -247,3 +247,75 @@ def test_every_surface_writes_the_general_paths_bytes(surface: str) -> None:
     assert b"".join(out) == b"".join(expected)
     assert written >= 4  # the plain text went through the writer
     assert (fast.answer_size, fast.timings) == (general.answer_size, general.timings)
+
+
+# -- Anthropic's and Ollama's streams: their decoders' plain events --------------------
+
+
+def text_delta(delta: Any, **extra: Any) -> dict[str, Any]:
+    return {"type": "content_block_delta", "index": 0, "delta": delta, **extra}
+
+
+ANTHROPIC_PLAIN = [
+    text_delta({"type": "text_delta", "text": "Hello"}),
+    text_delta({"type": "text_delta", "text": "é 😀 \n"}, index=3),
+    {"type": "content_block_delta", "delta": {"type": "text_delta", "text": "no index", "extra": 1}},
+]
+ANTHROPIC_NOT_PLAIN = [
+    text_delta({"type": "text_delta", "text": ""}),
+    text_delta({"type": "text_delta", "text": 5}),
+    text_delta({"type": "thinking_delta", "thinking": "hmm"}),
+    text_delta({"type": "input_json_delta", "partial_json": '{"a"'}),
+    text_delta({"type": "signature_delta", "signature": "sig"}),
+    text_delta({"type": "text_delta", "text": "x"}, index="0"),
+    text_delta(None),
+    {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": "x"}},
+    {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 3}},
+    {"type": "error", "error": {"type": "overloaded_error", "message": "busy"}},
+    {"delta": {"type": "text_delta", "text": "x"}},
+]
+
+
+def ollama_line(message: Any, **extra: Any) -> dict[str, Any]:
+    return {"model": "llama3.2", "created_at": "2026-11-30T18:00:00Z", "message": message, "done": False, **extra}
+
+
+OLLAMA_PLAIN = [
+    ollama_line({"role": "assistant", "content": "Hello"}),
+    ollama_line({"role": "assistant", "content": "é 😀", "thinking": "", "tool_calls": [], "images": None}),
+    {"message": {"content": "bare"}},
+]
+OLLAMA_NOT_PLAIN = [
+    ollama_line({"role": "assistant", "content": ""}),
+    ollama_line({"role": "assistant", "content": 5}),
+    ollama_line({"role": "assistant", "content": "x", "thinking": "hmm"}),
+    ollama_line({"role": "assistant", "content": "x", "tool_calls": [{"function": {"name": "f", "arguments": {}}}]}),
+    ollama_line({"role": "assistant", "content": "x"}, done=True, done_reason="stop", eval_count=3),
+    ollama_line({"role": "assistant", "content": "x"}, error=""),
+    ollama_line({"role": "assistant", "content": "x"}, error="boom"),
+    ollama_line(None),
+    {"error": "model not found"},
+]
+
+
+def _decoders() -> tuple[Any, Any]:
+    from ollama_proxy.wire.anthropic_upstream import AnthropicDecoder
+    from ollama_proxy.wire.ollama_upstream import OllamaDecoder
+
+    return AnthropicDecoder, OllamaDecoder
+
+
+@pytest.mark.parametrize("which,event", [(0, e) for e in ANTHROPIC_PLAIN] + [(1, line) for line in OLLAMA_PLAIN])
+def test_a_plain_event_is_only_its_text_to_its_decoder(which: int, event: dict[str, Any]) -> None:
+    decoder = _decoders()[which]()
+    text = decoder.plain(json.dumps(event))
+    assert text
+    assert [c["choices"] for c in decoder(event)] == [[{"index": 0, "delta": {"content": text}, "finish_reason": None}]]
+    assert vars(decoder) == vars(_decoders()[which]())  # nothing a later event reads has changed
+
+
+@pytest.mark.parametrize(
+    "which,event", [(0, e) for e in ANTHROPIC_NOT_PLAIN] + [(1, line) for line in OLLAMA_NOT_PLAIN]
+)
+def test_any_other_event_is_decoded_whole(which: int, event: dict[str, Any]) -> None:
+    assert _decoders()[which].plain(json.dumps(event)) is None

@@ -116,11 +116,14 @@ def test_random_streams_in_random_pieces_give_what_the_rules_say():
     import random
 
     odd = [b"data:tight", b"data: ", b"data", b"event: named", b": comment", b"", b"", b"id: 3", b"data: \xff\xfe"]
+    odd += [b"event: a\ndata: 1\ndata: 2", b"event: lone", b"event:x\ndata: y", b"data: z\nevent: late"]
     rng = random.Random(11)  # the same streams every run
     for _ in range(600):
         # Mostly plain events (one data line, one blank line), now and then another line.
+        named = rng.random() < 0.5  # Anthropic's streams name every event
         lines = [
-            rng.choice(odd) if rng.random() < 0.1 else b'data: {"n":%d}\n' % n for n in range(rng.randrange(1, 30))
+            rng.choice(odd) if rng.random() < 0.1 else (b"event: e%d\n" % n if named else b"") + b'data: {"n":%d}\n' % n
+            for n in range(rng.randrange(1, 30))
         ]
         stream = b"\n".join(lines)
         if rng.random() < 0.7:
@@ -145,3 +148,11 @@ def test_an_overlong_event_in_one_read_is_an_error():
 
     with pytest.raises(SSEProtocolError):
         SSEParser(max_event_bytes=10).feed(b"data: " + b"x" * 20 + b"\n\n")
+
+
+def test_a_read_of_named_events_with_one_that_is_not_plain():
+    # Lines in threes, as plain named events come, but not all of them an event's name and data.
+    parser = SSEParser()
+    assert parser.feed_data(b"event: e\ndata: c\n\ndata: a\ndata: b\n\nevent: f\ndata: d\n\n") == ["c", "a\nb", "d"]
+    assert parser.feed_data(b"event: e\ndata: c\n\n: note\ndata: d\n\n") == ["c", "d"]
+    assert parser.comments == 1

@@ -77,6 +77,7 @@ class SSEStream:
         self._sink: EventSink | None = None
         self._batch_end: Callable[[], None] | None = None
         self._text: TextSink | None = None
+        self._plain: Callable[[str], str | None] = plain_content
         self._deadline = 0.0
         self._reader: _SSEBodyReader | None = None
         self._idle: IDelayedCall | None = None
@@ -96,8 +97,12 @@ class SSEStream:
     ) -> Deferred[None]:
         self._sink = on_event
         self._batch_end = on_batch_end
-        # Only OpenAI's own chunks can be plain: another wire format is decoded whole.
-        self._text = on_text if self._decode is None else None
+        # OpenAI's chunks are read by plain_content; another wire format's decoder may
+        # know its own plain events (its ``plain``: the text, or None), or have it all decoded.
+        plain = plain_content if self._decode is None else getattr(self._decode, "plain", None)
+        if plain is not None:
+            self._plain = plain
+        self._text = on_text if plain is not None else None
         self._finished = Deferred(canceller=lambda _: self.stopProducing())
         self._reader = _SSEBodyReader(self)
         self._arm()
@@ -167,13 +172,13 @@ class SSEStream:
         except SSEProtocolError as error:
             self._fail(UpstreamStreamError(f"{self._label} sent an unreadable stream: {error}"))
             return
-        text_sink = self._text
+        text_sink, plain = self._text, self._plain
         for data in events:
             if self._stopped:
                 return
             if text_sink is not None:
                 # Most events: a plain chunk's text, straight to the sink.
-                text = plain_content(data)
+                text = plain(data)
                 if text is not None:
                     try:
                         text_sink(text)

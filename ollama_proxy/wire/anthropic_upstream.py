@@ -15,7 +15,9 @@ import json
 import re
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
+
+import msgspec
 
 from ollama_proxy.errors import BadRequest, UpstreamStreamError
 from ollama_proxy.wire.anthropic_answer import usage_counts
@@ -210,6 +212,31 @@ def messages_request(body: Mapping[str, Any], default_max_tokens: int = 4096) ->
 
 
 # -- Anthropic SSE -> OpenAI chunks ---------------------------------------------------
+class _TextDelta(msgspec.Struct, gc=False):
+    type: Literal["text_delta"]
+    text: str
+
+
+class _TextDeltaEvent(msgspec.Struct, gc=False):
+    # The decoder reads only these fields of such an event, and keeps no state for it.
+    type: Literal["content_block_delta"]
+    delta: _TextDelta
+    index: int = 0
+
+
+_decode_text_delta = msgspec.json.Decoder(_TextDeltaEvent).decode
+
+
+def plain_text_delta(data: str) -> str | None:
+    """The text of a ``text_delta`` event (what :class:`AnthropicDecoder` makes a plain
+    content chunk of), or ``None`` for any other event, which is decoded whole."""
+    try:
+        text = _decode_text_delta(data).delta.text
+    except msgspec.DecodeError:
+        return None
+    return text or None  # an empty delta is no chunk at all
+
+
 class AnthropicDecoder:
     """Turns Messages API stream events into OpenAI chunks, keeping the little
     state that needs: which content block is which tool call, the usage."""
@@ -221,6 +248,9 @@ class AnthropicDecoder:
         self._tool_index: dict[int, int] = {}
         self._input_tokens = 0
         self._output_tokens = 0
+
+    # Most events of a stream, read without decoding them whole (see SSEStream).
+    plain = staticmethod(plain_text_delta)
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
         return {

@@ -15,6 +15,8 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
+import msgspec
+
 from ollama_proxy.errors import UpstreamStreamError
 from ollama_proxy.wire.jsontext import as_object
 from ollama_proxy.wire.models import UpstreamModel
@@ -123,12 +125,45 @@ def chat_body(body: Mapping[str, Any]) -> dict[str, Any]:
     return request
 
 
+class _Message(msgspec.Struct, gc=False):
+    content: str = ""
+    thinking: str | None = None
+    tool_calls: list[Any] | None = None
+
+
+class _Line(msgspec.Struct, gc=False):
+    # The decoder reads error, message and done (and the model, for a chunk's envelope
+    # no reader looks at); a line with an error, even an empty one, is not plain.
+    message: _Message
+    done: bool = False
+    error: None = None
+
+
+_decode_line = msgspec.json.Decoder(_Line).decode
+
+
+def plain_line(data: str) -> str | None:
+    """The text of a line that only carries text (what :class:`OllamaDecoder` makes a
+    plain content chunk of), or ``None`` for any other line, which is decoded whole."""
+    try:
+        line = _decode_line(data)
+    except msgspec.DecodeError:
+        return None
+    message = line.message
+    if line.done or message.thinking or message.tool_calls or not message.content:
+        return None
+    return message.content
+
+
 class OllamaDecoder:
     """Turns ``/api/chat`` NDJSON lines into OpenAI chunks."""
 
     def __init__(self, label: str = "Ollama") -> None:
         self.label = label
         self._tools = 0
+
+    # Most lines of a stream, read without decoding them whole (see SSEStream).
+    plain = staticmethod(plain_line)
 
     def _chunk(self, model: str, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
         return {
