@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from ollama_proxy.wire.chunks import ChunkReader, Piece, ReadsChunks, new_call_id
@@ -31,6 +32,18 @@ def instant_answer(kind: str, name: str, done_reason: str, now: float) -> dict[s
     answer["done"] = True
     answer["done_reason"] = done_reason
     return answer
+
+
+@lru_cache(maxsize=1024)
+def _text_line(model: str, kind: str, before: bytes, after: bytes) -> tuple[bytes, bytes, bytes] | None:
+    """The bytes a streamed line of text encodes to (framed), with only the stamp and the
+    text left open; shared by the streams of one model (thousands may be open)."""
+    name = json_string(model)
+    if name is None:
+        return None
+    text_field = b'","message":{"role":"assistant","content":' if kind == "chat" else b'","response":'
+    tail = b'},"done":false}' if kind == "chat" else b',"done":false}'
+    return before + b'{"model":' + name + b',"created_at":"', text_field, tail + after
 
 
 # Ollama ends a turn that called tools with "stop" too.
@@ -67,18 +80,10 @@ class ChatTranslator(ReadsChunks):
     thinking: list[str] = field(default_factory=list)
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
     logprobs: list[dict[str, Any]] = field(default_factory=list)
-    # A streamed line of text, around its time stamp and its text (see text_writer).
-    _text_line: tuple[bytes, bytes, bytes] | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.timings = Timings(started=self.clock())
         self.reader = ChunkReader(self.new_call_id)
-        model = json_string(self.model)
-        if model is not None and not self.keep_text:
-            # The bytes _line's object encodes to, with only the stamp and the text left open.
-            text_field = b'","message":{"role":"assistant","content":' if self.kind == "chat" else b'","response":'
-            tail = b'},"done":false}' if self.kind == "chat" else b',"done":false}'
-            self._text_line = (b'{"model":' + model + b',"created_at":"', text_field, tail)
 
     @classmethod
     def for_plan(
@@ -126,13 +131,13 @@ class ChatTranslator(ReadsChunks):
         """A function that writes (framed as ``frame`` says, to ``write``) the line :meth:`feed`
         makes of a chunk holding only the text it is given (see
         :func:`~ollama_proxy.wire.plain_chunk.text_writer`); ``None``: no such lines."""
-        template = self._text_line
-        if template is None:
+        if self.keep_text:
             return None
-        head, text_field, tail = template
-        before, after = frame("")
+        line = _text_line(self.model, self.kind, *frame(""))
+        if line is None:
+            return None
         keep = self.pieces if self.kind == "generate" else None  # for the context it hands back
-        return text_writer(self, (before + head, text_field, tail + after), write, feed, keep=keep)
+        return text_writer(self, line, write, feed, keep=keep)
 
     def _line(
         self, text: str, thinking: str, calls: list[dict[str, Any]], logprobs: list[dict[str, Any]], done: bool

@@ -96,22 +96,12 @@ class OpenAIRenderer(ReadsChunks):
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
     logprobs: list[dict[str, Any]] = field(default_factory=list)
     text_length: int = 0
-    # A streamed chunk of text, around its text (see text_writer).
-    _text_chunk: tuple[bytes, bytes] | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.timings = Timings(started=self.clock())
         self.reader = ChunkReader(self.new_call_id)
         # OpenAI stamps one ``created`` on every chunk of a stream.
         self.created = int(self.timings.started)
-        if self.kind == "chat" and not self.keep_text:
-            head = dumps_compact_or_none(self._head())
-            if head is not None:
-                # The bytes _chat_chunk's object encodes to (once the role went out), the text left open.
-                self._text_chunk = (
-                    head[:-1] + b',"choices":[{"index":0,"delta":{"content":',
-                    b'},"finish_reason":null}]}',
-                )
 
     def _head(self) -> dict[str, Any]:
         kind = "chat.completion" if self.kind == "chat" else "text_completion"
@@ -155,12 +145,14 @@ class OpenAIRenderer(ReadsChunks):
         """A function that writes (framed as ``frame`` says, to ``write``) the chunk :meth:`feed`
         makes of an upstream chunk holding only the text it is given, once the role went
         out (see :func:`~ollama_proxy.wire.plain_chunk.text_writer`); ``None``: no such chunks."""
-        template = self._text_chunk
-        if template is None:
+        head = dumps_compact_or_none(self._head()) if self.kind == "chat" and not self.keep_text else None
+        if head is None:
             return None
-        head, tail = template
         before, after = frame("")
-        return text_writer(self, (before + head, None, tail + after), write, feed, ready=lambda: self.role_sent)
+        # The bytes _chat_chunk's object encodes to (once the role went out), the text left open.
+        opening = before + head[:-1] + b',"choices":[{"index":0,"delta":{"content":'
+        tail = b'},"finish_reason":null}]}' + after
+        return text_writer(self, (opening, None, tail), write, feed, ready=lambda: self.role_sent)
 
     def _chat_chunk(self, piece: Piece, calls: list[dict[str, Any]]) -> dict[str, Any]:
         delta: dict[str, Any] = {}
