@@ -159,16 +159,20 @@ class Gate:
     def finished(self, result: Any, request: Any, record: RequestRecord) -> None:
         """The one place a finished request is observed: its record is complete, then
         each observer (and the access log) gets it."""
-        record.finished = self.clock.seconds()
-        # 499: the client closed the connection before the answer was complete.
-        record.status = 499 if isinstance(result, Failure) else (request.code or 200)
-        record.run_finish_callbacks()
-        observers = [*self.observers, log_access] if self.access_log else self.observers
-        for observe in observers:
-            try:
-                observe(record)
-            except Exception:  # noqa: BLE001 - bookkeeping must never break a response
-                log.failure("recording request {request_id} failed", request_id=record.request_id)
+        try:
+            record.finished = self.clock.seconds()
+            # 499: the client closed the connection before the answer was complete.
+            record.status = 499 if isinstance(result, Failure) else (request.code or 200)
+            record.run_finish_callbacks()
+            observers = [*self.observers, log_access] if self.access_log else self.observers
+            for observe in observers:
+                try:
+                    observe(record)
+                except Exception:  # noqa: BLE001 - bookkeeping must never break a response
+                    log.failure("recording request {request_id} failed", request_id=record.request_id)
+        finally:
+            # No longer in flight (what a drain waits for), whatever the bookkeeping did.
+            self.lifecycle.release(record)
 
     def refused(self, status: int, peer: Any, method: str = "-", path: str = "-") -> None:
         """The access line (and metrics) of a request the channel refused before it was

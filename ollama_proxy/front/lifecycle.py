@@ -67,13 +67,14 @@ class Lifecycle:
 
     # -- tracking ------------------------------------------------------------------
     def admit(self, request: Any, record: RequestRecord) -> None:
-        """Count ``request`` as in flight until it finishes (or its client leaves)."""
-        key = id(record)
-        self._in_flight[key] = (request, record)
-        request.notifyFinish().addBoth(lambda _: self._done(key))
+        """Count ``request`` as in flight until :meth:`release` (the front door's, when it
+        finishes or its client leaves: one finish callback per request, not one here too)."""
+        self._in_flight[id(record)] = (request, record)
 
-    def _done(self, key: int) -> None:
-        self._in_flight.pop(key, None)
+    def release(self, record: RequestRecord) -> None:
+        """``record``'s request finished (or was never admitted)."""
+        if self._in_flight.pop(id(record), None) is None:
+            return
         if not self._in_flight:
             waiters, self._idle_waiters = self._idle_waiters, []
             for waiter in waiters:
