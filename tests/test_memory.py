@@ -25,3 +25,20 @@ async def test_a_held_stream_request_keeps_a_compact_attribute_dict(proxy, simul
     aborted = simulator.wait_for_abort()
     reader.hang_up()
     await aborted
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_streaming_request_does_not_keep_its_body_bytes(proxy, simulator):
+    # Twisted keeps a request's body for the request's life; parsed once, the proxy lets
+    # the bytes go, so a long conversation is not held twice by every open stream.
+    history = [{"role": "user", "content": "x" * 1000} for _ in range(80)]
+    body = {"model": "sim/hold", "messages": history, "stream": True}
+    reader = LineReader()
+    await reader.connect(proxy.port, "/api/chat", body)
+    await reader.wait_for_lines(1)
+    [request] = proxy.service.lifecycle.requests()
+    assert request.content.seek(0, 2) == 0  # its size: 80 kB before
+    assert len(simulator.chat_requests()[-1].body["messages"]) == 80  # all of it went upstream
+    aborted = simulator.wait_for_abort()
+    reader.hang_up()
+    await aborted

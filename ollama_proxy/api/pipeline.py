@@ -125,6 +125,11 @@ class Pipeline:
         if getattr(request, "body_too_large", False):
             raise RequestTooLarge(f"request body is larger than the limit of {limit} bytes")
         raw = content.read() if content is not None else b""
+        if content is not None:
+            # Read once, parsed here: the bytes need not stay for as long as the answer
+            # streams (a long conversation's body, held by each of 10,000 open streams).
+            content.seek(0)
+            content.truncate()
         if len(raw) > limit:
             raise RequestTooLarge(f"request body is larger than the limit of {limit} bytes")
         return parse_body(raw)
