@@ -145,7 +145,8 @@ def test_native_text_that_the_fast_path_cannot_write_is_fed() -> None:
     assert fed(translator, "lone \ud800")
     assert translator.answer_size == 0  # nothing counted twice when it is fed
     kept = ChatTranslator(model="m", kind="chat", clock=Ticks(), keep_text=True)
-    assert kept.text_writer(lambda kind: (b"", b""), print, print) is None  # a whole answer gathers through feed
+    kept.text_writer(lambda kind: (b"", b""), None, print)("x")  # a whole answer gathers, writes nothing
+    assert (kept.pieces, kept.answer_size) == (["x"], 1)
 
 
 def test_openai_chunks_are_the_general_paths_bytes() -> None:
@@ -319,3 +320,28 @@ def test_a_plain_event_is_only_its_text_to_its_decoder(which: int, event: dict[s
 )
 def test_any_other_event_is_decoded_whole(which: int, event: dict[str, Any]) -> None:
     assert _decoders()[which].plain(json.dumps(event)) is None
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: ChatTranslator(model="m", kind="chat", clock=Ticks(), keep_text=True),
+        lambda: ChatTranslator(model="m", kind="generate", clock=Ticks(), keep_text=True),
+        lambda: OpenAIRenderer(kind="chat", model="m", response_id="chatcmpl-1", clock=Ticks(), keep_text=True),
+        lambda: OpenAIRenderer(kind="completion", model="m", response_id="cmpl-1", clock=Ticks(), keep_text=True),
+    ],
+)
+def test_a_gathered_answer_is_the_general_paths(make: Any) -> None:
+    general, fast = make(), make()
+    for c in STREAM:
+        general.feed(c)
+    gather = fast.text_writer(lambda kind: (b"", b""), None, lambda text: fast.feed(chunk({"content": text})))
+    for c in STREAM:
+        text = plain_content(json.dumps(c))
+        if text is None:
+            fast.feed(c)
+        else:
+            gather(text)
+    general.close(), fast.close()
+    assert compact(fast.final()) == compact(general.final())
+    assert (fast.answer_size, fast.timings) == (general.answer_size, general.timings)

@@ -172,7 +172,10 @@ class ChatRelay:
 
     async def _gathered(self, body: dict[str, Any]) -> None:
         upstream = await self._open(body)
-        await upstream.deliver(self._gather)
+        if IBatchedUpstreamStream.providedBy(upstream):
+            await upstream.deliver_batched(self._gather, None, self._gather_sink())
+        else:
+            await upstream.deliver(self._gather)
         self.translator.close()
 
     async def stream(self, body: dict[str, Any]) -> None:
@@ -216,6 +219,24 @@ class ChatRelay:
 
     def _gather(self, chunk: dict[str, Any]) -> None:
         self.translator.feed(chunk)
+        self._within_limits()
+
+    def _gather_sink(self) -> Any:
+        text_writer = getattr(self.translator, "text_writer", None)
+        # A translator gathering a whole answer writes nothing: it has no use for write.
+        gather = text_writer(self.text_frame, None, self._feed_text) if text_writer is not None else None
+        if gather is None:
+            return None
+        translator, limit = self.translator, self.max_answer_chars
+
+        def gather_text(text: str) -> None:
+            gather(text)
+            if translator.answer_size > limit:  # text adds no tool calls: only its size is checked
+                self._within_limits()
+
+        return gather_text
+
+    def _within_limits(self) -> None:
         if self.translator.answer_size > self.max_answer_chars:
             # Raised inside the upstream reader's sink: it closes the connection.
             raise UpstreamStreamError(f"the answer is larger than the limit of {self.max_answer_chars} characters")
@@ -258,7 +279,11 @@ class ChatRelay:
 
     def _feed_text(self, text: str) -> None:
         """A plain chunk's text the translator's text writer leaves to the general path."""
-        self._write_all({"choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]})
+        chunk = {"choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]}
+        if self._pending is None:
+            self._gather(chunk)
+        else:
+            self._write_all(chunk)
 
     def _flush(self) -> None:
         pending = self._pending

@@ -17,7 +17,7 @@ from ollama_proxy.wire.chunks import ChunkReader, Piece, ReadsChunks, new_call_i
 from ollama_proxy.wire.models import rfc3339
 from ollama_proxy.wire.ollama_generate import encode_context
 from ollama_proxy.wire.ollama_request import ChatPlan
-from ollama_proxy.wire.plain_chunk import Frame, TextWriter, json_string, text_writer
+from ollama_proxy.wire.plain_chunk import Frame, TextWriter, json_string, text_gatherer, text_writer
 from ollama_proxy.wire.timings import Timings
 from ollama_proxy.wire.tools import ollama_tool_call
 
@@ -130,9 +130,10 @@ class ChatTranslator(ReadsChunks):
     def text_writer(self, frame: Frame, write: Callable[[bytes], None], feed: TextWriter) -> TextWriter | None:
         """A function that writes (framed as ``frame`` says, to ``write``) the line :meth:`feed`
         makes of a chunk holding only the text it is given (see
-        :func:`~ollama_proxy.wire.plain_chunk.text_writer`); ``None``: no such lines."""
+        :func:`~ollama_proxy.wire.plain_chunk.text_writer`), or gathers it for the whole
+        answer; ``None``: no such lines."""
         if self.keep_text:
-            return None
+            return text_gatherer(self, self.pieces)
         line = _text_line(self.model, self.kind, *frame(""))
         if line is None:
             return None

@@ -19,7 +19,7 @@ from typing import Any
 from ollama_proxy.wire.chunks import ChunkReader, Piece, ReadsChunks, new_call_id
 from ollama_proxy.wire.fastjson import dumps_compact_or_none
 from ollama_proxy.wire.models import UpstreamModel
-from ollama_proxy.wire.plain_chunk import Frame, TextWriter, text_writer
+from ollama_proxy.wire.plain_chunk import Frame, TextWriter, text_gatherer, text_writer
 from ollama_proxy.wire.timings import Timings
 from ollama_proxy.wire.tools import openai_tool_call
 
@@ -144,8 +144,11 @@ class OpenAIRenderer(ReadsChunks):
     def text_writer(self, frame: Frame, write: Callable[[bytes], None], feed: TextWriter) -> TextWriter | None:
         """A function that writes (framed as ``frame`` says, to ``write``) the chunk :meth:`feed`
         makes of an upstream chunk holding only the text it is given, once the role went
-        out (see :func:`~ollama_proxy.wire.plain_chunk.text_writer`); ``None``: no such chunks."""
-        head = dumps_compact_or_none(self._head()) if self.kind == "chat" and not self.keep_text else None
+        out (see :func:`~ollama_proxy.wire.plain_chunk.text_writer`), or gathers it for the
+        whole answer; ``None``: no such chunks."""
+        if self.keep_text:
+            return text_gatherer(self, self.text)
+        head = dumps_compact_or_none(self._head()) if self.kind == "chat" else None
         if head is None:
             return None
         before, after = frame("")

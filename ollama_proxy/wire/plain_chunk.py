@@ -142,3 +142,18 @@ def text_writer(
             write(join((start, rfc3339_bytes(clock()), middle, encoded, tail)))
 
     return write_text
+
+
+def text_gatherer(renderer: Any, keep: list[str]) -> TextWriter:
+    """For a renderer gathering a whole answer: a function that takes the text of each
+    plain chunk as feeding the chunk would (counted, timed, appended to ``keep``)."""
+    reader, timings, clock = renderer.reader, renderer.timings, renderer.clock
+
+    def gather_text(text: str) -> None:
+        if text:
+            reader.size += len(text)
+            if timings.first_token is None:
+                timings.first_token = clock()
+            keep.append(text)
+
+    return gather_text
