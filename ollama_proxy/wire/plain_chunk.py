@@ -55,6 +55,7 @@ class _Chunk(msgspec.Struct, gc=False):
 
 
 _decode = msgspec.json.Decoder(_Chunk).decode
+_join = b"".join
 
 
 def plain_content(data: str | bytes) -> str | None:
@@ -101,47 +102,63 @@ def text_writer(
     owe its opening events) and after it any text the line cannot hold is handed to
     ``feed``, the general path.
 
-    One call per token, with everything it reads bound here once: the hot path.
+    One call per token, with everything it reads bound once: the hot path.
     """
-    head, middle, tail = line
-    fixed_head = head if isinstance(head, bytes) else b""
-    make_head = None if isinstance(head, bytes) else head
-    reader, timings, clock = renderer.reader, renderer.timings, renderer.clock
-    join = b"".join
-    gate = ready
+    return _TextLines(renderer, line, write, feed, ready, keep).take
 
-    def write_text(text: str) -> None:
-        nonlocal gate
-        if gate is not None:
-            if not gate():
-                feed(text)
+
+class _TextLines:
+    """:func:`text_writer`'s state. Slots, not a closure: thousands of streams may be
+    open, and a closure's cells cost several times what slots do."""
+
+    __slots__ = ("head", "make_head", "middle", "tail", "reader", "timings", "clock", "write", "feed", "gate", "keep")
+
+    def __init__(
+        self,
+        renderer: Any,
+        line: tuple[bytes | HeadMaker, bytes | None, bytes],
+        write: Callable[[bytes], None],
+        feed: TextWriter,
+        ready: Callable[[], bool] | None,
+        keep: list[str] | None,
+    ) -> None:
+        head, self.middle, self.tail = line
+        self.head = head if isinstance(head, bytes) else b""
+        self.make_head = None if isinstance(head, bytes) else head
+        self.reader, self.timings, self.clock = renderer.reader, renderer.timings, renderer.clock
+        self.write, self.feed, self.gate, self.keep = write, feed, ready, keep
+
+    def take(self, text: str) -> None:
+        """One plain chunk's text: written, or fed."""
+        if self.gate is not None:
+            if not self.gate():
+                self.feed(text)
                 return
-            gate = None
+            self.gate = None
         if not text:
             return  # no piece: nothing to write, nothing to count
         try:
             encoded = encode_json(text)
         except UnicodeEncodeError:  # a lone surrogate: the general path writes U+FFFD
-            feed(text)
+            self.feed(text)
             return
-        start = fixed_head
-        if make_head is not None:
-            made = make_head(text)
+        start = self.head
+        if self.make_head is not None:
+            made = self.make_head(text)
             if made is None:
-                feed(text)
+                self.feed(text)
                 return
             start = made
-        reader.size += len(text)
+        self.reader.size += len(text)
+        timings = self.timings
         if timings.first_token is None:
-            timings.first_token = clock()
-        if keep is not None:
-            keep.append(text)
-        if middle is None:
-            write(join((start, encoded, tail)))
+            timings.first_token = self.clock()
+        if self.keep is not None:
+            self.keep.append(text)
+        if self.middle is None:
+            self.write(_join((start, encoded, self.tail)))
         else:
-            write(join((start, rfc3339_bytes(clock()), middle, encoded, tail)))
-
-    return write_text
+            self.write(_join((start, rfc3339_bytes(self.clock()), self.middle, encoded, self.tail)))
 
 
 def text_gatherer(renderer: Any, keep: list[str]) -> TextWriter:
