@@ -156,6 +156,11 @@ async def test_a_line_break_in_a_header_value_cannot_start_a_header_of_its_own(s
     assert not any(line.startswith(b"Evil") for line in lines)
 
 
+def test_a_header_named_twice_in_two_spellings_is_sent_once_with_the_later_value():
+    head = render_headers({"User-Agent": "ollama-proxy/1", "Accept": "*/*", "user-agent": "operator/2"})
+    assert head == b"user-agent: operator/2\r\nAccept: */*\r\n"
+
+
 @pytest_twisted.ensureDeferred
 async def test_the_chunks_of_one_read_reach_the_reader_as_one_piece(servers):
     server, pool = servers(CHUNKED, OK)

@@ -51,10 +51,16 @@ def _clean(value: bytes) -> bytes:
 
 
 def render_headers(headers: dict[str, str]) -> bytes:
-    """``headers`` as the lines of a request head (each ending in CRLF), line breaks blanked."""
+    """``headers`` as the lines of a request head (each ending in CRLF), line breaks blanked.
+
+    Names are case-insensitive: one given twice in two spellings (a configured
+    ``user-agent`` over the built-in ``User-Agent``) is sent once, with the later value."""
+    last: dict[str, tuple[str, str]] = {}
+    for name, value in headers.items():
+        last[name.lower()] = (name, value)
     return b"".join(
         _clean(name.encode("latin-1")) + b": " + _clean(value.encode("latin-1")) + b"\r\n"
-        for name, value in headers.items()
+        for name, value in last.values()
     )
 
 
