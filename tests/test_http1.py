@@ -284,6 +284,41 @@ async def test_close_closes_the_idle_connections(servers):
     await server.connections[0].lost
 
 
+# -- answers at the edges of HTTP/1.1 ---------------------------------------------------
+@pytest.mark.xfail(strict=True, reason="1xx answers are taken for the answer")
+@pytest.mark.parametrize(
+    "interim",
+    [b"HTTP/1.1 100 Continue\r\n\r\n", b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n"],
+)
+@pytest_twisted.ensureDeferred
+async def test_an_interim_answer_is_skipped_for_the_answer_after_it(servers, interim):
+    # RFC 9110 15.2: a client must accept 1xx answers it did not ask for; Twisted's own
+    # client ignores them. In the same read as the answer, and in a read of its own.
+    server, pool = servers(interim + OK, None)
+    response, body, reason = await fetch(pool)
+    assert (response.code, response.phrase, b"".join(body.reads)) == (200, b"OK", b"hello")
+    assert reason.check(ResponseDone) and response.headers.getRawHeaders(b"link") is None
+    waiting = pool.request(b"POST", b"/x", b"", b"{}")
+    while len(server.heads) < 2:
+        await deferLater0()
+    server.connections[0].transport.write(interim)
+    await deferLater0()
+    assert not waiting.called
+    server.connections[0].transport.write(OK)
+    response = await waiting
+    assert response.code == 200 and len(server.connections) == 1
+
+
+@pytest.mark.xfail(strict=True, reason="a 101 escapes the parser as an unhandled error")
+@pytest_twisted.ensureDeferred
+async def test_switching_protocols_is_a_clear_failure(servers):
+    server, pool = servers(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n\x00\x00")
+    with pytest.raises(ResponseNeverReceived) as caught:
+        await pool.request(b"POST", b"/x", b"", b"{}")
+    assert caught.value.reasons[0].check(UpstreamProtocolError)
+    await server.connections[0].lost
+
+
 # -- TLS ----------------------------------------------------------------------------------
 def _certificate(name: str) -> PrivateCertificate:
     key = ec.generate_private_key(ec.SECP256R1())
