@@ -285,7 +285,6 @@ async def test_close_closes_the_idle_connections(servers):
 
 
 # -- answers at the edges of HTTP/1.1 ---------------------------------------------------
-@pytest.mark.xfail(strict=True, reason="1xx answers are taken for the answer")
 @pytest.mark.parametrize(
     "interim",
     [b"HTTP/1.1 100 Continue\r\n\r\n", b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n"],
@@ -309,7 +308,6 @@ async def test_an_interim_answer_is_skipped_for_the_answer_after_it(servers, int
     assert response.code == 200 and len(server.connections) == 1
 
 
-@pytest.mark.xfail(strict=True, reason="a 101 escapes the parser as an unhandled error")
 @pytest_twisted.ensureDeferred
 async def test_switching_protocols_is_a_clear_failure(servers):
     server, pool = servers(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n\x00\x00")

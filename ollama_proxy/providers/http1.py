@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from httptools import HttpParserError, HttpResponseParser
+from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 from twisted.internet.defer import CancelledError, Deferred, DeferredList
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.error import ConnectingCancelledError
@@ -156,6 +156,7 @@ class _Connection(Protocol):
         self._framed = False  # Content-Length or chunked: the end is known without the close
         self._parts: list[bytes] | None = None
         self._complete = False
+        self._interim = False  # a 1xx answer is being parsed: not the one waited for
         self._keep = False
         self._closing = False
         self._paused = False  # by the body's reader (backpressure)
@@ -213,6 +214,10 @@ class _Connection(Protocol):
             self._parts = None
             self._fail_protocol(UpstreamProtocolError(f"unreadable HTTP response: {error}"))
             return
+        except HttpParserUpgrade:
+            self._parts = None
+            self._fail_protocol(UpstreamProtocolError("the upstream switched protocols (101)"))
+            return
         self._parts = None
         response = self._response
         if response is None or self._closing:
@@ -250,12 +255,19 @@ class _Connection(Protocol):
             self._framed = True
 
     def on_headers_complete(self) -> None:
+        code = self._parser.get_status_code()
+        if code < 200:
+            # An interim answer (100, 103; RFC 9110 15.2): a client must accept one it did
+            # not ask for, and Twisted's client ignores it; the answer follows it.
+            self._interim = True
+            self._phrase, self._raw, self._framed = b"", [], False
+            return
         waiting, self._waiting = self._waiting, None
         if waiting is None or waiting.called:
             return
         # Known here (llhttp forgets it once the message is complete).
         self._keep = self._parser.should_keep_alive()
-        response = UpstreamResponse(self, self._parser.get_status_code(), self._phrase, self._raw)
+        response = UpstreamResponse(self, code, self._phrase, self._raw)
         for name, value in self._raw:
             if name.lower() == b"content-length" and value.isdigit():
                 response.length = int(value)
@@ -267,7 +279,10 @@ class _Connection(Protocol):
             self._parts.append(body)
 
     def on_message_complete(self) -> None:
-        self._complete = True
+        if self._interim:
+            self._interim = False
+        else:
+            self._complete = True
 
     # -- the end ---------------------------------------------------------------------------
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
