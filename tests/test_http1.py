@@ -317,7 +317,6 @@ async def test_switching_protocols_is_a_clear_failure(servers):
     await server.connections[0].lost
 
 
-@pytest.mark.xfail(strict=True, reason="bytes after the answer spoil it or stay in the pooled connection")
 @pytest.mark.parametrize(
     "surplus",
     [b"junk", b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n"],

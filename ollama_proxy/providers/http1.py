@@ -211,9 +211,13 @@ class _Connection(Protocol):
         try:
             self._parser.feed_data(data)
         except HttpParserError as error:
-            self._parts = None
-            self._fail_protocol(UpstreamProtocolError(f"unreadable HTTP response: {error}"))
-            return
+            if not self._complete:
+                self._parts = None
+                self._fail_protocol(UpstreamProtocolError(f"unreadable HTTP response: {error}"))
+                return
+            # Bytes after the whole answer (on_message_begin refused a second one): the
+            # answer stands; the connection, whose next bytes cannot be trusted, is closed.
+            self._keep = False
         except HttpParserUpgrade:
             self._parts = None
             self._fail_protocol(UpstreamProtocolError("the upstream switched protocols (101)"))
@@ -245,6 +249,10 @@ class _Connection(Protocol):
             response._ended(Failure(ResponseFailed([Failure(error)])))
 
     # httptools callbacks
+    def on_message_begin(self) -> None:
+        if self._complete:
+            raise UpstreamProtocolError("bytes after the answer")
+
     def on_status(self, status: bytes) -> None:
         self._phrase += status
 
