@@ -358,6 +358,15 @@ def _certificate(name: str) -> PrivateCertificate:
     return PrivateCertificate.loadPEM(pem)
 
 
+def _tls_pool(servers: Any, *answers: bytes | None) -> tuple[HTTP1Pool, Server]:
+    """A canned TLS server for ``localhost`` and a pool that trusts its certificate."""
+    private = _certificate("localhost")
+    server, _ = servers(*answers, context=private.options())
+    port = server.port.getHost().port
+    trust = Certificate.loadPEM(private.dumpPEM())
+    return HTTP1Pool(reactor, f"https://localhost:{port}", connect_timeout=5, max_idle=2, trust_root=trust), server
+
+
 @pytest_twisted.ensureDeferred
 async def test_tls_to_a_trusted_certificate_for_the_host(servers):
     private = _certificate("localhost")
@@ -386,6 +395,48 @@ async def test_tls_refuses_an_untrusted_or_misnamed_certificate(servers, name, t
         assert not server.heads  # nothing was sent to it
         # Not trusted: OpenSSL's verification; trusted but for another name: service_identity's.
         assert any(reason.check(SSL.Error, VerificationError) for reason in caught.value.reasons)
+    finally:
+        await pool.close()
+
+
+@pytest.mark.xfail(strict=True, reason="a paused TLS connection waits for a close_notify it never reads")
+@pytest_twisted.ensureDeferred
+async def test_a_reader_that_paused_then_stops_closes_a_tls_connection_at_once(servers):
+    # A slow client paused the stream, then left. The TLS close (close_notify, then wait
+    # for the upstream's) never finished while reads were paused: the reader never heard
+    # of the end, and an upstream that does not answer close_notify mid-answer (nginx
+    # does not) went on generating. Twisted's client closes the TCP connection.
+    head_and_one = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\none\r\n"
+    pool, server = _tls_pool(servers, head_and_one)
+    try:
+        response = await pool.request(b"POST", b"/x", b"", b"{}")
+        body = Body(pause_on_data=True)
+        response.deliverBody(body)
+        while not body.reads:
+            await deferLater0()
+        body.transport.stopProducing()  # type: ignore[union-attr]
+        reason = (await body.ended.addTimeout(5, reactor))[0]  # a bound, not a wait
+        assert reason.check(ResponseFailed)
+    finally:
+        await pool.close()
+
+
+@pytest.mark.xfail(strict=True, reason="a paused TLS connection waits for a close_notify it never reads")
+@pytest_twisted.ensureDeferred
+async def test_a_tls_answer_ending_in_a_close_closes_even_if_its_reader_paused(servers):
+    answer = b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"
+    pool, server = _tls_pool(servers, answer)
+    try:
+        response = await pool.request(b"POST", b"/x", b"", b"{}")
+        body = Body(pause_on_data=True)  # paused at the last bytes, never resumed: it has them all
+        response.deliverBody(body)
+        assert (await body.ended)[0].check(ResponseDone)
+        await server.connections[0].lost
+        for _ in range(100):  # the upstream's close is on our socket: a few reactor turns read it
+            if not pool._open:
+                break
+            await deferLater0()
+        assert not pool._open  # else our socket stays in CLOSE_WAIT for good
     finally:
         await pool.close()
 
