@@ -399,7 +399,6 @@ async def test_tls_refuses_an_untrusted_or_misnamed_certificate(servers, name, t
         await pool.close()
 
 
-@pytest.mark.xfail(strict=True, reason="a paused TLS connection waits for a close_notify it never reads")
 @pytest_twisted.ensureDeferred
 async def test_a_reader_that_paused_then_stops_closes_a_tls_connection_at_once(servers):
     # A slow client paused the stream, then left. The TLS close (close_notify, then wait
@@ -421,7 +420,6 @@ async def test_a_reader_that_paused_then_stops_closes_a_tls_connection_at_once(s
         await pool.close()
 
 
-@pytest.mark.xfail(strict=True, reason="a paused TLS connection waits for a close_notify it never reads")
 @pytest_twisted.ensureDeferred
 async def test_a_tls_answer_ending_in_a_close_closes_even_if_its_reader_paused(servers):
     answer = b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"

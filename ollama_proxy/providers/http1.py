@@ -105,10 +105,15 @@ class _Connection(Protocol):
             self.transport.resumeProducing()  # type: ignore[union-attr]
 
     def stop(self) -> None:
-        """A reader's stop: the connection closes (as Twisted's client does it, in order),
-        unless the answer is already complete."""
-        if not self._complete:
-            self.close()
+        """A reader's stop: the connection closes, unless the answer is already complete.
+
+        As Twisted's client does it: the transport's ``stopProducing`` closes the TCP
+        connection, beneath TLS too. TLS's own close waits for the upstream's
+        close_notify, which a paused connection never reads and an upstream amid an
+        answer may never send: the upstream went on generating."""
+        if not self._complete and not self._closing:
+            self._closing = True
+            self.transport.stopProducing()  # type: ignore[union-attr]
 
     def abort(self) -> None:
         if not self._closing:
@@ -150,10 +155,12 @@ class _Connection(Protocol):
             response._data(parts[0] if len(parts) == 1 else b"".join(parts))
         if self._complete:
             self._response = None
+            # A reader that paused it is done with it: the next answer must be read, and
+            # a TLS close must read the upstream's close_notify.
+            self.resume()
             # Back in the pool before the reader hears of the end: what it does next
             # (another request) finds the connection free.
             if self._keep and not self._closing:
-                self.resume()  # a reader that paused it is done with it: the next answer must be read
                 self._pool._release(self)
             else:
                 self.close()
