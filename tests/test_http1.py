@@ -336,7 +336,6 @@ async def test_bytes_after_the_answer_leave_it_whole_and_the_connection_unused(s
     assert response.code == 200 and len(server.connections) == 2
 
 
-@pytest.mark.xfail(strict=True, reason="a connection closing in the idle list is taken for a request")
 @pytest_twisted.ensureDeferred
 async def test_a_connection_closed_for_idleness_is_not_taken_by_the_next_request(servers):
     # The idle timer closes a connection; until the close is done (a reactor turn for

@@ -281,6 +281,8 @@ class HTTP1Pool:
         idle = self._idle
         while idle:
             connection = idle.pop()
+            if connection._closing:
+                continue  # closed for idleness, or for bytes nobody asked for: it leaves the pool when lost
             timer = connection.idle_timer
             if timer is not None:
                 connection.idle_timer = None
