@@ -28,6 +28,9 @@ from twisted.web.client import PotentialDataLoss, ResponseDone, ResponseFailed, 
 
 from ollama_proxy.providers.http1 import IDLE_SECONDS, HTTP1Pool, UpstreamProtocolError, render_headers
 
+from .conftest import http
+from .multi import provider
+
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
 CHUNKED = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\none\r\n3\r\ntwo\r\n5\r\nthree\r\n0\r\n\r\n"
 
@@ -351,6 +354,24 @@ async def test_a_connection_closed_for_idleness_is_not_taken_by_the_next_request
         assert response.code == 200 and len(server.connections) == 2
     finally:
         await pool.close()
+
+
+@pytest.mark.xfail(strict=True, reason="a configured header value beyond Latin-1 fails every chat request")
+@pytest_twisted.ensureDeferred
+async def test_a_configured_header_value_beyond_latin1_is_sent_as_utf8(make_multi, openai_sim):
+    # An app name in OpenRouter's X-Title, a team in a gateway's header: treq sent a str
+    # value as UTF-8 (Twisted's Headers); the lean client's Latin-1 raised
+    # UnicodeEncodeError on every chat request: a 500.
+    title = "Café ✓ 团队"
+    upstream = provider(
+        "openai", "openai", openai_sim.base_url, "sk-openai-simulator-key", headers=(("X-Title", title),)
+    )
+    proxy = make_multi([upstream], openrouter=False)
+    url = proxy.url + "/v1/chat/completions"
+    body = {"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+    answer = await http("POST", url, body)
+    assert answer.code == 200
+    assert openai_sim.chat_requests()[-1].headers["x-title"] == title
 
 
 # -- TLS ----------------------------------------------------------------------------------
