@@ -356,7 +356,6 @@ async def test_a_connection_closed_for_idleness_is_not_taken_by_the_next_request
         await pool.close()
 
 
-@pytest.mark.xfail(strict=True, reason="a configured header value beyond Latin-1 fails every chat request")
 @pytest_twisted.ensureDeferred
 async def test_a_configured_header_value_beyond_latin1_is_sent_as_utf8(make_multi, openai_sim):
     # An app name in OpenRouter's X-Title, a team in a gateway's header: treq sent a str

@@ -50,7 +50,8 @@ def _clean(value: bytes) -> bytes:
 
 
 def render_headers(headers: dict[str, str]) -> bytes:
-    """``headers`` as the lines of a request head (each ending in CRLF), line breaks blanked.
+    """``headers`` as the lines of a request head (each ending in CRLF), line breaks blanked;
+    names in Latin-1, values in UTF-8, as Twisted's ``Headers`` encodes them.
 
     Names are case-insensitive: one given twice in two spellings (a configured
     ``user-agent`` over the built-in ``User-Agent``) is sent once, with the later value."""
@@ -58,7 +59,7 @@ def render_headers(headers: dict[str, str]) -> bytes:
     for name, value in headers.items():
         last[name.lower()] = (name, value)
     return b"".join(
-        _clean(name.encode("latin-1")) + b": " + _clean(value.encode("latin-1")) + b"\r\n"
+        _clean(name.encode("latin-1")) + b": " + _clean(value.encode("utf-8")) + b"\r\n"
         for name, value in last.values()
     )
 
