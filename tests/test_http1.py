@@ -427,7 +427,6 @@ class _ResolvingReactor:
         return getattr(reactor, name)
 
 
-@pytest.mark.xfail(strict=True, reason="an IDN base URL is refused by the lean client")
 @pytest_twisted.ensureDeferred
 async def test_an_internationalised_host_is_reached_by_its_ascii_name(servers):
     # treq sent requests to such a base URL (the host in IDNA); the lean client's

@@ -26,6 +26,7 @@ from __future__ import annotations
 from typing import Any
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
+from hyperlink import EncodedURL
 from twisted.internet.defer import CancelledError, Deferred, DeferredList
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.error import ConnectingCancelledError
@@ -253,7 +254,8 @@ class HTTP1Pool:
         clock: IReactorTime | None = None,
         trust_root: Any = None,
     ) -> None:
-        uri = URI.fromBytes(url.encode("ascii"))
+        # In URI form first, as treq sends it: an internationalised host by its IDNA name.
+        uri = URI.fromBytes(EncodedURL.from_text(url).to_uri().to_text().encode("ascii"))
         self.scheme = uri.scheme
         host = uri.host.decode("ascii")
         endpoint: Any = HostnameEndpoint(reactor, host, uri.port, timeout=connect_timeout)
