@@ -39,6 +39,7 @@ from twisted.web.client import URI, PotentialDataLoss, ResponseDone, ResponseFai
 from ollama_proxy.providers.http1_response import UpstreamResponse
 
 IDLE_SECONDS = 240.0  # an unused pooled connection is closed after this (Twisted's pool: the same)
+MAX_HEAD_BYTES = 64 * 1024  # an answer's status line and headers (Twisted's client: 16 KiB a line)
 
 
 class UpstreamProtocolError(Exception):
