@@ -83,6 +83,7 @@ class _Connection(Protocol):
         self._keep = False
         self._closing = False
         self._paused = False  # by the body's reader (backpressure)
+        self._head = 0  # bytes of reads that ended inside the answer's head
         self.idle_timer: IDelayedCall | None = None
         self.lost: Deferred[None] | None = None  # made by whoever waits for the close
 
@@ -91,6 +92,7 @@ class _Connection(Protocol):
         self._waiting = Deferred(canceller=self._cancel)
         self._response = None
         self._phrase, self._raw, self._framed, self._complete = b"", [], False, False
+        self._head = 0
         self.transport.write(data)  # type: ignore[union-attr]
         return self._waiting
 
@@ -141,7 +143,10 @@ class _Connection(Protocol):
         except HttpParserError as error:
             if not self._complete:
                 self._parts = None
-                self._fail_protocol(UpstreamProtocolError(f"unreadable HTTP response: {error}"))
+                ours = error.__context__  # what one of the callbacks below refused
+                if not isinstance(ours, UpstreamProtocolError):
+                    ours = UpstreamProtocolError(f"unreadable HTTP response: {error}")
+                self._fail_protocol(ours)
                 return
             # Bytes after the whole answer (on_message_begin refused a second one): the
             # answer stands; the connection, whose next bytes cannot be trusted, is closed.
@@ -153,7 +158,12 @@ class _Connection(Protocol):
         self._parts = None
         response = self._response
         if response is None or self._closing:
-            return  # aborted during this read (a reader stopped, a cancel): connectionLost ends it
+            if self._waiting is not None and not self._closing:
+                # Still in the head (not per read of a body): bounded, as Twisted's client bounds it.
+                self._head += len(data)
+                if self._head > MAX_HEAD_BYTES:
+                    self._fail_protocol(UpstreamProtocolError(f"an answer head over {MAX_HEAD_BYTES} bytes"))
+            return  # or aborted during this read (a reader stopped, a cancel): connectionLost ends it
         if parts:
             response._data(parts[0] if len(parts) == 1 else b"".join(parts))
         if self._complete:
@@ -200,6 +210,8 @@ class _Connection(Protocol):
             self._interim = True
             self._phrase, self._raw, self._framed = b"", [], False
             return
+        if self._head and len(self._phrase) + sum(len(n) + len(v) for n, v in self._raw) > MAX_HEAD_BYTES:
+            raise UpstreamProtocolError(f"an answer head over {MAX_HEAD_BYTES} bytes")  # over several reads
         waiting, self._waiting = self._waiting, None
         if waiting is None or waiting.called:
             return
