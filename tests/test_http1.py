@@ -467,7 +467,6 @@ async def test_an_answer_head_past_the_bound_fails_instead_of_filling_memory(ser
         assert caught.value.reasons[0].check(UpstreamProtocolError)
 
 
-@pytest.mark.xfail(strict=True, reason="an IPv6 literal is given to IDNA")
 @pytest_twisted.ensureDeferred
 async def test_an_ipv6_base_url_is_reached_for_chat_and_for_model_lists(servers):
     # hyperlink's URI form IDNA-encodes the host, and "::1" is no IDNA label: the lean

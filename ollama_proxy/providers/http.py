@@ -33,7 +33,7 @@ from ollama_proxy import __version__
 from ollama_proxy.config.settings import Timeouts
 from ollama_proxy.errors import UpstreamError
 from ollama_proxy.ops.redaction import Redactor
-from ollama_proxy.providers.http1 import HTTP1Pool, render_headers
+from ollama_proxy.providers.http1 import HTTP1Pool, render_headers, uri_form
 from ollama_proxy.providers.stream import BodyTimeout, BodyTooLarge, read_body
 from ollama_proxy.wire.fastjson import loads
 from ollama_proxy.wire.ollama_request import NATIVE_KEY
@@ -73,9 +73,9 @@ class _URI(EncodedURL):
 
 def upstream_url(text: str) -> EncodedURL | str:
     """``text`` as treq would send it, made once; ``text`` itself if that is not the same."""
-    uri = EncodedURL.from_text(text).to_uri()
-    ready = _URI.from_text(uri.to_text())
-    return ready if ready.to_uri().to_text() == uri.to_text() else text
+    uri = uri_form(text)
+    ready = _URI.from_text(uri)
+    return ready if ready.to_uri().to_text() == uri else text
 
 
 class HTTPProvider:
@@ -154,8 +154,8 @@ class HTTPProvider:
     def _target(self, path: str) -> bytes:
         target = self._targets.get(path)
         if target is None:
-            uri = EncodedURL.from_text(f"{self.base_url}/{path}").to_uri()
-            target = self._targets[path] = URI.fromBytes(uri.to_text().encode("ascii")).originForm
+            uri = uri_form(f"{self.base_url}/{path}")
+            target = self._targets[path] = URI.fromBytes(uri.encode("ascii")).originForm
         return target
 
     def _lean_head(self, headers: Mapping[str, str] | None) -> bytes:

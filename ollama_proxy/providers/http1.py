@@ -46,6 +46,16 @@ class UpstreamProtocolError(Exception):
     """The upstream's bytes are not an HTTP/1.1 response."""
 
 
+def uri_form(text: str) -> str:
+    """``text`` in URI form, as treq sends a URL: an internationalised host by its IDNA
+    name, the path percent-encoded; an IPv6 literal as it is (hyperlink's ``to_uri``
+    would give it to IDNA, which refuses its colons)."""
+    url = EncodedURL.from_text(text)
+    if ":" in url.host:
+        return url.replace(host="").to_uri().replace(host=url.host).to_text()
+    return url.to_uri().to_text()
+
+
 def _clean(value: bytes) -> bytes:
     # As Twisted's Headers do: a line break in a header would start a header of its own.
     return value.replace(b"\r\n", b" ").replace(b"\r", b" ").replace(b"\n", b" ")
@@ -267,8 +277,7 @@ class HTTP1Pool:
         clock: IReactorTime | None = None,
         trust_root: Any = None,
     ) -> None:
-        # In URI form first, as treq sends it: an internationalised host by its IDNA name.
-        uri = URI.fromBytes(EncodedURL.from_text(url).to_uri().to_text().encode("ascii"))
+        uri = URI.fromBytes(uri_form(url).encode("ascii"))
         self.scheme = uri.scheme
         host = uri.host.decode("ascii")
         endpoint: Any = HostnameEndpoint(reactor, host, uri.port, timeout=connect_timeout)
