@@ -495,7 +495,6 @@ async def test_an_ipv6_base_url_is_reached_for_chat_and_for_model_lists(servers)
         await upstream.close()
 
 
-@pytest.mark.xfail(strict=True, reason="a configured Host goes out beside the pool's own")
 @pytest_twisted.ensureDeferred
 async def test_a_configured_host_header_is_the_one_host_sent(servers):
     # An upstream reached by address or through a tunnel, named by a configured Host:

@@ -120,6 +120,8 @@ class HTTPProvider:
         self._lean = HTTP1Pool(reactor, self.base_url, connect_timeout=timeouts.connect, max_idle=max_connections)
         self._targets: dict[str, bytes] = {}  # request targets per path
         self._heads: dict[bool, bytes] = {}  # the provider's header lines, with and without a body
+        # A configured Host (an upstream reached by address, through a tunnel) is the one sent.
+        self._lean_host = not any(name.lower() == "host" for name in self._extra_headers)
 
     # -- IProvider -----------------------------------------------------------
     @property
@@ -173,7 +175,8 @@ class HTTPProvider:
             body = {k: v for k, v in body.items() if k != NATIVE_KEY}
         data = json.dumps(body).encode("utf-8") if body is not None else None
         if lean and data is not None:
-            return self._lean.request(method.encode("ascii"), self._target(path), self._lean_head(headers), data)
+            host = self._lean_host and not (headers and any(name.lower() == "host" for name in headers))
+            return self._lean.request(method.encode("ascii"), self._target(path), self._lean_head(headers), data, host)
         url = self._urls.get(path)
         if url is None:
             url = f"{self.base_url}/{path}"

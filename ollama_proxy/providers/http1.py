@@ -295,10 +295,16 @@ class HTTP1Pool:
         self._closed = False
         self._factory = Factory.forProtocol(lambda: _Connection(self))
 
-    def request(self, method: bytes, target: bytes, head: bytes, body: bytes | None) -> Deferred[UpstreamResponse]:
+    def request(
+        self, method: bytes, target: bytes, head: bytes, body: bytes | None, host: bool = True
+    ) -> Deferred[UpstreamResponse]:
         """Send ``method target`` with ``head`` (header lines, CRLF-ended) and ``body``;
-        fires with the response once its headers arrived."""
-        data = b"%s %s HTTP/1.1\r\nHost: %s\r\n%s" % (method, target, self.host, head)
+        fires with the response once its headers arrived. ``host=False``: ``head`` has
+        the Host line (the caller's replaces the pool's, as with Twisted's Agent)."""
+        if host:
+            data = b"%s %s HTTP/1.1\r\nHost: %s\r\n%s" % (method, target, self.host, head)
+        else:
+            data = b"%s %s HTTP/1.1\r\n%s" % (method, target, head)
         if body is not None:
             data += b"Content-Length: %d\r\n\r\n" % len(body) + body
         else:
