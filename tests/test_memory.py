@@ -22,6 +22,8 @@ async def test_a_held_stream_request_keeps_a_compact_attribute_dict(proxy, simul
     [request] = proxy.service.lifecycle.requests()
     assert request.producer is not None  # the upstream, registered: all of a stream's names are set
     assert sys.getsizeof(vars(request)) < 600
+    # What only a request still being read needs is not kept for the stream's life.
+    assert request.channel._request_line is None and request.channel._head is None
     aborted = simulator.wait_for_abort()
     reader.hang_up()
     await aborted

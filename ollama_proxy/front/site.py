@@ -233,6 +233,9 @@ class LimitedChannel(HTTPChannel):
     def allContentReceived(self) -> None:
         self._header_bytes = 0  # the next request's headers count from nothing
         self._reading = False
+        # Only a request still being read is refused or abandoned with them: an open stream
+        # need not keep its request line and header check.
+        self._request_line = self._head = None
         self._stop_request_timer()
         super().allContentReceived()
 
