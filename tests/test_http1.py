@@ -629,3 +629,17 @@ def deferLater0() -> Deferred[None]:
     from twisted.internet import task
 
     return task.deferLater(reactor, 0, lambda: None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stream_stopped_before_it_was_read_closes_its_connection(servers):
+    # The relay stops a stream whose client left while its headers were on the way,
+    # before delivering it: the body must not pile up unread on an open connection.
+    from ollama_proxy.providers.stream import SSEStream
+
+    endless = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n6\r\ndata: \r\n"
+    server, pool = servers(endless)
+    response = await pool.request(b"POST", b"/x", b"", b"{}")
+    SSEStream(response, reactor, 10.0, "upstream").stopProducing()
+    # Bounded so that a regression fails here instead of hanging the suite.
+    await server.connections[0].lost.addTimeout(10, reactor)

@@ -41,6 +41,17 @@ class BodyParser(TypingProtocol):
     def close(self) -> Sequence[SSEEvent]: ...
 
 
+class _Discarding(Protocol):
+    """A body nobody will read: stopped as soon as it is handed over (the connection closes)."""
+
+    def makeConnection(self, transport: Any) -> None:
+        super().makeConnection(transport)
+        IPushProducer(transport).stopProducing()
+
+    def dataReceived(self, data: bytes) -> None:
+        pass
+
+
 class _SSEBodyReader(Protocol):
     """Receives the response body from Twisted's HTTP client."""
 
@@ -130,6 +141,10 @@ class SSEStream:
         self._disarm()
         if self._transport is not None:
             self._transport.stopProducing()
+        elif self._reader is None:
+            # Stopped before anyone read it (its client left while the headers came): the
+            # body would pile up unread for as long as the upstream generates.
+            self._response.deliverBody(_Discarding())
 
     # -- internals ------------------------------------------------------------
     @property
