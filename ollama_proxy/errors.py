@@ -26,9 +26,6 @@ from typing import Any, Protocol
 from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
-from werkzeug.exceptions import NotFound as WerkzeugNotFound
-from werkzeug.routing import RequestRedirect
 
 from ollama_proxy.wire.framing import NonFiniteNumber, dumps, ndjson, sse_event
 
@@ -324,6 +321,11 @@ def client_error(request: Any, failure: Failure) -> ProxyError | None:
         return value
     if isinstance(value, NonFiniteNumber):
         return ProxyError(str(value), status=502, type="upstream_error")
+    # Imported here: configuration (and the main process of workers) needs this module, not Klein's.
+    from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
+    from werkzeug.exceptions import NotFound as WerkzeugNotFound
+    from werkzeug.routing import RequestRedirect
+
     # Werkzeug would redirect "/api//tags" to "/api/tags"; Ollama's router answers 404.
     if isinstance(value, (WerkzeugNotFound, RequestRedirect)):
         return RouteNotFound(f"no such endpoint: {_path(request)}")

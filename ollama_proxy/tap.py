@@ -22,7 +22,6 @@ from ollama_proxy.ops.daemon import DaemonService, freeze_startup_heap
 from ollama_proxy.ops.logs import daemon_observer
 from ollama_proxy.ops.redaction import Redactor
 from ollama_proxy.ops.workers import worker_count
-from ollama_proxy.service import makeService as build
 
 
 class Options(usage.Options):
@@ -141,6 +140,10 @@ def makeService(options: Any) -> Any:
         if twistd is not None:
             main.log_observer = observer_for(twistd, options["log-format"], config, Redactor(config.secrets()), reactor)
         return main
+
+    # Imported here, not at the top: the main process of workers never serves a request, and
+    # without the application (Klein, treq, the routes, metrics) it holds less memory.
+    from ollama_proxy.service import makeService as build
 
     proxy = build(config, reactor)
     observer = None

@@ -25,7 +25,7 @@ import gc
 import signal
 import sys
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, ensureDeferred
@@ -35,7 +35,9 @@ from twisted.python.components import Componentized
 
 from ollama_proxy.config.settings import Config, ConfigError
 from ollama_proxy.ops.sdnotify import SystemdNotifier
-from ollama_proxy.service import ProxyService
+
+if TYPE_CHECKING:  # the main process of workers imports this module and never the application
+    from ollama_proxy.service import ProxyService
 
 log = Logger()
 
