@@ -12,6 +12,7 @@ import ipaddress
 import socket
 from collections.abc import Iterable
 from fnmatch import fnmatchcase
+from functools import lru_cache
 from typing import Any
 
 from ollama_proxy.errors import BadRequest, ProxyError
@@ -93,11 +94,30 @@ def host_allowed(header: str | None) -> bool:
     host = _host_name(header)
     if host in ("", "localhost") or host.endswith(_LOCAL_SUFFIXES):
         return True
+    local = _local_address(host)
+    return host == socket.gethostname().lower() if local is None else local
+
+
+# Both answers depend on the text alone, so they are kept: an address parsed by
+# ``ipaddress`` on every request was a tenth of the front door's cost. Bounded, so a
+# client sending many different Host headers only churns the cache.
+@lru_cache(maxsize=256)
+def _local_address(host: str) -> bool | None:
+    """Whether ``host`` is an address of this machine's networks; None when no IP address."""
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
-        return host == socket.gethostname().lower()
+        return None
     return address.is_loopback or address.is_private or address.is_unspecified
+
+
+@lru_cache(maxsize=64)
+def _loopback(host: str) -> bool | None:
+    """Whether a listener's address ``host`` is a loopback one; None when no IP address."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return None
 
 
 def check_host(request: Any) -> None:
@@ -113,10 +133,8 @@ def check_host(request: Any) -> None:
         # HTTP/1.1 (RFC 9112, 3.2): more than one Host is a bad request; which one
         # would count is exactly what an attacker plays with.
         raise BadRequest("more than one Host header")
-    local = request.getHost()
-    try:
-        loopback = ipaddress.ip_address(getattr(local, "host", "")).is_loopback
-    except ValueError:
+    loopback = _loopback(getattr(request.getHost(), "host", ""))
+    if loopback is None:
         return  # a unix socket or a systemd-passed one: no address to judge by
     if not loopback:
         return
