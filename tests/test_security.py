@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import uuid
 from typing import Any
 
 import ollama
@@ -198,6 +199,9 @@ async def test_request_ids_are_echoed_or_made_and_logged(proxy, access_events):
     made = await http("GET", proxy.url + "/api/version")
     generated = made.header("x-request-id")
     assert generated and len(generated) == 32 and int(generated, 16) >= 0
+    # A random UUID's hex, as uuid.uuid4().hex writes it: version 4, RFC 4122 variant.
+    made_id = uuid.UUID(hex=generated)
+    assert made_id.version == 4 and made_id.variant == uuid.RFC_4122 and made_id.hex == generated
     given = await http("GET", proxy.url + "/api/tags", headers={"X-Request-Id": "trace-42:abc"})
     assert given.header("x-request-id") == "trace-42:abc"
     unsafe = await http("GET", proxy.url + "/api/version", headers={"X-Request-Id": "x" * 200})
@@ -208,6 +212,17 @@ async def test_request_ids_are_echoed_or_made_and_logged(proxy, access_events):
     assert (
         tags["method"] == "GET" and tags["path"] == "/api/tags" and tags["status"] == 200 and tags["duration_ms"] >= 0
     )
+
+
+def test_made_request_ids_are_random_uuids():
+    from ollama_proxy.front.door import random_request_id
+
+    ids = [random_request_id() for _ in range(200)]
+    assert len(set(ids)) == 200
+    for made in ids:
+        # uuid.uuid4().hex: 32 hex digits, version 4, the RFC 4122 variant.
+        parsed = uuid.UUID(hex=made)
+        assert parsed.hex == made and parsed.version == 4 and parsed.variant == uuid.RFC_4122
 
 
 @pytest_twisted.ensureDeferred

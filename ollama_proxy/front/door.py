@@ -13,8 +13,8 @@ paths are seen relative to the mount point.
 
 from __future__ import annotations
 
+import os
 import re
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -53,6 +53,17 @@ from ollama_proxy.wire.jsontext import parse_json
 log = Logger()
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=@-]{1,128}$")
+# A random (version 4) UUID's bits: the version and variant fields cleared, then set.
+_UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
+_UUID4_SET = (0x4000 << 64) | (0x8000 << 48)
+
+
+def random_request_id() -> str:
+    """``uuid.uuid4().hex``, the same bits from the same source, without building a
+    ``UUID`` object (half the cost, once per request)."""
+    return "%032x" % (int.from_bytes(os.urandom(16), "big") & _UUID4_CLEAR | _UUID4_SET)
+
+
 # Known paths keep their name as the metrics label before a route claims them;
 # anything else is "other", so scanners cannot blow up the label set.
 _KNOWN_PATHS = frozenset(
@@ -118,7 +129,7 @@ class Gate:
         self.lifecycle = lifecycle
         self.clock = clock
         self.metrics = metrics
-        self._new_id = new_request_id or (lambda: uuid.uuid4().hex)
+        self._new_id = new_request_id or random_request_id
         self.streams = StreamLimiter(lifecycle.generations)
         # Whoever wants every finished request's record (metrics, statistics, the ledger).
         self.observers: list[Callable[[RequestRecord], None]] = [metrics.observe] if metrics is not None else []
