@@ -35,7 +35,7 @@ from ollama_proxy.errors import UpstreamError
 from ollama_proxy.ops.redaction import Redactor
 from ollama_proxy.providers.http1 import HTTP1Pool, render_headers, uri_form
 from ollama_proxy.providers.stream import BodyTimeout, BodyTooLarge, read_body
-from ollama_proxy.wire.fastjson import loads
+from ollama_proxy.wire.fastjson import dumps_compact_or_none, loads
 from ollama_proxy.wire.ollama_request import NATIVE_KEY
 
 log = Logger()
@@ -173,7 +173,9 @@ class HTTPProvider:
     ) -> Deferred[Any]:
         if body is not None and NATIVE_KEY in body:
             body = {k: v for k, v in body.items() if k != NATIVE_KEY}
-        data = json.dumps(body).encode("utf-8") if body is not None else None
+        # msgspec where it writes what the stdlib would read back alike (compact, UTF-8 as is);
+        # a float, a lone surrogate or a key that is no string go through the stdlib as before.
+        data = None if body is None else (dumps_compact_or_none(body) or json.dumps(body).encode("utf-8"))
         if lean and data is not None:
             host = self._lean_host and not (headers and any(name.lower() == "host" for name in headers))
             return self._lean.request(method.encode("ascii"), self._target(path), self._lean_head(headers), data, host)
