@@ -174,6 +174,11 @@ def test_text_lines_are_twisteds_own_with_the_stamp_made_once_a_second(when):
         {"log_format": "{access_text}", "access_text": "POST /api/chat 200", "log_namespace": "ollama_proxy.access"},
         {"log_format": "{a} and {b!r}", "a": 1, "b": "two", "log_system": "sys"},
         {"log_format": "multi\nline", "log_level": LogLevel.warn},
+        # One text field (the access line's shape): with its level, namespace or system, or not.
+        {"log_format": "{t}", "t": "GET / 200", "log_level": LogLevel.info, "log_namespace": "ollama_proxy.access"},
+        {"log_format": "{t}", "t": "two\nlines", "log_level": LogLevel.error},
+        {"log_format": "{t}", "t": "", "log_level": LogLevel.info, "log_namespace": "x"},
+        {"log_format": "{t}", "t": "sys", "log_level": LogLevel.info, "log_system": "s", "log_namespace": "x"},
     ]
     for seconds in (0.0, 0.5, 1.0):  # the cached stamp of one second must not leak into the next
         for event in events:
