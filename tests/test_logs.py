@@ -45,6 +45,21 @@ def test_redactor_hides_configured_and_secret_looking_values():
     assert redactor.redact("another-secret-value") == REDACTED
 
 
+@pytest.mark.parametrize(
+    ("text", "redacted"),
+    [
+        ("BEARER\tabcdefgh12345678 and bearer  zyxwvuts98765432", f"BEARER\t{REDACTED} and bearer  {REDACTED}"),
+        ("a=1&token=sk-abcdefghijklmnop_XYZ", f"a=1&token=sk-{REDACTED}"),
+        ("bearer short1 sk-tooshort Sk-abcdefghijklmnopqrs xsk-abcdefghijklmnopqrs", None),
+        ("POST /api/chat 200 1.2ms id=abc model=m provider=p client=127.0.0.1", None),
+    ],
+)
+def test_secret_shapes_are_found_in_any_case_and_nothing_else_is(text, redacted):
+    # The shapes: "bearer" in any case, "sk-" as written, each followed by enough key characters.
+    assert Redactor([]).redact(text) == (text if redacted is None else redacted)
+    assert Redactor([SECRET]).redact(text) == (text if redacted is None else redacted)
+
+
 def test_text_observer_never_sees_the_secret_even_in_a_traceback():
     out = io.StringIO()
     log = Logger(observer=redacting(textFileLogObserver(out), [SECRET]), namespace="test")
