@@ -4,7 +4,7 @@ import sys
 
 import pytest_twisted
 
-from .conftest import LineReader, http
+from .conftest import LineReader, connect, http
 
 
 @pytest_twisted.ensureDeferred
@@ -22,6 +22,8 @@ async def test_a_held_stream_request_keeps_a_compact_attribute_dict(proxy, simul
     [request] = proxy.service.lifecycle.requests()
     assert request.producer is not None  # the upstream, registered: all of a stream's names are set
     assert sys.getsizeof(vars(request)) < 600
+    # Every name Twisted and the proxy set lives in a slot: no table of names per stream at all.
+    assert vars(request) == {} and vars(request.channel) == {}
     # What only a request still being read needs is not kept for the stream's life.
     assert request.channel._request_line is None and request.channel._head is None
     aborted = simulator.wait_for_abort()
@@ -44,3 +46,29 @@ async def test_a_streaming_request_does_not_keep_its_body_bytes(proxy, simulator
     aborted = simulator.wait_for_abort()
     reader.hang_up()
     await aborted
+
+
+def test_slotted_requests_and_channels_start_with_twisteds_class_defaults(proxy):
+    # A slot hides the base class's default: each one is set in __init__, and must be the
+    # value Twisted's own class would have read (checked against Twisted's classes, so an
+    # upgrade that changes one shows here).
+    from twisted.web.http import HTTPChannel
+    from twisted.web.server import Request
+
+    from ollama_proxy.front.request import LimitedRequest
+    from ollama_proxy.front.site import LimitedChannel
+
+    def compare(ours, theirs, names):
+        checked = 0
+        for name in names:
+            if name == "callLater" or not hasattr(theirs, name):
+                continue
+            assert getattr(ours, name) == getattr(theirs, name), name
+            checked += 1
+        return checked
+
+    assert compare(LimitedChannel(), HTTPChannel(), LimitedChannel.__slots__) >= 20
+    channel, _ = connect(proxy.service.site)
+    theirs = Request(channel, parsePOSTFormSubmission=False)
+    names = [n for n in LimitedRequest.__slots__ if n not in ("notifications", "requestHeaders", "responseHeaders")]
+    assert compare(LimitedRequest(channel), theirs, names) >= 30

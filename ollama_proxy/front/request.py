@@ -20,26 +20,67 @@ class LimitedRequest(Request):
     reason phrase with every status, and answers a failure Twisted would show as an
     HTML "Processing Failed" page with a JSON 500 in the route's dialect."""
 
-    # Names set after Twisted's __init__ (ours, and Twisted's own later ones) live in slots.
-    # Python shares one table of attribute names among a class's instance dicts for up to
-    # 29 names; a streamed request had 34 names in all, so each request's __dict__ was a
-    # 1.5 KB table of its own (0.3 KB shared).
+    # Every name a request sets lives in a slot, so a request has no __dict__ at all. Python
+    # shares one table of names among a class's instance dicts for up to 29 names; a streamed
+    # request had 34, so each __dict__ was a table of its own (1.5 KB); with the later names in
+    # slots its 25 remaining ones still took a 1.6 KB table of their own (tracemalloc, 1,000
+    # open streams) once other requests had put more names in the shared one.
     __slots__ = (
-        "body_too_large",
-        "_ollama_proxy_record",
+        # Twisted's names set in __init__ (twisted.web.http.Request, Componentized)
+        "notifications",
+        "channel",
+        "client",
+        "host",
+        "requestHeaders",
+        "received_cookies",
+        "responseHeaders",
+        "cookies",
+        "transport",
+        "queued",
+        "_parsePOSTFormSubmission",
+        "_adapterCache",
+        # Twisted's names set later, most with a class default (set in __init__ below)
+        "method",
+        "uri",
+        "clientproto",
+        "path",
+        "args",
+        "content",
+        "site",
+        "prepath",
+        "postpath",
+        "sitepath",
+        "startedWriting",
+        "chunked",
+        "sentLength",
+        "etag",
+        "lastModified",
+        "_forceSSL",
+        "_encoder",
+        "_inFakeHead",
+        "appRootURL",
         "producer",
         "streamingProducer",
         "code",
         "code_message",
         "finished",
         "_disconnected",
+        # ours
+        "body_too_large",
+        "_ollama_proxy_record",
     )
     max_body_bytes: int = 32 * 1024 * 1024
 
     def __init__(self, channel: Any, *args: Any, **kwargs: Any) -> None:
-        # A slot has no class default to fall back on: Twisted's defaults, set here.
+        # A slot has no class default to fall back on: Twisted's class defaults, set here.
         self.body_too_large = False
         self._ollama_proxy_record = None
+        self.method, self.uri, self.clientproto = Request.method, Request.uri, Request.clientproto
+        self.path = self.args = None  # type: ignore[assignment]  # Twisted's defaults before the request line
+        self.content = self.site = self.prepath = self.postpath = None
+        self.startedWriting = self.chunked = self.sentLength = self._forceSSL = 0
+        self.etag = self.lastModified = self._encoder = self.appRootURL = None
+        self._inFakeHead = False
         self.producer = None
         self.streamingProducer = False
         self.code, self.code_message = Request.code, Request.code_message
