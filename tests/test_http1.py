@@ -643,3 +643,40 @@ async def test_a_stream_stopped_before_it_was_read_closes_its_connection(servers
     SSEStream(response, reactor, 10.0, "upstream").stopProducing()
     # Bounded so that a regression fails here instead of hanging the suite.
     await server.connections[0].lost.addTimeout(10, reactor)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_delivered_stream_leaves_no_reference_cycle_behind(servers):
+    # A relay holds its stream and the stream the relay's sinks (and its reader, which
+    # holds it back): once the body is over the stream lets go of its sinks and the reader
+    # of the stream, so all of them go by reference counting as the request ends. Left to
+    # the cyclic garbage collector, every request's were about a tenth of the CPU under load.
+    import gc
+    import weakref
+
+    from ollama_proxy.providers.stream import SSEStream
+
+    event = b'data: {"choices":[{"index":0,"delta":{"content":"hi"},"finish_reason":"stop"}]}\n\n'
+    _, pool = servers(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(event), event))
+    response = await pool.request(b"POST", b"/x", b"", b"{}")
+
+    class Relay:
+        def __init__(self) -> None:
+            self.chunks: list[Any] = []
+            self.upstream = SSEStream(response, reactor, 10.0, "upstream")
+
+        def gather(self, chunk: Any) -> None:
+            self.chunks.append(chunk)
+
+    gc.collect()
+    gc.disable()
+    try:
+        relay = Relay()
+        await relay.upstream.deliver(relay.gather)  # complete at the body's end (finish_reason, no [DONE])
+        await deferLater0()  # past the end of the body's handling
+        assert relay.chunks and relay.chunks[0]["choices"][0]["delta"] == {"content": "hi"}
+        stream = weakref.ref(relay.upstream)
+        del relay
+        assert stream() is None
+    finally:
+        gc.enable()
