@@ -611,3 +611,30 @@ async def test_whatever_the_upstream_streams_a_v1_client_gets_sse_or_json(proxy,
         assert kind in (("sse", "error") if stream else ("json", "error")), kind
 
     await threads.deferToThread(fuzz)
+
+
+def _parsed(raw: bytes | str) -> Any:
+    from ollama_proxy.errors import BadRequest
+    from ollama_proxy.wire.jsontext import parse_json
+
+    try:
+        return ("value", parse_json(raw))
+    except BadRequest as error:
+        return ("refused", error.message)
+
+
+@settings(max_examples=400, deadline=None)
+@given(raw_bodies)
+@example(b'{"a": [1, ' + b"1" * 400 + b"]}")
+@example(b'{"a": "\\ud800", "b": "\\ud83d\\ude00", "c": 1e-400, "d": -0.0, "e": 18446744073709551616}')
+@example(b"\xef\xbb\xbf{}")
+def test_a_body_reads_the_same_through_msgspec_as_through_the_stdlib(raw):
+    # Bytes take msgspec's path where it reads what the stdlib decoder with Go's rules
+    # reads alike; a str always takes the stdlib's. Both must give the same value, or
+    # refuse with the same words.
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        assert _parsed(raw)[0] == "refused"
+        return
+    assert repr(_parsed(raw)) == repr(_parsed(text))

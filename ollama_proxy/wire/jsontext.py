@@ -22,6 +22,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+import msgspec
+
 from ollama_proxy.errors import BadRequest
 
 MAX_DEPTH = 128
@@ -57,6 +59,10 @@ def _int(text: str) -> int:
 
 
 _DECODER = json.JSONDecoder(parse_constant=_constant, parse_float=_float, parse_int=_int)
+# The common body goes through msgspec first (a fifth of the stdlib's time with the hooks).
+_MSGSPEC = msgspec.json.Decoder()
+_NOT_FAST = object()
+_FLOAT64_MAX = 1.7976931348623157e308
 
 
 def _deeper_than(value: Any, limit: int) -> bool:
@@ -81,17 +87,40 @@ def _replace_surrogates(value: Any) -> Any:
     return value
 
 
+def _fast(raw: bytes) -> Any:
+    """``raw`` decoded by msgspec where it reads what the stdlib decoder above reads alike;
+    ``_NOT_FAST`` otherwise. msgspec refuses NaN, infinities, a lone surrogate escape and
+    invalid UTF-8 itself (the stdlib path then gives the error its own words); what it
+    takes that the hooks above refuse is an integer past float64's range (309 digits)."""
+    try:
+        value = _MSGSPEC.decode(raw)
+    except Exception:  # noqa: BLE001 - anything msgspec will not read, the stdlib says why
+        return _NOT_FAST
+    if len(raw) >= _LONGEST_INT and _has_huge_int(value):
+        return _NOT_FAST
+    return value
+
+
+def _has_huge_int(value: Any) -> bool:
+    # A walk of the values, not a scan of the bytes: a long body is mostly one string.
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        kind = type(item)
+        if kind is dict:
+            stack.extend(item.values())
+        elif kind is list:
+            stack.extend(item)
+        elif kind is int and abs(item) > _FLOAT64_MAX:
+            return True
+    return False
+
+
 def parse_json(raw: bytes | str) -> Any:
     """``raw`` as JSON, as Ollama's decoder reads it; a :class:`BadRequest` otherwise."""
-    try:
-        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
-        value = _DECODER.decode(text)
-    except _Refused as error:
-        raise BadRequest(f"{_PREFIX}: {error}") from None
-    except RecursionError:
-        raise BadRequest(f"{_PREFIX}: nested deeper than {MAX_DEPTH} levels") from None
-    except (ValueError, UnicodeDecodeError) as error:
-        raise BadRequest(f"{_PREFIX}: {error}") from None
+    value = _fast(raw) if isinstance(raw, bytes) else _NOT_FAST
+    if value is _NOT_FAST:
+        value = _slow(raw)
     if not isinstance(value, (dict, list)):
         return value
     data = raw if isinstance(raw, bytes) else raw.encode("utf-8", "surrogatepass")
@@ -101,6 +130,18 @@ def parse_json(raw: bytes | str) -> Any:
     if _SURROGATE_ESCAPE.search(data):
         value = _replace_surrogates(value)
     return value
+
+
+def _slow(raw: bytes | str) -> Any:
+    try:
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+        return _DECODER.decode(text)
+    except _Refused as error:
+        raise BadRequest(f"{_PREFIX}: {error}") from None
+    except RecursionError:
+        raise BadRequest(f"{_PREFIX}: nested deeper than {MAX_DEPTH} levels") from None
+    except (ValueError, UnicodeDecodeError) as error:
+        raise BadRequest(f"{_PREFIX}: {error}") from None
 
 
 def as_object(value: Any) -> Mapping[str, Any]:
