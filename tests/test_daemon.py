@@ -282,16 +282,19 @@ def test_the_startup_heap_is_frozen_and_later_garbage_still_collected():
     import gc
     import weakref
 
-    from ollama_proxy.ops.daemon import freeze_startup_heap
+    from ollama_proxy.ops.daemon import YOUNG_COLLECTION_THRESHOLD, freeze_startup_heap
 
     class Node:
         pass
 
     gc.unfreeze()
+    thresholds = gc.get_threshold()
     try:
         assert gc.get_freeze_count() == 0
         freeze_startup_heap()
         assert gc.get_freeze_count() > 1000  # every module, class and function loaded so far
+        # The youngest generation waits for more allocations; the older ones keep their ratios.
+        assert gc.get_threshold() == (YOUNG_COLLECTION_THRESHOLD, *thresholds[1:]) != thresholds
         cycle = Node()
         cycle.self = cycle  # type: ignore[attr-defined]
         gone = weakref.ref(cycle)
@@ -300,3 +303,4 @@ def test_the_startup_heap_is_frozen_and_later_garbage_still_collected():
         assert gone() is None
     finally:
         gc.unfreeze()
+        gc.set_threshold(*thresholds)

@@ -42,6 +42,9 @@ if TYPE_CHECKING:  # the main process of workers imports this module and never t
 log = Logger()
 
 
+YOUNG_COLLECTION_THRESHOLD = 10_000
+
+
 def freeze_startup_heap() -> None:
     """Keep the cyclic garbage collector away from what start-up built (modules, classes,
     configuration: about 90,000 objects that live as long as the process).
@@ -51,9 +54,18 @@ def freeze_startup_heap() -> None:
     against nginx: 2.7 of 10.7 CPU seconds; 0.7 of 6.3 with this). ``gc.freeze`` moves
     them to a generation the collector never scans; garbage made later is collected as
     before. twistd's entry point calls this once the reactor runs.
+
+    The youngest generation is collected every :data:`YOUNG_COLLECTION_THRESHOLD`
+    allocations instead of Python's 700: at 700, under load, the objects of the requests
+    in flight were found alive by one young collection after another and carried into
+    the older generations, whose collections then walked them again (collector time with
+    wrk c64 on ``/api/chat``: 0.76 s per run at 700, 0.57 s at 5,000, 0.41 s at 20,000;
+    at most this many objects' worth of cyclic garbage, about a megabyte, waits longer).
     """
     gc.collect()
     gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, middle, old)
 
 
 class StartupError(Exception):
