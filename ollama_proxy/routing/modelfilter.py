@@ -61,6 +61,8 @@ class ModelFilter:
     def allows_model(self, model: Any) -> bool:
         """Like :meth:`allows` for an :class:`~ollama_proxy.wire.models.UpstreamModel`: a glob
         may also name it as ``id:latest`` or ``provider/id``."""
+        if not (self.allow or self.deny):
+            return True  # no filter (the usual case): no spellings to make, per route and model
         return self._passes(_names_of(model))
 
     def _passes(self, names: tuple[str, ...]) -> bool:

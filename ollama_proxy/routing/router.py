@@ -289,13 +289,19 @@ class Router:
                 targets.append(target)
         return Route(name=name, model=model, targets=targets)
 
+    # Without aliases, pins or fallbacks (most configurations) a name's spellings need not be
+    # made: a route is looked up on every request.
     def _alias(self, name: str) -> str | None:
+        if not self.aliases:
+            return None
         for candidate in candidate_ids(name):
             if candidate in self.aliases:
                 return self.aliases[candidate]
         return None
 
     def _pinned(self, *names: str) -> tuple[str, ...] | None:
+        if not self.pins:
+            return None
         for name in names:
             for candidate in candidate_ids(name):
                 if candidate in self.pins:
@@ -303,6 +309,8 @@ class Router:
         return None
 
     def _fallbacks_of(self, name: str) -> tuple[str, ...]:
+        if not self.fallbacks:
+            return ()
         names = [name]
         target = self._alias(name)
         if target:
