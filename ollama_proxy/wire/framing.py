@@ -39,9 +39,15 @@ class NonFiniteNumber(ValueError):
         super().__init__("the upstream sent a number JSON cannot carry (NaN or Infinity)")
 
 
-def _json_text(obj: Any, **options: Any) -> str:
+# ``json.dumps(obj, ensure_ascii=False, allow_nan=False[, separators=...])``'s encoders, made
+# once: json.dumps builds one per call when given options.
+_SPACED = json.JSONEncoder(ensure_ascii=False, allow_nan=False)
+_COMPACT = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+def _json_text(obj: Any, encoder: json.JSONEncoder = _SPACED) -> str:
     try:
-        return json.dumps(obj, ensure_ascii=False, allow_nan=False, **options)
+        return encoder.encode(obj)
     except ValueError as error:
         if "JSON compliant" in str(error):  # the stdlib's wording for NaN and infinities
             raise NonFiniteNumber() from None
@@ -67,7 +73,7 @@ def compact(obj: Any) -> bytes:
     fast = dumps_compact_or_none(obj)
     if fast is not None:
         return fast
-    return utf8(_json_text(obj, separators=(",", ":")))
+    return utf8(_json_text(obj, _COMPACT))
 
 
 def ndjson(obj: Mapping[str, Any]) -> bytes:
