@@ -17,6 +17,7 @@ import re
 import sys
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import IO, Any, cast
 
 from twisted.logger import (
@@ -73,6 +74,7 @@ _KEEP = {
     "log_io",
     "log_system",
 }
+_KEEP_ORDER = tuple(sorted(_KEEP))
 
 
 # What must not reach a text line raw: C0 and C1 controls, DEL, Unicode line breaks
@@ -129,7 +131,7 @@ class RedactingObserver:
                 # A text line of one field (the access line): only that field is written,
                 # so only it is escaped and redacted; the other fields (there for the JSON
                 # lines) are left out. The whole copy was most of an access line's cost.
-                clean = {key: value for key, value in event.items() if key in _KEEP}
+                clean = {key: event[key] for key in _KEEP_ORDER if key in event}
                 clean["log_format"] = event["log_format"]
                 clean[one] = self.redactor.redact(escape_text(event[one]))
                 self.observer(clean)
@@ -165,10 +167,17 @@ def _one_text_field(event: dict[str, Any]) -> str | None:
     log_format = event.get("log_format")
     if type(log_format) is not str or "log_failure" in event or "log_text" in event:
         return None
-    match = _ONE_FIELD.fullmatch(log_format)
-    if match is None or match.group(1).startswith("log_") or type(event.get(match.group(1))) is not str:
+    name = _field_of_format(log_format)
+    if name is None or type(event.get(name)) is not str:
         return None
-    return match.group(1)
+    return name
+
+
+@lru_cache(maxsize=256)
+def _field_of_format(log_format: str) -> str | None:
+    # A pure function of the format, which is the program's own text: kept (bounded).
+    match = _ONE_FIELD.fullmatch(log_format)
+    return None if match is None or match.group(1).startswith("log_") else match.group(1)
 
 
 def _formatted(event: dict[str, Any]) -> str:
