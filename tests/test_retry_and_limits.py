@@ -101,6 +101,20 @@ def test_limiter_queues_then_hands_slots_on_in_order():
     assert limiter.in_flight == 0 and limiter.has_room()
 
 
+def test_limiter_takes_a_free_slot_at_once_and_never_ahead_of_a_waiter():
+    limiter = ConcurrencyLimiter(2, 2, 10, Clock())
+    assert limiter.try_acquire() and limiter.in_flight == 1
+    assert limiter.try_acquire() and limiter.in_flight == 2
+    assert not limiter.try_acquire() and limiter.in_flight == 2 and limiter.queued == 0
+    waiting = limiter.acquire()
+    assert not waiting.called and limiter.queued == 1
+    limiter.release()  # the waiter gets the slot: none is left to take
+    assert waiting.called and not limiter.try_acquire() and limiter.in_flight == 2
+    limiter.release()
+    limiter.release()
+    assert limiter.in_flight == 0 and limiter.try_acquire() and limiter.in_flight == 1
+
+
 def test_limiter_wait_times_out_with_busy():
     clock = Clock()
     limiter = ConcurrencyLimiter(1, 5, 3, clock)

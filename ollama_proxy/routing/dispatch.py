@@ -127,7 +127,8 @@ class Dispatcher:
         retry = 0
         while True:
             try:
-                await slot.limiter.acquire()
+                if not slot.limiter.try_acquire():
+                    await slot.limiter.acquire()
             except Busy as busy:
                 slot.stats.rejected_requests += 1
                 run.busy = busy

@@ -63,6 +63,17 @@ class ConcurrencyLimiter:
     def queue_has_room(self) -> bool:
         return self.has_room() or self.queued < self.max_queue
 
+    def try_acquire(self) -> bool:
+        """Take a slot if one is free now: True when taken (call :meth:`release` after).
+
+        Nothing to wait for and no Deferred to await, as nearly every request finds it;
+        otherwise :meth:`acquire` queues. A free slot means nobody waits (the semaphore
+        hands a released slot to the first waiter), so this jumps no queue."""
+        if not self.has_room():
+            return False
+        self._slots.acquire()  # fires at once
+        return True
+
     def acquire(self) -> Deferred[None]:
         """Fires once a slot is held (call :meth:`release` after); fails with :class:`Busy`.
 
