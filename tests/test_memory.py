@@ -1,10 +1,18 @@
 """What one open stream holds: its request's attributes share their names with every other request's."""
 
+import gc
+import os
 import sys
+import types
+from collections import Counter
 
 import pytest_twisted
 
+import ollama_proxy
+
 from .conftest import LineReader, connect, http
+
+PACKAGE = os.path.dirname(ollama_proxy.__file__)
 
 
 @pytest_twisted.ensureDeferred
@@ -72,3 +80,31 @@ def test_slotted_requests_and_channels_start_with_twisteds_class_defaults(proxy)
     theirs = Request(channel, parsePOSTFormSubmission=False)
     names = [n for n in LimitedRequest.__slots__ if n not in ("notifications", "requestHeaders", "responseHeaders")]
     assert compare(LimitedRequest(channel), theirs, names) >= 30
+
+
+def _suspended_coroutines() -> list[str]:
+    """The proxy's coroutines waiting somewhere (each holds its frame and locals)."""
+    return [
+        c.__qualname__
+        for c in gc.get_objects()
+        if isinstance(c, types.CoroutineType) and c.cr_frame is not None and c.cr_code.co_filename.startswith(PACKAGE)
+    ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_held_native_stream_waits_in_few_coroutine_frames(proxy, simulator):
+    # A coroutine that only hands on another one's result is a frame held for the
+    # stream's whole life: /api/chat waited in eight (the route handler, _answer, the
+    # pipeline, _dispatch_chat, the attempt, the dispatcher twice, the relay).
+    before = _suspended_coroutines()
+    body = {"model": "sim/hold", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    reader = LineReader()
+    await reader.connect(proxy.port, "/api/chat", body)
+    await reader.wait_for_lines(1)
+    held = list((Counter(_suspended_coroutines()) - Counter(before)).elements())
+    assert "ChatRelay.stream" in held
+    assert "OllamaAPI._answer" not in held and "Pipeline._dispatch_chat" not in held
+    assert len(held) <= 6, held
+    aborted = simulator.wait_for_abort()
+    reader.hang_up()
+    await aborted

@@ -8,8 +8,10 @@ JSON error body.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import Any
 
+from twisted.internet.defer import succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
@@ -212,6 +214,7 @@ class OllamaAPI:
         stream = wants_stream(body)
         route = await self.pipeline.route(request, name, "chat")
         plan = plan_chat(body, route.model, name)
+        del body  # the plan holds what goes upstream; the parsed request need not stay as long as the answer
         return await self._answer(request, route, name, "chat", plan, stream)
 
     @route("/api/generate", methods=["POST"])
@@ -221,11 +224,14 @@ class OllamaAPI:
         stream = wants_stream(body)
         route = await self.pipeline.route(request, name, "generate")
         plan = plan_generate(body, route.model, name)
+        del body  # the plan holds what goes upstream; the parsed request need not stay as long as the answer
         return await self._answer(request, route, name, "generate", plan, stream)
 
-    async def _answer(
+    def _answer(
         self, request: IRequest, route: Route, name: str, kind: str, plan: ChatPlan, stream: bool
-    ) -> bytes | None:
+    ) -> Awaitable[bytes | None]:
+        # Not a coroutine itself: it hands back the pipeline's, so an open stream does not
+        # hold one more suspended frame (with its locals) for its whole life.
         model = route.model
         if plan.upstream is None:
             # An empty prompt loads the model (or, with keep_alive 0, unloads it): nothing to ask.
@@ -233,7 +239,9 @@ class OllamaAPI:
                 self.running.unload(model)
             else:
                 self.running.use(model, plan.keep_alive)
-            return json_response(request, instant_answer(kind, name, plan.done_reason or "load", self.clock.seconds()))
+            return succeed(
+                json_response(request, instant_answer(kind, name, plan.done_reason or "load", self.clock.seconds()))
+            )
         clock = self.clock
         call = ChatCall(
             plan.upstream,
@@ -241,7 +249,7 @@ class OllamaAPI:
             lambda: ChatTranslator.for_plan(plan, name, kind, clock.seconds, keep_text=not stream),
             keep_alive=plan.keep_alive,
         )
-        return await self.pipeline.chat(request, route, call)
+        return self.pipeline.chat(request, route, call)
 
     @route("/api/embed", methods=["POST"])
     async def embed(self, request: IRequest) -> bytes:

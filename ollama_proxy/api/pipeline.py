@@ -33,7 +33,7 @@ auth or bookkeeping (:mod:`~ollama_proxy.api.responses` is a short worked exampl
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -167,7 +167,9 @@ class Pipeline:
         finally:
             self.running.use(route.model, call.keep_alive)
 
-    async def _dispatch_chat(self, request: IRequest, route: Route, call: ChatCall) -> bytes | None:
+    def _dispatch_chat(self, request: IRequest, route: Route, call: ChatCall) -> Coroutine[Any, Any, bytes | None]:
+        # Not a coroutine itself: it hands back the dispatcher's, so an open stream does not
+        # hold one more suspended frame (with its locals) for its whole life.
         started = self.clock.seconds()
         stream = call.stream
         translators: list[Any] = []
@@ -190,7 +192,7 @@ class Pipeline:
                 raise AnsweredWithError(relay.error or "the stream broke after output began")
             return None
 
-        return await self.dispatcher.run(route, attempt)
+        return self.dispatcher.run(route, attempt)
 
     async def embed(
         self,
