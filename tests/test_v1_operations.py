@@ -129,3 +129,14 @@ async def test_v1_models_lists_what_api_tags_lists_for_the_token(make_proxy):
     assert {m.id for m in await in_thread(limited.models.list)} == {"google/gemini-pro:latest"}
     with pytest.raises(openai.NotFoundError):
         await in_thread(limited.models.retrieve, "openai/gpt-4o-mini")
+
+
+@pytest_twisted.ensureDeferred
+async def test_v1_routes_are_served_by_one_resource_made_once(proxy):
+    # /v1 is a branch of the native app: the resource it hands over is made once, not per request.
+    openai_api = proxy.service.api.openai
+    first = openai_api.resource()
+    body = {"model": "google/gemini-pro", "messages": [{"role": "user", "content": "x"}]}
+    for _ in range(2):
+        assert (await http("POST", proxy.url + "/v1/chat/completions", body)).code == 200
+    assert openai_api.resource() is first

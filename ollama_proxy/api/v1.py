@@ -63,9 +63,14 @@ class OpenAICompatAPI:
         self._rng = rng or random.Random()
         self.anthropic = Messages(pipeline)
         self.openai_responses = Responses(pipeline)
+        self._resource: IResource | None = None
 
     def resource(self) -> IResource:
-        return self.app.resource()
+        """The Klein resource of these routes, made once: ``/v1`` is a branch of the native
+        app, which asked for a new one (and bound the app anew) on every request."""
+        if self._resource is None:
+            self._resource = self.app.resource()
+        return self._resource
 
     def _id(self, prefix: str) -> str:
         return f"{prefix}-{self._rng.randrange(1000)}"
