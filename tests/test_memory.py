@@ -108,3 +108,27 @@ async def test_a_held_native_stream_waits_in_few_coroutine_frames(proxy, simulat
     aborted = simulator.wait_for_abort()
     reader.hang_up()
     await aborted
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_held_stream_keeps_no_per_attempt_closure_or_empty_bookkeeping(proxy, simulator):
+    # The dispatcher waits as long as the stream: a closure made per attempt (its
+    # function, defaults and cell) and an empty set and list made per request, for
+    # targets that only a full or broken provider puts there, were held all along.
+    body = {"model": "sim/hold", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    reader = LineReader()
+    await reader.connect(proxy.port, "/api/chat", body)
+    await reader.wait_for_lines(1)
+    [run] = [
+        c.cr_frame.f_locals
+        for c in gc.get_objects()
+        if isinstance(c, types.CoroutineType) and c.__qualname__ == "Dispatcher.run" and c.cr_frame is not None
+    ]
+    assert run["deferred"] is None and run["open_targets"] is None
+    closures = [
+        f for f in gc.get_objects() if isinstance(f, types.FunctionType) and f.__qualname__.startswith("Dispatcher.")
+    ]
+    assert [f for f in closures if "<locals>" in f.__qualname__] == []
+    aborted = simulator.wait_for_abort()
+    reader.hang_up()
+    await aborted

@@ -49,6 +49,9 @@ class AnsweredWithError(Exception):
 class _Run:
     """The bookkeeping of one request's way along its route."""
 
+    # Held by every open stream: slots, not a dict of its own.
+    __slots__ = ("deadline", "error", "tried", "busy", "attempted")
+
     def __init__(self, deadline: float) -> None:
         self.deadline = deadline
         self.error: BaseException | None = None  # the most telling error so far
@@ -80,23 +83,32 @@ class Dispatcher:
         """The result of the first attempt that succeeds (or that failed after its
         output began); otherwise the most telling error, naming what was tried."""
         run = _Run(self._clock.seconds() + self.policy.settings.deadline)
-        targets = [t for t in route.targets if t.slot.provider.configured]
-        if not targets:
+        # What is made here is held by every open stream for its whole life: one list of the
+        # targets, and the rarely needed set and list only once something goes in them.
+        pending = [t for t in route.targets if t.slot.provider.configured]
+        if not pending:
             raise route.targets[0].slot.missing_key_error()
 
-        pending = list(targets)
-        deferred: set[int] = set()
-        open_targets: list[Target] = []
+        deferred: set[int] | None = None
+        open_targets: list[Target] | None = None
         index = 0
         while index < len(pending):
             target = pending[index]
             index += 1
             slot = target.slot
             if not slot.breaker.allows():
+                if open_targets is None:
+                    open_targets = []
                 open_targets.append(target)
                 continue
-            if not slot.limiter.has_room() and id(target) not in deferred and self._free_later(pending[index:]):
+            if (
+                not slot.limiter.has_room()
+                and (deferred is None or id(target) not in deferred)
+                and self._free_later(pending[index:])
+            ):
                 # Full here while a later target has room: come back to this one last.
+                if deferred is None:
+                    deferred = set()
                 deferred.add(id(target))
                 pending.append(target)
                 continue
@@ -114,6 +126,11 @@ class Dispatcher:
             if found:
                 return result
         raise self._final_error(route, run)
+
+    def _ms_since(self, started: float) -> float:
+        # A method, not a closure made per attempt: an open stream's attempt is waiting, and
+        # a closure (its function, defaults and cell) would be held as long.
+        return (self._clock.seconds() - started) * 1000.0
 
     @staticmethod
     def _free_later(targets: list[Target]) -> bool:
@@ -138,26 +155,22 @@ class Dispatcher:
                 slot.limiter.release()
                 return False, None
             started = self._clock.seconds()
-
-            def elapsed(started: float = started) -> float:
-                return (self._clock.seconds() - started) * 1000.0
-
             try:
                 result = await attempt(target)
             except AnsweredWithError as error:
                 call.finish(Outcome.FAILURE)
-                slot.stats.add(elapsed(), False, error.message)
+                slot.stats.add(self._ms_since(started), False, error.message)
                 slot.limiter.release()
                 return True, error.result
             except CancelledError:
                 call.finish(Outcome.IGNORED)
-                slot.stats.add(elapsed(), None)
+                slot.stats.add(self._ms_since(started), None)
                 slot.limiter.release()
                 raise
             except Exception as error:  # noqa: BLE001 - sorted by classify; unknown kinds re-raised
                 verdict = classify(error)
                 call.finish(verdict.outcome, verdict.retry_after)
-                slot.stats.add(elapsed(), False, getattr(error, "message", None) or str(error))
+                slot.stats.add(self._ms_since(started), False, getattr(error, "message", None) or str(error))
                 slot.limiter.release()
                 if not verdict.retry and not verdict.fail_over:
                     raise
@@ -182,7 +195,7 @@ class Dispatcher:
                 return False, None
             else:
                 call.finish(Outcome.SUCCESS)
-                slot.stats.add(elapsed(), True)
+                slot.stats.add(self._ms_since(started), True)
                 slot.limiter.release()
                 return True, result
 
