@@ -228,8 +228,28 @@ _METERED = frozenset({"chat", "generate", "embed"})
 class _LastAttempt:
     """Reads as the translator of the latest attempt (retries make several)."""
 
+    __slots__ = ("_translators",)
+
     def __init__(self, translators: list[Any]) -> None:
         self._translators = translators
+
+    # What the record reads at every request's end, found without the failed lookup that
+    # precedes every __getattr__ (1.64 -> 0.37 us for the four).
+    @property
+    def timings(self) -> Any:
+        return self._translators[-1].timings
+
+    @property
+    def prompt_tokens(self) -> Any:
+        return self._translators[-1].prompt_tokens
+
+    @property
+    def completion_tokens(self) -> Any:
+        return self._translators[-1].completion_tokens
+
+    @property
+    def cost(self) -> Any:
+        return self._translators[-1].cost
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._translators[-1], name)
