@@ -132,3 +132,15 @@ async def test_a_held_stream_keeps_no_per_attempt_closure_or_empty_bookkeeping(p
     aborted = simulator.wait_for_abort()
     reader.hang_up()
     await aborted
+
+
+def test_what_a_stream_holds_per_request_has_no_instance_dict():
+    # Each is made per request and held as long as its stream: a dict of its own costs
+    # more than its few fields.
+    from ollama_proxy.api.pipeline import ChatCall, _LastAttempt
+    from ollama_proxy.routing.breaker import BreakerCall
+    from ollama_proxy.routing.dispatch import _Run
+    from ollama_proxy.routing.router import Route, Target
+
+    with_dict = [c.__name__ for c in (ChatCall, _LastAttempt, BreakerCall, _Run, Route, Target) if c.__dictoffset__]
+    assert with_dict == []

@@ -54,7 +54,7 @@ from ollama_proxy.routing.running import RunningModels
 from ollama_proxy.wire.request_body import parse_body
 
 
-@dataclass
+@dataclass(slots=True)  # slots: held as long as the stream
 class ChatCall:
     """One chat as a surface asks for it: the internal request, and how to render the answer.
 

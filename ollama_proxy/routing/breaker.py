@@ -44,6 +44,8 @@ class Outcome(Enum):
 class BreakerCall:
     """A call the breaker let through; report how it ended exactly once."""
 
+    __slots__ = ("_breaker", "probe", "_done")  # held as long as the stream
+
     def __init__(self, breaker: CircuitBreaker, probe: bool) -> None:
         self._breaker = breaker
         self.probe = probe

@@ -61,7 +61,7 @@ class ProviderNotFound(ProxyError):
 Allowed = Callable[[str], bool]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a request's route is held as long as its stream
 class Target:
     """One model on one provider: a single thing to try."""
 
@@ -75,7 +75,7 @@ class Target:
         return self.slot.provider
 
 
-@dataclass
+@dataclass(slots=True)
 class Route:
     """Where a request goes: its model and the targets to try, in order."""
 
