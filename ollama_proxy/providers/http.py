@@ -119,7 +119,7 @@ class HTTPProvider:
         # Chat requests: the lean client (see providers/http1.py for why), its own pool.
         self._lean = HTTP1Pool(reactor, self.base_url, connect_timeout=timeouts.connect, max_idle=max_connections)
         self._targets: dict[str, bytes] = {}  # request targets per path
-        self._heads: dict[bool, bytes] = {}  # the provider's header lines, with and without a body
+        self._head: bytes | None = None  # the provider's header lines for a request with a body
         # A configured Host (an upstream reached by address, through a tunnel) is the one sent.
         self._lean_host = not any(name.lower() == "host" for name in self._extra_headers)
 
@@ -163,9 +163,9 @@ class HTTPProvider:
     def _lean_head(self, headers: Mapping[str, str] | None) -> bytes:
         if headers:
             return render_headers({**self._headers(True), **headers})
-        head = self._heads.get(True)
+        head = self._head
         if head is None:
-            head = self._heads[True] = render_headers(self._headers(True))
+            head = self._head = render_headers(self._headers(True))
         return head
 
     def _send(
