@@ -169,7 +169,7 @@ class Bench:
                 raise RuntimeError(f"the proxy was not ready within {timeout:g}s (see its log)")
             await self.sleep(0.1)
 
-    async def run(self, memory_only: bool = False) -> Results:
+    async def run(self, memory_only: bool = False, requests_only: bool = False) -> Results:
         try:
             if memory_only:
                 await self.start_proxy(self.workers if self.workers > 1 else None)
@@ -182,6 +182,8 @@ class Bench:
                 self.memory("idle")
                 for concurrency in CONCURRENCIES:
                     await self.latency(concurrency)
+                if requests_only:
+                    return self.results
                 await self.streaming()
                 await self.scaling()
             await self.hold_streams()
@@ -423,6 +425,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="N for the scaling table")
     parser.add_argument("--upstream", choices=("auto", "nginx", "simulator"), default="auto")
     parser.add_argument("--memory-only", action="store_true", help="only section 4 (streams held, then left)")
+    parser.add_argument("--requests-only", action="store_true", help="only section 1 (non-streamed requests)")
     parser.add_argument("--keep-logs", action="store_true", help="keep the children's logs and print where")
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
@@ -456,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
                 reactor.stop()
 
         def start() -> None:
-            d = Deferred.fromCoroutine(bench.run(args.memory_only))  # type: ignore[union-attr]
+            d = Deferred.fromCoroutine(bench.run(args.memory_only, args.requests_only))  # type: ignore[union-attr]
             d.addErrback(lambda failure: failure.value)
             d.addCallback(finished)
 

@@ -56,36 +56,47 @@ def _wait_listening(port: int, timeout: float = 20.0) -> None:
     raise RuntimeError(f"nothing answered on port {port} within {timeout:g} s")
 
 
-def _wrk(wrk: str, script: str, url: str, seconds: int) -> int:
+def _wrk(wrk: str, script: str, url: str, seconds: int, connections: int) -> tuple[int, float]:
+    """Requests answered and their p50 latency in milliseconds."""
     out = subprocess.run(
-        [wrk, "-t1", "-c64", f"-d{seconds}s", "-s", script, url], capture_output=True, text=True, timeout=seconds + 30
+        [wrk, "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", script, url],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 30,
     ).stdout
     match = re.search(r"(\d+) requests in", out)
-    if match is None:
+    p50 = re.search(r"50%\s+([\d.]+)(us|ms|s)\b", out)
+    if match is None or p50 is None:
         raise RuntimeError(f"wrk printed no count: {out[-300:]}")
-    return int(match.group(1))
+    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[p50.group(2)]
+    return int(match.group(1)), float(p50.group(1)) * scale
 
 
-def measure(children: Children, variant: str, upstream_url: str, wrk: str, script: str, seconds: int) -> float:
-    """CPU milliseconds per request of one variant's server process."""
+def measure(
+    children: Children, variant: str, upstream_url: str, wrk: str, script: str, seconds: int, connections: int
+) -> tuple[float, float]:
+    """CPU milliseconds per request of one variant's server process, and the p50 latency wrk saw."""
     port = free_port()
     argv = [sys.executable, os.path.join(HERE, "floor_server.py"), str(port), variant, upstream_url]
     child = children._spawn(f"floor-{variant}", argv, dict(os.environ))
     try:
         _wait_listening(port)
         url = f"http://127.0.0.1:{port}/api/chat"
-        _wrk(wrk, script, url, 1)  # warm-up
+        _wrk(wrk, script, url, 1, connections)  # warm-up
         before = cpu_seconds(child.pid)
-        count = _wrk(wrk, script, url, seconds)
+        count, p50 = _wrk(wrk, script, url, seconds, connections)
         used = cpu_seconds(child.pid) - before
     finally:
         children.stop(child)
-    return 1000.0 * used / max(count, 1)
+    return 1000.0 * used / max(count, 1), p50
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="2 seconds a variant instead of 6")
+    parser.add_argument(
+        "--connections", type=int, default=64, help="wrk's keep-alive connections (1 shows the latency floor)"
+    )
     args = parser.parse_args(argv)
     nginx, wrk = nginx_binary(), shutil.which("wrk")
     if not nginx or not wrk:
@@ -101,11 +112,15 @@ def main(argv: list[str] | None = None) -> int:
         script = os.path.join(workdir, "post.lua")
         with open(script, "w", encoding="utf-8") as f:
             f.write('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\nwrk.body = "{}"\n')
-        print("the floor: CPU per request of a bare server with no proxy logic (wrk c64, keep-alive, nginx upstream)")
+        c = args.connections
+        print(f"the floor: CPU per request of a bare server with no proxy logic (wrk c{c}, keep-alive, nginx upstream)")
         print(f"load average {os.getloadavg()[0]:.2f} at start; {seconds} s a variant")
+        _wrk(wrk, script, upstream_url, 1, c)
+        direct = _wrk(wrk, script, upstream_url, seconds, c)[1]
+        print(f"  {'direct':<11} {'':>6}     p50 {direct:6.3f} ms  wrk straight to nginx")
         for variant, what in VARIANTS:
-            ms = measure(children, variant, upstream_url, wrk, script, seconds)
-            print(f"  {variant:<11} {ms:6.3f} ms  {what}")
+            ms, p50 = measure(children, variant, upstream_url, wrk, script, seconds, c)
+            print(f"  {variant:<11} {ms:6.3f} ms  p50 {p50:6.3f} ms (+{p50 - direct:.3f})  {what}")
     finally:
         children.stop_all()
     return 0

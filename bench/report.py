@@ -49,7 +49,8 @@ def render(
         _stream(add, plan, results)
     if results.scaling:
         _scaling(add, results)
-    _memory(add, results)
+    if "streams open (peak)" in results.pss:
+        _memory(add, results)
     for note in results.notes:
         add(f"NOTE: {note}")
     return "\n".join(lines)
