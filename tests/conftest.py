@@ -25,6 +25,7 @@ from twisted.protocols.policies import TimeoutMixin
 
 from ollama_proxy.config.providers import RetryConfig
 from ollama_proxy.config.settings import Config, OpenRouterConfig, Timeouts, load_config
+from ollama_proxy.ops.later import later
 from ollama_proxy.service import ProxyService, makeService
 
 from .anthropic_simulator import AnthropicSimulator
@@ -175,6 +176,15 @@ def _hand_driven_channels_stop() -> Any:
         channel = _hand_driven.pop()
         if isinstance(channel, TimeoutMixin):
             channel.setTimeout(None)
+
+
+@pytest.fixture(autouse=True)
+def _bookkeeping_done_within_its_test() -> Any:
+    """A finished request's bookkeeping (access line, metrics, ledger row) is queued on the
+    reactor until its answer has been sent (``ollama_proxy.ops.later``): what a test left
+    queued is done when the test ends, not inside whichever test spins the reactor next."""
+    yield
+    later(global_reactor).flush()
 
 
 def in_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[Any]:

@@ -1,7 +1,11 @@
 """The queue that unwinds a leaving client's request after the closes: order, turns, slices."""
 
+from typing import Any
+
+from twisted.internet.interfaces import IReactorCore
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
+from zope.interface import implementer
 
 from ollama_proxy.ops.later import Later, later
 
@@ -83,3 +87,59 @@ def test_one_queue_per_clock():
     one, other = Clock(), Clock()
     assert later(one) is later(one)
     assert later(one) is not later(other)
+
+
+def test_flush_runs_everything_queued_in_order_and_leaves_no_timer():
+    clock = Turns()
+    queue = Later(clock)
+    ran: list[int] = []
+    queue.call(ran.append, 1)
+    clock.turn()  # 1 is aging now
+    queue.call(lambda: (ran.append(2), queue.call(ran.append, 3)))  # queues one more while flushed
+    queue.flush()
+    assert ran == [1, 2, 3]
+    assert len(queue) == 0 and clock.getDelayedCalls() == []
+
+
+@implementer(IReactorCore)
+class StoppableClock(Clock):
+    """A Clock that also takes system event triggers, as a reactor does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.triggers: list[tuple[str, str, Any]] = []
+
+    def addSystemEventTrigger(self, phase: str, event: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        self.triggers.append((phase, event, fn))
+        return len(self.triggers)
+
+
+def test_what_is_queued_when_the_reactor_stops_runs_before_the_services_stop():
+    clock = StoppableClock()
+    queue = later(clock)
+    ran: list[str] = []
+    queue.call(ran.append, "access line")
+    [(phase, event, fn)] = clock.triggers
+    assert (phase, event) == ("before", "shutdown")
+    fn()
+    assert ran == ["access line"]
+    later(clock)  # the same queue: no second trigger
+    assert len(clock.triggers) == 1
+
+
+def test_a_finished_requests_bookkeeping_waits_until_its_answer_is_sent(simulator, access_events):
+    from twisted.internet import reactor
+
+    from ollama_proxy.service import makeService
+
+    from .conftest import base_config
+    from .test_hardening_connections import connect
+
+    service = makeService(base_config(simulator), reactor)
+    channel, transport = connect(service.site)
+    channel.dataReceived(b"GET /api/version HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    assert transport.value().startswith(b"HTTP/1.1 200 OK")  # buffered for the next poll to send
+    assert access_events == [] and service.lifecycle.in_flight == 1
+    later(reactor).flush()  # what the reactor does two turns on
+    assert [(e["status"], e["path"]) for e in access_events] == [(200, "/api/version")]
+    assert service.lifecycle.in_flight == 0  # a drain waits for the bookkeeping too

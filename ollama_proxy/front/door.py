@@ -46,6 +46,7 @@ from ollama_proxy.front.cors import OriginPolicy, check_host
 from ollama_proxy.front.lifecycle import SHUTTING_DOWN, Lifecycle
 from ollama_proxy.front.record import RequestRecord, attach, record_of
 from ollama_proxy.front.stream_limits import STREAMING_ENDPOINTS, StreamLimiter
+from ollama_proxy.ops.later import later
 from ollama_proxy.ops.logs import log_access
 from ollama_proxy.ops.metrics import Metrics
 from ollama_proxy.wire.jsontext import parse_json
@@ -168,12 +169,18 @@ class Gate:
         return record
 
     def finished(self, result: Any, request: Any, record: RequestRecord) -> None:
-        """The one place a finished request is observed: its record is complete, then
-        each observer (and the access log) gets it."""
+        """The one place a finished request is observed. Its end and status are taken
+        now; the rest waits until the answer has been sent (see :mod:`ollama_proxy.ops.later`)."""
         try:
             record.finished = self.clock.seconds()
             # 499: the client closed the connection before the answer was complete.
             record.status = 499 if isinstance(result, Failure) else (request.code or 200)
+        finally:
+            later(self.clock).call(self._observe, record)
+
+    def _observe(self, record: RequestRecord) -> None:
+        """The record is completed, then each observer (and the access log) gets it."""
+        try:
             record.run_finish_callbacks()
             observers = [*self.observers, log_access] if self.access_log else self.observers
             for observe in observers:

@@ -1,4 +1,5 @@
-"""Work that may wait for the sockets being closed now: a client's leaving, unwound later.
+"""Work that may wait for the sockets being closed now: a client's leaving, unwound later;
+a finished request's bookkeeping, done once its answer has been sent.
 
 A client that leaves mid-stream costs two things: closing its upstream connection
 (cheap, and what stops the provider generating) and unwinding its request (the
@@ -9,6 +10,15 @@ it runs two reactor turns after it was queued at the earliest (after the poll
 that closes the upstream sockets stopped in the meantime), and at most
 ``budget`` seconds of it per turn, so the reactor keeps polling, and closing,
 while a burst is unwound.
+
+A finished request's bookkeeping (its record completed, the access line, the
+metrics and ledger observers, and its release from what a drain waits for) is
+queued the same way: the answer was only buffered when the request finished and
+is sent in the next poll, so work done before that poll is latency the client
+waits for, like nginx's log phase after the response.
+
+When the reactor shuts down, whatever is still queued runs at once, before the
+services stop (no access line, counter or ledger row is lost to a stop).
 """
 
 from __future__ import annotations
@@ -19,7 +29,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorCore, IReactorTime
 from twisted.logger import Logger
 
 log = Logger()
@@ -52,6 +62,22 @@ class Later:
         if self._tick is None:
             self._tick = self._clock.callLater(0, self._run)
 
+    def flush(self) -> None:
+        """Run everything queued now, in order (the reactor is shutting down), and
+        what that queues meanwhile."""
+        while self._ready or self._aging or self._incoming:
+            pending = [*self._ready, *self._aging, *self._incoming]
+            self._ready.clear()
+            self._aging, self._incoming = [], []
+            for fn, args in pending:
+                try:
+                    fn(*args)
+                except Exception:  # noqa: BLE001 - one failed call must not keep the others queued
+                    log.failure("deferred cleanup {fn!r} failed", fn=fn)
+        if self._tick is not None and self._tick.active():
+            self._tick.cancel()
+        self._tick = None
+
     def _run(self) -> None:
         # self._tick stays set while this runs: a call queued meanwhile schedules no second run.
         ready = self._ready
@@ -78,4 +104,6 @@ def later(clock: IReactorTime) -> Later:
     queue = _QUEUES.get(clock)
     if queue is None:
         queue = _QUEUES[clock] = Later(clock)
+        if IReactorCore.providedBy(clock):
+            clock.addSystemEventTrigger("before", "shutdown", queue.flush)
     return queue
