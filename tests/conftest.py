@@ -25,7 +25,7 @@ from twisted.protocols.policies import TimeoutMixin
 
 from ollama_proxy.config.providers import RetryConfig
 from ollama_proxy.config.settings import Config, OpenRouterConfig, Timeouts, load_config
-from ollama_proxy.ops.later import later
+from ollama_proxy.ops.later import flush
 from ollama_proxy.service import ProxyService, makeService
 
 from .anthropic_simulator import AnthropicSimulator
@@ -184,7 +184,7 @@ def _bookkeeping_done_within_its_test() -> Any:
     reactor until its answer has been sent (``ollama_proxy.ops.later``): what a test left
     queued is done when the test ends, not inside whichever test spins the reactor next."""
     yield
-    later(global_reactor).flush()
+    flush(global_reactor)
 
 
 def in_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[Any]:

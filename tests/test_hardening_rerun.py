@@ -20,7 +20,7 @@ from ollama_proxy.config.credentials import ClientToken
 from ollama_proxy.config.ops import AuthConfig, LimitsConfig, OpsConfig
 from ollama_proxy.config.providers import ProviderConfig
 from ollama_proxy.errors import BadRequest
-from ollama_proxy.ops.later import later
+from ollama_proxy.ops.later import flush
 from ollama_proxy.providers.echo import embed_text
 from ollama_proxy.service import makeService
 from ollama_proxy.wire.request_body import MAX_EMBEDDING_DIMENSIONS
@@ -190,7 +190,7 @@ def test_an_unauthenticated_upload_is_refused_at_its_headers(guarded_site, clock
         assert status == b"HTTP/1.1 401 Unauthorized", transport.value()[:200]
         assert b"100 Continue" not in transport.value()
         assert headers["connection"] == "close" and body["type"] == "unauthorized"
-    later(reactor).flush()  # the access lines are written once the answers are sent (a reactor turn on)
+    flush(reactor)  # the access lines are written once the answers are sent (a reactor turn on)
     assert [(e["status"], e["path"]) for e in access_events] == [(401, "/api/show"), (401, "/api/show")]
     # With its token, the same upload is read and served.
     channel, transport = connect(guarded_site)
@@ -203,7 +203,7 @@ def test_a_client_that_hangs_up_in_the_middle_of_its_body_gets_an_access_line(si
     channel, transport = connect(site)
     channel.dataReceived(SLOW_UPLOAD + b'\r\n{"mo')
     channel.connectionLost(None)
-    later(reactor).flush()
+    flush(reactor)
     assert [(e["status"], e["method"], e["path"]) for e in access_events] == [(499, "POST", "/api/show")]
     idle, _ = connect(site)
     idle.connectionLost(None)  # a connection that sent nothing is no request
@@ -214,7 +214,7 @@ def test_an_http_1_1_request_without_host_is_a_400(site, access_events):
     channel, transport = connect(site)
     channel.dataReceived(b"GET /api/version HTTP/1.1\r\n\r\n")
     status, _, body = answer(transport)
-    later(reactor).flush()
+    flush(reactor)
     assert status == b"HTTP/1.1 400 Bad Request"
     assert body == {"error": "missing required Host header", "type": "invalid_request"}
     assert [(e["status"], e["path"]) for e in access_events] == [(400, "/api/version")]

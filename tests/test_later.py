@@ -7,7 +7,7 @@ from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 from zope.interface import implementer
 
-from ollama_proxy.ops.later import Later, later
+from ollama_proxy.ops.later import Later, after_send, flush, later
 
 
 class Turns(Clock):
@@ -116,15 +116,26 @@ class StoppableClock(Clock):
 
 def test_what_is_queued_when_the_reactor_stops_runs_before_the_services_stop():
     clock = StoppableClock()
-    queue = later(clock)
     ran: list[str] = []
-    queue.call(ran.append, "access line")
-    [(phase, event, fn)] = clock.triggers
+    later(clock).call(ran.append, "unwound")
+    after_send(clock).call(ran.append, "access line")
+    [(phase, event, fn)] = clock.triggers  # one trigger for both queues
     assert (phase, event) == ("before", "shutdown")
-    fn()
-    assert ran == ["access line"]
-    later(clock)  # the same queue: no second trigger
-    assert len(clock.triggers) == 1
+    fn(clock)
+    assert sorted(ran) == ["access line", "unwound"]
+    assert clock.getDelayedCalls() == []
+
+
+def test_the_bookkeeping_queue_has_no_budget_so_no_backlog_builds_up():
+    clock = Turns()
+    queue = after_send(clock)
+    assert queue is after_send(clock) and queue is not later(clock)
+    ran: list[int] = []
+    for i in range(5000):
+        queue.call(ran.append, i)
+    clock.turn()
+    clock.turn()
+    assert ran == list(range(5000)) and clock.getDelayedCalls() == []
 
 
 def test_a_finished_requests_bookkeeping_waits_until_its_answer_is_sent(simulator, access_events):
@@ -140,6 +151,6 @@ def test_a_finished_requests_bookkeeping_waits_until_its_answer_is_sent(simulato
     channel.dataReceived(b"GET /api/version HTTP/1.1\r\nHost: localhost\r\n\r\n")
     assert transport.value().startswith(b"HTTP/1.1 200 OK")  # buffered for the next poll to send
     assert access_events == [] and service.lifecycle.in_flight == 1
-    later(reactor).flush()  # what the reactor does two turns on
+    flush(reactor)  # what the reactor does two turns on
     assert [(e["status"], e["path"]) for e in access_events] == [(200, "/api/version")]
     assert service.lifecycle.in_flight == 0  # a drain waits for the bookkeeping too

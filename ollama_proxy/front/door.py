@@ -46,7 +46,7 @@ from ollama_proxy.front.cors import OriginPolicy, check_host
 from ollama_proxy.front.lifecycle import SHUTTING_DOWN, Lifecycle
 from ollama_proxy.front.record import RequestRecord, attach, record_of
 from ollama_proxy.front.stream_limits import STREAMING_ENDPOINTS, StreamLimiter
-from ollama_proxy.ops.later import later
+from ollama_proxy.ops.later import after_send
 from ollama_proxy.ops.logs import log_access
 from ollama_proxy.ops.metrics import Metrics
 from ollama_proxy.wire.jsontext import parse_json
@@ -176,7 +176,7 @@ class Gate:
             # 499: the client closed the connection before the answer was complete.
             record.status = 499 if isinstance(result, Failure) else (request.code or 200)
         finally:
-            later(self.clock).call(self._observe, record)
+            after_send(self.clock).call(self._observe, record)
 
     def _observe(self, record: RequestRecord) -> None:
         """The record is completed, then each observer (and the access log) gets it."""

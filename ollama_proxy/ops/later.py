@@ -12,10 +12,12 @@ that closes the upstream sockets stopped in the meantime), and at most
 while a burst is unwound.
 
 A finished request's bookkeeping (its record completed, the access line, the
-metrics and ledger observers, and its release from what a drain waits for) is
-queued the same way: the answer was only buffered when the request finished and
-is sent in the next poll, so work done before that poll is latency the client
-waits for, like nginx's log phase after the response.
+metrics and ledger observers, and its release from what a drain waits for) waits
+the same two turns, in a queue of its own with no budget (:func:`after_send`):
+the answer was only buffered when the request finished and is sent in the next
+poll, so work done before that poll is latency the client waits for, like nginx's
+log phase after the response. No budget, because what finishes in a turn is
+bounded by that turn's I/O, and a budget would let a backlog grow under load.
 
 When the reactor shuts down, whatever is still queued runs at once, before the
 services stop (no access line, counter or ledger row is lost to a stop).
@@ -23,6 +25,7 @@ services stop (no access line, counter or ledger row is lost to a stop).
 
 from __future__ import annotations
 
+import math
 import time
 import weakref
 from collections import deque
@@ -95,15 +98,33 @@ class Later:
         self._tick = self._clock.callLater(0, self._run) if ready or self._aging or self._incoming else None
 
 
-_QUEUES: weakref.WeakKeyDictionary[Any, Later] = weakref.WeakKeyDictionary()
+_QUEUES: weakref.WeakKeyDictionary[Any, dict[float, Later]] = weakref.WeakKeyDictionary()
+
+
+def _queue(clock: IReactorTime, budget: float) -> Later:
+    queues = _QUEUES.get(clock)
+    if queues is None:
+        queues = _QUEUES[clock] = {}
+        if IReactorCore.providedBy(clock):
+            clock.addSystemEventTrigger("before", "shutdown", flush, clock)
+    queue = queues.get(budget)
+    if queue is None:
+        queue = queues[budget] = Later(clock, budget)
+    return queue
 
 
 def later(clock: IReactorTime) -> Later:
-    """The one queue of ``clock`` (the reactor's is shared by everything running on it,
-    so its budget holds for all of them together)."""
-    queue = _QUEUES.get(clock)
-    if queue is None:
-        queue = _QUEUES[clock] = Later(clock)
-        if IReactorCore.providedBy(clock):
-            clock.addSystemEventTrigger("before", "shutdown", queue.flush)
-    return queue
+    """The one unwinding queue of ``clock`` (the reactor's is shared by everything running
+    on it, so its budget holds for all of them together)."""
+    return _queue(clock, DEFAULT_BUDGET)
+
+
+def after_send(clock: IReactorTime) -> Later:
+    """The bookkeeping queue of ``clock``: two turns on, everything ready each turn."""
+    return _queue(clock, math.inf)
+
+
+def flush(clock: IReactorTime) -> None:
+    """Run what every queue of ``clock`` holds, now (at shutdown; a test's end)."""
+    for queue in list(_QUEUES.get(clock, {}).values()):
+        queue.flush()
