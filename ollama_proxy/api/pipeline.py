@@ -42,6 +42,7 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 
 from ollama_proxy.api.relay import ChatRelay, Translator
+from ollama_proxy.api.routes import sized
 from ollama_proxy.config.settings import Config
 from ollama_proxy.errors import BadRequest, ErrorDialect, RequestTooLarge, error_response
 from ollama_proxy.front.door import token_models
@@ -115,7 +116,7 @@ class Pipeline:
 
     def fail(self, request: IRequest, failure: Failure, dialect: ErrorDialect) -> bytes | None:
         """The error answer for whatever a route raised (the Klein apps' one error handler)."""
-        return error_response(request, failure, record_of(request).dialect or dialect)
+        return sized(error_response(request, failure, record_of(request).dialect or dialect), request)
 
     # -- the request ----------------------------------------------------------------
     def body(self, request: IRequest) -> dict[str, Any]:

@@ -72,6 +72,15 @@ class Routes:
         return decorate
 
 
+def sized(body: Any, request: Any) -> Any:
+    """A whole answer (bytes a route returns for Klein to write) goes with its
+    Content-Length, as Ollama's Go server sends one: not chunked, so a client reads it
+    in one piece and Twisted writes no last chunk."""
+    if isinstance(body, bytes) and not request.startedWriting:
+        request.setHeader(b"content-length", b"%d" % len(body))
+    return body
+
+
 def observed(endpoint: str, dialect: ErrorDialect | None = None) -> Callable[[Handler], Handler]:
     """Wrap a route of an object with a ``pipeline``: count it, and make it cuttable."""
 
@@ -83,8 +92,8 @@ def observed(endpoint: str, dialect: ErrorDialect | None = None) -> Callable[[Ha
             self.pipeline.observe(request, endpoint)
             result = handler(self, request, *args, **kwargs)
             if hasattr(result, "__await__"):
-                return self.pipeline.track(request, ensureDeferred(result))
-            return result
+                return self.pipeline.track(request, ensureDeferred(result)).addCallback(sized, request)
+            return sized(result, request)
 
         return wrapper
 
