@@ -1,5 +1,5 @@
-"""A whole answer (not streamed) goes with its Content-Length, as Ollama's Go server
-sends it; a stream stays chunked. Read with raw HTTP, where the framing shows."""
+"""A whole answer (not streamed) is compact JSON with its Content-Length, as Ollama's
+Go server sends it; a stream stays chunked. Read with raw HTTP, where the framing shows."""
 
 import json
 
@@ -39,7 +39,8 @@ async def test_a_non_streamed_answer_has_its_length_on_every_surface(proxy):
         assert code == 200, (path, content)
         assert "transfer-encoding" not in headers, path
         assert int(headers["content-length"]) == len(content), path
-        json.loads(content)
+        # Compact, as Go's encoding/json writes it (and not ASCII-escaped).
+        assert content == json.dumps(json.loads(content), separators=(",", ":"), ensure_ascii=False).encode(), path
 
 
 @pytest_twisted.ensureDeferred

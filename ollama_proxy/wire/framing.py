@@ -39,13 +39,12 @@ class NonFiniteNumber(ValueError):
         super().__init__("the upstream sent a number JSON cannot carry (NaN or Infinity)")
 
 
-# ``json.dumps(obj, ensure_ascii=False, allow_nan=False[, separators=...])``'s encoders, made
+# ``json.dumps(obj, ensure_ascii=False, allow_nan=False, separators=...)``'s encoder, made
 # once: json.dumps builds one per call when given options.
-_SPACED = json.JSONEncoder(ensure_ascii=False, allow_nan=False)
 _COMPACT = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
 
-def _json_text(obj: Any, encoder: json.JSONEncoder = _SPACED) -> str:
+def _json_text(obj: Any, encoder: json.JSONEncoder = _COMPACT) -> str:
     try:
         return encoder.encode(obj)
     except ValueError as error:
@@ -63,8 +62,8 @@ def utf8(text: str) -> bytes:
 
 
 def dumps(obj: Any) -> bytes:
-    """``obj`` as UTF-8 JSON text, as Ollama writes a whole answer."""
-    return utf8(_json_text(obj))
+    """``obj`` as a whole answer's UTF-8 JSON: compact, as Ollama's Go server writes it."""
+    return compact(obj)
 
 
 def compact(obj: Any) -> bytes:
