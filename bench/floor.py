@@ -43,11 +43,11 @@ VARIANTS = [
 ]
 
 
-def _wait_listening(port: int, timeout: float = 20.0) -> None:
+def _wait_listening(port: int, timeout: float = 20.0, url: str | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            request = urllib.request.Request(f"http://127.0.0.1:{port}/api/chat", data=b"{}", method="POST")
+            request = urllib.request.Request(url or f"http://127.0.0.1:{port}/api/chat", data=b"{}", method="POST")
             with urllib.request.urlopen(request, timeout=2) as answer:
                 if answer.status == 200:
                     return
@@ -115,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         c = args.connections
         print(f"the floor: CPU per request of a bare server with no proxy logic (wrk c{c}, keep-alive, nginx upstream)")
         print(f"load average {os.getloadavg()[0]:.2f} at start; {seconds} s a variant")
+        _wait_listening(upstream.port, url=upstream_url)
         _wrk(wrk, script, upstream_url, 1, c)
         direct = _wrk(wrk, script, upstream_url, seconds, c)[1]
         print(f"  {'direct':<11} {'':>6}     p50 {direct:6.3f} ms  wrk straight to nginx")
