@@ -117,3 +117,36 @@ async def test_stopping_does_not_wait_for_a_health_check_or_refresh_in_flight(ma
     assert len(simulator.held_model_requests) == 2
     await within(proxy.service.stopService(), "the stop", timeout=10)
     assert not proxy.service.refresh_timer.running and not proxy.service.health_timer.running
+
+
+def test_a_connection_asks_for_its_local_address_once(simulator):
+    # Twisted's Request asks for the channel's local address as it is built: a
+    # getsockname() call per request, for an address a connection never changes.
+    from twisted.internet import reactor
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.testing import StringTransport
+
+    from ollama_proxy.service import makeService
+
+    from .conftest import base_config
+
+    class Counting(StringTransport):
+        asked = 0
+
+        def getHost(self) -> Any:
+            self.asked += 1
+            return super().getHost()
+
+    site = makeService(base_config(simulator), reactor).site
+    channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+    transport = Counting(hostAddress=IPv4Address("TCP", "127.0.0.1", 11434))
+    channel.makeConnection(transport)
+    try:
+        for _ in range(3):
+            channel.dataReceived(b"GET /api/version HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        assert transport.value().count(b"HTTP/1.1 200 OK") == 3
+        assert transport.asked == 1
+        assert channel.getHost() == IPv4Address("TCP", "127.0.0.1", 11434)
+    finally:
+        channel.setTimeout(None)
+        channel.connectionLost(None)

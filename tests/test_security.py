@@ -242,3 +242,20 @@ def test_host_names_that_are_this_machine():
     assert host_allowed(None) and host_allowed("localhost:11434") and host_allowed("app.localhost")
     assert host_allowed("10.0.0.7:11434") and host_allowed("0.0.0.0")
     assert not host_allowed("example.com") and not host_allowed("8.8.8.8:11434")
+
+
+def test_a_forked_worker_makes_request_ids_of_its_own():
+    import os
+
+    from ollama_proxy.front.door import random_request_id
+
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next id, then out at once (no pytest teardown in a fork)
+        os.write(write, random_request_id().encode())
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 64).decode()
+    os.waitpid(pid, 0)
+    os.close(read)
+    assert len(child) == 32 and child != random_request_id()

@@ -67,6 +67,7 @@ class LimitedChannel(HTTPChannel):
         "_partial_request",  # bytes of a request whose headers are not complete yet
         "_silenced",  # answered and closing: whatever else the client sends is ignored
         "_header_bytes",  # header bytes of the request being read
+        "_host",  # the connection's local address, asked once (every request object asks)
     ) + TWISTED_CHANNEL_NAMES
     site: ProxySite
 
@@ -83,8 +84,17 @@ class LimitedChannel(HTTPChannel):
         self._partial_request = False
         self._silenced = False
         self._header_bytes = 0
+        self._host: Any = None
         set_twisted_channel_defaults(self)
         super().__init__(*args, **kwargs)
+
+    def getHost(self) -> Any:
+        # Twisted's Request asks for it as it is built, a getsockname() call per request;
+        # a connection's local address does not change.
+        host = self._host
+        if host is None:
+            host = self._host = super().getHost()
+        return host
 
     def connectionMade(self) -> None:
         limit = getattr(self.site, "max_header_bytes", DEFAULT_MAX_HEADER_BYTES)
