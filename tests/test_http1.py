@@ -49,7 +49,8 @@ CHUNKED = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\none\r\n3\r
 
 class CannedServer(Protocol):
     """Answers each request (a head ending in a blank line; bodies are ignored) with
-    the server's next canned answer; ``None`` answers nothing; ``b"CLOSE"`` closes."""
+    the server's next canned answer; ``None`` answers nothing; ``b"CLOSE"`` closes;
+    ``b"CUT:" + bytes`` writes the bytes, then closes."""
 
     def connectionMade(self) -> None:
         self.factory.connections.append(self)  # type: ignore[attr-defined]
@@ -62,6 +63,9 @@ class CannedServer(Protocol):
         factory.heads.append(data)
         answer = factory.answers.pop(0) if factory.answers else OK
         if answer == b"CLOSE":
+            self.transport.loseConnection()  # type: ignore[union-attr]
+        elif answer is not None and answer.startswith(b"CUT:"):
+            self.transport.write(answer[4:])  # type: ignore[union-attr]
             self.transport.loseConnection()  # type: ignore[union-attr]
         elif answer is not None:
             self.transport.write(answer)  # type: ignore[union-attr]
@@ -219,6 +223,37 @@ async def test_a_close_before_any_answer_is_response_never_received(servers):
     server, pool = servers(b"CLOSE")
     with pytest.raises(ResponseNeverReceived):
         await pool.request(b"POST", b"/x", b"", b"{}")
+    assert len(server.connections) == 1  # a new connection's close is an answer of sorts: not retried
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_reused_connection_closed_as_the_request_came_is_retried_once_on_a_new_one(servers):
+    # The upstream's keep-alive time ran out just as the pool reused the connection: the
+    # server closes it without reading the request. Sent again on a new connection.
+    server, pool = servers(OK, b"CLOSE", OK)
+    await fetch(pool)
+    response, body, reason = await fetch(pool)
+    assert response.code == 200 and b"".join(body.reads) == b"hello" and reason.check(ResponseDone)
+    assert len(server.connections) == 2 and len(server.heads) == 3
+    assert server.heads[1] == server.heads[2]  # the same request, whole, again
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_retry_is_made_once(servers):
+    server, pool = servers(OK, b"CLOSE", b"CLOSE")
+    await fetch(pool)
+    with pytest.raises(ResponseNeverReceived):
+        await pool.request(b"POST", b"/x", b"", b"{}")
+    assert len(server.connections) == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_reused_connection_closed_amid_an_answer_is_not_retried(servers):
+    server, pool = servers(OK, b"CUT:HTTP/1.1 200 OK\r\nContent-")
+    await fetch(pool)
+    with pytest.raises(ResponseNeverReceived):
+        await pool.request(b"POST", b"/x", b"", b"{}")
+    assert len(server.connections) == 1  # an upstream that began to answer may have done the work
 
 
 @pytest_twisted.ensureDeferred

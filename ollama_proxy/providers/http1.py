@@ -18,7 +18,13 @@ to an ``IProtocol`` exactly as Twisted's own client does (``ResponseDone``,
 ``PotentialDataLoss`` or ``ResponseFailed`` at the end, the response itself as the
 body's push producer), so the stream readers work over either client. The pieces of
 one TCP read are handed on as one ``dataReceived`` (one relay write per read).
-Nothing is retried here: a POST is not idempotent, retries are the router's call.
+Retries are the router's call (a POST is not idempotent), with one exception: a pooled
+connection the upstream closed just as a request was written on it (its keep-alive time
+ran out: uvicorn's is 5 s, nginx's 75 s), closed without one byte of an answer, gets
+the request again on a new connection. That close is the server giving up an idle
+connection, not an answer; left to the router, it was a failed attempt counted against
+the provider's breaker. (Go's and Twisted's clients retry only idempotent requests there;
+httpcore checks the socket before reuse, which leaves the same race open.)
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 from hyperlink import EncodedURL
 from twisted.internet.defer import CancelledError, Deferred, DeferredList
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.error import ConnectingCancelledError
+from twisted.internet.error import ConnectingCancelledError, ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.ssl import optionsForClientTLS
@@ -44,6 +50,10 @@ MAX_HEAD_BYTES = 64 * 1024  # an answer's status line and headers (Twisted's cli
 
 class UpstreamProtocolError(Exception):
     """The upstream's bytes are not an HTTP/1.1 response."""
+
+
+class ClosedBeforeAnswer(ResponseNeverReceived):
+    """The upstream closed (or reset) the connection without a byte of an answer."""
 
 
 def uri_form(text: str) -> str:
@@ -253,7 +263,10 @@ class _Connection(Protocol):
         waiting, self._waiting = self._waiting, None
         response, self._response = self._response, None
         if waiting is not None and not waiting.called:
-            waiting.errback(Failure(ResponseNeverReceived([reason])))
+            if self._head == 0 and not self._interim and reason.check(ConnectionDone, ConnectionLost):
+                waiting.errback(Failure(ClosedBeforeAnswer([reason])))  # not one byte of an answer
+            else:
+                waiting.errback(Failure(ResponseNeverReceived([reason])))
         elif response is not None:
             if self._complete:
                 response._ended(Failure(ResponseDone("Response body fully received")))
@@ -319,8 +332,13 @@ class HTTP1Pool:
                 connection.idle_timer = None
                 if timer.active():
                     timer.cancel()
-            return connection.send(data)
+            return connection.send(data).addErrback(self._closed_while_reused, data)
         return self._connect(data)
+
+    def _closed_while_reused(self, failure: Failure, data: bytes) -> Any:
+        if failure.check(ClosedBeforeAnswer) and not self._closed:
+            return self._connect(data)  # once, on a new connection (see the module's doc)
+        return failure
 
     def _connect(self, data: bytes) -> Deferred[UpstreamResponse]:
         connecting = self._endpoint.connect(self._factory)
