@@ -227,6 +227,19 @@ async def test_a_close_before_any_answer_is_response_never_received(servers):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_chunked_bodys_trailers_are_ignored(servers):
+    trailers = b"".join(b"X-Trailer-%d: %s\r\n" % (i, b"v" * 100) for i in range(2000))  # 230 KB of them
+    server, pool = servers(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n" + trailers + b"\r\n"
+    )
+    response, body, reason = await fetch(pool)
+    assert b"".join(body.reads) == b"hello" and reason.check(ResponseDone)
+    assert [name for name, _ in response.headers.getAllRawHeaders()] == [b"Transfer-Encoding"]
+    await fetch(pool)  # and the connection is reused
+    assert len(server.connections) == 1
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_reused_connection_closed_as_the_request_came_is_retried_once_on_a_new_one(servers):
     # The upstream's keep-alive time ran out just as the pool reused the connection: the
     # server closes it without reading the request. Sent again on a new connection.

@@ -217,6 +217,10 @@ class _Connection(Protocol):
         self._phrase += status
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._response is not None:
+            # A chunked body's trailer: ignored, as Twisted's client ignores it (kept, it went
+            # into the answer's headers, without a bound).
+            return
         self._raw.append((name, value))
         lower = name.lower()
         if lower == b"content-length" or (lower == b"transfer-encoding" and b"chunked" in value.lower()):
