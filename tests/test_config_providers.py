@@ -171,6 +171,43 @@ def test_bad_sections_name_the_key(tmp_path, text, message):
     assert message in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    "text, environ, where",
+    [
+        (
+            '[[providers]]\nname = "x"\ntype = "openai"\nbase_url = "https://me:s3cret@llm.example/v1"\n',
+            {},
+            "providers[0].base_url",
+        ),
+        ('[openai]\nbase_url = "http://me:s3cret@llm.example/v1"\n', {}, "openai.base_url"),
+        ("", {"OPENAI_API_KEY": "sk-o", "OPENAI_BASE_URL": "http://me:s3cret@x/v1"}, "OPENAI_BASE_URL"),
+        ('[openrouter]\nbase_url = "https://me:s3cret@openrouter.ai/api/v1"\n', {}, "openrouter.base_url"),
+        ("", {"OPENROUTER_BASE_URL": "https://:s3cret@openrouter.ai/api/v1"}, "OPENROUTER_BASE_URL"),
+    ],
+)
+def test_a_base_url_with_credentials_is_refused_without_showing_them(tmp_path, text, environ, where):
+    # They were sent as part of the host (user:@llm.example: every request failed to
+    # resolve it) and shown wherever the URL is.
+    with pytest.raises(ConfigError) as caught:
+        load_config(environ=environ, config_file=write(tmp_path, text))
+    assert f"'{where}' must not hold credentials" in str(caught.value)
+    assert "s3cret" not in str(caught.value)
+
+
+@pytest.mark.parametrize("url", ["llm.example/v1", "ftp://llm.example/v1", "https:///v1", "http://llm.example:port/v1"])
+def test_a_base_url_must_be_http_with_a_host(tmp_path, url):
+    text = f'[[providers]]\nname = "x"\ntype = "openai"\nbase_url = "{url}"\n'
+    with pytest.raises(ConfigError) as caught:
+        load_config(environ={}, config_file=write(tmp_path, text))
+    assert "'providers[0].base_url'" in str(caught.value)
+
+
+def test_base_urls_that_are_fine():
+    for url in ("http://127.0.0.1:8000/v1", "https://[::1]:8443/v1", "https://bücher.example/v1", "http://llm"):
+        config = load_config(environ={"OPENAI_API_KEY": "k", "OPENAI_BASE_URL": url})
+        assert config.providers[0].url == url
+
+
 def test_openrouter_routing_settings(tmp_path):
     path = write(
         tmp_path, "[openrouter]\npriority = 5\nenabled = false\nmax_in_flight = 2\nmax_queue = 1\nqueue_timeout = 3\n"

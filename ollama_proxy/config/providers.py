@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -99,6 +100,25 @@ def _read_key(table: BuiltinProviderTable, env: Mapping[str, str], where: str) -
         raise ConfigError(f"'{where}.key_file': cannot read {value}: {error.strerror}") from None
 
 
+def check_base_url(url: str, where: str) -> None:
+    """An upstream's base URL: http or https, a host, and no credentials in it (they
+    would be sent as part of the host and shown wherever the URL is)."""
+    if not url:
+        return  # the type's default
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - a port that is not a number raises here
+    except ValueError:
+        raise ConfigError(f"'{where}' is not a URL") from None
+    if parts.username is not None or parts.password is not None:
+        raise ConfigError(
+            f"'{where}' must not hold credentials (user:password@): give the key as api_key, key_env or"
+            " key_file, or an Authorization header in headers"
+        )
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"'{where}' must be an http:// or https:// URL with a host")
+
+
 def parse_provider(
     table: BuiltinProviderTable, env: Mapping[str, str], where: str, *, name: str, type: str, priority: int
 ) -> ProviderConfig:
@@ -121,6 +141,7 @@ def _listed(table: ProviderTable, env: Mapping[str, str], where: str, priority: 
         raise ConfigError(f"'{where}' needs a name")
     if table.type is None:
         raise ConfigError(f"'{where}.type' must be one of {', '.join(PROVIDER_TYPES)}")
+    check_base_url(table.base_url, f"{where}.base_url")
     return parse_provider(table, env, where, name=table.name, type=table.type, priority=priority)
 
 
@@ -146,6 +167,7 @@ def parse_providers(file: ConfigFile, env: Mapping[str, str]) -> tuple[ProviderC
             changes.update(api_key=env_key, key_source=f"environment variable {prefix}_API_KEY")
         if env_url:
             changes["base_url"] = env_url
+        check_base_url(env_url or provider.base_url, f"{prefix}_BASE_URL" if env_url else f"{builtin}.base_url")
         providers.append(msgspec.structs.replace(provider, **changes))
     for index, entry in enumerate(file.providers):
         providers.append(_listed(entry, env, f"providers[{index}]", priority=10 + index))

@@ -28,6 +28,7 @@ from ollama_proxy.config.providers import (
     ProviderConfig,
     RetryConfig,
     RoutingConfig,
+    check_base_url,
     parse_providers,
     parse_routing,
 )
@@ -170,6 +171,8 @@ def _filter(given: FilterConfig) -> FilterConfig:
 
 def _openrouter(given: OpenRouterConfig, env: Mapping[str, str]) -> OpenRouterConfig:
     """The environment wins over the file for the key and the URL."""
+    env_url = env.get("OPENROUTER_BASE_URL")
+    check_base_url(env_url or given.base_url, "OPENROUTER_BASE_URL" if env_url else "openrouter.base_url")
     return msgspec.structs.replace(
         given,
         api_key=env.get("OPENROUTER_API_KEY") or given.api_key,
