@@ -108,3 +108,18 @@ async def test_a_cut_v1_stream_ends_with_an_sse_error_event(make_proxy, simulato
     last = events[-1][len(b"data: ") :]
     assert json.loads(last)["error"]["message"] == "the server is shutting down: drain deadline of 5 s passed"
     await within(stopped, "the stop")
+
+
+def test_a_records_gone_callback_runs_once_and_only_when_a_door_watches():
+    from ollama_proxy.front.record import RequestRecord
+
+    calls: list[str] = []
+    unwatched = RequestRecord()
+    assert not unwatched.when_gone(lambda: calls.append("unwatched"))  # the caller watches itself
+    unwatched.client_gone()
+    watched = RequestRecord(watched=True)
+    assert watched.when_gone(lambda: calls.append("first attempt"))
+    assert watched.when_gone(lambda: calls.append("retry"))  # a later attempt's relay replaces it
+    watched.client_gone()
+    watched.client_gone()
+    assert calls == ["retry"]

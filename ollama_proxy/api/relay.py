@@ -107,7 +107,8 @@ class ChatRelay:
         self.client_gone = False
         self.failed = False
         self.error: str | None = None  # why the stream ended early, once ``failed``
-        self.request.notifyFinish().addErrback(self._client_left)
+        if not record_of(request).when_gone(self._client_left):
+            self.request.notifyFinish().addErrback(self._client_left)
         self._upstream: IUpstreamStream | None = None
         # Lines of the events of one upstream read, written together when it ends:
         # one write (and one send) per read instead of one per token.
@@ -119,14 +120,14 @@ class ChatRelay:
         redact = getattr(self.provider, "redact", None)
         return SECRET_PATTERNS.redact(redact(message) if callable(redact) else message)
 
-    def _client_left(self, _: Any) -> None:
+    def _client_left(self, _: Any = None) -> None:
         self.client_gone = True
         if self._upstream is not None:
             self._upstream.stopProducing()
 
     @property
     def _connected(self) -> bool:
-        # Klein cancels the handler before our own notifyFinish errback runs, so
+        # Without the front door, Klein cancels the handler before our own notifyFinish errback runs, so
         # ask the request too: a disconnect takes its channel away.
         return not self.client_gone and self.request.channel is not None
 

@@ -172,6 +172,7 @@ class Gate:
             ),
         )
         request.setHeader(b"x-request-id", request_id.encode("latin-1"))
+        record.watched = True
         request.notifyFinish().addBoth(self.finished, request, record)
         return record
 
@@ -181,7 +182,10 @@ class Gate:
         try:
             record.finished = self.clock.seconds()
             # 499: the client closed the connection before the answer was complete.
-            record.status = 499 if isinstance(result, Failure) else (request.code or 200)
+            left = isinstance(result, Failure)
+            record.status = 499 if left else (request.code or 200)
+            if left:
+                record.client_gone()  # first: the relay stops its upstream before anything else runs
         finally:
             after_send(self.clock).call(self._observe, record)
 

@@ -57,6 +57,9 @@ class RequestRecord:
     admission: Any = None
     _cancel: Callable[[], None] | None = field(default=None, repr=False)
     _on_finish: list[Callable[[], None]] = field(default_factory=list, repr=False)
+    # Set by the front door, which tells the record when its client left (see when_gone).
+    watched: bool = field(default=False, repr=False)
+    _on_gone: Callable[[], None] | None = field(default=None, repr=False)
 
     @property
     def duration(self) -> float | None:
@@ -106,6 +109,22 @@ class RequestRecord:
         cancel, self._cancel = self._cancel, None
         cancel()
         return True
+
+    def when_gone(self, callback: Callable[[], None]) -> bool:
+        """Have ``callback`` run as soon as the client leaves before its answer is complete
+        (the relay's, which stops the upstream; a later one replaces it). False when no
+        front door watches this request: the caller must watch it itself. One callback on
+        the door's watch, instead of a Deferred of its own per request (0.56 KB a stream)."""
+        if not self.watched:
+            return False
+        self._on_gone = callback
+        return True
+
+    def client_gone(self) -> None:
+        """The client left before its answer was complete (the front door's call)."""
+        callback, self._on_gone = self._on_gone, None
+        if callback is not None:
+            callback()
 
     def when_finished(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` once the request is finished (slots, counters)."""
