@@ -122,7 +122,21 @@ def tree_cpu_seconds(pid: int) -> float:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time the process has used so far."""
+    """User plus system CPU time the process has used so far: the scheduler's count in
+    nanoseconds (``/proc/PID/task/*/schedstat``) where the kernel keeps it, else
+    ``/proc/PID/stat``'s clock ticks (10 ms each: a 2,000-token stream takes less)."""
+    try:
+        total = 0
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with (
+                contextlib.suppress(FileNotFoundError, ProcessLookupError),
+                open(f"/proc/{pid}/task/{task}/schedstat", encoding="ascii") as schedstat,
+            ):
+                total += int(schedstat.read().split()[0])
+        if total:
+            return total / 1e9
+    except (OSError, ValueError, IndexError):
+        pass
     with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
         fields = stat.read().rsplit(")", 1)[1].split()
     # After the ")" closing the command name, utime and stime are the 12th and 13th fields.
