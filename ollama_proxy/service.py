@@ -23,6 +23,7 @@ from ollama_proxy.front.lifecycle import Lifecycle
 from ollama_proxy.front.listener import ListenerService
 from ollama_proxy.front.site import make_site
 from ollama_proxy.ledger.usage import UsageLedger
+from ollama_proxy.ops.later import flush
 from ollama_proxy.ops.metrics import Metrics
 from ollama_proxy.ops.redaction import Redactor
 from ollama_proxy.ops.stats import Stats
@@ -190,6 +191,8 @@ class ProxyService(MultiService):
         drained = ensureDeferred(self.lifecycle.drain())
         await gatherResults([maybeDeferred(listener.stopService) for listener in self.listeners()], consumeErrors=True)
         await drained
+        # The drained requests' bookkeeping (ops/later.py) is done before the ledger stops.
+        flush(self.reactor)
         for job in list(self._periodic):
             job.cancel()
         await MultiService.stopService(self)

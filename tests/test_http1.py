@@ -37,7 +37,14 @@ from twisted.web.client import PotentialDataLoss, ResponseDone, ResponseFailed, 
 from zope.interface import implementer
 
 from ollama_proxy.config.settings import Timeouts
-from ollama_proxy.providers.http1 import IDLE_SECONDS, MAX_HEAD_BYTES, HTTP1Pool, UpstreamProtocolError, render_headers
+from ollama_proxy.providers.http1 import (
+    IDLE_SECONDS,
+    MAX_HEAD_BYTES,
+    RACE_SECONDS,
+    HTTP1Pool,
+    UpstreamProtocolError,
+    render_headers,
+)
 from ollama_proxy.providers.openai_compat import OpenAICompatibleProvider
 
 from .conftest import http
@@ -249,6 +256,26 @@ async def test_a_reused_connection_closed_as_the_request_came_is_retried_once_on
     assert response.code == 200 and b"".join(body.reads) == b"hello" and reason.check(ResponseDone)
     assert len(server.connections) == 2 and len(server.heads) == 3
     assert server.heads[1] == server.heads[2]  # the same request, whole, again
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_close_long_after_the_request_is_not_a_race_and_not_retried(servers):
+    # A reused connection closed well after the request was written (a middlebox's idle
+    # timeout amid a long generation, an upstream that crashed on it) may have been worked
+    # on: the router decides, the pool does not send the POST again.
+    server = Server(OK, b"CLOSE")
+    clock = Clock()
+    pool = HTTP1Pool(reactor, server.url, connect_timeout=5, max_idle=4, clock=clock)
+    try:
+        await fetch(pool)
+        answer = pool.request(b"POST", b"/x", b"", b"{}")
+        clock.advance(RACE_SECONDS + 0.01)  # before the close reaches the pool
+        with pytest.raises(ResponseNeverReceived):
+            await answer
+        assert len(server.connections) == 1
+    finally:
+        await pool.close()
+        server.port.stopListening()
 
 
 @pytest_twisted.ensureDeferred

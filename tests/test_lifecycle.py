@@ -123,3 +123,28 @@ def test_a_records_gone_callback_runs_once_and_only_when_a_door_watches():
     watched.client_gone()
     watched.client_gone()
     assert calls == ["retry"]
+
+
+def test_a_finished_request_stops_counting_at_once_and_is_not_cut_while_booked(simulator):
+    # Its bookkeeping (and its release from what a drain waits for) waits until its answer
+    # was sent; its generation is not counted by the stream limits meanwhile, and a drain
+    # that runs out then does not cut it (its access line and ledger row would say "cut").
+    from types import SimpleNamespace
+
+    from twisted.internet import reactor
+
+    from ollama_proxy.front.record import RequestRecord
+    from ollama_proxy.ops.later import flush
+    from ollama_proxy.service import makeService
+
+    from .conftest import base_config
+
+    service = makeService(base_config(simulator), reactor)
+    record = RequestRecord(client="127.0.0.1", watched=True, generating=True, stream=True)
+    request = SimpleNamespace(code=200)
+    service.lifecycle.admit(request, record)
+    service.gate.finished(None, request, record)
+    assert service.lifecycle.in_flight == 1 and service.lifecycle.generations("127.0.0.1") == 0
+    assert service.lifecycle.cut_all() == 0 and record.cut_reason is None
+    flush(reactor)
+    assert service.lifecycle.in_flight == 0 and record.status == 200

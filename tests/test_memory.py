@@ -147,3 +147,28 @@ def test_what_a_stream_holds_per_request_has_no_instance_dict():
 
     with_dict = [c.__name__ for c in (ChatCall, _LastAttempt, BreakerCall, _Run, Route, Target) if c.__dictoffset__]
     assert with_dict == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_finished_requests_record_lets_its_relay_go(proxy, simulator):
+    # The relay's hook on the front door's watch (when_gone) is let go when the request
+    # finishes, whether its client stayed or left: the record holding the relay, and the
+    # relay the request, was a reference cycle more per request.
+    from twisted.internet import reactor
+
+    from ollama_proxy.ops.later import flush
+
+    records: list = []
+    proxy.service.gate.observers.append(records.append)
+    body = {"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "stream": False}
+    assert (await http("POST", proxy.url + "/api/chat", body)).code == 200
+    reader = LineReader()
+    aborted = simulator.wait_for_abort()
+    await reader.connect(proxy.port, "/api/chat", {**body, "model": "sim/hold", "stream": True})
+    await reader.wait_for_lines(1)
+    reader.hang_up()
+    await aborted
+    await proxy.service.lifecycle.when_idle()
+    flush(reactor)
+    assert [r.status for r in records] == [200, 499]
+    assert all(r.watched and r._on_gone is None for r in records)

@@ -184,8 +184,11 @@ class Gate:
             # 499: the client closed the connection before the answer was complete.
             left = isinstance(result, Failure)
             record.status = 499 if left else (request.code or 200)
-            if left:
-                record.client_gone()  # first: the relay stops its upstream before anything else runs
+            # First: the relay stops its upstream before anything else runs (or, when the
+            # answer is complete, its hook is let go: it held the relay, a reference cycle).
+            record.client_gone(call=left)
+            # The stream limits count it no longer, now, not once the bookkeeping is done.
+            record.generating = False
         finally:
             after_send(self.clock).call(self._observe, record)
 

@@ -133,7 +133,8 @@ class Lifecycle:
 
     def cut_all(self, reason: str = SHUTTING_DOWN) -> int:
         """Cut every request in flight now; returns how many there were."""
-        entries = list(self._in_flight.values())
+        # A finished request whose bookkeeping is still queued (ops/later.py) is not cut.
+        entries = [entry for entry in self._in_flight.values() if entry[1].finished is None]
         if entries:
             log.warn("cutting {count} requests: {reason}", count=len(entries), reason=reason)
         for request, record in entries:
@@ -147,7 +148,9 @@ def _answer_unavailable(request: Any, record: RequestRecord, reason: str) -> Non
     if getattr(request, "finished", False):
         return
     if not getattr(request, "startedWriting", False):
-        request.write(render_error(request, ServiceUnavailable(reason), record.error_dialect()))
+        body = render_error(request, ServiceUnavailable(reason), record.error_dialect())
+        request.setHeader(b"content-length", b"%d" % len(body))  # a whole answer, as every other
+        request.write(body)
         request.finish()
     else:
         transport = getattr(getattr(request, "channel", None), "transport", None)

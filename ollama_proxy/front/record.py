@@ -120,10 +120,11 @@ class RequestRecord:
         self._on_gone = callback
         return True
 
-    def client_gone(self) -> None:
-        """The client left before its answer was complete (the front door's call)."""
+    def client_gone(self, call: bool = True) -> None:
+        """The request finished (the front door's call): ``call``, its client left before
+        its answer was complete, and the callback runs; either way it is let go."""
         callback, self._on_gone = self._on_gone, None
-        if callback is not None:
+        if call and callback is not None:
             callback()
 
     def when_finished(self, callback: Callable[[], None]) -> None:

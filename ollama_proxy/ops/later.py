@@ -19,8 +19,10 @@ poll, so work done before that poll is latency the client waits for, like nginx'
 log phase after the response. No budget, because what finishes in a turn is
 bounded by that turn's I/O, and a budget would let a backlog grow under load.
 
-When the reactor shuts down, whatever is still queued runs at once, before the
-services stop (no access line, counter or ledger row is lost to a stop).
+What is still queued when a stop has drained the requests runs at once: the proxy's
+service flushes the queues before it stops the ledger (every finished request's row is
+written), and the reactor's shutdown runs what was queued after that (the 503s of a
+drain) once the services have stopped.
 """
 
 from __future__ import annotations
@@ -106,7 +108,7 @@ def _queue(clock: IReactorTime, budget: float) -> Later:
     if queues is None:
         queues = _QUEUES[clock] = {}
         if IReactorCore.providedBy(clock):
-            clock.addSystemEventTrigger("before", "shutdown", flush, clock)
+            clock.addSystemEventTrigger("after", "shutdown", flush, clock)
     queue = queues.get(budget)
     if queue is None:
         queue = queues[budget] = Later(clock, budget)
@@ -125,6 +127,9 @@ def after_send(clock: IReactorTime) -> Later:
 
 
 def flush(clock: IReactorTime) -> None:
-    """Run what every queue of ``clock`` holds, now (at shutdown; a test's end)."""
-    for queue in list(_QUEUES.get(clock, {}).values()):
-        queue.flush()
+    """Run what every queue of ``clock`` holds, now, and what that queues meanwhile in
+    any of them (a stop; a test's end)."""
+    queues = _QUEUES.get(clock, {})
+    while any(len(queue) for queue in list(queues.values())):
+        for queue in list(queues.values()):
+            queue.flush()

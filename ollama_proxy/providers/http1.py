@@ -20,11 +20,12 @@ body's push producer), so the stream readers work over either client. The pieces
 one TCP read are handed on as one ``dataReceived`` (one relay write per read).
 Retries are the router's call (a POST is not idempotent), with one exception: a pooled
 connection the upstream closed just as a request was written on it (its keep-alive time
-ran out: uvicorn's is 5 s, nginx's 75 s), closed without one byte of an answer, gets
-the request again on a new connection. That close is the server giving up an idle
-connection, not an answer; left to the router, it was a failed attempt counted against
-the provider's breaker. (Go's and Twisted's clients retry only idempotent requests there;
-httpcore checks the socket before reuse, which leaves the same race open.)
+ran out: uvicorn's is 5 s, nginx's 75 s), closed without one byte of an answer within
+:data:`RACE_SECONDS` of the write, gets the request again on a new connection. That
+close is the server giving up an idle connection, not an answer; left to the router, it
+was a failed attempt counted against the provider's breaker. (Go's and Twisted's clients
+retry only idempotent requests there; httpcore checks the socket before reuse, which
+leaves the same race open.)
 """
 
 from __future__ import annotations
@@ -46,6 +47,10 @@ from ollama_proxy.providers.http1_response import UpstreamResponse
 
 IDLE_SECONDS = 240.0  # an unused pooled connection is closed after this (Twisted's pool: the same)
 MAX_HEAD_BYTES = 64 * 1024  # an answer's status line and headers (Twisted's client: 16 KiB a line)
+# A close this soon after the request was written is the upstream giving up an idle
+# connection as it was reused (the FIN crossed our request: within a round trip), not
+# an upstream that took the request and failed: only then is it sent again.
+RACE_SECONDS = 0.25
 
 
 class UpstreamProtocolError(Exception):
@@ -106,6 +111,7 @@ class _Connection(Protocol):
         self._head = 0  # bytes of reads that ended inside the answer's head
         self.idle_timer: IDelayedCall | None = None
         self.lost: Deferred[None] | None = None  # made by whoever waits for the close
+        self._sent = 0.0  # when the request being answered was written
 
     # -- the pool's side -----------------------------------------------------------
     def send(self, data: bytes) -> Deferred[UpstreamResponse]:
@@ -113,6 +119,7 @@ class _Connection(Protocol):
         self._response = None
         self._phrase, self._raw, self._framed, self._complete = b"", [], False, False
         self._head = 0
+        self._sent = self._pool._clock.seconds()
         self.transport.write(data)  # type: ignore[union-attr]
         return self._waiting
 
@@ -267,8 +274,13 @@ class _Connection(Protocol):
         waiting, self._waiting = self._waiting, None
         response, self._response = self._response, None
         if waiting is not None and not waiting.called:
-            if self._head == 0 and not self._interim and reason.check(ConnectionDone, ConnectionLost):
-                waiting.errback(Failure(ClosedBeforeAnswer([reason])))  # not one byte of an answer
+            if (
+                self._head == 0
+                and not self._interim
+                and reason.check(ConnectionDone, ConnectionLost)
+                and self._pool._clock.seconds() - self._sent <= RACE_SECONDS
+            ):
+                waiting.errback(Failure(ClosedBeforeAnswer([reason])))  # not one byte of an answer, at once
             else:
                 waiting.errback(Failure(ResponseNeverReceived([reason])))
         elif response is not None:
