@@ -176,3 +176,12 @@ async def test_stopping_closes_the_connections_of_every_provider(make_multi, sim
         assert sim.connections_opened > sim.connections_closed, (sim.connections_opened, sim.connections_closed)
     await proxy.service.stopService()
     await all_closed(simulator, openai_sim)
+
+
+@pytest_twisted.ensureDeferred
+async def test_chat_requests_ask_for_no_content_coding(proxy, simulator):
+    # The lean client reads bodies as they come: it asks for identity (with no
+    # Accept-Encoding at all a server may pick any coding, RFC 9110 12.5.3).
+    await some_traffic(proxy)
+    chats = [r for r in simulator.requests if r.path.endswith("/chat/completions")]
+    assert chats and all(r.headers.get("accept-encoding") == "identity" for r in chats)

@@ -161,11 +161,14 @@ class HTTPProvider:
         return target
 
     def _lean_head(self, headers: Mapping[str, str] | None) -> bytes:
+        # The lean client reads bodies as they are: it asks for no content coding (with no
+        # Accept-Encoding at all, RFC 9110 12.5.3 lets a server pick any); treq asked for gzip
+        # and decoded it.
         if headers:
-            return render_headers({**self._headers(True), **headers})
+            return render_headers({"Accept-Encoding": "identity", **self._headers(True), **headers})
         head = self._head
         if head is None:
-            head = self._head = render_headers(self._headers(True))
+            head = self._head = render_headers({"Accept-Encoding": "identity", **self._headers(True)})
         return head
 
     def _send(

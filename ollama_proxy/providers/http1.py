@@ -18,14 +18,11 @@ to an ``IProtocol`` exactly as Twisted's own client does (``ResponseDone``,
 ``PotentialDataLoss`` or ``ResponseFailed`` at the end, the response itself as the
 body's push producer), so the stream readers work over either client. The pieces of
 one TCP read are handed on as one ``dataReceived`` (one relay write per read).
-Retries are the router's call (a POST is not idempotent), with one exception: a pooled
-connection the upstream closed just as a request was written on it (its keep-alive time
-ran out: uvicorn's is 5 s, nginx's 75 s), closed without one byte of an answer within
-:data:`RACE_SECONDS` of the write, gets the request again on a new connection. That
-close is the server giving up an idle connection, not an answer; left to the router, it
-was a failed attempt counted against the provider's breaker. (Go's and Twisted's clients
-retry only idempotent requests there; httpcore checks the socket before reuse, which
-leaves the same race open.)
+Retries are the router's call (a POST is not idempotent), but for one: a pooled connection
+the upstream closed as a request was written on it (its keep-alive time ran out), without
+a byte of answer within :data:`RACE_SECONDS`, gets the request again on a new connection:
+a server giving up an idle connection, not an answer (left to the router, a failed
+attempt against the provider's breaker). Asked for none (identity), a content coding is refused.
 """
 
 from __future__ import annotations
@@ -47,9 +44,8 @@ from ollama_proxy.providers.http1_response import UpstreamResponse
 
 IDLE_SECONDS = 240.0  # an unused pooled connection is closed after this (Twisted's pool: the same)
 MAX_HEAD_BYTES = 64 * 1024  # an answer's status line and headers (Twisted's client: 16 KiB a line)
-# A close this soon after the request was written is the upstream giving up an idle
-# connection as it was reused (the FIN crossed our request: within a round trip), not
-# an upstream that took the request and failed: only then is it sent again.
+# A close this soon after the write is the FIN of an idle close crossing our request (within
+# a round trip), not an upstream that took the request and failed: only then is it resent.
 RACE_SECONDS = 0.25
 
 
@@ -232,6 +228,10 @@ class _Connection(Protocol):
         lower = name.lower()
         if lower == b"content-length" or (lower == b"transfer-encoding" and b"chunked" in value.lower()):
             self._framed = True
+        elif lower == b"content-encoding" and value.strip().lower() not in (b"", b"identity"):
+            # Asked for identity (the provider sends Accept-Encoding: identity): compressed
+            # bytes would reach the event parser as garbage.
+            raise UpstreamProtocolError(f"the upstream compressed its answer ({value.decode('latin-1')})")
 
     def on_headers_complete(self) -> None:
         code = self._parser.get_status_code()
