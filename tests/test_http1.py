@@ -318,6 +318,21 @@ async def test_an_answer_the_client_cannot_read_fails_the_request(servers, answe
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_compressed_error_answer_keeps_its_status_and_loses_its_detail(servers):
+    # A 429's Retry-After, a 401: what the router needs is in the status and headers.
+    server, pool = servers(
+        b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 3\r\nContent-Encoding: gzip\r\n"
+        b"Content-Length: 4\r\n\r\n\x1f\x8b\x08\x00",
+        OK,
+    )
+    response, body, reason = await fetch(pool)
+    assert response.code == 429 and response.headers.getRawHeaders(b"retry-after") == [b"3"]
+    assert body.reads == [] and reason.check(ResponseDone)
+    response, body, _ = await fetch(pool)  # the next answer on the same connection is read whole
+    assert response.code == 200 and b"".join(body.reads) == b"hello" and len(server.connections) == 1
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_refused_connection_fails_the_request(servers):
     server, pool = servers()
     await server.port.stopListening()
@@ -473,6 +488,19 @@ async def test_a_configured_header_value_beyond_latin1_is_sent_as_utf8(make_mult
     answer = await http("POST", url, body)
     assert answer.code == 200
     assert openai_sim.chat_requests()[-1].headers["x-title"] == title
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_configured_accept_encoding_does_not_replace_identity(make_multi, openai_sim):
+    # The lean client reads no coded body: a gzip asked for by configuration would fail
+    # every chat; identity is sent whatever the configured headers say.
+    upstream = provider(
+        "openai", "openai", openai_sim.base_url, "sk-openai-simulator-key", headers=(("accept-encoding", "gzip"),)
+    )
+    proxy = make_multi([upstream], openrouter=False)
+    body = {"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+    assert (await http("POST", proxy.url + "/v1/chat/completions", body)).code == 200
+    assert openai_sim.chat_requests()[-1].headers["accept-encoding"] == "identity"
 
 
 @implementer(IHostResolution)

@@ -18,7 +18,7 @@ from urllib.parse import unquote_to_bytes
 # The checks below delete the allowed bytes (``bytes.translate``, in C) and look at what is
 # left, instead of testing each byte in Python (a typical head's checks: 9.1 -> 7.7 us).
 _TCHAR = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-_TARGET_BYTES = bytes(range(33, 177))  # Twisted's own bound: it refuses bytes above 0o176 and controls
+_TARGET_BYTES = bytes(range(33, 177))  # Twisted's own bound: it refuses controls and bytes above 176
 _VERSIONS = (b"HTTP/1.0", b"HTTP/1.1")
 
 

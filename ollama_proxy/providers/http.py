@@ -62,6 +62,10 @@ def _retry_after(value: str | None) -> float | None:
         return None  # an HTTP date: rare from APIs; the caller's own backoff applies
 
 
+# What the lean client asks for, over any configured Accept-Encoding (see _lean_head).
+IDENTITY = {"Accept-Encoding": "identity"}
+
+
 class _URI(EncodedURL):
     """An upstream URL already in URI form: treq turns every request's URL into a URI
     (``to_uri``: IDNA for the host, each part re-encoded), 50 us a call for the same few
@@ -161,14 +165,14 @@ class HTTPProvider:
         return target
 
     def _lean_head(self, headers: Mapping[str, str] | None) -> bytes:
-        # The lean client reads bodies as they are: it asks for no content coding (with no
-        # Accept-Encoding at all, RFC 9110 12.5.3 lets a server pick any); treq asked for gzip
-        # and decoded it.
+        # The lean client reads bodies as they are: it asks for no content coding, whatever
+        # the configured headers say (with no Accept-Encoding at all, RFC 9110 12.5.3 lets a
+        # server pick any); treq asked for gzip and decoded it.
         if headers:
-            return render_headers({"Accept-Encoding": "identity", **self._headers(True), **headers})
+            return render_headers({**self._headers(True), **headers, **IDENTITY})
         head = self._head
         if head is None:
-            head = self._head = render_headers({"Accept-Encoding": "identity", **self._headers(True)})
+            head = self._head = render_headers({**self._headers(True), **IDENTITY})
         return head
 
     def _send(

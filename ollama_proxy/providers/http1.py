@@ -101,6 +101,7 @@ class _Connection(Protocol):
         self._parts: list[bytes] | None = None
         self._complete = False
         self._interim = False  # a 1xx answer is being parsed: not the one waited for
+        self._drop = False  # the answer's body is coded (an error's detail): not handed on
         self._keep = False
         self._closing = False
         self._paused = False  # by the body's reader (backpressure)
@@ -134,11 +135,9 @@ class _Connection(Protocol):
 
     def stop(self) -> None:
         """A reader's stop: the connection closes, unless the answer is already complete.
-
-        As Twisted's client does it: the transport's ``stopProducing`` closes the TCP
-        connection, beneath TLS too. TLS's own close waits for the upstream's
-        close_notify, which a paused connection never reads and an upstream amid an
-        answer may never send: the upstream went on generating."""
+        As Twisted's client does it, ``stopProducing`` closes the TCP connection beneath TLS
+        too: TLS's own close waits for a close_notify that a paused connection never reads
+        and an upstream amid an answer may never send (it went on generating)."""
         if not self._complete and not self._closing:
             self._closing = True
             self.transport.stopProducing()  # type: ignore[union-attr]
@@ -191,11 +190,10 @@ class _Connection(Protocol):
             response._data(parts[0] if len(parts) == 1 else b"".join(parts))
         if self._complete:
             self._response = None
-            # A reader that paused it is done with it: the next answer must be read, and
-            # a TLS close must read the upstream's close_notify.
+            # A reader that paused it is done with it: the next answer (or a TLS close_notify)
+            # must be read. Back in the pool before the reader hears of the end: what it does
+            # next (another request) finds the connection free.
             self.resume()
-            # Back in the pool before the reader hears of the end: what it does next
-            # (another request) finds the connection free.
             if self._keep and not self._closing:
                 self._pool._release(self)
             else:
@@ -228,10 +226,6 @@ class _Connection(Protocol):
         lower = name.lower()
         if lower == b"content-length" or (lower == b"transfer-encoding" and b"chunked" in value.lower()):
             self._framed = True
-        elif lower == b"content-encoding" and value.strip().lower() not in (b"", b"identity"):
-            # Asked for identity (the provider sends Accept-Encoding: identity): compressed
-            # bytes would reach the event parser as garbage.
-            raise UpstreamProtocolError(f"the upstream compressed its answer ({value.decode('latin-1')})")
 
     def on_headers_complete(self) -> None:
         code = self._parser.get_status_code()
@@ -243,6 +237,12 @@ class _Connection(Protocol):
             return
         if self._head and len(self._phrase) + sum(len(n) + len(v) for n, v in self._raw) > MAX_HEAD_BYTES:
             raise UpstreamProtocolError(f"an answer head over {MAX_HEAD_BYTES} bytes")  # over several reads
+        # Asked for identity, a coded body would reach the event parser as garbage: refused, but
+        # an error answer keeps its status (429's Retry-After, 401) and loses only its detail.
+        coding = next((v for n, v in self._raw if n.lower() == b"content-encoding"), b"").strip().lower()
+        self._drop = coding not in (b"", b"identity")
+        if self._drop and 200 <= code < 300:
+            raise UpstreamProtocolError(f"the upstream compressed its answer ({coding.decode('latin-1')})")
         waiting, self._waiting = self._waiting, None
         if waiting is None or waiting.called:
             return
@@ -256,7 +256,7 @@ class _Connection(Protocol):
         waiting.callback(response)
 
     def on_body(self, body: bytes) -> None:
-        if self._parts is not None:
+        if self._parts is not None and not self._drop:
             self._parts.append(body)
 
     def on_message_complete(self) -> None:
