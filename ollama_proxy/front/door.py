@@ -136,6 +136,7 @@ class Gate:
     ) -> None:
         self.lifecycle = lifecycle
         self.clock = clock
+        self._bookkeeping = after_send(clock)  # looked up once, not per finished request
         self.metrics = metrics
         self._new_id = new_request_id or random_request_id
         self.streams = StreamLimiter(lifecycle.generations)
@@ -190,7 +191,7 @@ class Gate:
             # The stream limits count it no longer, now, not once the bookkeeping is done.
             record.generating = False
         finally:
-            after_send(self.clock).call(self._observe, record)
+            self._bookkeeping.call(self._observe, record)
 
     def _observe(self, record: RequestRecord) -> None:
         """The record is completed, then each observer (and the access log) gets it."""

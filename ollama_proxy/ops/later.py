@@ -75,10 +75,7 @@ class Later:
             self._ready.clear()
             self._aging, self._incoming = [], []
             for fn, args in pending:
-                try:
-                    fn(*args)
-                except Exception:  # noqa: BLE001 - one failed call must not keep the others queued
-                    log.failure("deferred cleanup {fn!r} failed", fn=fn)
+                _call(fn, args)
         if self._tick is not None and self._tick.active():
             self._tick.cancel()
         self._tick = None
@@ -90,14 +87,17 @@ class Later:
         self._aging, self._incoming = self._incoming, []
         deadline = self._timer() + self._budget
         while ready:
-            fn, args = ready.popleft()
-            try:
-                fn(*args)
-            except Exception:  # noqa: BLE001 - one failed unwinding must not keep the others queued
-                log.failure("deferred cleanup {fn!r} failed", fn=fn)
+            _call(*ready.popleft())
             if self._timer() >= deadline:
                 break
         self._tick = self._clock.callLater(0, self._run) if ready or self._aging or self._incoming else None
+
+
+def _call(fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    try:
+        fn(*args)
+    except Exception:  # noqa: BLE001 - one failed call must not keep the others queued
+        log.failure("deferred cleanup {fn!r} failed", fn=fn)
 
 
 _QUEUES: weakref.WeakKeyDictionary[Any, dict[float, Later]] = weakref.WeakKeyDictionary()
