@@ -46,6 +46,7 @@ from ollama_proxy.front.auth import (
 from ollama_proxy.front.cors import OriginPolicy, check_host
 from ollama_proxy.front.lifecycle import SHUTTING_DOWN, Lifecycle
 from ollama_proxy.front.record import RequestRecord, attach, record_of
+from ollama_proxy.front.request import LimitedRequest
 from ollama_proxy.front.stream_limits import STREAMING_ENDPOINTS, StreamLimiter
 from ollama_proxy.ops.later import after_send
 from ollama_proxy.ops.logs import log_access
@@ -191,10 +192,11 @@ class Gate:
             # The stream limits count it no longer, now, not once the bookkeeping is done.
             record.generating = False
         finally:
-            self._bookkeeping.call(self._observe, record)
+            self._bookkeeping.call(self._observe, record, request)
 
-    def _observe(self, record: RequestRecord) -> None:
-        """The record is completed, then each observer (and the access log) gets it."""
+    def _observe(self, record: RequestRecord, request: Any) -> None:
+        """The record is completed, then each observer (and the access log) gets it; then
+        the request lets go of what it held (see :meth:`LimitedRequest.let_go`)."""
         try:
             record.run_finish_callbacks()
             observers = [*self.observers, log_access] if self.access_log else self.observers
@@ -206,6 +208,8 @@ class Gate:
         finally:
             # No longer in flight (what a drain waits for), whatever the bookkeeping did.
             self.lifecycle.release(record)
+            if isinstance(request, LimitedRequest):  # not a request class of someone else's Site
+                request.let_go()
 
     def refused(self, status: int, peer: Any, method: str = "-", path: str = "-") -> None:
         """The access line (and metrics) of a request the channel refused before it was

@@ -7,6 +7,7 @@ from typing import Any
 
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.http_headers import Headers
 from twisted.web.server import Request
 
 from ollama_proxy.errors import InternalError, dialect_for, render_error
@@ -115,6 +116,25 @@ class LimitedRequest(Request):
             self.write(body)
         self.finish()
         return reason
+
+    def let_go(self) -> None:
+        """Drop what a finished request holds, once nothing reads it again (the front door
+        calls this when the request's bookkeeping is done).
+
+        Klein's renderer leaves every request in a reference cycle (its error handler is a
+        closure that refers to itself and to the request), so the request's headers, its
+        record and Klein's own state for it (the URL map's adapter) lived until the garbage
+        collector found them: some thirty objects a request that every young collection
+        walked again. Let go here, they are freed at once; the collector's time halved
+        (0.80 to 0.40 s over 25,000 non-streamed requests at c64) and a request's CPU fell
+        by about 6 % (three pairs side by side)."""
+        self.requestHeaders = Headers()
+        self.responseHeaders = Headers()
+        self._ollama_proxy_record = None
+        self.args = self.prepath = self.postpath = None  # type: ignore[assignment]
+        self.cookies = []
+        self.received_cookies = {}
+        self._adapterCache = {}  # Componentized's cache: Klein's request state
 
     def gotLength(self, length: int | None) -> None:
         if length is not None and length > self.max_body_bytes:
