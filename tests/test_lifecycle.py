@@ -148,3 +148,47 @@ def test_a_finished_request_stops_counting_at_once_and_is_not_cut_while_booked(s
     assert service.lifecycle.cut_all() == 0 and record.cut_reason is None
     flush(reactor)
     assert service.lifecycle.in_flight == 0 and record.status == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_connection_closed_at_the_end_of_the_drain_is_booked_before_the_stop_goes_on(simulator):
+    # A cut stream whose client reads nothing cannot close gracefully; its connection is
+    # aborted, which Twisted reports a reactor turn later. Its bookkeeping (the ledger row
+    # of what it used) must run before the drain ends, or the ledger closes first.
+    from types import SimpleNamespace
+
+    from twisted.internet import reactor
+    from twisted.python.failure import Failure
+
+    from ollama_proxy.front.lifecycle import CUT_GRACE_SECONDS
+    from ollama_proxy.front.record import RequestRecord
+    from ollama_proxy.service import makeService
+
+    from .conftest import base_config
+
+    service = makeService(base_config(simulator), reactor)
+    lifecycle = service.lifecycle
+    clock = lifecycle.clock = Clock()
+    booked: list[RequestRecord] = []
+    service.gate.observers.append(booked.append)
+    record = RequestRecord(client="127.0.0.1", watched=True, generating=True, stream=True)
+
+    class Transport:
+        def loseConnection(self) -> None:
+            pass  # its answer cannot be flushed to a client that reads nothing
+
+        def abortConnection(self) -> None:
+            reactor.callLater(0, service.gate.finished, Failure(error.ConnectionAborted()), request, record)
+
+    request = SimpleNamespace(
+        code=200, finished=False, startedWriting=True, channel=SimpleNamespace(transport=Transport())
+    )
+    lifecycle.admit(request, record)
+    drained = ensureDeferred(lifecycle.drain())
+    booked_when_drained: list[list[RequestRecord]] = []
+    drained.addCallback(lambda _: booked_when_drained.append(list(booked)))
+    clock.advance(lifecycle.drain_timeout)  # the deadline: cut (it cannot close)
+    clock.advance(CUT_GRACE_SECONDS)  # its grace: aborted
+    await within(drained, "the drain")
+    assert booked_when_drained == [[record]] and record.status == 499
+    assert lifecycle.in_flight == 0

@@ -116,12 +116,18 @@ class Lifecycle:
             log.info("all requests finished; shutting down")
             return
         self.cut_all(f"{SHUTTING_DOWN}: drain deadline of {self.drain_timeout:g} s passed")
+        if await self._wait(CUT_GRACE_SECONDS):
+            return
+        log.warn("{count} requests did not end after being cut; closing their connections", count=self.in_flight)
+        for request, _ in list(self._in_flight.values()):
+            transport = getattr(getattr(request, "channel", None), "transport", None)
+            if transport is not None:
+                transport.abortConnection()
+        # An aborted connection is lost a reactor turn later, and its request's bookkeeping
+        # (the ledger row of what its stream used) runs after that: the stop waits for it,
+        # or the ledger would close first and lose the row.
         if not await self._wait(CUT_GRACE_SECONDS):
-            log.warn("{count} requests did not end after being cut; closing their connections", count=self.in_flight)
-            for request, _ in list(self._in_flight.values()):
-                transport = getattr(getattr(request, "channel", None), "transport", None)
-                if transport is not None:
-                    transport.abortConnection()
+            log.warn("{count} requests still in flight after their connections were closed", count=self.in_flight)
 
     async def _wait(self, seconds: float) -> bool:
         """True when nothing is in flight any more, False when ``seconds`` passed first."""
