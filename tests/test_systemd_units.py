@@ -60,7 +60,8 @@ def test_the_service_unit_has_the_promised_settings():
     assert service["Restart"] == ["on-failure"]
     assert "--listen systemd:domain=INET:index=0" in service["ExecStart"][0] and "--nodaemon" in service["ExecStart"][0]
     stop = int(re.match(r"(\d+)s", service["TimeoutStopSec"][0]).group(1))
-    assert stop > 30 + 5  # the default drain deadline plus the grace for cut requests
+    # The default drain deadline, the grace for cut requests, then for the ones whose connection was closed.
+    assert stop > 30 + 5 + 5
     for key, value in {
         "DynamicUser": "yes",
         "ProtectSystem": "strict",
