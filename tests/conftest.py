@@ -137,10 +137,29 @@ def proxy(make_proxy: Any) -> RunningProxy:
     return make_proxy()
 
 
+class AccessEvents(list):  # type: ignore[type-arg]
+    """The access-log events emitted during a test. A request's access line is written after
+    its answer was sent (``ollama_proxy.ops.later``), so a client can read the answer first:
+    reading this list runs the bookkeeping still queued, and it holds the line of every
+    request whose answer the test has read."""
+
+    def __iter__(self) -> Any:
+        flush(global_reactor)
+        return super().__iter__()
+
+    def __len__(self) -> int:
+        flush(global_reactor)
+        return super().__len__()
+
+    def __getitem__(self, index: Any) -> Any:
+        flush(global_reactor)
+        return super().__getitem__(index)
+
+
 @pytest.fixture
 def access_events() -> Any:
-    """The access-log events emitted during the test."""
-    events: list[dict[str, Any]] = []
+    """The access-log events emitted during the test (see :class:`AccessEvents`)."""
+    events = AccessEvents()
 
     def observe(event: dict[str, Any]) -> None:
         if event.get("log_namespace") == "ollama_proxy.access":

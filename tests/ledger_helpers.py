@@ -13,10 +13,19 @@ from twisted.internet import reactor
 
 from ollama_proxy.ledger.rows import UsageRow
 from ollama_proxy.ledger.store import SQLITE_BUSY_TIMEOUT, LedgerStore
+from ollama_proxy.ops.later import flush
 
 # 2026-11-30 12:00:00 UTC, and the day before.
 NOON = float(calendar.timegm((2026, 11, 30, 12, 0, 0)))
 YESTERDAY = NOON - 86400
+
+
+async def booked(ledger_service: Any) -> bool:
+    """Every finished request's row written: its bookkeeping runs after its answer was sent
+    (``ollama_proxy.ops.later``), so a client may have read the answer first; then the
+    writer's queue is written. True when the store took them."""
+    flush(reactor)
+    return bool(await ledger_service.writer.flush())
 
 
 def row(ts: float = NOON, **fields: Any) -> UsageRow:

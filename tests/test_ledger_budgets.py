@@ -18,7 +18,7 @@ from ollama_proxy.config.ops import AuthConfig
 from ollama_proxy.config.schema import LedgerConfig, TokenLimits
 
 from .conftest import http
-from .ledger_helpers import Outage, count_rows
+from .ledger_helpers import Outage, booked, count_rows
 from .multi import multi_config
 
 CI = {"Authorization": "Bearer ci-secret"}
@@ -105,7 +105,7 @@ async def test_a_daily_budget_counts_reported_costs_and_frees_at_utc_midnight(li
     assert refused.code == 429 and refused.json()["error"] == "budget exceeded: 0.00001 USD per day for token 'ci'"
     assert refused.header("retry-after") == str(23 * 3600)
     # Written or not, the spending counts: after a flush, from the database's totals.
-    assert await proxy.ledger.service.writer.flush()
+    assert await booked(proxy.ledger.service)
     assert (await http("POST", proxy.url + "/api/chat", CHAT, headers=CI)).code == 429
     proxy.clock.advance(23 * 3600)
     assert (await http("POST", proxy.url + "/api/chat", CHAT, headers=CI)).code == 200
@@ -166,6 +166,6 @@ async def test_a_reload_applies_new_limits_to_the_usage_already_counted(limited)
     proxy.service.reconfigure(replace(config, ops=replace(config.ops, auth=replace(config.ops.auth, tokens=tokens))))
     # Limits that were not there before see the shared totals from the next flush on
     # (the reload starts one).
-    assert await proxy.ledger.service.writer.flush()
+    assert await booked(proxy.ledger.service)
     refused = await http("POST", proxy.url + "/api/chat", CHAT, headers=CI)
     assert refused.code == 429 and "1 requests per minute" in refused.json()["error"]

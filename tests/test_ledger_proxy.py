@@ -15,6 +15,7 @@ from ollama_proxy.config.ops import AuthConfig
 from ollama_proxy.config.schema import LedgerConfig, PriceTable
 
 from .conftest import http, in_thread
+from .ledger_helpers import booked
 from .multi import multi_config, provider
 from .simulator import COMPLETION_PRICE, PROMPT_PRICE
 
@@ -91,7 +92,7 @@ async def test_every_surface_writes_one_row_with_its_tokens_and_cost(ledgered):
     v1_embedded = (await call("/v1/embeddings", {"model": "openai/text-embedding-3-small", "input": "a b c"})).json()
     local = (await call("/api/chat", {"model": "llama3.2", "messages": HELLO, "stream": False})).json()
     priced = (await call("/api/chat", {"model": "qwen3:8b", "messages": HELLO, "stream": False})).json()
-    assert await proxy.ledger.service.writer.flush()
+    assert await booked(proxy.ledger.service)
 
     written = rows(proxy.path)
     assert set(written) == set(asked)  # one row per request, by its request id
@@ -186,7 +187,7 @@ async def test_failed_and_cancelled_requests_are_recorded_too(ledgered, simulato
     simulator.behaviour = "midstream-error"
     broken = await http("POST", proxy.url + "/api/chat", {"model": "google/gemini-pro", "messages": HELLO}, headers=CI)
     assert broken.code == 200 and "error" in broken.lines()[-1]
-    assert await proxy.ledger.service.writer.flush()
+    assert await booked(proxy.ledger.service)
     written = {r["request_id"]: r for r in rows(proxy.path).values()}
     outcome = {(r["model"], r["status"], r["outcome"], r["streamed"]) for r in written.values()}
     assert outcome == {("no/such-model", 404, "error", 0), ("google/gemini-pro", 200, "error", 1)}
@@ -219,7 +220,7 @@ async def test_the_openai_client_reads_through_a_ledgered_proxy(ledgered):
     answer = await in_thread(
         lambda: client.chat.completions.create(model="google/gemini-pro", messages=HELLO)  # type: ignore[arg-type]
     )
-    assert await proxy.ledger.service.writer.flush()
+    assert await booked(proxy.ledger.service)
     (row,) = rows(proxy.path).values()
     assert row["completion_tokens"] == answer.usage.completion_tokens and row["token"] == "ci"
 
@@ -238,7 +239,7 @@ async def test_the_agent_surfaces_write_their_rows_too(ledgered):
         "POST", proxy.url + "/v1/responses", {"model": "google/gemini-pro", "input": "hi"}, headers=CI
     )
     assert response.code == 200, response.body
-    assert await proxy.ledger.service.writer.flush()
+    assert await booked(proxy.ledger.service)
     written = {r["surface"]: r for r in rows(proxy.path).values()}
     usage = message.json()["usage"]
     row = written["/v1/messages"]
@@ -265,7 +266,7 @@ async def test_a_client_that_leaves_mid_stream_leaves_a_cancelled_row(ledgered, 
     reader.hang_up()
     await aborted  # the proxy noticed and cut the upstream first
     await proxy.service.lifecycle.when_idle()  # the bookkeeping (the row queued) follows
-    assert await proxy.ledger.service.writer.flush()
+    assert await booked(proxy.ledger.service)
     (row,) = rows(proxy.path).values()
     assert (row["token"], row["model"], row["status"], row["outcome"], row["streamed"]) == (
         "anonymous",

@@ -14,6 +14,7 @@ from ollama_proxy.config.ops import AuthConfig
 from ollama_proxy.config.schema import LedgerConfig, TokenLimits
 
 from .conftest import http
+from .ledger_helpers import booked
 from .multi import multi_config
 
 CI = {"Authorization": "Bearer ci-secret"}
@@ -31,7 +32,7 @@ def twins(make_multi, url: str, limits: TokenLimits) -> list:
 
 
 async def flush(proxy) -> None:
-    assert await proxy.service.ledger.service.writer.flush()
+    assert await booked(proxy.service.ledger.service)
 
 
 @pytest_twisted.ensureDeferred

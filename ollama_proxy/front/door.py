@@ -51,6 +51,7 @@ from ollama_proxy.front.stream_limits import STREAMING_ENDPOINTS, StreamLimiter
 from ollama_proxy.ops.later import after_send
 from ollama_proxy.ops.logs import log_access
 from ollama_proxy.ops.metrics import Metrics
+from ollama_proxy.ops.sendnow import answering
 from ollama_proxy.wire.jsontext import parse_json
 
 log = Logger()
@@ -176,11 +177,13 @@ class Gate:
         request.setHeader(b"x-request-id", request_id.encode("latin-1"))
         record.watched = True
         request.notifyFinish().addBoth(self.finished, request, record)
+        answering.count += 1  # until it finishes: whether a complete answer is sent at once
         return record
 
     def finished(self, result: Any, request: Any, record: RequestRecord) -> None:
         """The one place a finished request is observed. Its end and status are taken
         now; the rest waits until the answer has been sent (see :mod:`ollama_proxy.ops.later`)."""
+        answering.count -= 1
         try:
             record.finished = self.clock.seconds()
             # 499: the client closed the connection before the answer was complete.

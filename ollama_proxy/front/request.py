@@ -12,6 +12,7 @@ from twisted.web.server import Request
 
 from ollama_proxy.errors import InternalError, dialect_for, render_error
 from ollama_proxy.front.record import record_of
+from ollama_proxy.ops.sendnow import send_now
 
 log = Logger()
 
@@ -116,6 +117,14 @@ class LimitedRequest(Request):
             self.write(body)
         self.finish()
         return reason
+
+    def finish(self) -> None:
+        # A whole answer (its length known: the finish writes nothing more) goes to the
+        # kernel now, before the request's cleanup and the handler's unwinding run; a
+        # chunked one still ends with its last chunk at the next poll. See ops/sendnow.py.
+        if self.startedWriting and not self.chunked and not self.finished and self.channel is not None:
+            send_now(self.channel.transport)
+        super().finish()
 
     def let_go(self) -> None:
         """Drop what a finished request holds, once nothing reads it again (the front door

@@ -8,21 +8,19 @@ request in cookie, redirect and gzip agents; the Agent builds a request object, 
 parser and a chain of Deferreds per call). On the chat path that difference was most
 of what the proxy's own work could not remove, so chat requests go through this
 client; model lists, health checks and embeddings still go through treq.
-
-What it does, and no more: one persistent pool of connections per upstream (TCP, or
-TLS checked by ``service_identity`` through :func:`optionsForClientTLS`); a request is
-written in one piece (head and body); the response is parsed by ``httptools`` (the
-llhttp parser: status, headers, Content-Length, chunked and close-delimited bodies)
-and handed over as an :class:`~twisted.web.iweb.IResponse` whose body is delivered
-to an ``IProtocol`` exactly as Twisted's own client does (``ResponseDone``,
-``PotentialDataLoss`` or ``ResponseFailed`` at the end, the response itself as the
-body's push producer), so the stream readers work over either client. The pieces of
-one TCP read are handed on as one ``dataReceived`` (one relay write per read).
-Retries are the router's call (a POST is not idempotent), but for one: a pooled connection
-the upstream closed as a request was written on it (its keep-alive time ran out), without
-a byte of answer within :data:`RACE_SECONDS`, gets the request again on a new connection:
-a server giving up an idle connection, not an answer (left to the router, a failed
-attempt against the provider's breaker). Asked for none (identity), a content coding is refused.
+What it does, and no more: one persistent pool of connections per upstream (TCP, or TLS checked by
+``service_identity`` through :func:`optionsForClientTLS`); a request is written in one piece (head
+and body), sent at once; the response is parsed by ``httptools`` (the llhttp parser: status,
+headers, Content-Length, chunked and close-delimited bodies) and handed over as an
+:class:`~twisted.web.iweb.IResponse` whose body is delivered to an ``IProtocol`` exactly as
+Twisted's own client does (``ResponseDone``, ``PotentialDataLoss`` or ``ResponseFailed`` at the end,
+the response itself as the body's push producer), so the stream readers work over either client. The
+pieces of one TCP read are handed on as one ``dataReceived`` (one relay write per read). Retries are
+the router's call (a POST is not idempotent), but for one: a pooled connection the upstream closed
+as a request was written on it (its keep-alive time ran out), without a byte of answer within
+:data:`RACE_SECONDS`, gets the request again on a new connection: a server giving up an idle
+connection, not an answer (left to the router, a failed attempt against the provider's breaker).
+Asked for none (identity), a content coding is refused.
 """
 
 from __future__ import annotations
@@ -40,6 +38,7 @@ from twisted.internet.ssl import optionsForClientTLS
 from twisted.python.failure import Failure
 from twisted.web.client import URI, PotentialDataLoss, ResponseDone, ResponseFailed, ResponseNeverReceived
 
+from ollama_proxy.ops.sendnow import send_now
 from ollama_proxy.providers.http1_response import UpstreamResponse
 
 IDLE_SECONDS = 240.0  # an unused pooled connection is closed after this (Twisted's pool: the same)
@@ -118,6 +117,7 @@ class _Connection(Protocol):
         self._head = 0
         self._sent = self._pool._clock.seconds()
         self.transport.write(data)  # type: ignore[union-attr]
+        send_now(self.transport)
         return self._waiting
 
     def _cancel(self, waiting: Deferred[UpstreamResponse]) -> None:
