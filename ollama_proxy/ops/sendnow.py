@@ -49,14 +49,11 @@ answering = Answering()
 
 
 def send_now(transport: Any) -> None:
-    """Hand what ``transport`` holds to the kernel now when it is a socket of the
-    reactor's, or TLS over one (its ciphertext), and the proxy is nearly idle; anything
-    else (a test's transport, a connection being closed, a busy proxy) waits for the poll."""
-    if answering.count > EAGER_WHILE_ANSWERING:
+    """Hand what ``transport`` holds to the kernel now when it is a socket of the reactor's
+    and the proxy is nearly idle; anything else waits for the poll: a busy proxy, a
+    connection being closed, a test's transport, and TLS (Twisted's TLS layer gathers a
+    turn's writes and encrypts them at the end of the turn: there is nothing to send yet)."""
+    if answering.count > EAGER_WHILE_ANSWERING or not IWriteDescriptor.providedBy(transport):
         return
-    if not IWriteDescriptor.providedBy(transport):
-        transport = getattr(transport, "transport", None)  # TLS: the socket beneath
-        if not IWriteDescriptor.providedBy(transport):
-            return
     if getattr(transport, "connected", False) and not getattr(transport, "disconnecting", True):
         transport.doWrite()
