@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from twisted.internet.task import Clock
 from twisted.logger import (
     FilteringLogObserver,
     LegacyLogObserverWrapper,
@@ -101,11 +102,18 @@ def test_daemon_observer_follows_twistd_options(tmp_path):
     assert isinstance(syslog, LegacyLogObserverWrapper)
     logfile = tmp_path / "proxy.log"
     rotations: list[Any] = []
+    clock = Clock()
     observer = daemon_observer(
-        log_format="json", redactor=redactor, logfile=str(logfile), nodaemon=False, install_rotation=rotations.append
+        log_format="json",
+        redactor=redactor,
+        logfile=str(logfile),
+        nodaemon=False,
+        install_rotation=rotations.append,
+        clock=clock,
     )
     assert isinstance(rotations[0], LogFile)
     Logger(observer=observer, namespace="t").info("to the file {secret}", secret=SECRET)
+    clock.advance(0)  # the turn's lines are written
     rotations[0].flush()
     [line] = [json.loads(text) for text in logfile.read_text().splitlines()]
     assert line["message"] == f"to the file {REDACTED}"
@@ -113,6 +121,7 @@ def test_daemon_observer_follows_twistd_options(tmp_path):
     Logger(observer=observer, namespace="twisted.web.client._HTTP11ClientFactory").info(
         "Starting factory {factory!r}", factory="f"
     )
+    clock.advance(0)
     rotations[0].flush()
     assert len(logfile.read_text().splitlines()) == 1
     rotations[0].close()
@@ -211,3 +220,34 @@ def test_a_one_field_format_is_that_field_and_others_are_formatted(tmp_path):
     assert _formatted({"log_format": "{n}", "n": 5}) == "5"
     assert _formatted({"log_format": "{x} {y}", "x": "1", "y": "2"}) == "1 2"
     assert _formatted({"log_format": "{f()}", "f": lambda: "called"}) == "called"
+
+
+def test_the_daemons_lines_are_written_once_a_turn_and_a_warning_at_once():
+    from ollama_proxy.ops.gathered import GatheredFileLogObserver
+
+    class Out(io.StringIO):
+        writes = 0
+
+        def write(self, text: str) -> int:
+            self.writes += 1
+            return super().write(text)
+
+    out, clock = Out(), Clock()
+    observer = GatheredFileLogObserver(out, lambda event: event["text"] + "\n", clock)
+    for n in range(3):
+        observer({"text": f"access {n}", "log_level": LogLevel.info})
+    assert out.getvalue() == ""  # gathered until the turn ends
+    clock.advance(0)
+    assert out.getvalue() == "access 0\naccess 1\naccess 2\n" and out.writes == 1
+    observer({"text": "access 3", "log_level": LogLevel.info})
+    observer({"text": "trouble", "log_level": LogLevel.warn})  # at once, after what came before it
+    assert out.getvalue().endswith("access 3\ntrouble\n") and out.writes == 2
+    clock.advance(0)
+    assert out.writes == 2  # nothing left to write
+    stopped = Clock()
+    stopped.running = False  # type: ignore[attr-defined]  # a reactor not running: written through
+    through = Out()
+    GatheredFileLogObserver(through, lambda event: event["text"] + "\n", stopped)(
+        {"text": "bye", "log_level": LogLevel.info}
+    )
+    assert through.getvalue() == "bye\n"

@@ -40,15 +40,18 @@ FORGED = "\n2026-01-01T00:00:00+0000 [ollama_proxy.access#info] POST /api/chat 2
 def text_log(tmp_path: Any) -> tuple[Any, Any]:
     """The daemon's text observer writing to a file, and a way to read the file."""
     files: list[Any] = []
+    clock = Clock()
     observer = daemon_observer(
         log_format="text",
         redactor=Redactor(),
         logfile=str(tmp_path / "p.log"),
         nodaemon=False,
         install_rotation=files.append,
+        clock=clock,
     )
 
     def read() -> str:
+        clock.advance(0)  # the turn's lines are written
         files[0].flush()
         return (tmp_path / "p.log").read_bytes().decode("utf-8")
 

@@ -37,6 +37,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer, provider
 
 from ollama_proxy.front.record import RequestRecord
+from ollama_proxy.ops.gathered import GatheredFileLogObserver
 from ollama_proxy.ops.redaction import Redactor
 
 access_log = Logger(namespace="ollama_proxy.access")
@@ -300,12 +301,14 @@ def daemon_observer(
     prefix: str = "ollama-proxy",
     nodaemon: bool = True,
     install_rotation: Callable[[Any], None] | None = None,
+    clock: Any = None,
 ) -> ILogObserver:
     """What twistd's own observer would be for these options, in ``log_format``, redacted.
 
     ``--syslog`` keeps text (syslog lines carry their own time and level);
     ``--logfile -`` and ``-n`` without ``--logfile`` write to stdout, which is
-    what journald collects under systemd.
+    what journald collects under systemd. Lines are written once per turn of ``clock``
+    (the reactor; see :mod:`ollama_proxy.ops.gathered`).
     """
     if syslog:
         from twisted.python import syslog as twisted_syslog
@@ -327,7 +330,9 @@ def daemon_observer(
         if install_rotation is not None:
             install_rotation(out)
     text = log_format != "json"
-    inner = FileLogObserver(out, ClassicText()) if text else jsonLinesObserver(out)
+    if clock is None:
+        from twisted.internet import reactor as clock
+    inner = GatheredFileLogObserver(out, ClassicText() if text else event_as_json, clock)
     # The noise is dropped before the redacting copy is made: one "Stopping factory" line per
     # upstream connection, escaped and redacted to be thrown away, was a fifth of closing it.
     return FilteringLogObserver(RedactingObserver(inner, redactor, escape=text), [_not_noise])
