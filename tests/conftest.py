@@ -26,6 +26,7 @@ from twisted.protocols.policies import TimeoutMixin
 from ollama_proxy.config.providers import RetryConfig
 from ollama_proxy.config.settings import Config, OpenRouterConfig, Timeouts, load_config
 from ollama_proxy.ops.later import flush
+from ollama_proxy.ops.sendnow import answering
 from ollama_proxy.service import ProxyService, makeService
 
 from .anthropic_simulator import AnthropicSimulator
@@ -140,8 +141,9 @@ def proxy(make_proxy: Any) -> RunningProxy:
 class AccessEvents(list):  # type: ignore[type-arg]
     """The access-log events emitted during a test. A request's access line is written after
     its answer was sent (``ollama_proxy.ops.later``), so a client can read the answer first:
-    reading this list runs the bookkeeping still queued, and it holds the line of every
-    request whose answer the test has read."""
+    reading this list (iterating, indexing, ``len``) runs the bookkeeping still queued, and it
+    holds the line of every request whose answer the test has read; ``==`` compares what was
+    written so far, without running it (a test of what waits for the answer's send)."""
 
     def __iter__(self) -> Any:
         flush(global_reactor)
@@ -195,6 +197,15 @@ def _hand_driven_channels_stop() -> Any:
         channel = _hand_driven.pop()
         if isinstance(channel, TimeoutMixin):
             channel.setTimeout(None)
+
+
+@pytest.fixture(autouse=True)
+def _requests_being_answered_restored() -> Any:
+    """The count of requests being answered (``ollama_proxy.ops.sendnow``) is the process's:
+    a test that fails between counting a request and finishing it does not leave it to the next."""
+    before = answering.count
+    yield
+    answering.count = before
 
 
 @pytest.fixture(autouse=True)

@@ -244,6 +244,25 @@ def test_the_daemons_lines_are_written_once_a_turn_and_a_warning_at_once():
     assert out.getvalue().endswith("access 3\ntrouble\n") and out.writes == 2
     clock.advance(0)
     assert out.writes == 2  # nothing left to write
+    # Many lines in a turn: written in pieces of whole lines of at most PIPE_BUF bytes, so
+    # workers sharing one output never interleave mid-line.
+    from ollama_proxy.ops.gathered import PIPE_BUF
+
+    written: list[str] = []
+    out.write = lambda text: written.append(text) or len(text)  # type: ignore[method-assign]
+    for n in range(200):
+        observer({"text": f"access {n:03d} " + "x" * 40, "log_level": LogLevel.info})
+    clock.advance(0)
+    assert len(written) > 1 and "".join(written).count("\n") == 200
+    assert all(piece.endswith("\n") and len(piece.encode()) <= PIPE_BUF for piece in written)
+    # A line from another thread (the ledger's database thread) is written at once, there.
+    import threading
+
+    written.clear()
+    other = threading.Thread(target=observer, args=({"text": "from a thread", "log_level": LogLevel.info},))
+    other.start()
+    other.join()
+    assert written == ["from a thread\n"]
     stopped = Clock()
     stopped.running = False  # type: ignore[attr-defined]  # a reactor not running: written through
     through = Out()

@@ -60,8 +60,9 @@ def test_the_service_unit_has_the_promised_settings():
     assert service["Restart"] == ["on-failure"]
     assert "--listen systemd:domain=INET:index=0" in service["ExecStart"][0] and "--nodaemon" in service["ExecStart"][0]
     stop = int(re.match(r"(\d+)s", service["TimeoutStopSec"][0]).group(1))
-    # The default drain deadline, the grace for cut requests, then for the ones whose connection was closed.
-    assert stop > 30 + 5 + 5
+    # The default drain deadline, the grace for cut requests, then for the ones whose connection was
+    # closed, and the last rows and lines: what the supervisor gives a worker before it kills it.
+    assert stop > 30 + 5 + 5 + 5
     for key, value in {
         "DynamicUser": "yes",
         "ProtectSystem": "strict",

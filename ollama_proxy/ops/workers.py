@@ -12,7 +12,7 @@ a :class:`Supervisor` in the main process. It
 - forwards SIGHUP after checking the file itself: a file the main process refuses is
   refused for all, so every worker reloads or none does;
 - on SIGTERM stops accepting, forwards SIGTERM (every worker drains) and exits when the
-  last worker has ended; a worker still running ``drain_timeout + 10`` seconds later
+  last worker has ended; a worker still running ``drain_timeout + 15`` seconds later
   is killed;
 - alone talks to systemd: READY once every worker is ready, STOPPING, and WATCHDOG
   pings only while every worker runs.
@@ -36,9 +36,15 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from ollama_proxy.front.lifecycle import CUT_GRACE_SECONDS
 from ollama_proxy.ops.listeners import Acceptor, describe, open_listener, send_connection
 
 log = Logger()
+
+# A worker's drain can take its deadline, then a grace for the requests it cut and one for
+# the connections it then closed (front/lifecycle.py), then writes its last ledger rows and
+# lines: killed only past all of that.
+STRAGGLER_SECONDS = 2 * CUT_GRACE_SECONDS + 5.0
 
 STABLE_SECONDS = 10.0  # a worker that ran this long was not crash-looping
 FIRST_BACKOFF = 0.5
@@ -325,7 +331,7 @@ class Supervisor(Service):
         if not any(w.running for w in self.workers):
             return succeed(None)
         self._all_ended = Deferred()
-        self._kill_timer = self.clock.callLater(self.drain_timeout + 10.0, self._kill_stragglers)
+        self._kill_timer = self.clock.callLater(self.drain_timeout + STRAGGLER_SECONDS, self._kill_stragglers)
         return self._all_ended
 
     def _kill_stragglers(self) -> None:
