@@ -49,3 +49,16 @@ async def test_a_failing_resource_behind_the_door_still_answers_json():
 async def test_a_url_that_is_not_utf8_gets_a_json_400(proxy):
     r = await http("GET", proxy.url + "/api/%ff%fe")
     assert r.code == 400 and r.json() == {"error": "the URL is not valid UTF-8", "type": "invalid_request"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_server_header_names_twisted_and_its_version(proxy):
+    # Ollama's server sends no Server header; Twisted's would tell a scanner its version.
+    for method, path, body in (
+        ("GET", "/", None),
+        ("GET", "/api/tags", None),
+        ("POST", "/api/chat", {"model": "no/such", "messages": []}),
+        ("GET", "/api/nothing-here", None),
+    ):
+        r = await http(method, proxy.url + path, body)
+        assert r.header("x-request-id") and r.header("server") is None, (path, r.header("server"))

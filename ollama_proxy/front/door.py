@@ -175,6 +175,9 @@ class Gate:
             ),
         )
         request.setHeader(b"x-request-id", request_id.encode("latin-1"))
+        # Twisted names itself and its version in a Server header; Ollama's server sends none,
+        # and a scanner reads the version as a lead.
+        request.responseHeaders.removeHeader(b"server")
         record.watched = True
         request.notifyFinish().addBoth(self.finished, request, record)
         answering.count += 1  # until it finishes: whether a complete answer is sent at once
