@@ -79,6 +79,7 @@ def observer_for(twistd: Any, log_format: str | None, config: Any, redactor: Any
         prefix=twistd.get("prefix") or "ollama-proxy",
         nodaemon=bool(twistd.get("nodaemon")),
         install_rotation=_rotate_on_usr1(reactor),
+        clock=reactor,
     )
 
 
