@@ -11,7 +11,9 @@ proxy as deployed (``twistd -n ollama-proxy --config FILE``) and this load clien
 (``wrk`` too for the worker-scaling table, when installed). Printed as one table:
 
 1. CPU per non-streamed request (``/api/chat`` and ``/v1/chat/completions``) and the
-   latency the proxy adds (p50, p99) at concurrency 1 and 64;
+   latency the proxy adds (p50, p99) at concurrency 1 and 64, through this client; at
+   concurrency 1 through wrk as well (when installed), the instrument issue #11's
+   figures were taken with;
 2. CPU per relayed token of a 2,000-chunk stream;
 3. requests/s at concurrency 64 with keep-alive clients, 1 worker against N;
 4. resident memory of the proxy (every process) with 10,000 streams open, and whether
@@ -24,6 +26,7 @@ whatever happens. No number here is asserted anywhere: this is a measurement.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import signal
@@ -72,6 +75,7 @@ class Plan:
     warmup: int  # requests per target before each latency run, not counted
     stream_runs: int
     scaling_seconds: float  # per worker count, with wrk
+    wrk_c1_seconds: float  # per target, with wrk at concurrency 1 (after a 1 s warm-up)
     streams_held: int
     hold_seconds: float
     deadline: float  # the watchdog: the whole run ends after this many seconds
@@ -80,8 +84,23 @@ class Plan:
         return self.requests_c1 if concurrency == 1 else self.per_worker_c64 * concurrency
 
 
-FULL = Plan("full", 2000, 60, 200, 5, 10.0, 10000, 5.0, 1500.0)
-QUICK = Plan("quick", 200, 5, 50, 2, 2.0, 200, 1.0, 240.0)
+FULL = Plan("full", 2000, 60, 200, 5, 10.0, 5.0, 10000, 5.0, 1500.0)
+QUICK = Plan("quick", 200, 5, 50, 2, 2.0, 1.0, 200, 1.0, 240.0)
+
+
+@dataclass(frozen=True)
+class WrkResult:
+    """What one wrk run printed (its ``done`` hook): latencies in microseconds."""
+
+    requests: int
+    duration_us: int
+    errors: int
+    p50_us: int
+    p99_us: int
+
+    @property
+    def rate(self) -> float:
+        return self.requests / (self.duration_us / 1e6) if self.duration_us else float("nan")
 
 
 @dataclass
@@ -90,6 +109,7 @@ class Results:
 
     upstream: str = ""
     latency: dict[tuple[int, str], LatencyResult] = field(default_factory=dict)
+    wrk_c1: dict[str, WrkResult] = field(default_factory=dict)  # target -> wrk's run at concurrency 1
     cpu_per_request: dict[tuple[int, str], float] = field(default_factory=dict)
     stream_tokens: int = 0
     stream_seconds: dict[str, list[float]] = field(default_factory=dict)
@@ -111,8 +131,6 @@ class Results:
 
 
 def chat_body(model: str, content: str, stream: bool) -> bytes:
-    import json
-
     return json.dumps({"model": model, "messages": [{"role": "user", "content": content}], "stream": stream}).encode()
 
 
@@ -214,6 +232,13 @@ class Bench:
             if not result.latencies:
                 raise RuntimeError(f"every {target} request failed at concurrency {concurrency}")
             self.results.latency[(concurrency, target)] = result
+        wrk = shutil.which("wrk")
+        if concurrency == 1 and wrk:
+            # The same requests through wrk, one connection: a client in C that answers at
+            # once, so that what it adds to a round trip is not the proxy's (this client is
+            # Python sharing the two cores; see the README on the c1 row).
+            for target, (url, headers) in targets.items():
+                self.results.wrk_c1[target] = await self.wrk_run(wrk, url, body, headers, 1, plan.wrk_c1_seconds)
 
     # -- 2. one long stream -----------------------------------------------------------------
     async def streaming(self) -> None:
@@ -273,26 +298,38 @@ class Bench:
         return result.rate
 
     async def wrk(self, wrk: str, url: str, body: bytes) -> float:
+        result = await self.wrk_run(wrk, url, body, self.headers, 64, self.plan.scaling_seconds)
+        return result.rate
+
+    async def wrk_run(
+        self, wrk: str, url: str, body: bytes, headers: dict[str, str], connections: int, seconds: float
+    ) -> WrkResult:
+        """POST ``body`` to ``url`` over ``connections`` keep-alive connections for ``seconds``
+        (after a one-second warm-up run); errors are noted."""
         script = os.path.join(self.children.workdir, "post.lua")
         with open(script, "w", encoding="utf-8") as f:
+            f.write('wrk.method = "POST"\n')
+            for name, value in headers.items():
+                f.write(f"wrk.headers[{json.dumps(name)}] = {json.dumps(value)}\n")
             f.write(
-                'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
                 f"wrk.body = [[{body.decode()}]]\n"
                 "done = function(summary, latency, requests)\n"
-                '  io.write(string.format("RESULT %d %d %d %d\\n", summary.requests, summary.duration,'
+                '  io.write(string.format("RESULT %d %d %d %d %d\\n", summary.requests, summary.duration,'
                 " summary.errors.status + summary.errors.connect + summary.errors.read + summary.errors.write"
-                " + summary.errors.timeout, latency:percentile(50)))\nend\n"
+                " + summary.errors.timeout, latency:percentile(50), latency:percentile(99)))\nend\n"
             )
-        for seconds in (1.0, self.plan.scaling_seconds):  # the first run warms up
-            argv = [wrk, "-t1", "-c64", f"-d{seconds:g}s", "-s", script, url]
-            process = await _run(self.reactor, argv, timeout=seconds + 30)
+        result: WrkResult | None = None
+        for run_seconds in (1.0, seconds):  # the first run warms up
+            argv = [wrk, "-t1", f"-c{connections}", f"-d{run_seconds:g}s", "-s", script, url]
+            process = await _run(self.reactor, argv, timeout=run_seconds + 30)
             line = next((x for x in process.splitlines() if x.startswith("RESULT ")), None)
             if line is None:
                 raise RuntimeError(f"wrk printed no result: {process[-500:]}")
-            requests, duration_us, errors, _p50 = (int(x) for x in line.split()[1:])
-            if errors:
-                self.results.notes.append(f"wrk: {errors} errors in {requests} requests")
-        return requests / (duration_us / 1e6)
+            result = WrkResult(*(int(float(x)) for x in line.split()[1:]))
+            if result.errors:
+                self.results.notes.append(f"wrk: {result.errors} errors in {result.requests} requests to {url}")
+        assert result is not None
+        return result
 
     def memory(self, key: str, peak: bool = False) -> None:
         assert self.proxy is not None
@@ -357,8 +394,6 @@ class Bench:
 
     async def holder_says(self, holder: Child, timeout: float) -> dict[str, Any]:
         """The holder's next line (off the reactor thread); its error, raised."""
-        import json
-
         from twisted.internet.threads import deferToThread
 
         assert holder.process.stdout is not None

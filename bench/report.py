@@ -74,7 +74,25 @@ def _requests(add: Any, plan: Any, results: Any, endpoints: tuple[str, ...], con
         add(f"{'':<{width - 10}}{'req/s':>10}{direct.rate:>9.0f}{rates}")
         cpu = "".join(f"{results.cpu_per_request[(concurrency, e)] * 1000:>22.3f}" for e in endpoints)
         add(f"{'':<{width - 10}}{'CPU ms/req':>10}{'':>9}{cpu}")
+        if concurrency == 1 and results.wrk_c1:
+            _wrk_c1(add, width, results.wrk_c1, endpoints)
     add("")
+
+
+def _wrk_c1(add: Any, width: int, runs: dict[str, Any], endpoints: tuple[str, ...]) -> None:
+    """The same c1 requests through wrk (a client in C, one connection)."""
+    direct = runs["direct"]
+    label = "   c1 through wrk (1 connection)"
+    for name, attr in (("p50 ms", "p50_us"), ("p99 ms", "p99_us")):
+        d = getattr(direct, attr) / 1e6
+        cells = ""
+        for endpoint in endpoints:
+            p = getattr(runs[endpoint], attr) / 1e6
+            cells += f"{_ms(p) + ' (+' + _ms(p - d) + ')':>22}"
+        add(f"{label:<{width - 10}}{name:>10}{_ms(d):>9}{cells}")
+        label = ""
+    rates = "".join(f"{runs[e].rate:>22.0f}" for e in endpoints)
+    add(f"{'':<{width - 10}}{'req/s':>10}{direct.rate:>9.0f}{rates}")
 
 
 def _stream(add: Any, plan: Any, results: Any) -> None:
