@@ -12,7 +12,7 @@ from twisted.web.server import Request
 
 from ollama_proxy.errors import InternalError, dialect_for, render_error
 from ollama_proxy.front.record import record_of
-from ollama_proxy.ops.sendnow import send_now
+from ollama_proxy.ops.sendnow import write_now
 
 log = Logger()
 
@@ -118,13 +118,22 @@ class LimitedRequest(Request):
         self.finish()
         return reason
 
-    def finish(self) -> None:
-        # A whole answer (its length known: the finish writes nothing more) goes to the
-        # kernel now, before the request's cleanup and the handler's unwinding run; a
-        # chunked one still ends with its last chunk at the next poll. See ops/sendnow.py.
-        if self.startedWriting and not self.chunked and not self.finished and self.channel is not None:
-            send_now(self.channel.transport)
-        super().finish()
+    def write(self, data: bytes) -> None:
+        # A whole answer (its length known) goes out as one piece: its head and body, gathered
+        # by the channel, written at once while the proxy is nearly idle (ops/sendnow.py). A
+        # chunked answer, a later write and someone else's channel are written as Twisted does.
+        channel = self.channel
+        gather = getattr(channel, "gather_writes", None)
+        if self.startedWriting or gather is None or self.responseHeaders.getRawHeaders(b"content-length") is None:
+            return super().write(data)
+        gathered = gather()
+        try:
+            super().write(data)
+        finally:
+            whole = gathered()
+            if whole:
+                write_now(channel.transport, whole)
+        return None
 
     def let_go(self) -> None:
         """Drop what a finished request holds, once nothing reads it again (the front door

@@ -28,6 +28,7 @@ from twisted.web.http import HTTPChannel
 from twisted.web.resource import IResource
 from twisted.web.server import Site
 
+from ollama_proxy.front.gathered_writes import GatheredWrites
 from ollama_proxy.front.request import LimitedRequest
 from ollama_proxy.front.slots import TWISTED_CHANNEL_NAMES, set_twisted_channel_defaults
 from ollama_proxy.front.syntax import HeadCheck, json_answer, request_line_problem, target_path
@@ -41,7 +42,7 @@ DEFAULT_REQUEST_READ_TIMEOUT = 60.0
 DEFAULT_MAX_CONNECTIONS = 4096
 
 
-class LimitedChannel(HTTPChannel):
+class LimitedChannel(GatheredWrites):
     """An HTTP channel whose header limits (size and time) come from its site, answered with JSON."""
 
     # Every name a channel sets lives in a slot, for the reason LimitedRequest's do: with them

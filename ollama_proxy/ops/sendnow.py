@@ -17,20 +17,23 @@ more, smaller passes: 8-19 % more CPU a request. So a message is sent at once on
 while the proxy answers a single request (:data:`EAGER_WHILE_ANSWERING`); the front door
 counts them (:data:`answering`).
 
-:func:`send_now` asks the transport to write what it holds through the method the
-reactor itself calls when the socket is writable (``IWriteDescriptor.doWrite``): what
-the socket does not take stays buffered for the next poll, as before, and an error (a
-peer gone) is left to that poll too, where the reactor closes the connection.
+:func:`write_now` writes a message straight to the socket (``send``) when Twisted holds
+nothing unsent for it, and hands Twisted only what the socket did not take: the bytes go
+out in the call, and the reactor is not asked to watch the socket for writability and then
+to stop watching it (two ``epoll_ctl`` calls a write, four a request), as asyncio's socket
+transports write. A transport that is not a plain socket of the reactor's (TLS, a test's
+transport), one being closed, or one with bytes still queued is written the usual way; an
+error (a peer gone) is left to the transport's own write, which closes the connection.
+Against sending through ``doWrite`` after Twisted's write (the way before), wrk c1 p50
+0.504/0.496/0.503/0.478/0.494 -> 0.464/0.469/0.467/0.454/0.478 ms side by side (nginx
+upstream, ``/api/chat``), CPU a request at c1 -5 %, at c64 unchanged (0.354-0.357 ms).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.interfaces import IWriteDescriptor
-from twisted.logger import Logger
-
-log = Logger()
+from twisted.internet.interfaces import ISSLTransport, ISystemHandle, IWriteDescriptor
 
 # At most this many requests being answered (in this process), a complete message is sent
 # at once; more, and it waits for the poll. Measured (wrk, nginx, p50): one client 0.62 ->
@@ -51,15 +54,31 @@ class Answering:
 answering = Answering()
 
 
-def send_now(transport: Any) -> None:
-    """Hand what ``transport`` holds to the kernel now when it is a socket of the reactor's
-    and the proxy is nearly idle; anything else waits for the poll: a busy proxy, a
-    connection being closed, a test's transport, and TLS (Twisted's TLS layer gathers a
-    turn's writes and encrypts them at the end of the turn: there is nothing to send yet)."""
-    if answering.count > EAGER_WHILE_ANSWERING or not IWriteDescriptor.providedBy(transport):
-        return
-    if getattr(transport, "connected", False) and not getattr(transport, "disconnecting", True):
+def write_now(transport: Any, data: bytes) -> None:
+    """Write ``data`` to ``transport``: straight to its socket while the proxy is nearly idle
+    and nothing written before is still queued; what the socket does not take (or all of
+    it, any other time) through ``transport.write``, in order, at the next poll."""
+    if data and _straight(transport):
         try:
-            transport.doWrite()
-        except Exception:  # noqa: BLE001 - the reactor's own call would close the connection: left to it
-            log.failure("sending at once failed; left to the next poll")
+            sent = transport.getHandle().send(data)
+        except OSError:  # EAGAIN, or a peer gone: the transport's own write meets it and closes
+            sent = 0
+        if sent == len(data):
+            return
+        data = data[sent:]
+    transport.write(data)
+
+
+def _straight(transport: Any) -> bool:
+    """Whether a write may go straight to ``transport``'s socket now."""
+    return (
+        answering.count <= EAGER_WHILE_ANSWERING
+        and IWriteDescriptor.providedBy(transport)
+        and ISystemHandle.providedBy(transport)
+        and not ISSLTransport.providedBy(transport)  # TLS started on the connection: encrypt first
+        and getattr(transport, "connected", False)
+        and not getattr(transport, "disconnecting", True)
+        # Twisted's two buffers (abstract.FileDescriptor): bytes written before and unsent go first.
+        and not getattr(transport, "dataBuffer", True)
+        and not getattr(transport, "_tempDataBuffer", True)
+    )

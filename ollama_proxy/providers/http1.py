@@ -38,7 +38,7 @@ from twisted.internet.ssl import optionsForClientTLS
 from twisted.python.failure import Failure
 from twisted.web.client import URI, PotentialDataLoss, ResponseDone, ResponseFailed, ResponseNeverReceived
 
-from ollama_proxy.ops.sendnow import send_now
+from ollama_proxy.ops.sendnow import write_now
 from ollama_proxy.providers.http1_response import UpstreamResponse
 
 IDLE_SECONDS = 240.0  # an unused pooled connection is closed after this (Twisted's pool: the same)
@@ -116,8 +116,7 @@ class _Connection(Protocol):
         self._phrase, self._raw, self._framed, self._complete = b"", [], False, False
         self._head = 0
         self._sent = self._pool._clock.seconds()
-        self.transport.write(data)  # type: ignore[union-attr]
-        send_now(self.transport)
+        write_now(self.transport, data)
         return self._waiting
 
     def _cancel(self, waiting: Deferred[UpstreamResponse]) -> None:
