@@ -165,15 +165,15 @@ async def test_the_lean_client_sends_a_request_as_it_writes_it(servers):  # noqa
 
 
 class WholeAnswer(Resource):
-    """Answers GET and HEAD with a body of known length, and notes what the client's socket
-    held right after the write and after the finish."""
+    """Answers GET with a body of known length, and notes what the client's socket held right
+    after the write (``busy``: with the proxy counted busy, so Twisted's own writes are used)."""
 
     isLeaf = True
 
     def __init__(self) -> None:
         super().__init__()
         self.client: socket.socket | None = None
-        self.seen: Deferred[tuple[bytes | None, bytes | None]] = Deferred()
+        self.seen: Deferred[bytes | None] = Deferred()  # what the socket held after the write
         self.busy = False
 
     def render_GET(self, request: Any) -> Any:  # noqa: N802 - Twisted's name
@@ -188,7 +188,7 @@ class WholeAnswer(Resource):
             request.finish()
         finally:
             answering.count = idle
-        self.seen.callback((written, None))
+        self.seen.callback(written)
         return NOT_DONE_YET
 
 
@@ -201,7 +201,7 @@ async def _answer(resource: WholeAnswer, method: bytes = b"GET") -> tuple[bytes 
     resource.seen = Deferred()
     try:
         client.sendall(method + b" / HTTP/1.1\r\nHost: x\r\n\r\n")
-        written, _ = await resource.seen
+        written = await resource.seen
         whole = await _read_answer(client)
         return written, whole
     finally:
@@ -254,7 +254,7 @@ async def test_a_whole_answer_through_twisteds_own_channel_is_written_as_usual()
     resource.busy = True  # only peeks: what the write left
     try:
         client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        written, _ = await resource.seen
+        written = await resource.seen
         assert written is None  # someone else's channel: Twisted's buffer, the next poll
         answer = await _read_answer(client)
         assert answer.endswith(b"\r\n\r\nwhole")
